@@ -1,0 +1,103 @@
+//! push-serve: a real-time push daemon. Business backends `POST /push` JSON for a uid; every
+//! WebSocket that uid has open receives it as `{"topic","number","contents"}`.
+//!
+//! How a push flows through the modules:
+//! - [`config`]: `conf.yaml`, validated, every error naming its field.
+//! - [`server`]: binds the listener (large backlog) and runs the accept loop.
+//! - [`http`]: warp routes. `GET /access` signs a key with [`auth`]; `GET /ws` checks the key and
+//!   upgrades, handing the socket to [`socket`]; `POST /push` parses the body, serializes one
+//!   frame ([`frame`]) and asks the [`hub`] to deliver it.
+//! - [`hub`]: uid → live sockets; `deliver` queues the shared frame on each socket's bounded
+//!   queue without waiting.
+//! - [`socket`]: one task per socket writes its queue, answers/sends pings, and closes with a
+//!   documented code ([`frame::CloseReason`]).
+//!
+//! [`run`] ties them together and is what both `main` and the integration tests call.
+
+#![deny(rust_2018_idioms)]
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod config;
+pub mod frame;
+pub mod http;
+pub mod hub;
+pub mod server;
+pub mod socket;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+
+/// Serves on `listener` until `shutdown` resolves, then shuts down gracefully: stop accepting,
+/// let requests in flight finish, flush what each socket has queued, close every socket with
+/// 1001, and return within `config.shutdown_timeout_secs`.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
+    let hub = Arc::new(hub::Hub::new(config.send_queue_frames));
+    let (stop_sockets, stopping) = watch::channel(false);
+    let tracker = TaskTracker::new();
+    let sockets = socket::SocketContext {
+        hub: hub.clone(),
+        heartbeat: config.heartbeat_interval(),
+        shutdown: stopping,
+    };
+    let state = Arc::new(http::AppState::new(
+        &config,
+        hub.clone(),
+        sockets,
+        tracker.clone(),
+    ));
+
+    // Half the budget for HTTP requests in flight, half for sockets to flush and close.
+    let phase = config.shutdown_timeout() / 2;
+    server::serve(
+        listener,
+        http::routes(state),
+        config.header_read_timeout(),
+        async {
+            shutdown.await;
+            log::info!("shutting down: {} sockets open", hub.socket_count());
+        },
+        phase,
+    )
+    .await;
+
+    let _ = stop_sockets.send(true);
+    tracker.close();
+    if tokio::time::timeout(phase, tracker.wait()).await.is_err() {
+        log::warn!(
+            "{} sockets still closing after the shutdown timeout",
+            hub.socket_count()
+        );
+    }
+    log::info!("shutdown complete");
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (systemd stop).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,98 @@
+//! Accepting connections: our own loop over a listener we bound with a large backlog, so that
+//! every connection gets TCP_NODELAY (pushes are small frames that must not wait for Nagle), a
+//! header-read timeout (a client that connects and sends nothing is dropped), and a graceful
+//! drain on shutdown.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpSocket};
+use warp::reply::Response;
+use warp::Filter;
+
+/// Binds `addr` with `backlog` pending connections (the kernel caps it at
+/// `net.core.somaxconn`). `warp::serve(..).run(addr)` would use a small backlog, which a burst of
+/// reconnects after a restart overflows.
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+/// Serves HTTP on `listener` until `shutdown` resolves, then stops accepting and lets requests
+/// in flight finish for at most `drain`. Upgraded sockets are not waited for here.
+pub async fn serve<F>(
+    listener: TcpListener,
+    filter: F,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) where
+    F: Filter<Extract = (Response,), Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    accept_error(e).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(warp::service(filter.clone()));
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                log::debug!("connection ended with error: {e}");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        log::warn!("HTTP requests still in flight after {drain:?}; closing anyway");
+    }
+}
+
+/// Out of file descriptors is worth a warning and a pause (the next accept would fail the same
+/// way); a connection reset before accept is routine.
+async fn accept_error(e: io::Error) {
+    match e.raw_os_error() {
+        Some(code) if code == 24 || code == 23 => {
+            // EMFILE / ENFILE
+            log::warn!("accept: out of file descriptors ({e}); pausing accepts for 100 ms");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        _ => log::debug!("accept: {e}"),
+    }
+}
