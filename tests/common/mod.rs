@@ -1,0 +1,390 @@
+//! Test harness: a real server on a loopback port, a minimal keep-alive HTTP/1.1 client over a
+//! real TCP socket, and WebSocket clients (tokio-tungstenite).
+//!
+//! Contract tests call [`Server::start_default`]: in-process push-serve normally, or any
+//! server implementing the contract when `PUSH_SERVE_TARGET=host:port` (and
+//! `PUSH_SERVE_PASSWORD`) are set, so the benchmark's peer servers pass the same tests.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use push_serve::Config;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const PASSWORD: &str = "test-password";
+/// Upper bound for anything a test waits on; a hang fails instead of blocking CI.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub struct Server {
+    pub addr: SocketAddr,
+    pub password: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// The server under contract test: external if `PUSH_SERVE_TARGET` is set.
+    pub async fn start_default() -> Server {
+        if let Ok(target) = std::env::var("PUSH_SERVE_TARGET") {
+            return Server {
+                addr: target.parse().expect("PUSH_SERVE_TARGET is host:port"),
+                password: std::env::var("PUSH_SERVE_PASSWORD").unwrap_or_else(|_| PASSWORD.into()),
+                stop: None,
+                task: None,
+            };
+        }
+        Server::start(|_| {}).await
+    }
+
+    /// In-process push-serve on 127.0.0.1:0 with `tweak` applied to the default config.
+    pub async fn start(tweak: impl FnOnce(&mut Config)) -> Server {
+        let mut config = Config::new("127.0.0.1:0", PASSWORD);
+        tweak(&mut config);
+        config.validate().expect("test config is valid");
+        let listener = push_serve::server::bind(config.socket_addr().unwrap(), 1024).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let password = config.password.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(push_serve::run(listener, config, async {
+            let _ = stopped.await;
+        }));
+        Server {
+            addr,
+            password,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn is_external(&self) -> bool {
+        self.task.is_none()
+    }
+
+    /// Triggers a graceful shutdown and waits for `run` to return.
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(PATIENCE * 3, task)
+                .await
+                .expect("run() returned after shutdown")
+                .unwrap();
+        }
+    }
+
+    pub async fn http(&self) -> Http {
+        Http::connect(self.addr).await
+    }
+
+    /// A fresh access key for `uid` from `/access`.
+    pub async fn key(&self, uid: &str) -> String {
+        let r = self
+            .http()
+            .await
+            .get(&format!(
+                "/access?uid={}&password={}",
+                enc(uid),
+                enc(&self.password)
+            ))
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.text());
+        let json = r.json();
+        assert_eq!(json["topic"], "_access");
+        json["contents"].as_str().unwrap().to_string()
+    }
+
+    pub fn ws_url(&self, uid: &str, key: &str) -> String {
+        format!(
+            "ws://{}/ws?uid={}&access_key={}",
+            self.addr,
+            enc(uid),
+            enc(key)
+        )
+    }
+
+    /// Opens a socket for `uid` with a fresh key.
+    pub async fn connect(&self, uid: &str) -> Ws {
+        let key = self.key(uid).await;
+        self.connect_with_key(uid, &key).await
+    }
+
+    pub async fn connect_with_key(&self, uid: &str, key: &str) -> Ws {
+        let (ws, resp) = tokio::time::timeout(
+            PATIENCE,
+            tokio_tungstenite::connect_async(self.ws_url(uid, key)),
+        )
+        .await
+        .expect("connect in time")
+        .expect("upgrade accepted");
+        assert_eq!(resp.status(), 101);
+        ws
+    }
+
+    /// `POST /push` on a fresh connection.
+    pub async fn push(&self, uid: &str, body: &str) -> Reply {
+        self.http().await.push(uid, &self.password, body).await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Percent-encodes a query value.
+pub fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Asserts the error envelope: status, JSON content type, topic "error", a reason.
+    pub fn assert_error(&self, status: u16) -> String {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        assert!(
+            self.header("content-type")
+                .is_some_and(|v| v.starts_with("application/json")),
+            "content-type of {self:?}"
+        );
+        let json = self.json();
+        assert_eq!(json["topic"], "error", "{json}");
+        assert!(json["number"].is_u64(), "{json}");
+        let reason = json["contents"]
+            .as_str()
+            .expect("reason is a string")
+            .to_string();
+        assert!(!reason.is_empty());
+        reason
+    }
+}
+
+/// Reads HTTP responses off any byte stream.
+pub struct RawReply<R> {
+    reader: BufReader<R>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> RawReply<R> {
+    pub fn new(read: R) -> Self {
+        RawReply {
+            reader: BufReader::new(read),
+        }
+    }
+
+    pub async fn read(&mut self) -> Reply {
+        tokio::time::timeout(PATIENCE, read_reply(&mut self.reader))
+            .await
+            .expect("HTTP reply in time")
+    }
+}
+
+/// A keep-alive HTTP/1.1 client on one real TCP connection: requests on it are sent in order,
+/// like a backend's connection pool entry.
+pub struct Http {
+    reader: BufReader<TcpStream>,
+}
+
+impl Http {
+    pub async fn connect(addr: SocketAddr) -> Http {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).unwrap();
+        Http {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    pub async fn get(&mut self, target: &str) -> Reply {
+        self.request("GET", target, &[], b"").await
+    }
+
+    pub async fn push(&mut self, uid: &str, password: &str, body: &str) -> Reply {
+        let target = format!("/push?uid={}&password={}", enc(uid), enc(password));
+        self.request(
+            "POST",
+            &target,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .await
+    }
+
+    pub async fn request(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Reply {
+        tokio::time::timeout(PATIENCE, self.request_inner(method, target, headers, body))
+            .await
+            .expect("HTTP reply in time")
+    }
+
+    async fn request_inner(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Reply {
+        let mut req = format!("{method} {target} HTTP/1.1\r\nHost: test\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        self.reader
+            .get_mut()
+            .write_all(&bytes)
+            .await
+            .expect("send request");
+        read_reply(&mut self.reader).await
+    }
+}
+
+/// Reads one response (Content-Length or chunked body).
+async fn read_reply<R: tokio::io::AsyncRead + Unpin>(reader: &mut BufReader<R>) -> Reply {
+    let mut line = String::new();
+    reader.read_line(&mut line).await.expect("status line");
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("bad status line {line:?}"))
+        .parse()
+        .unwrap();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).await.expect("header line");
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':').expect("header has a colon");
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let mut body = Vec::new();
+    if let Some(len) = find("content-length") {
+        body.resize(len.parse().unwrap(), 0);
+        reader.read_exact(&mut body).await.expect("body");
+    } else if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            line.clear();
+            reader.read_line(&mut line).await.unwrap();
+            let n = usize::from_str_radix(line.trim(), 16).unwrap();
+            let mut chunk = vec![0; n + 2];
+            reader.read_exact(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    }
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// The next text frame, skipping pings/pongs; panics on close or timeout.
+pub async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        let msg = tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("socket still open")
+            .expect("frame reads");
+        match msg {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Reads until the server's close frame and returns its code (skipping data frames).
+pub async fn close_code(ws: &mut Ws) -> Option<CloseCode> {
+    loop {
+        match tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("close in time")
+        {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("socket failed before a close frame: {e}"),
+            None => return None,
+        }
+    }
+}
+
+/// Waits until `cond` holds, polling; panics after [`PATIENCE`].
+pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
