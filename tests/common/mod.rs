@@ -38,14 +38,23 @@ impl Server {
     /// The server under contract test: external if `PUSH_SERVE_TARGET` is set.
     pub async fn start_default() -> Server {
         if let Ok(target) = std::env::var("PUSH_SERVE_TARGET") {
-            return Server {
-                addr: target.parse().expect("PUSH_SERVE_TARGET is host:port"),
-                password: std::env::var("PUSH_SERVE_PASSWORD").unwrap_or_else(|_| PASSWORD.into()),
-                stop: None,
-                task: None,
-            };
+            let password = std::env::var("PUSH_SERVE_PASSWORD").unwrap_or_else(|_| PASSWORD.into());
+            return Server::external(
+                target.parse().expect("PUSH_SERVE_TARGET is host:port"),
+                &password,
+            );
         }
         Server::start(|_| {}).await
+    }
+
+    /// A server running elsewhere (another process) at `addr`.
+    pub fn external(addr: SocketAddr, password: &str) -> Server {
+        Server {
+            addr,
+            password: password.into(),
+            stop: None,
+            task: None,
+        }
     }
 
     /// In-process push-serve on 127.0.0.1:0 with `tweak` applied to the default config.

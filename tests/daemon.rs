@@ -1,0 +1,298 @@
+//! push-serve's own guarantees beyond the wire contract, with short configured intervals:
+//! key lifetime and restarts, heartbeat, slow readers, oversized client frames, shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+fn status_of(
+    result: Result<(Ws, tungstenite::handshake::client::Response), tungstenite::Error>,
+) -> u16 {
+    match result {
+        Ok((_, resp)) => resp.status().as_u16(),
+        Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("handshake failed without a status: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn key_keeps_working_across_a_restart() {
+    let mut first = Server::start(|_| {}).await;
+    let key = first.key("alice").await;
+    first.shutdown().await;
+
+    let second = Server::start(|_| {}).await;
+    let mut ws = second.connect_with_key("alice", &key).await;
+    assert_eq!(
+        second
+            .push("alice", r#"{"topic":"t","contents":1}"#)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        next_text(&mut ws).await,
+        r#"{"topic":"t","number":1,"contents":1}"#
+    );
+
+    // A server with another secret cannot be fooled by it.
+    let other = Server::start(|c| c.secret = Some("rotated".into())).await;
+    assert_eq!(
+        status_of(tokio_tungstenite::connect_async(other.ws_url("alice", &key)).await),
+        401
+    );
+}
+
+#[tokio::test]
+async fn expired_key_is_refused_but_open_socket_stays() {
+    let s = Server::start(|c| c.access_key_ttl_secs = 1).await;
+    let key = s.key("alice").await;
+    let mut open = s.connect_with_key("alice", &key).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let err = tokio_tungstenite::connect_async(s.ws_url("alice", &key)).await;
+    match err {
+        Err(tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 401);
+            let body = String::from_utf8_lossy(resp.body().as_deref().unwrap()).into_owned();
+            assert!(body.contains("expired"), "{body}");
+        }
+        other => panic!("expected 401, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    assert_eq!(
+        s.push("alice", r#"{"topic":"t","contents":1}"#)
+            .await
+            .json()["number"],
+        1
+    );
+    assert_eq!(
+        next_text(&mut open).await,
+        r#"{"topic":"t","number":1,"contents":1}"#
+    );
+}
+
+#[tokio::test]
+async fn duplicated_query_parameter_is_a_400() {
+    let s = Server::start(|_| {}).await;
+    let r = s
+        .http()
+        .await
+        .get(&format!(
+            "/access?uid=a&password={}&uid=b",
+            enc(&s.password)
+        ))
+        .await;
+    assert!(r.assert_error(400).contains("uid"));
+    let long = "u".repeat(300);
+    let r = s
+        .http()
+        .await
+        .get(&format!("/access?uid={long}&password={}", enc(&s.password)))
+        .await;
+    r.assert_error(400);
+}
+
+/// Performs the WebSocket handshake by hand and then never reads or answers anything: a
+/// half-open or frozen client.
+async fn silent_client(s: &Server, uid: &str, recv_buffer: Option<u32>) -> TcpStream {
+    let key = s.key(uid).await;
+    let socket = TcpSocket::new_v4().unwrap();
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
+    let mut stream = socket.connect(s.addr).await.unwrap();
+    let req = format!(
+        "GET /ws?uid={}&access_key={} HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        enc(uid),
+        enc(&key)
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream
+}
+
+#[tokio::test]
+async fn heartbeat_drops_a_silent_socket_and_keeps_a_live_one() {
+    let s = Server::start(|c| c.heartbeat_interval_secs = 0.2).await;
+    let mut live = s.connect("alive").await;
+    let _silent = silent_client(&s, "frozen", None).await;
+    assert_eq!(
+        s.push("frozen", r#"{"topic":"t","contents":1}"#)
+            .await
+            .status,
+        200
+    );
+
+    // tungstenite answers pings while we read, so `live` stays; `frozen` never answers.
+    let reader = tokio::spawn(async move {
+        let mut pings = 0;
+        while pings < 5 {
+            match live.next().await {
+                Some(Ok(Message::Ping(_))) => pings += 1,
+                Some(Ok(_)) => {}
+                other => panic!("live socket ended: {other:?}"),
+            }
+        }
+        live
+    });
+    eventually("the frozen socket to be dropped", || async {
+        s.push("frozen", r#"{"topic":"t","contents":1}"#)
+            .await
+            .status
+            == 404
+    })
+    .await;
+    let mut live = tokio::time::timeout(PATIENCE, reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        s.push("alive", r#"{"topic":"t","contents":2}"#)
+            .await
+            .json()["number"],
+        1
+    );
+    assert_eq!(
+        next_text(&mut live).await,
+        r#"{"topic":"t","number":1,"contents":2}"#
+    );
+}
+
+#[tokio::test]
+async fn heartbeat_timeout_closes_with_4000() {
+    let s = Server::start(|c| c.heartbeat_interval_secs = 0.2).await;
+    let mut ws = s.connect("sleepy").await;
+    // Not reading means not answering pings; the server gives up and sends its close frame,
+    // which we read once it is there.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(close_code(&mut ws).await, Some(CloseCode::from(4000)));
+}
+
+#[tokio::test]
+async fn slow_reader_is_closed_with_4008_without_holding_up_others() {
+    let s = Server::start(|c| c.send_queue_frames = 4).await;
+    let mut fast = s.connect("fast").await;
+    // A tiny receive buffer stops the kernel from absorbing megabytes for the stalled client.
+    let mut slow = silent_client(&s, "slow", Some(4096)).await;
+    let big = format!(r#"{{"topic":"big","contents":"{}"}}"#, "x".repeat(64 << 10));
+    let mut http = s.http().await;
+    let mut evicted = false;
+    for i in 0..2000 {
+        let r = http.push("slow", &s.password, &big).await;
+        // The fast reader is served in between, every time.
+        let r2 = http
+            .push(
+                "fast",
+                &s.password,
+                &format!(r#"{{"topic":"f","contents":{i}}}"#),
+            )
+            .await;
+        assert_eq!(r2.json()["number"], 1);
+        assert_eq!(
+            next_text(&mut fast).await,
+            format!(r#"{{"topic":"f","number":1,"contents":{i}}}"#)
+        );
+        if r.status == 404 {
+            evicted = true;
+            break;
+        }
+    }
+    assert!(evicted, "the stalled socket was never evicted");
+    // Now read what the server had written: frames, then a close frame with 4008.
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let n = tokio::time::timeout_at(deadline, slow.read(&mut buf))
+            .await
+            .expect("server closes in time")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        all.extend_from_slice(&buf[..n]);
+    }
+    // A close frame is 0x88, length, then the code big-endian: 4008 = 0x0FA8.
+    let close = all
+        .windows(4)
+        .rposition(|w| w[0] == 0x88 && w[2] == 0x0F && w[3] == 0xA8);
+    assert!(close.is_some(), "no 4008 close frame in the last bytes");
+}
+
+#[tokio::test]
+async fn oversized_client_message_closes_only_that_socket() {
+    let s = Server::start(|c| c.max_client_frame_bytes = 1024).await;
+    let mut big_mouth = s.connect("alice").await;
+    let mut other_tab = s.connect("alice").await;
+    big_mouth
+        .send(Message::text("y".repeat(4096)))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut big_mouth).await, Some(CloseCode::Size));
+    eventually("one tab left", || async {
+        s.push("alice", r#"{"topic":"t","contents":0}"#)
+            .await
+            .json()["number"]
+            == 1
+    })
+    .await;
+    loop {
+        if next_text(&mut other_tab).await == r#"{"topic":"t","number":1,"contents":0}"# {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn shutdown_flushes_queued_pushes_then_closes_with_1001() {
+    let mut s = Server::start(|_| {}).await;
+    let mut tabs = vec![
+        s.connect("a").await,
+        s.connect("a").await,
+        s.connect("b").await,
+    ];
+    let mut http = s.http().await;
+    for i in 0..50 {
+        assert_eq!(
+            http.push(
+                "a",
+                &s.password,
+                &format!(r#"{{"topic":"t","contents":{i}}}"#)
+            )
+            .await
+            .status,
+            200
+        );
+    }
+    s.shutdown().await;
+    for (n, tab) in tabs.iter_mut().enumerate() {
+        if n < 2 {
+            for i in 0..50 {
+                assert_eq!(
+                    next_text(tab).await,
+                    format!(r#"{{"topic":"t","number":1,"contents":{i}}}"#)
+                );
+            }
+        }
+        assert_eq!(close_code(tab).await, Some(CloseCode::Away));
+    }
+    // The listener is gone.
+    assert!(TcpStream::connect(s.addr).await.is_err());
+}
