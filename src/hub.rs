@@ -44,9 +44,12 @@ pub struct Registration {
     pub evicted: Arc<Notify>,
 }
 
+/// One shard of the registry: uid → its live sockets.
+type Shard = HashMap<Box<str>, Vec<Peer>>;
+
 /// uid → live sockets, with counters for logging and tests.
 pub struct Hub {
-    shards: Box<[Mutex<HashMap<Box<str>, Vec<Peer>>>]>,
+    shards: Box<[Mutex<Shard>]>,
     queue_len: usize,
     next_id: AtomicU64,
     sockets: AtomicUsize,
@@ -63,7 +66,7 @@ impl Hub {
         }
     }
 
-    fn shard(&self, uid: &str) -> MutexGuard<'_, HashMap<Box<str>, Vec<Peer>>> {
+    fn shard(&self, uid: &str) -> MutexGuard<'_, Shard> {
         let mut h = DefaultHasher::new();
         uid.hash(&mut h);
         let shard = &self.shards[(h.finish() as usize) % SHARDS];

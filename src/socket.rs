@@ -19,8 +19,9 @@ use crate::frame::CloseReason;
 use crate::hub::{Frame, Hub};
 
 /// Bytes tungstenite reads per syscall. Clients only send pongs and the odd small frame, and
-/// this buffer is allocated for every idle socket, so it is small (warp's default is 128 KiB).
-const READ_BUFFER_BYTES: usize = 1024;
+/// this buffer is allocated for every idle socket, so it is small (warp's default is 128 KiB);
+/// a larger client message grows it to the message's size while it is read.
+const READ_BUFFER_BYTES: usize = 256;
 /// Outbound bytes gathered before a write; a batch of queued frames goes out in few syscalls.
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// Most queued frames written before one flush, so one busy socket cannot starve its reads.
@@ -49,42 +50,60 @@ pub struct SocketContext {
 }
 
 /// Serves one upgraded socket for `uid` until it closes, for whatever reason.
-pub async fn serve<S>(mut ws: WebSocketStream<S>, uid: String, mut ctx: SocketContext)
+///
+/// A plain `fn` returning an `async move` block rather than an `async fn`: an `async fn` keeps
+/// both its argument and its moved copy of the ~300-byte WebSocket in the future, and this
+/// future lives as long as the socket, once per socket.
+#[allow(clippy::manual_async_fn)]
+pub fn serve<S>(
+    mut ws: WebSocketStream<S>,
+    uid: String,
+    mut ctx: SocketContext,
+) -> impl std::future::Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut registration = ctx.hub.register(&uid);
-    log::debug!(
-        "socket {} opened ({} live)",
-        registration.id,
-        ctx.hub.socket_count()
-    );
-    let ended = drive(
-        &mut ws,
-        &mut registration.rx,
-        &registration.evicted,
-        ctx.heartbeat,
-        &mut ctx.shutdown,
-    )
-    .await;
-    ctx.hub.unregister(&uid, registration.id);
-    log::debug!("socket {} closed: {:?}", registration.id, ended);
-    let flush_first = matches!(ended, Ended::Close(CloseReason::ServerShutdown));
-    let finish = async {
-        // Pushes already answered with success are written before the 1001 close.
-        if flush_first {
-            if let Ok(first) = registration.rx.try_recv() {
-                write_batch(&mut ws, first, &mut registration.rx, usize::MAX).await?;
-            }
-        }
-        Ok::<_, WsError>(())
-    };
-    if matches!(
-        tokio::time::timeout(CLOSE_TIMEOUT, finish).await,
-        Ok(Ok(()))
-    ) {
-        close(&mut ws, ended).await;
+    async move {
+        let mut registration = ctx.hub.register(&uid);
+        log::debug!(
+            "socket {} opened ({} live)",
+            registration.id,
+            ctx.hub.socket_count()
+        );
+        let ended = drive(
+            &mut ws,
+            &mut registration.rx,
+            &registration.evicted,
+            ctx.heartbeat,
+            &mut ctx.shutdown,
+        )
+        .await;
+        ctx.hub.unregister(&uid, registration.id);
+        log::debug!("socket {} closed: {:?}", registration.id, ended);
+        // Boxed: the closing steps run once, so their state should not sit in every idle
+        // socket's task for its whole life.
+        Box::pin(finish(ws, registration.rx, ended)).await;
     }
+}
+
+/// The one cleanup path: on shutdown, write what was queued (pushes already answered with
+/// success); then the close handshake, bounded in time.
+async fn finish<S>(mut ws: WebSocketStream<S>, mut rx: mpsc::Receiver<Frame>, ended: Ended)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if matches!(ended, Ended::Close(CloseReason::ServerShutdown)) {
+        let flush = async {
+            match rx.try_recv() {
+                Ok(first) => write_batch(&mut ws, first, &mut rx, usize::MAX).await,
+                Err(_) => Ok(()),
+            }
+        };
+        if !matches!(tokio::time::timeout(CLOSE_TIMEOUT, flush).await, Ok(Ok(()))) {
+            return;
+        }
+    }
+    close(&mut ws, ended).await;
 }
 
 /// Why the loop ended: either a reason we tell the client, or the connection is already gone.

@@ -263,7 +263,7 @@ async fn oversized_client_message_closes_only_that_socket() {
 #[tokio::test]
 async fn shutdown_flushes_queued_pushes_then_closes_with_1001() {
     let mut s = Server::start(|_| {}).await;
-    let mut tabs = vec![
+    let mut tabs = [
         s.connect("a").await,
         s.connect("a").await,
         s.connect("b").await,
