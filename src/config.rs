@@ -70,6 +70,22 @@ pub struct Config {
     /// Largest message a client may send on its socket (close code 1009 above it).
     #[serde(default = "defaults::max_client_frame_bytes")]
     pub max_client_frame_bytes: usize,
+    /// Messages kept per stream (a uid's, a topic's, broadcast) for resuming sockets; 0 turns
+    /// history and resume off.
+    #[serde(default = "defaults::history_size")]
+    pub history_size: usize,
+    /// Seconds a message is kept for resuming sockets.
+    #[serde(default = "defaults::history_ttl_secs")]
+    pub history_ttl_secs: f64,
+    /// Bytes of history kept over all streams; past it, the oldest messages go first.
+    #[serde(default = "defaults::history_max_bytes")]
+    pub history_max_bytes: usize,
+    /// Most topics one access key may grant.
+    #[serde(default = "defaults::max_topics_per_key")]
+    pub max_topics_per_key: usize,
+    /// Most uids one `/push` may name.
+    #[serde(default = "defaults::max_uids_per_push")]
+    pub max_uids_per_push: usize,
     /// Seconds allowed for a client to send its request headers.
     #[serde(default = "defaults::header_read_timeout_secs")]
     pub header_read_timeout_secs: f64,
@@ -120,6 +136,21 @@ mod defaults {
     pub fn max_client_frame_bytes() -> usize {
         64 << 10
     }
+    pub fn history_size() -> usize {
+        100
+    }
+    pub fn history_ttl_secs() -> f64 {
+        300.0
+    }
+    pub fn history_max_bytes() -> usize {
+        64 << 20
+    }
+    pub fn max_topics_per_key() -> usize {
+        64
+    }
+    pub fn max_uids_per_push() -> usize {
+        1000
+    }
     pub fn header_read_timeout_secs() -> f64 {
         10.0
     }
@@ -143,6 +174,11 @@ impl Config {
             send_queue_frames: defaults::send_queue_frames(),
             max_body_bytes: defaults::max_body_bytes(),
             max_client_frame_bytes: defaults::max_client_frame_bytes(),
+            history_size: defaults::history_size(),
+            history_ttl_secs: defaults::history_ttl_secs(),
+            history_max_bytes: defaults::history_max_bytes(),
+            max_topics_per_key: defaults::max_topics_per_key(),
+            max_uids_per_push: defaults::max_uids_per_push(),
             header_read_timeout_secs: defaults::header_read_timeout_secs(),
             shutdown_timeout_secs: defaults::shutdown_timeout_secs(),
             listen_backlog: defaults::listen_backlog(),
@@ -238,6 +274,30 @@ impl Config {
                 "must be between 125 and 1073741824",
             ));
         }
+        if self.history_size > 1 << 20 {
+            return Err(invalid(
+                "history_size",
+                "must be at most 1048576 (0 turns history off)",
+            ));
+        }
+        secs(
+            "history_ttl_secs",
+            self.history_ttl_secs,
+            0.001,
+            7.0 * 24.0 * 3600.0,
+        )?;
+        if self.history_max_bytes > 1 << 40 {
+            return Err(invalid("history_max_bytes", "must be at most 1 TiB"));
+        }
+        if self.max_topics_per_key == 0 || self.max_topics_per_key > 10_000 {
+            return Err(invalid("max_topics_per_key", "must be between 1 and 10000"));
+        }
+        if self.max_uids_per_push == 0 || self.max_uids_per_push > 1_000_000 {
+            return Err(invalid(
+                "max_uids_per_push",
+                "must be between 1 and 1000000",
+            ));
+        }
         if self.listen_backlog == 0 || self.listen_backlog > 65535 {
             return Err(invalid("listen_backlog", "must be between 1 and 65535"));
         }
@@ -263,6 +323,15 @@ impl Config {
     /// `heartbeat_interval_secs` as a Duration.
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_secs_f64(self.heartbeat_interval_secs)
+    }
+
+    /// History settings for the hub.
+    pub fn retention(&self) -> crate::hub::Retention {
+        crate::hub::Retention {
+            history_size: self.history_size,
+            history_ttl: Duration::from_secs_f64(self.history_ttl_secs),
+            max_bytes: self.history_max_bytes,
+        }
     }
 
     /// `header_read_timeout_secs` as a Duration.

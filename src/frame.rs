@@ -1,6 +1,8 @@
 //! Wire types: the `{"topic","number","contents"}` envelope of every reply and pushed frame, the
 //! push body, and the WebSocket close codes the server uses (listed once, here).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -17,8 +19,9 @@ pub struct Envelope<'a, T: Serialize> {
     pub contents: T,
 }
 
-/// Body of `POST /push`. `contents` stays raw JSON text: it is forwarded byte for byte, so
-/// integers beyond f64 and any nesting reach the page exactly as the backend sent them.
+/// Body of `POST /push`, `/publish` and `/broadcast`. `contents` stays raw JSON text: it is
+/// forwarded byte for byte, so integers beyond f64 and any nesting reach the page exactly as the
+/// backend sent them.
 #[derive(Debug, Deserialize)]
 pub struct PushBody<'a> {
     /// Message topic (required string).
@@ -26,6 +29,9 @@ pub struct PushBody<'a> {
     /// Any JSON value (required; `null` counts as present).
     #[serde(borrow)]
     pub contents: &'a RawValue,
+    /// `/push` only: more uids to push to, besides (or instead of) the query's `uid`.
+    #[serde(default)]
+    pub uids: Option<Vec<String>>,
 }
 
 /// Serializes a pushed frame once; the result is shared (reference-counted) by every socket it
@@ -42,6 +48,53 @@ pub fn push_frame(topic: &str, number: u64, contents: &RawValue) -> Utf8Bytes {
     out.push_str(raw);
     out.push('}');
     Utf8Bytes::from(out)
+}
+
+/// A frame for a resumable socket: the seed's three fields, `number` being the message's
+/// sequence in its stream, plus `stream` (`user`, `broadcast`, `topic:<name>`).
+pub fn stream_frame(topic: &str, seq: u64, contents: &RawValue, stream: &str) -> Utf8Bytes {
+    let raw = contents.get();
+    let mut out = String::with_capacity(raw.len() + topic.len() + stream.len() + 52);
+    out.push_str("{\"topic\":");
+    out.push_str(&serde_json::to_string(topic).expect("string serializes"));
+    out.push_str(",\"number\":");
+    out.push_str(&seq.to_string());
+    out.push_str(",\"contents\":");
+    out.push_str(raw);
+    out.push_str(",\"stream\":");
+    out.push_str(&serde_json::to_string(stream).expect("string serializes"));
+    out.push('}');
+    Utf8Bytes::from(out)
+}
+
+/// First frame on a resumable socket: the position (`generation:seq`) of every stream it
+/// follows, as of the moment it joined. The client keeps these and echoes them back in `since`
+/// when it reconnects.
+pub fn welcome(positions: &[(String, String)]) -> Arc<Utf8Bytes> {
+    let streams: serde_json::Map<String, serde_json::Value> = positions
+        .iter()
+        .map(|(name, pos)| (name.clone(), serde_json::Value::String(pos.clone())))
+        .collect();
+    control("_welcome", serde_json::json!({ "streams": streams }))
+}
+
+/// Tells a resuming client that messages of `stream` after its position `since` and before
+/// `next` are no longer kept (too old, or the stream restarted): it should reload its state.
+pub fn gap(stream: &str, since: &str, next: u64) -> Arc<Utf8Bytes> {
+    control(
+        "_gap",
+        serde_json::json!({ "stream": stream, "since": since, "next": next }),
+    )
+}
+
+fn control(topic: &str, contents: serde_json::Value) -> Arc<Utf8Bytes> {
+    let text = serde_json::to_string(&Envelope {
+        topic,
+        number: 0,
+        contents,
+    })
+    .expect("control frame serializes");
+    Arc::new(Utf8Bytes::from(text))
 }
 
 /// Why the server closes a socket, and the close code the page sees. Pages should reconnect on

@@ -21,10 +21,12 @@ use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 use warp::Filter;
 
-use crate::auth::{Auth, KeyError};
+use std::collections::HashMap;
+
+use crate::auth::{valid_topic, Auth, KeyError};
 use crate::config::{Config, MAX_UID_BYTES};
-use crate::frame::{push_frame, Envelope, PushBody};
-use crate::hub::Hub;
+use crate::frame::{Envelope, PushBody};
+use crate::hub::{Hub, Proto, StreamKey, Subscription};
 use crate::socket::{self, SocketContext};
 
 /// Reply text of a successful push, as in the seed.
@@ -32,11 +34,17 @@ pub const PUSH_OK: &str = "推送成功";
 /// Reply text when the uid has no live socket, as in the seed.
 pub const USER_OFFLINE: &str = "此用户不在线";
 
+/// Response header on `/push` replies: how many of the uids without a live socket had the
+/// message kept in their history, for a socket that resumes within `history_ttl_secs`.
+pub const STORED_HEADER: &str = "x-push-stored";
+
 /// Everything the handlers share.
 pub struct AppState {
     auth: Auth,
     hub: Arc<Hub>,
     max_body_bytes: usize,
+    max_uids_per_push: usize,
+    max_topics_per_key: usize,
     ws_config: WebSocketConfig,
     sockets: SocketContext,
     tracker: TaskTracker,
@@ -58,6 +66,8 @@ impl AppState {
             ),
             hub,
             max_body_bytes: config.max_body_bytes,
+            max_uids_per_push: config.max_uids_per_push,
+            max_topics_per_key: config.max_topics_per_key,
             ws_config: socket::ws_config(config.max_client_frame_bytes),
             sockets,
             tracker,
@@ -92,9 +102,25 @@ pub enum ApiError {
     /// The body could not be read off the connection.
     #[error("could not read request body")]
     BodyRead,
-    /// The uid has no live socket (the seed's wording).
+    /// None of the uids has a live socket (the seed's wording). `stored` counts the uids whose
+    /// history kept the message for a resuming socket.
     #[error("{USER_OFFLINE}")]
-    Offline,
+    Offline {
+        /// Uids whose stream kept the message.
+        stored: usize,
+    },
+    /// More uids in one push than `max_uids_per_push`.
+    #[error("more than {0} uids in one push")]
+    TooManyUids(usize),
+    /// A topic name outside the allowed form.
+    #[error("invalid topic name (1 to 100 of A-Z a-z 0-9 _ - . : @ /)")]
+    InvalidTopic,
+    /// More topics than `max_topics_per_key`.
+    #[error("more than {0} topics in one access key")]
+    TooManyTopics(usize),
+    /// `proto` other than 2, or `since` not a JSON object of stream → position.
+    #[error("bad resume parameters: {0}")]
+    BadResume(&'static str),
     /// `/ws` without WebSocket upgrade headers.
     #[error("this endpoint takes a WebSocket upgrade (GET with Upgrade: websocket, Sec-WebSocket-Version: 13)")]
     UpgradeRequired,
@@ -105,7 +131,9 @@ pub enum ApiError {
     #[error("method not allowed, use {0}")]
     MethodNotAllowed(&'static str),
     /// No such path.
-    #[error("not found: the endpoints are /access, /ws and /push")]
+    #[error(
+        "not found: the endpoints are /access, /ws, /push, /publish, /broadcast, /online, /stats"
+    )]
     NotFound,
 }
 
@@ -117,10 +145,14 @@ impl ApiError {
             | ApiError::MissingUid
             | ApiError::UidTooLong
             | ApiError::BadBody(_)
-            | ApiError::BodyRead => StatusCode::BAD_REQUEST,
+            | ApiError::BodyRead
+            | ApiError::TooManyUids(_)
+            | ApiError::InvalidTopic
+            | ApiError::TooManyTopics(_)
+            | ApiError::BadResume(_) => StatusCode::BAD_REQUEST,
             ApiError::BadPassword | ApiError::AccessKey(_) => StatusCode::UNAUTHORIZED,
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Offline | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Offline { .. } | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -140,6 +172,9 @@ impl ApiError {
             }
             ApiError::BadPassword => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::Offline { stored } if stored > 0 => {
+                headers.insert(STORED_HEADER, HeaderValue::from(stored));
             }
             _ => {}
         }
@@ -174,6 +209,12 @@ struct Params {
     uid: Option<String>,
     password: Option<String>,
     access_key: Option<String>,
+    /// `/access`: comma-separated topics the key grants.
+    topics: Option<String>,
+    /// `/ws`: `2` for numbered, resumable frames.
+    proto: Option<String>,
+    /// `/ws?proto=2`: JSON object, stream name → last position seen.
+    since: Option<String>,
 }
 
 impl Params {
@@ -182,11 +223,15 @@ impl Params {
     }
 
     fn uid(&self) -> Result<&str, ApiError> {
-        match self.uid.as_deref() {
-            None | Some("") => Err(ApiError::MissingUid),
-            Some(uid) if uid.len() > MAX_UID_BYTES => Err(ApiError::UidTooLong),
-            Some(uid) => Ok(uid),
-        }
+        check_uid(self.uid.as_deref().unwrap_or(""))
+    }
+}
+
+fn check_uid(uid: &str) -> Result<&str, ApiError> {
+    match uid {
+        "" => Err(ApiError::MissingUid),
+        uid if uid.len() > MAX_UID_BYTES => Err(ApiError::UidTooLong),
+        uid => Ok(uid),
     }
 }
 
@@ -214,12 +259,12 @@ pub fn routes(
         .and(warp::header::headers_cloned())
         .and(state);
 
-    let access = warp::path!("access").and(common.clone()).map(
+    let access_route = warp::path!("access").and(common.clone()).map(
         |method, query: String, headers, state: Arc<AppState>| {
             respond(access(&state, &method, &query, &headers))
         },
     );
-    let push = warp::path!("push")
+    let push_route = warp::path!("push")
         .and(common.clone())
         .and(warp::body::stream())
         .then(
@@ -227,7 +272,33 @@ pub fn routes(
                 respond(push(&state, &method, &query, &headers, body).await)
             },
         );
-    let ws = warp::path!("ws")
+    let publish_route = warp::path!("publish")
+        .and(common.clone())
+        .and(warp::body::stream())
+        .then(
+            |method, query: String, headers, state: Arc<AppState>, body| async move {
+                respond(publish(&state, &method, &query, &headers, body, Target::Topic).await)
+            },
+        );
+    let broadcast_route = warp::path!("broadcast")
+        .and(common.clone())
+        .and(warp::body::stream())
+        .then(
+            |method, query: String, headers, state: Arc<AppState>, body| async move {
+                respond(publish(&state, &method, &query, &headers, body, Target::Everyone).await)
+            },
+        );
+    let online_route = warp::path!("online").and(common.clone()).map(
+        |method, query: String, headers, state: Arc<AppState>| {
+            respond(online(&state, &method, &query, &headers))
+        },
+    );
+    let stats_route = warp::path!("stats").and(common.clone()).map(
+        |method, query: String, headers, state: Arc<AppState>| {
+            respond(stats(&state, &method, &query, &headers))
+        },
+    );
+    let ws_route = warp::path!("ws")
         .and(common)
         .and(warp::ext::optional::<OnUpgrade>())
         .map(
@@ -235,14 +306,22 @@ pub fn routes(
                 respond(upgrade(&state, &method, &query, &headers, on_upgrade))
             },
         );
-    let not_found = warp::any().map(|| ApiError::NotFound.into_response());
+    let not_found_route = warp::any().map(|| ApiError::NotFound.into_response());
 
-    access
-        .or(push)
+    access_route
+        .or(push_route)
         .unify()
-        .or(ws)
+        .or(publish_route)
         .unify()
-        .or(not_found)
+        .or(broadcast_route)
+        .unify()
+        .or(online_route)
+        .unify()
+        .or(stats_route)
+        .unify()
+        .or(ws_route)
+        .unify()
+        .or(not_found_route)
         .unify()
         // Path and status only: query strings carry passwords and access keys.
         .with(warp::log::custom(|info| {
@@ -275,13 +354,58 @@ fn access(
     let params = Params::parse(query)?;
     check_password(state, &params, headers)?;
     let uid = params.uid()?;
-    let mut res = envelope(StatusCode::OK, "_access", 1, state.auth.issue(uid));
+    let mut topics: Vec<String> = Vec::new();
+    for topic in params
+        .topics
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter(|t| !t.is_empty())
+    {
+        if !valid_topic(topic) {
+            return Err(ApiError::InvalidTopic);
+        }
+        if !topics.iter().any(|t| t == topic) {
+            topics.push(topic.to_owned());
+        }
+    }
+    if topics.len() > state.max_topics_per_key {
+        return Err(ApiError::TooManyTopics(state.max_topics_per_key));
+    }
+    let key = state.auth.issue_with_topics(uid, &topics);
+    let mut res = envelope(StatusCode::OK, "_access", 1, key);
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(res)
 }
 
-/// `POST /push?uid&password` with `{topic, contents}`: one frame to every socket of `uid`.
+/// Method, password and body checks shared by the endpoints that publish.
+async fn authorized_body<S, B>(
+    state: &AppState,
+    method: &Method,
+    query: &str,
+    headers: &HeaderMap,
+    body: S,
+) -> Result<(Params, Bytes), ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    if method != Method::POST {
+        return Err(ApiError::MethodNotAllowed("POST"));
+    }
+    let params = Params::parse(query)?;
+    check_password(state, &params, headers)?;
+    let body = read_body(body, headers, state.max_body_bytes).await?;
+    Ok((params, body))
+}
+
+fn parse_body(body: &[u8]) -> Result<PushBody<'_>, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadBody(e.to_string()))
+}
+
+/// `POST /push?uid&password` with `{topic, contents[, uids]}`: one frame to every socket of
+/// each uid (the query's `uid` and/or the body's `uids`, each pushed once).
 async fn push<S, B>(
     state: &AppState,
     method: &Method,
@@ -293,20 +417,118 @@ where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    if method != Method::POST {
-        return Err(ApiError::MethodNotAllowed("POST"));
+    let (params, body) = authorized_body(state, method, query, headers, body).await?;
+    let push = parse_body(&body)?;
+    let mut uids: Vec<&str> = Vec::new();
+    if let Some(uid) = params.uid.as_deref() {
+        uids.push(check_uid(uid)?);
+    }
+    for uid in push.uids.iter().flatten() {
+        uids.push(check_uid(uid)?);
+    }
+    if uids.is_empty() {
+        return Err(ApiError::MissingUid);
+    }
+    uids.sort_unstable();
+    uids.dedup();
+    if uids.len() > state.max_uids_per_push {
+        return Err(ApiError::TooManyUids(state.max_uids_per_push));
+    }
+    let (mut sockets, mut stored) = (0, 0);
+    for uid in uids {
+        let delivery = state
+            .hub
+            .publish(&StreamKey::User(uid.into()), &push.topic, push.contents);
+        sockets += delivery.sockets;
+        if delivery.sockets == 0 && delivery.retained {
+            stored += 1;
+        }
+    }
+    if sockets == 0 {
+        return Err(ApiError::Offline { stored });
+    }
+    let mut res = envelope(StatusCode::OK, "success", sockets as u64, PUSH_OK);
+    if stored > 0 {
+        res.headers_mut()
+            .insert(STORED_HEADER, HeaderValue::from(stored));
+    }
+    Ok(res)
+}
+
+/// Where `/publish` and `/broadcast` send.
+#[derive(Clone, Copy)]
+enum Target {
+    Topic,
+    Everyone,
+}
+
+/// `POST /publish?password` with `{topic, contents}`: every socket whose key grants `topic`.
+/// `POST /broadcast?password` with `{topic, contents}`: every socket.
+/// Zero receivers is not an error here: the message is still kept for resuming sockets.
+async fn publish<S, B>(
+    state: &AppState,
+    method: &Method,
+    query: &str,
+    headers: &HeaderMap,
+    body: S,
+    target: Target,
+) -> Result<Response, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let (_, body) = authorized_body(state, method, query, headers, body).await?;
+    let msg = parse_body(&body)?;
+    let key = match target {
+        Target::Topic if !valid_topic(&msg.topic) => return Err(ApiError::InvalidTopic),
+        Target::Topic => StreamKey::Topic(msg.topic.as_str().into()),
+        Target::Everyone => StreamKey::Broadcast,
+    };
+    let delivery = state.hub.publish(&key, &msg.topic, msg.contents);
+    Ok(envelope(
+        StatusCode::OK,
+        "success",
+        delivery.sockets as u64,
+        PUSH_OK,
+    ))
+}
+
+/// `GET /online?uid&password`: whether `uid` has sockets open, and how many.
+fn online(
+    state: &AppState,
+    method: &Method,
+    query: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    if method != Method::GET {
+        return Err(ApiError::MethodNotAllowed("GET"));
     }
     let params = Params::parse(query)?;
     check_password(state, &params, headers)?;
     let uid = params.uid()?;
-    let body = read_body(body, headers, state.max_body_bytes).await?;
-    let push: PushBody<'_> =
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadBody(e.to_string()))?;
-    let frame = Arc::new(push_frame(&push.topic, 1, push.contents));
-    match state.hub.deliver(uid, &frame) {
-        0 => Err(ApiError::Offline),
-        n => Ok(envelope(StatusCode::OK, "success", n as u64, PUSH_OK)),
+    let n = state.hub.sockets_of(uid);
+    let contents = serde_json::json!({ "uid": uid, "online": n > 0, "sockets": n });
+    Ok(envelope(StatusCode::OK, "online", n as u64, contents))
+}
+
+/// `GET /stats?password`: totals.
+fn stats(
+    state: &AppState,
+    method: &Method,
+    query: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    if method != Method::GET {
+        return Err(ApiError::MethodNotAllowed("GET"));
     }
+    let params = Params::parse(query)?;
+    check_password(state, &params, headers)?;
+    let sockets = state.hub.socket_count();
+    let (uids, topics, history_bytes) = state.hub.totals();
+    let contents = serde_json::json!({
+        "sockets": sockets, "uids": uids, "topics": topics, "history_bytes": history_bytes,
+    });
+    Ok(envelope(StatusCode::OK, "stats", sockets as u64, contents))
 }
 
 /// Collects the body, refusing (413) as soon as it is known to exceed `limit`, so an oversized
@@ -349,17 +571,35 @@ fn upgrade(
     }
     let params = Params::parse(query)?;
     let uid = params.uid()?;
-    state
+    let topics = state
         .auth
         .verify(uid, params.access_key.as_deref().unwrap_or(""))
         .map_err(ApiError::AccessKey)?;
+    let proto = match params.proto.as_deref() {
+        None | Some("1") => Proto::Seed,
+        Some("2") => Proto::Resumable,
+        Some(_) => return Err(ApiError::BadResume("proto must be 1 or 2")),
+    };
+    let resume: Option<HashMap<String, String>> = match params.since.as_deref() {
+        None | Some("") => None,
+        Some(_) if proto == Proto::Seed => return Err(ApiError::BadResume("since needs proto=2")),
+        Some(json) => Some(serde_json::from_str(json).map_err(|_| {
+            ApiError::BadResume(
+                "since must be a JSON object of stream name to \"generation:number\"",
+            )
+        })?),
+    };
     let accept = websocket_accept(headers).ok_or(ApiError::UpgradeRequired)?;
     let on_upgrade = on_upgrade.ok_or(ApiError::UpgradeRequired)?;
     if *state.sockets.shutdown.borrow() {
         return Err(ApiError::ShuttingDown);
     }
 
-    let uid = uid.to_owned();
+    let subscription = Subscription {
+        uid: uid.to_owned(),
+        topics,
+        proto,
+    };
     let ctx = state.sockets.clone();
     let config = state.ws_config;
     state.tracker.spawn(async move {
@@ -371,7 +611,7 @@ fn upgrade(
                     Some(config),
                 )
                 .await;
-                socket::serve(ws, uid, ctx).await;
+                socket::serve_subscription(ws, subscription, resume, ctx).await;
             }
             Err(e) => log::debug!("upgrade failed: {e}"),
         }

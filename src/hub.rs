@@ -1,22 +1,33 @@
-//! The registry of live sockets: uid → the sockets (tabs, devices) currently open for it.
+//! The registry of streams and the sockets that follow them.
 //!
-//! Sharded by uid hash so that pushes and connects for different users rarely meet on a lock.
-//! Each shard is a `std::sync::Mutex`: every critical section is a few map operations and
-//! `try_send`s, never an `.await`, so a blocking mutex is cheaper than an async one (the same
-//! reasoning as mini-redis `db.rs`).
+//! A *stream* is what a message is published to: one uid's own stream (the seed's `/push`), a
+//! topic, or the broadcast stream that every socket follows. Each stream numbers its messages
+//! (1, 2, 3… within a *generation*, a random id drawn when the stream is created) and keeps the
+//! last `history_size` of them for `history_ttl`, so a socket that reconnects with its last
+//! position gets what it missed, in order, exactly once, before anything live.
+//!
+//! Streams live in shards keyed by hash. Each shard is a `std::sync::Mutex`: every critical
+//! section is map operations, one serialization and `try_send`s, never an `.await`, so a blocking
+//! mutex is cheaper than an async one (mini-redis `db.rs` reasons the same way). Registering a
+//! socket and computing its replay happen under the stream's lock, which is what makes "missed
+//! messages, then live ones, none twice" exact.
 //!
 //! Delivery never waits: a frame is `try_send`-ed into each socket's bounded queue. A socket
 //! whose queue is full is a slow reader; it is removed and told to close (code 4008), and the
-//! push goes on to the others.
+//! publish goes on to the others.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
+use serde_json::value::RawValue;
 use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::frame;
 
 const SHARDS: usize = 64;
 
@@ -27,119 +38,377 @@ pub type Frame = Arc<Utf8Bytes>;
 /// Identifies one registered socket.
 pub type SocketId = u64;
 
+/// What a socket speaks. Seed sockets get exactly the original frames (`number` 1, no extra
+/// field); resumable sockets (`/ws?…&proto=2`) get sequence numbers, the stream name, and the
+/// `_welcome`/`_gap` control frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// The seed's frames, byte for byte.
+    Seed,
+    /// Numbered frames with a `stream` field; resumable.
+    Resumable,
+}
+
+/// Names a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StreamKey {
+    /// One uid's own stream (`/push`).
+    User(Box<str>),
+    /// A topic (`/publish`), followed by sockets whose access key grants it.
+    Topic(Box<str>),
+    /// Every socket (`/broadcast`).
+    Broadcast,
+}
+
+impl StreamKey {
+    /// The stream's name as a socket sees it: `user`, `broadcast` or `topic:<name>` (a socket
+    /// only ever follows its own uid's stream, so `user` is unambiguous).
+    pub fn name(&self) -> String {
+        match self {
+            StreamKey::User(_) => "user".into(),
+            StreamKey::Topic(t) => format!("topic:{t}"),
+            StreamKey::Broadcast => "broadcast".into(),
+        }
+    }
+}
+
+/// Retention settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Messages kept per stream (0: no history, no resume).
+    pub history_size: usize,
+    /// How long a message is kept.
+    pub history_ttl: Duration,
+    /// Bytes of history kept across all streams; past it, a stream's oldest messages go first.
+    pub max_bytes: usize,
+}
+
+impl Retention {
+    /// No history at all.
+    pub const NONE: Retention = Retention {
+        history_size: 0,
+        history_ttl: Duration::ZERO,
+        max_bytes: 0,
+    };
+}
+
 /// The hub's side of one socket.
 struct Peer {
     id: SocketId,
+    proto: Proto,
     tx: mpsc::Sender<Frame>,
     evicted: Arc<Notify>,
+}
+
+struct Retained {
+    seq: u64,
+    frame: Frame,
+    at: Instant,
+}
+
+struct Stream {
+    generation: u64,
+    seq: u64,
+    peers: Vec<Peer>,
+    history: VecDeque<Retained>,
+}
+
+impl Stream {
+    fn new() -> Stream {
+        Stream {
+            generation: rand::random(),
+            seq: 0,
+            peers: Vec::new(),
+            history: VecDeque::new(),
+        }
+    }
+
+    fn position(&self) -> String {
+        format!("{:016x}:{}", self.generation, self.seq)
+    }
+}
+
+type Shard = HashMap<StreamKey, Stream>;
+
+/// What a socket follows and how it wants its frames.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// The socket's uid.
+    pub uid: String,
+    /// Topics its access key grants.
+    pub topics: Vec<String>,
+    /// Frame format.
+    pub proto: Proto,
+}
+
+impl Subscription {
+    /// The seed's kind of socket: its uid's stream and broadcasts, seed frames.
+    pub fn seed(uid: impl Into<String>) -> Subscription {
+        Subscription {
+            uid: uid.into(),
+            topics: Vec::new(),
+            proto: Proto::Seed,
+        }
+    }
+
+    fn keys(&self) -> impl Iterator<Item = StreamKey> + '_ {
+        [
+            StreamKey::User(self.uid.as_str().into()),
+            StreamKey::Broadcast,
+        ]
+        .into_iter()
+        .chain(
+            self.topics
+                .iter()
+                .map(|t| StreamKey::Topic(t.as_str().into())),
+        )
+    }
 }
 
 /// The socket task's side of its registration.
 pub struct Registration {
     /// This socket's id, for [`Hub::unregister`].
     pub id: SocketId,
-    /// Frames to write, in push order.
+    /// Frames to write first, before anything from `rx`: for a resumable socket the
+    /// `_welcome` frame, then per stream any `_gap` frame and the missed messages.
+    pub preamble: Vec<Frame>,
+    /// Live frames, in publish order per stream.
     pub rx: mpsc::Receiver<Frame>,
     /// Fires when the hub dropped this socket because its queue overflowed.
     pub evicted: Arc<Notify>,
 }
 
-/// One shard of the registry: uid → its live sockets.
-type Shard = HashMap<Box<str>, Vec<Peer>>;
+/// Outcome of one publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// Sockets the frame was queued to.
+    pub sockets: usize,
+    /// The message's sequence number in its stream (0 if the stream does not exist and
+    /// nothing was kept).
+    pub seq: u64,
+    /// Whether it went into the stream's history.
+    pub retained: bool,
+}
 
-/// uid → live sockets, with counters for logging and tests.
+/// All streams, with counters for logging and the stats endpoint.
 pub struct Hub {
     shards: Box<[Mutex<Shard>]>,
     queue_len: usize,
+    retention: Retention,
     next_id: AtomicU64,
     sockets: AtomicUsize,
+    history_bytes: AtomicUsize,
 }
 
 impl Hub {
-    /// An empty hub whose sockets each queue at most `queue_len` frames.
+    /// An empty hub without history; each socket queues at most `queue_len` frames.
     pub fn new(queue_len: usize) -> Hub {
+        Hub::with_retention(queue_len, Retention::NONE)
+    }
+
+    /// An empty hub keeping history as `retention` says.
+    pub fn with_retention(queue_len: usize, retention: Retention) -> Hub {
         Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             queue_len,
+            retention,
             next_id: AtomicU64::new(1),
             sockets: AtomicUsize::new(0),
+            history_bytes: AtomicUsize::new(0),
         }
     }
 
-    fn shard(&self, uid: &str) -> MutexGuard<'_, Shard> {
+    fn shard(&self, key: &StreamKey) -> MutexGuard<'_, Shard> {
         let mut h = DefaultHasher::new();
-        uid.hash(&mut h);
+        key.hash(&mut h);
         let shard = &self.shards[(h.finish() as usize) % SHARDS];
-        // A panic while holding a shard lock cannot leave the map half-updated (each section is
-        // a single insert/remove/retain), so a poisoned lock is still safe to use.
+        // Each critical section leaves the map consistent at every step it could panic in
+        // (none is expected), so a poisoned lock is still safe to use.
         shard.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a socket for `uid`; it receives every frame delivered to `uid` from now on.
+    /// A seed socket for `uid` (its own stream and broadcasts).
     pub fn register(&self, uid: &str) -> Registration {
+        self.subscribe(&Subscription::seed(uid), None)
+    }
+
+    /// Adds a socket to every stream of `sub`. With `resume` (stream name → `generation:seq`,
+    /// the last message the client saw), the preamble carries what it missed.
+    pub fn subscribe(
+        &self,
+        sub: &Subscription,
+        resume: Option<&HashMap<String, String>>,
+    ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.queue_len);
         let evicted = Arc::new(Notify::new());
-        let peer = Peer {
-            id,
-            tx,
-            evicted: evicted.clone(),
-        };
-        self.shard(uid).entry(uid.into()).or_default().push(peer);
+        let mut positions = Vec::new();
+        let mut catch_up = Vec::new();
+        for key in sub.keys() {
+            let mut shard = self.shard(&key);
+            let stream = shard.entry(key.clone()).or_insert_with(Stream::new);
+            stream.peers.push(Peer {
+                id,
+                proto: sub.proto,
+                tx: tx.clone(),
+                evicted: evicted.clone(),
+            });
+            if sub.proto == Proto::Resumable {
+                let name = key.name();
+                if let Some(since) = resume.and_then(|r| r.get(&name)) {
+                    replay(stream, &name, since, &mut catch_up);
+                }
+                positions.push((name, stream.position()));
+            }
+        }
         self.sockets.fetch_add(1, Ordering::Relaxed);
-        Registration { id, rx, evicted }
+        let mut preamble = Vec::new();
+        if sub.proto == Proto::Resumable {
+            preamble.push(frame::welcome(&positions));
+            preamble.append(&mut catch_up);
+        }
+        Registration {
+            id,
+            preamble,
+            rx,
+            evicted,
+        }
     }
 
-    /// Removes a socket; the uid disappears only when its last socket goes. Idempotent: a socket
-    /// already evicted for overflowing is not counted twice.
+    /// Removes a seed socket registered with [`Hub::register`].
     pub fn unregister(&self, uid: &str, id: SocketId) {
-        let mut shard = self.shard(uid);
-        let Some(peers) = shard.get_mut(uid) else {
-            return;
-        };
-        let before = peers.len();
-        peers.retain(|p| p.id != id);
-        if peers.len() < before {
-            self.sockets.fetch_sub(1, Ordering::Relaxed);
-        }
-        if peers.is_empty() {
-            shard.remove(uid);
-        }
+        self.unsubscribe(&Subscription::seed(uid), id)
     }
 
-    /// Queues `frame` on every socket of `uid` and returns how many took it. Never waits.
-    pub fn deliver(&self, uid: &str, frame: &Frame) -> usize {
-        let mut shard = self.shard(uid);
-        let Some(peers) = shard.get_mut(uid) else {
-            return 0;
+    /// Removes a socket from every stream of `sub` (it may already be gone from some, evicted
+    /// as a slow reader). A stream with no sockets and no history left is dropped. Call exactly
+    /// once per [`Hub::subscribe`]: the socket task's one cleanup path does.
+    pub fn unsubscribe(&self, sub: &Subscription, id: SocketId) {
+        for key in sub.keys() {
+            let mut shard = self.shard(&key);
+            let Some(stream) = shard.get_mut(&key) else {
+                continue;
+            };
+            if let Some(i) = stream.peers.iter().position(|p| p.id == id) {
+                stream.peers.swap_remove(i);
+            }
+            if stream.peers.is_empty() && stream.history.is_empty() {
+                shard.remove(&key);
+            }
+        }
+        self.sockets.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Publishes `contents` under `topic` to stream `key`: queued to every socket following it
+    /// (never waiting), and kept in its history if retention is on.
+    pub fn publish(&self, key: &StreamKey, topic: &str, contents: &RawValue) -> Delivery {
+        let keep = self.retention.history_size > 0;
+        let mut shard = self.shard(key);
+        let stream = if keep {
+            shard.entry(key.clone()).or_insert_with(Stream::new)
+        } else {
+            match shard.get_mut(key) {
+                Some(stream) => stream,
+                None => {
+                    return Delivery {
+                        sockets: 0,
+                        seq: 0,
+                        retained: false,
+                    }
+                }
+            }
         };
-        let mut delivered = 0;
-        peers.retain(|peer| match peer.tx.try_send(frame.clone()) {
-            Ok(()) => {
-                delivered += 1;
-                true
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                // Slow reader: cut it loose so it cannot hold memory or delay anyone.
-                peer.evicted.notify_one();
-                self.sockets.fetch_sub(1, Ordering::Relaxed);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                // Its task has ended and is about to unregister; treat it as gone.
-                self.sockets.fetch_sub(1, Ordering::Relaxed);
-                false
+        stream.seq += 1;
+        let seq = stream.seq;
+        let name = key.name();
+        let mut seed_frame = None;
+        let mut numbered = None;
+        let mut sockets = 0;
+        stream.peers.retain(|peer| {
+            let frame = match peer.proto {
+                Proto::Seed => seed_frame
+                    .get_or_insert_with(|| Arc::new(frame::push_frame(topic, 1, contents))),
+                Proto::Resumable => numbered.get_or_insert_with(|| {
+                    Arc::new(frame::stream_frame(topic, seq, contents, &name))
+                }),
+            };
+            match peer.tx.try_send(frame.clone()) {
+                Ok(()) => {
+                    sockets += 1;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // Slow reader: cut it loose so it cannot hold memory or delay anyone.
+                    peer.evicted.notify_one();
+                    false
+                }
+                // Its task has ended and is about to unsubscribe.
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
             }
         });
-        if peers.is_empty() {
-            shard.remove(uid);
+        if keep {
+            let frame = numbered
+                .unwrap_or_else(|| Arc::new(frame::stream_frame(topic, seq, contents, &name)));
+            self.retain(stream, seq, frame);
+        } else if stream.peers.is_empty() {
+            shard.remove(key);
         }
-        delivered
+        Delivery {
+            sockets,
+            seq,
+            retained: keep,
+        }
+    }
+
+    fn retain(&self, stream: &mut Stream, seq: u64, frame: Frame) {
+        let cost = retained_cost(&frame);
+        stream.history.push_back(Retained {
+            seq,
+            frame,
+            at: Instant::now(),
+        });
+        let mut total = self.history_bytes.fetch_add(cost, Ordering::Relaxed) + cost;
+        while stream.history.len() > self.retention.history_size
+            || (total > self.retention.max_bytes && stream.history.len() > 1)
+        {
+            let old = stream.history.pop_front().expect("non-empty");
+            total = self
+                .history_bytes
+                .fetch_sub(retained_cost(&old.frame), Ordering::Relaxed)
+                - retained_cost(&old.frame);
+        }
+    }
+
+    /// Drops history older than the retention time, and streams left with neither sockets nor
+    /// history. Called periodically.
+    pub fn sweep(&self) {
+        let ttl = self.retention.history_ttl;
+        let now = Instant::now();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            shard.retain(|_, stream| {
+                while stream
+                    .history
+                    .front()
+                    .is_some_and(|m| now.duration_since(m.at) >= ttl)
+                {
+                    let old = stream.history.pop_front().expect("non-empty");
+                    self.history_bytes
+                        .fetch_sub(retained_cost(&old.frame), Ordering::Relaxed);
+                }
+                !stream.peers.is_empty() || !stream.history.is_empty()
+            });
+        }
+    }
+
+    /// How many sockets follow `key`.
+    pub fn followers(&self, key: &StreamKey) -> usize {
+        self.shard(key).get(key).map_or(0, |s| s.peers.len())
     }
 
     /// How many sockets `uid` has open.
     pub fn sockets_of(&self, uid: &str) -> usize {
-        self.shard(uid).get(uid).map_or(0, Vec::len)
+        self.followers(&StreamKey::User(uid.into()))
     }
 
     /// Total live sockets.
@@ -147,25 +416,75 @@ impl Hub {
         self.sockets.load(Ordering::Relaxed)
     }
 
-    /// Uids with at least one live socket.
-    pub fn uid_count(&self) -> usize {
-        (0..SHARDS)
-            .map(|i| {
-                self.shards[i]
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .len()
-            })
-            .sum()
+    /// Counts over all streams: (uids with a socket, topics with a follower, history bytes).
+    pub fn totals(&self) -> (usize, usize, usize) {
+        let (mut uids, mut topics) = (0, 0);
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, stream) in shard.iter() {
+                if stream.peers.is_empty() {
+                    continue;
+                }
+                match key {
+                    StreamKey::User(_) => uids += 1,
+                    StreamKey::Topic(_) => topics += 1,
+                    StreamKey::Broadcast => {}
+                }
+            }
+        }
+        (uids, topics, self.history_bytes.load(Ordering::Relaxed))
     }
+}
+
+/// Approximate bytes one retained message holds.
+fn retained_cost(frame: &Frame) -> usize {
+    frame.len() + 64
+}
+
+/// Appends to `out` what a client that last saw `since` (`generation:seq`) in this stream
+/// missed: a `_gap` frame if some of it is no longer kept, then every kept message after it.
+fn replay(stream: &Stream, name: &str, since: &str, out: &mut Vec<Frame>) {
+    let parsed = since
+        .split_once(':')
+        .and_then(|(g, s)| Some((u64::from_str_radix(g, 16).ok()?, s.parse::<u64>().ok()?)));
+    let oldest = stream.history.front().map_or(stream.seq + 1, |m| m.seq);
+    let from = match parsed {
+        // Same generation: resume after its position (a position from the future means
+        // nothing was missed). Anything between it and the oldest kept message is lost.
+        Some((generation, seq)) if generation == stream.generation => {
+            let from = seq.min(stream.seq);
+            if from + 1 < oldest {
+                out.push(frame::gap(name, since, oldest));
+            }
+            from
+        }
+        // Another generation (the stream was dropped and made again, or the server
+        // restarted) or a malformed position: everything kept is new to the client, and
+        // whatever it missed before that is lost.
+        _ => {
+            out.push(frame::gap(name, since, oldest));
+            0
+        }
+    };
+    out.extend(
+        stream
+            .history
+            .iter()
+            .filter(|m| m.seq > from)
+            .map(|m| m.frame.clone()),
+    );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn frame(s: &str) -> Frame {
-        Arc::new(Utf8Bytes::from(s))
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_string()).unwrap()
+    }
+
+    fn user(uid: &str) -> StreamKey {
+        StreamKey::User(uid.into())
     }
 
     #[tokio::test]
@@ -174,16 +493,17 @@ mod tests {
         let mut a1 = hub.register("a");
         let mut a2 = hub.register("a");
         let mut b = hub.register("b");
-        assert_eq!(hub.deliver("a", &frame("x")), 2);
-        assert_eq!(a1.rx.recv().await.unwrap().as_str(), "x");
-        assert_eq!(a2.rx.recv().await.unwrap().as_str(), "x");
+        assert_eq!(hub.publish(&user("a"), "t", &raw("1")).sockets, 2);
+        let expected = r#"{"topic":"t","number":1,"contents":1}"#;
+        assert_eq!(a1.rx.recv().await.unwrap().as_str(), expected);
+        assert_eq!(a2.rx.recv().await.unwrap().as_str(), expected);
         assert!(b.rx.try_recv().is_err());
         hub.unregister("a", a1.id);
         assert_eq!(hub.sockets_of("a"), 1);
         hub.unregister("a", a2.id);
-        hub.unregister("a", a2.id);
-        assert_eq!(hub.deliver("a", &frame("y")), 0);
-        assert_eq!((hub.socket_count(), hub.uid_count()), (1, 1));
+        assert_eq!(hub.publish(&user("a"), "t", &raw("2")).sockets, 0);
+        assert_eq!(hub.socket_count(), 1);
+        assert_eq!(hub.totals().0, 1);
     }
 
     #[tokio::test]
@@ -191,12 +511,82 @@ mod tests {
         let hub = Hub::new(1);
         let slow = hub.register("a");
         let mut fast = hub.register("a");
-        assert_eq!(hub.deliver("a", &frame("1")), 2);
+        assert_eq!(hub.publish(&user("a"), "t", &raw("1")).sockets, 2);
         fast.rx.recv().await.unwrap();
-        assert_eq!(hub.deliver("a", &frame("2")), 1);
+        assert_eq!(hub.publish(&user("a"), "t", &raw("2")).sockets, 1);
         slow.evicted.notified().await;
         assert_eq!(hub.sockets_of("a"), 1);
         hub.unregister("a", slow.id);
         assert_eq!(hub.socket_count(), 1);
+    }
+
+    fn resumable(uid: &str) -> Subscription {
+        Subscription {
+            uid: uid.into(),
+            topics: vec![],
+            proto: Proto::Resumable,
+        }
+    }
+
+    fn texts(frames: &[Frame]) -> Vec<String> {
+        frames.iter().map(|f| f.as_str().to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn resume_replays_missed_then_live_exactly_once() {
+        let retention = Retention {
+            history_size: 3,
+            history_ttl: Duration::from_secs(60),
+            max_bytes: 1 << 20,
+        };
+        let hub = Hub::with_retention(8, retention);
+        // Another tab keeps the stream (and its generation) alive meanwhile.
+        let _other_tab = hub.register("a");
+        let first = hub.subscribe(&resumable("a"), None);
+        let welcome: serde_json::Value = serde_json::from_str(first.preamble[0].as_str()).unwrap();
+        let pos0 = welcome["contents"]["streams"]["user"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let generation = pos0.split(':').next().unwrap().to_string();
+        hub.unsubscribe(&resumable("a"), first.id);
+        for i in 1..=5 {
+            assert_eq!(hub.publish(&user("a"), "t", &raw(&i.to_string())).seq, i);
+        }
+        // Saw up to 3: gets 4 and 5.
+        let resume = HashMap::from([("user".to_string(), format!("{generation}:3"))]);
+        let mut again = hub.subscribe(&resumable("a"), Some(&resume));
+        let got = texts(&again.preamble[1..]);
+        assert_eq!(
+            got,
+            [
+                r#"{"topic":"t","number":4,"contents":4,"stream":"user"}"#,
+                r#"{"topic":"t","number":5,"contents":5,"stream":"user"}"#
+            ]
+        );
+        hub.publish(&user("a"), "t", &raw("6"));
+        assert!(again.rx.recv().await.unwrap().contains(r#""number":6"#));
+        // Saw only 1: 2 and 3 are gone (history keeps 3), so a gap, then 4..=6.
+        let resume = HashMap::from([("user".to_string(), format!("{generation}:1"))]);
+        let late = hub.subscribe(&resumable("a"), Some(&resume));
+        let got = texts(&late.preamble[1..]);
+        assert!(got[0].starts_with(r#"{"topic":"_gap""#), "{got:?}");
+        assert!(got[0].contains(r#""next":4"#), "{got:?}");
+        assert_eq!(got.len(), 1 + 3);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_and_remade_stream_is_reported_as_a_gap() {
+        let hub = Hub::new(8);
+        let first = hub.subscribe(&resumable("a"), None);
+        let welcome: serde_json::Value = serde_json::from_str(first.preamble[0].as_str()).unwrap();
+        let pos = welcome["contents"]["streams"]["user"].as_str().unwrap().to_string();
+        hub.unsubscribe(&resumable("a"), first.id);
+        assert_eq!(hub.totals(), (0, 0, 0));
+        let resume = HashMap::from([("user".to_string(), pos)]);
+        let again = hub.subscribe(&resumable("a"), Some(&resume));
+        let got = texts(&again.preamble[1..]);
+        assert_eq!(got.len(), 1);
+        assert!(got[0].starts_with(r#"{"topic":"_gap""#), "{got:?}");
     }
 }

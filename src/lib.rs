@@ -27,6 +27,7 @@ pub mod socket;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -38,7 +39,21 @@ pub use config::Config;
 /// let requests in flight finish, flush what each socket has queued, close every socket with
 /// 1001, and return within `config.shutdown_timeout_secs`.
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
-    let hub = Arc::new(hub::Hub::new(config.send_queue_frames));
+    let hub = Arc::new(hub::Hub::with_retention(
+        config.send_queue_frames,
+        config.retention(),
+    ));
+    let sweeper = tokio::spawn({
+        let hub = hub.clone();
+        let period = Duration::from_secs_f64((config.history_ttl_secs / 4.0).clamp(0.05, 5.0));
+        async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                hub.sweep();
+            }
+        }
+    });
     let (stop_sockets, stopping) = watch::channel(false);
     let tracker = TaskTracker::new();
     let sockets = socket::SocketContext {
@@ -75,6 +90,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             hub.socket_count()
         );
     }
+    sweeper.abort();
     log::info!("shutdown complete");
 }
 

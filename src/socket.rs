@@ -2,6 +2,7 @@
 //! queue, inbound frames, the heartbeat tick, eviction and shutdown; then exactly one cleanup
 //! path (unregister, close frame with a [`CloseReason`], bounded wait for the client's close).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::frame::CloseReason;
-use crate::hub::{Frame, Hub};
+use crate::hub::{Frame, Hub, Subscription};
 
 /// Bytes tungstenite reads per syscall. Clients only send pongs and the odd small frame, and
 /// this buffer is allocated for every idle socket, so it is small (warp's default is 128 KiB);
@@ -49,36 +50,54 @@ pub struct SocketContext {
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// Serves one upgraded socket for `uid` until it closes, for whatever reason.
+/// Serves one upgraded seed socket for `uid` (its own stream and broadcasts, seed frames)
+/// until it closes.
+pub fn serve<S>(
+    ws: WebSocketStream<S>,
+    uid: String,
+    ctx: SocketContext,
+) -> impl std::future::Future<Output = ()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    serve_subscription(ws, Subscription::seed(uid), None, ctx)
+}
+
+/// Serves one upgraded socket following `sub` until it closes, for whatever reason. With
+/// `resume`, it first gets what it missed since those positions.
 ///
 /// A plain `fn` returning an `async move` block rather than an `async fn`: an `async fn` keeps
 /// both its argument and its moved copy of the ~300-byte WebSocket in the future, and this
 /// future lives as long as the socket, once per socket.
 #[allow(clippy::manual_async_fn)]
-pub fn serve<S>(
+pub fn serve_subscription<S>(
     mut ws: WebSocketStream<S>,
-    uid: String,
+    sub: Subscription,
+    resume: Option<HashMap<String, String>>,
     mut ctx: SocketContext,
 ) -> impl std::future::Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     async move {
-        let mut registration = ctx.hub.register(&uid);
+        let mut registration = ctx.hub.subscribe(&sub, resume.as_ref());
+        drop(resume);
         log::debug!(
             "socket {} opened ({} live)",
             registration.id,
             ctx.hub.socket_count()
         );
+        let preamble = std::mem::take(&mut registration.preamble);
         let ended = drive(
             &mut ws,
+            preamble,
             &mut registration.rx,
             &registration.evicted,
             ctx.heartbeat,
             &mut ctx.shutdown,
         )
         .await;
-        ctx.hub.unregister(&uid, registration.id);
+        ctx.hub.unsubscribe(&sub, registration.id);
         log::debug!("socket {} closed: {:?}", registration.id, ended);
         // Boxed: the closing steps run once, so their state should not sit in every idle
         // socket's task for its whole life.
@@ -123,6 +142,7 @@ impl std::fmt::Debug for Ended {
 
 async fn drive<S>(
     ws: &mut WebSocketStream<S>,
+    preamble: Vec<Frame>,
     rx: &mut mpsc::Receiver<Frame>,
     evicted: &Notify,
     heartbeat: Duration,
@@ -133,6 +153,21 @@ where
 {
     if *shutdown.borrow() {
         return Ended::Close(CloseReason::ServerShutdown);
+    }
+    if !preamble.is_empty() {
+        // Welcome, gaps and missed messages go out before anything live (which waits in `rx`).
+        let sent = async {
+            for frame in preamble {
+                ws.feed(Message::Text((*frame).clone())).await?;
+            }
+            ws.flush().await
+        };
+        tokio::select! {
+            biased;
+            _ = evicted.notified() => return Ended::Close(CloseReason::SlowConsumer),
+            _ = shutdown.changed() => return Ended::Close(CloseReason::ServerShutdown),
+            result = sent => if result.is_err() { return Ended::Lost },
+        }
     }
     // A random phase spreads the pings of thousands of sockets opened together.
     let phase = heartbeat.mul_f64(rand::rng().random_range(0.5..1.0));
