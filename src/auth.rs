@@ -282,14 +282,9 @@ mod tests {
         assert_eq!(a.verify_at("bob", &key, 0), Err(KeyError::Invalid));
         // Swapping in another topic list breaks the MAC.
         let other = a.issue_with_topics_at("alice", &["admin".to_string()], 2_000_000_000);
-        let forged = format!(
-            "{}.{}",
-            key.rsplitn(2, '.').nth(1).unwrap().replace(
-                key.split('.').nth(2).unwrap(),
-                other.split('.').nth(2).unwrap()
-            ),
-            key.rsplit('.').next().unwrap()
-        );
+        let parts: Vec<&str> = key.split('.').collect();
+        let other_topics = other.split('.').nth(2).unwrap();
+        let forged = format!("{}.{}.{}.{}", parts[0], parts[1], other_topics, parts[3]);
         assert_eq!(a.verify_at("alice", &forged, 0), Err(KeyError::Invalid));
         assert!(valid_topic("room:42") && !valid_topic("a,b") && !valid_topic(""));
     }
