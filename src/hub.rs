@@ -84,6 +84,14 @@ pub struct Retention {
 }
 
 impl Retention {
+    /// How long an idle stream's generation and position are remembered after its last
+    /// message expired: twice the history time, at least a minute.
+    pub fn meta_ttl(&self) -> Duration {
+        (self.history_ttl * 2).max(Duration::from_secs(60))
+    }
+}
+
+impl Retention {
     /// No history at all.
     pub const NONE: Retention = Retention {
         history_size: 0,
@@ -111,6 +119,10 @@ struct Stream {
     seq: u64,
     peers: Vec<Peer>,
     history: VecDeque<Retained>,
+    /// Last publish or unsubscribe. A stream with no sockets and no history is still kept
+    /// (about 100 bytes) until this is `meta_ttl` old, so a client resuming within that time is
+    /// told exactly what it missed instead of a precautionary gap.
+    touched: Instant,
 }
 
 impl Stream {
@@ -120,6 +132,7 @@ impl Stream {
             seq: 0,
             peers: Vec::new(),
             history: VecDeque::new(),
+            touched: Instant::now(),
         }
     }
 
@@ -281,7 +294,7 @@ impl Hub {
     }
 
     /// Removes a socket from every stream of `sub` (it may already be gone from some, evicted
-    /// as a slow reader). A stream with no sockets and no history left is dropped. Call exactly
+    /// as a slow reader). Streams left idle are dropped later by [`Hub::sweep`]. Call exactly
     /// once per [`Hub::subscribe`]: the socket task's one cleanup path does.
     pub fn unsubscribe(&self, sub: &Subscription, id: SocketId) {
         for key in sub.keys() {
@@ -292,9 +305,7 @@ impl Hub {
             if let Some(i) = stream.peers.iter().position(|p| p.id == id) {
                 stream.peers.swap_remove(i);
             }
-            if stream.peers.is_empty() && stream.history.is_empty() {
-                shard.remove(&key);
-            }
+            stream.touched = Instant::now();
         }
         self.sockets.fetch_sub(1, Ordering::Relaxed);
     }
@@ -319,6 +330,7 @@ impl Hub {
             }
         };
         stream.seq += 1;
+        stream.touched = Instant::now();
         let seq = stream.seq;
         let name = key.name();
         let mut seed_frame = None;
@@ -379,10 +391,11 @@ impl Hub {
         }
     }
 
-    /// Drops history older than the retention time, and streams left with neither sockets nor
-    /// history. Called periodically.
+    /// Drops history older than the retention time, and streams that have had neither sockets
+    /// nor history for [`Retention::meta_ttl`]. Called periodically.
     pub fn sweep(&self) {
         let ttl = self.retention.history_ttl;
+        let meta_ttl = self.retention.meta_ttl();
         let now = Instant::now();
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
@@ -396,7 +409,9 @@ impl Hub {
                     self.history_bytes
                         .fetch_sub(retained_cost(&old.frame), Ordering::Relaxed);
                 }
-                !stream.peers.is_empty() || !stream.history.is_empty()
+                !stream.peers.is_empty()
+                    || !stream.history.is_empty()
+                    || now.duration_since(stream.touched) < meta_ttl
             });
         }
     }
@@ -576,13 +591,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_dropped_and_remade_stream_is_reported_as_a_gap() {
-        let hub = Hub::new(8);
+    async fn a_forgotten_stream_is_reported_as_a_gap() {
+        let retention = Retention {
+            history_size: 10,
+            history_ttl: Duration::ZERO,
+            max_bytes: 1 << 20,
+        };
+        let hub = Hub::with_retention(8, retention);
         let first = hub.subscribe(&resumable("a"), None);
         let welcome: serde_json::Value = serde_json::from_str(first.preamble[0].as_str()).unwrap();
-        let pos = welcome["contents"]["streams"]["user"].as_str().unwrap().to_string();
+        let pos = welcome["contents"]["streams"]["user"]
+            .as_str()
+            .unwrap()
+            .to_string();
         hub.unsubscribe(&resumable("a"), first.id);
+        // Idle streams are remembered for a while: resuming now is exact (no gap)...
+        let resume = HashMap::from([("user".to_string(), pos.clone())]);
+        let again = hub.subscribe(&resumable("a"), Some(&resume));
+        assert_eq!(again.preamble.len(), 1, "welcome only");
+        hub.unsubscribe(&resumable("a"), again.id);
+        // ...until the sweeper forgets them (here: as if meta_ttl had passed).
+        for shard in hub.shards.iter() {
+            for stream in shard.lock().unwrap().values_mut() {
+                stream.touched -= retention.meta_ttl();
+            }
+        }
+        hub.sweep();
         assert_eq!(hub.totals(), (0, 0, 0));
+        assert!(hub.shards.iter().all(|s| s.lock().unwrap().is_empty()));
         let resume = HashMap::from([("user".to_string(), pos)]);
         let again = hub.subscribe(&resumable("a"), Some(&resume));
         let got = texts(&again.preamble[1..]);
