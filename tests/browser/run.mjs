@@ -1,0 +1,125 @@
+// Real headless Chromium runs client/push-serve.js against a real push-serve, through a TCP
+// relay that this script cuts for 2 s at a time while messages are pushed. Started by
+// tests/browser.rs as: node tests/browser/run.mjs HOST:PORT PASSWORD
+// Exits 0 when the page received every message once, in order, refreshed its expired key, and
+// dispatched topic messages to on(topic); prints what went wrong otherwise.
+import { chromium } from "playwright-core";
+import net from "node:net";
+import http from "node:http";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const [server, password] = process.argv.slice(2);
+const [host, port] = server.split(":");
+const here = path.dirname(fileURLToPath(import.meta.url));
+const clientJs = path.join(here, "..", "..", "client", "push-serve.js");
+const TOTAL = 1500;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function request(method, target, body) {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { host, port, method, path: target, agent: keepAlive, headers: { authorization: `Bearer ${password}` } },
+      (res) => {
+        let data = "";
+        res.setEncoding("utf8");
+        res.on("data", (c) => (data += c));
+        res.on("end", () => resolve({ status: res.statusCode, json: JSON.parse(data) }));
+      },
+    );
+    req.on("error", reject);
+    if (body) req.write(JSON.stringify(body));
+    req.end();
+  });
+}
+const keepAlive = new http.Agent({ keepAlive: true, maxSockets: 1 });
+
+// The page's network: a relay we can cut.
+let down = false;
+const live = new Set();
+const relay = net.createServer((client) => {
+  if (down) return client.destroy();
+  const upstream = net.connect(Number(port), host);
+  const pair = { client, upstream };
+  live.add(pair);
+  client.pipe(upstream).pipe(client);
+  const end = () => { client.destroy(); upstream.destroy(); live.delete(pair); };
+  client.on("error", end); upstream.on("error", end); client.on("close", end); upstream.on("close", end);
+});
+await new Promise((r) => relay.listen(0, "127.0.0.1", r));
+const relayPort = relay.address().port;
+function cut() { down = true; for (const { client, upstream } of live) { client.destroy(); upstream.destroy(); } live.clear(); }
+
+let keyFetches = 0;
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+let failure = null;
+try {
+  const page = await browser.newPage();
+  page.on("console", (m) => { if (m.type() === "error") console.error("page:", m.text()); });
+  await page.exposeFunction("fetchKey", async () => {
+    keyFetches++;
+    const r = await request("GET", "/access?uid=page&topics=news");
+    return r.json.contents;
+  });
+  await page.setContent("<!doctype html><title>push-serve client test</title><body></body>");
+  await page.addScriptTag({ path: clientJs });
+  await page.evaluate((url) => {
+    window.got = []; window.gaps = []; window.news = []; window.opens = 0;
+    const push = new PushServe({ url, uid: "page", getAccessKey: () => window.fetchKey(), minDelay: 200, maxDelay: 1000 });
+    push.on("n", (contents) => window.got.push(contents));
+    push.on("news", (contents) => window.news.push(contents));
+    push.on("_gap", (gap) => window.gaps.push(gap));
+    push.on("open", () => window.opens++);
+    push.start();
+  }, `ws://127.0.0.1:${relayPort}/ws`);
+
+  const online = async () => (await request("GET", "/online?uid=page")).json.number;
+  for (let i = 0; (await online()) < 1; i++) {
+    if (i > 200) throw new Error("the page never connected");
+    await sleep(50);
+  }
+  await request("POST", "/publish", { topic: "news", contents: { headline: "hello" } });
+
+  // Two outages of 2 s while 1,500 messages are pushed at about 300/s. The server's key
+  // lifetime is 3 s, so the page's first key has expired by its second reconnect.
+  const outages = (async () => {
+    for (let k = 0; k < 2; k++) {
+      await sleep(1200);
+      cut();
+      await sleep(2000);
+      down = false;
+    }
+  })();
+  for (let i = 1; i <= TOTAL; i++) {
+    const r = await request("POST", "/push?uid=page", { topic: "n", contents: i });
+    if (r.status !== 200 && r.status !== 404) throw new Error(`push ${i}: ${r.status}`);
+    if (i % 10 === 0) await sleep(30);
+  }
+  await outages;
+  for (let i = 0; (await page.evaluate(() => window.got.length)) < TOTAL; i++) {
+    if (i > 600) break;
+    await sleep(50);
+  }
+  const { got, gaps, news, opens } = await page.evaluate(() => ({
+    got: window.got, gaps: window.gaps, news: window.news, opens: window.opens,
+  }));
+  const inOrder = got.length === TOTAL && got.every((v, i) => v === i + 1);
+  console.log(JSON.stringify({ received: got.length, inOrder, gaps: gaps.length, opens, keyFetches, news }));
+  if (!inOrder) failure = `expected 1..${TOTAL} once each in order, got ${got.length} (first wrong at ${got.findIndex((v, i) => v !== i + 1)})`;
+  else if (gaps.length) failure = `unexpected gaps ${JSON.stringify(gaps)}`;
+  else if (opens < 3) failure = `expected reconnects after the outages, saw ${opens} opens`;
+  else if (keyFetches < 2) failure = `the expired key was never refreshed (${keyFetches} fetches)`;
+  else if (JSON.stringify(news) !== JSON.stringify([{ headline: "hello" }])) failure = `topic dispatch: ${JSON.stringify(news)}`;
+} catch (e) {
+  failure = e.stack || String(e);
+} finally {
+  await browser.close();
+  relay.close();
+  keepAlive.destroy();
+}
+if (failure) { console.error("FAILED:", failure); process.exit(1); }
+console.log("browser client: ok");
