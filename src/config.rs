@@ -86,6 +86,24 @@ pub struct Config {
     /// Most uids one `/push` may name.
     #[serde(default = "defaults::max_uids_per_push")]
     pub max_uids_per_push: usize,
+    /// Most sockets open at once; further upgrades get 503.
+    #[serde(default = "defaults::max_sockets")]
+    pub max_sockets: usize,
+    /// Most sockets one uid may have open; further upgrades for it get 429.
+    #[serde(default = "defaults::max_sockets_per_uid")]
+    pub max_sockets_per_uid: usize,
+    /// Failed password attempts allowed per client address per minute before that address
+    /// gets 429 on `/access`, `/push` and the other backend endpoints; 0 turns it off.
+    #[serde(default = "defaults::auth_failures_per_minute")]
+    pub auth_failures_per_minute: u32,
+    /// Header carrying the client address when push-serve sits behind a reverse proxy
+    /// (e.g. `X-Forwarded-For`, first entry used); unset: the TCP peer address.
+    #[serde(default)]
+    pub real_ip_header: Option<String>,
+    /// Page origins allowed to open sockets (e.g. `https://shop.example.com`). Unset: any. A
+    /// request without `Origin` (not a browser) is always allowed; others get 403.
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
     /// Seconds allowed for a client to send its request headers.
     #[serde(default = "defaults::header_read_timeout_secs")]
     pub header_read_timeout_secs: f64,
@@ -151,6 +169,15 @@ mod defaults {
     pub fn max_uids_per_push() -> usize {
         1000
     }
+    pub fn max_sockets() -> usize {
+        1_000_000
+    }
+    pub fn max_sockets_per_uid() -> usize {
+        64
+    }
+    pub fn auth_failures_per_minute() -> u32 {
+        30
+    }
     pub fn header_read_timeout_secs() -> f64 {
         10.0
     }
@@ -179,6 +206,11 @@ impl Config {
             history_max_bytes: defaults::history_max_bytes(),
             max_topics_per_key: defaults::max_topics_per_key(),
             max_uids_per_push: defaults::max_uids_per_push(),
+            max_sockets: defaults::max_sockets(),
+            max_sockets_per_uid: defaults::max_sockets_per_uid(),
+            auth_failures_per_minute: defaults::auth_failures_per_minute(),
+            real_ip_header: None,
+            allowed_origins: None,
             header_read_timeout_secs: defaults::header_read_timeout_secs(),
             shutdown_timeout_secs: defaults::shutdown_timeout_secs(),
             listen_backlog: defaults::listen_backlog(),
@@ -297,6 +329,31 @@ impl Config {
                 "max_uids_per_push",
                 "must be between 1 and 1000000",
             ));
+        }
+        if self.max_sockets == 0 {
+            return Err(invalid("max_sockets", "must be at least 1"));
+        }
+        if self.max_sockets_per_uid == 0 {
+            return Err(invalid("max_sockets_per_uid", "must be at least 1"));
+        }
+        if let Some(h) = &self.real_ip_header {
+            if warp::http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(invalid(
+                    "real_ip_header",
+                    format!("`{h}` is not a header name"),
+                ));
+            }
+        }
+        if let Some(origins) = &self.allowed_origins {
+            if let Some(bad) = origins
+                .iter()
+                .find(|o| !(o.starts_with("http://") || o.starts_with("https://")))
+            {
+                return Err(invalid(
+                    "allowed_origins",
+                    format!("`{bad}` is not an origin such as https://shop.example.com"),
+                ));
+            }
         }
         if self.listen_backlog == 0 || self.listen_backlog > 65535 {
             return Err(invalid("listen_backlog", "must be between 1 and 65535"));

@@ -5,6 +5,7 @@
 //! 405 and an unknown path a 404, both with the envelope, and no warp rejection ever escapes.
 
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -16,7 +17,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::TaskTracker;
-use warp::http::header::{self, HeaderMap, HeaderValue};
+use warp::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 use warp::Filter;
@@ -27,6 +28,7 @@ use crate::auth::{valid_topic, Auth, KeyError};
 use crate::config::{Config, MAX_UID_BYTES};
 use crate::frame::{Envelope, PushBody};
 use crate::hub::{Hub, Proto, StreamKey, Subscription};
+use crate::limits::{FailureLimiter, PeerAddr};
 use crate::socket::{self, SocketContext};
 
 /// Reply text of a successful push, as in the seed.
@@ -45,12 +47,22 @@ pub struct AppState {
     max_body_bytes: usize,
     max_uids_per_push: usize,
     max_topics_per_key: usize,
+    max_sockets: usize,
+    max_sockets_per_uid: usize,
+    limiter: FailureLimiter,
+    real_ip_header: Option<HeaderName>,
+    allowed_origins: Option<Vec<String>>,
     ws_config: WebSocketConfig,
     sockets: SocketContext,
     tracker: TaskTracker,
 }
 
 impl AppState {
+    /// Forgets rate-limit windows that are over; called periodically.
+    pub fn sweep(&self) {
+        self.limiter.sweep();
+    }
+
     /// Handler state for `config`; socket tasks are spawned on `tracker` so shutdown can wait.
     pub fn new(
         config: &Config,
@@ -68,6 +80,14 @@ impl AppState {
             max_body_bytes: config.max_body_bytes,
             max_uids_per_push: config.max_uids_per_push,
             max_topics_per_key: config.max_topics_per_key,
+            max_sockets: config.max_sockets,
+            max_sockets_per_uid: config.max_sockets_per_uid,
+            limiter: FailureLimiter::new(config.auth_failures_per_minute),
+            real_ip_header: config
+                .real_ip_header
+                .as_deref()
+                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+            allowed_origins: config.allowed_origins.clone(),
             ws_config: socket::ws_config(config.max_client_frame_bytes),
             sockets,
             tracker,
@@ -127,6 +147,18 @@ pub enum ApiError {
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
+    /// `max_sockets` reached.
+    #[error("server is at its socket limit, try again later")]
+    ServerFull,
+    /// `max_sockets_per_uid` reached for this uid.
+    #[error("this uid already has {0} sockets open")]
+    TooManySockets(usize),
+    /// This address failed the password too often; retry after the duration.
+    #[error("too many failed password attempts from this address, retry in {} s", .0.as_secs())]
+    TooManyFailures(std::time::Duration),
+    /// The page's `Origin` is not in `allowed_origins`.
+    #[error("origin not allowed")]
+    OriginRefused,
     /// Method not allowed on this path.
     #[error("method not allowed, use {0}")]
     MethodNotAllowed(&'static str),
@@ -154,7 +186,11 @@ impl ApiError {
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Offline { .. } | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
-            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ShuttingDown | ApiError::ServerFull => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManySockets(_) | ApiError::TooManyFailures(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::OriginRefused => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -172,6 +208,9 @@ impl ApiError {
             }
             ApiError::BadPassword => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::TooManyFailures(wait) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs()));
             }
             ApiError::Offline { stored } if stored > 0 => {
                 headers.insert(STORED_HEADER, HeaderValue::from(stored));
@@ -237,14 +276,46 @@ fn check_uid(uid: &str) -> Result<&str, ApiError> {
 
 /// Backends authenticate with `?password=` (the seed's way) or `Authorization: Bearer`, which
 /// keeps the password out of URLs and proxy logs.
-fn check_password(state: &AppState, params: &Params, headers: &HeaderMap) -> Result<(), ApiError> {
-    let bearer = headers
+/// An address that failed too often is refused before its password is even looked at.
+fn check_password(state: &AppState, params: &Params, req: &Req) -> Result<(), ApiError> {
+    let ip = req.client_ip(state.real_ip_header.as_ref());
+    if let Some(ip) = ip {
+        state.limiter.check(ip).map_err(ApiError::TooManyFailures)?;
+    }
+    let bearer = req
+        .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match params.password.as_deref().or(bearer) {
         Some(given) if state.auth.check_password(given) => Ok(()),
-        _ => Err(ApiError::BadPassword),
+        _ => {
+            if let Some(ip) = ip {
+                state.limiter.failed(ip);
+            }
+            Err(ApiError::BadPassword)
+        }
+    }
+}
+
+/// What every handler looks at.
+struct Req {
+    method: Method,
+    query: String,
+    headers: HeaderMap,
+    peer: Option<SocketAddr>,
+}
+
+impl Req {
+    /// The client's address: the configured proxy header's first entry if set and present,
+    /// else the TCP peer.
+    fn client_ip(&self, real_ip_header: Option<&HeaderName>) -> Option<IpAddr> {
+        let forwarded = real_ip_header
+            .and_then(|h| self.headers.get(h))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok());
+        forwarded.or(self.peer.map(|p| p.ip()))
     }
 }
 
@@ -257,55 +328,48 @@ pub fn routes(
     let common = warp::method()
         .and(query)
         .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<PeerAddr>())
+        .map(|method, query, headers, peer: Option<PeerAddr>| Req {
+            method,
+            query,
+            headers,
+            peer: peer.map(|p| p.0),
+        })
         .and(state);
 
-    let access_route = warp::path!("access").and(common.clone()).map(
-        |method, query: String, headers, state: Arc<AppState>| {
-            respond(access(&state, &method, &query, &headers))
-        },
-    );
+    let access_route = warp::path!("access")
+        .and(common.clone())
+        .map(|req: Req, state: Arc<AppState>| respond(access(&state, &req)));
     let push_route = warp::path!("push")
         .and(common.clone())
         .and(warp::body::stream())
-        .then(
-            |method, query: String, headers, state: Arc<AppState>, body| async move {
-                respond(push(&state, &method, &query, &headers, body).await)
-            },
-        );
+        .then(|req: Req, state: Arc<AppState>, body| async move {
+            respond(push(&state, &req, body).await)
+        });
     let publish_route = warp::path!("publish")
         .and(common.clone())
         .and(warp::body::stream())
-        .then(
-            |method, query: String, headers, state: Arc<AppState>, body| async move {
-                respond(publish(&state, &method, &query, &headers, body, Target::Topic).await)
-            },
-        );
+        .then(|req: Req, state: Arc<AppState>, body| async move {
+            respond(publish(&state, &req, body, Target::Topic).await)
+        });
     let broadcast_route = warp::path!("broadcast")
         .and(common.clone())
         .and(warp::body::stream())
-        .then(
-            |method, query: String, headers, state: Arc<AppState>, body| async move {
-                respond(publish(&state, &method, &query, &headers, body, Target::Everyone).await)
-            },
-        );
-    let online_route = warp::path!("online").and(common.clone()).map(
-        |method, query: String, headers, state: Arc<AppState>| {
-            respond(online(&state, &method, &query, &headers))
-        },
-    );
-    let stats_route = warp::path!("stats").and(common.clone()).map(
-        |method, query: String, headers, state: Arc<AppState>| {
-            respond(stats(&state, &method, &query, &headers))
-        },
-    );
+        .then(|req: Req, state: Arc<AppState>, body| async move {
+            respond(publish(&state, &req, body, Target::Everyone).await)
+        });
+    let online_route = warp::path!("online")
+        .and(common.clone())
+        .map(|req: Req, state: Arc<AppState>| respond(online(&state, &req)));
+    let stats_route = warp::path!("stats")
+        .and(common.clone())
+        .map(|req: Req, state: Arc<AppState>| respond(stats(&state, &req)));
     let ws_route = warp::path!("ws")
         .and(common)
         .and(warp::ext::optional::<OnUpgrade>())
-        .map(
-            |method, query: String, headers, state: Arc<AppState>, on_upgrade| {
-                respond(upgrade(&state, &method, &query, &headers, on_upgrade))
-            },
-        );
+        .map(|req: Req, state: Arc<AppState>, on_upgrade| {
+            respond(upgrade(&state, &req, on_upgrade))
+        });
     let not_found_route = warp::any().map(|| ApiError::NotFound.into_response());
 
     access_route
@@ -342,17 +406,12 @@ fn respond(result: Result<Response, ApiError>) -> Response {
 }
 
 /// `GET /access?uid&password`: a fresh access key for `uid`.
-fn access(
-    state: &AppState,
-    method: &Method,
-    query: &str,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
-    if method != Method::GET && method != Method::POST {
+fn access(state: &AppState, req: &Req) -> Result<Response, ApiError> {
+    if req.method != Method::GET && req.method != Method::POST {
         return Err(ApiError::MethodNotAllowed("GET, POST"));
     }
-    let params = Params::parse(query)?;
-    check_password(state, &params, headers)?;
+    let params = Params::parse(&req.query)?;
+    check_password(state, &params, req)?;
     let uid = params.uid()?;
     let mut topics: Vec<String> = Vec::new();
     for topic in params
@@ -382,21 +441,19 @@ fn access(
 /// Method, password and body checks shared by the endpoints that publish.
 async fn authorized_body<S, B>(
     state: &AppState,
-    method: &Method,
-    query: &str,
-    headers: &HeaderMap,
+    req: &Req,
     body: S,
 ) -> Result<(Params, Bytes), ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    if method != Method::POST {
+    if req.method != Method::POST {
         return Err(ApiError::MethodNotAllowed("POST"));
     }
-    let params = Params::parse(query)?;
-    check_password(state, &params, headers)?;
-    let body = read_body(body, headers, state.max_body_bytes).await?;
+    let params = Params::parse(&req.query)?;
+    check_password(state, &params, req)?;
+    let body = read_body(body, &req.headers, state.max_body_bytes).await?;
     Ok((params, body))
 }
 
@@ -406,18 +463,12 @@ fn parse_body(body: &[u8]) -> Result<PushBody<'_>, ApiError> {
 
 /// `POST /push?uid&password` with `{topic, contents[, uids]}`: one frame to every socket of
 /// each uid (the query's `uid` and/or the body's `uids`, each pushed once).
-async fn push<S, B>(
-    state: &AppState,
-    method: &Method,
-    query: &str,
-    headers: &HeaderMap,
-    body: S,
-) -> Result<Response, ApiError>
+async fn push<S, B>(state: &AppState, req: &Req, body: S) -> Result<Response, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    let (params, body) = authorized_body(state, method, query, headers, body).await?;
+    let (params, body) = authorized_body(state, req, body).await?;
     let push = parse_body(&body)?;
     let mut uids: Vec<&str> = Vec::new();
     if let Some(uid) = params.uid.as_deref() {
@@ -467,9 +518,7 @@ enum Target {
 /// Zero receivers is not an error here: the message is still kept for resuming sockets.
 async fn publish<S, B>(
     state: &AppState,
-    method: &Method,
-    query: &str,
-    headers: &HeaderMap,
+    req: &Req,
     body: S,
     target: Target,
 ) -> Result<Response, ApiError>
@@ -477,7 +526,7 @@ where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    let (_, body) = authorized_body(state, method, query, headers, body).await?;
+    let (_, body) = authorized_body(state, req, body).await?;
     let msg = parse_body(&body)?;
     let key = match target {
         Target::Topic if !valid_topic(&msg.topic) => return Err(ApiError::InvalidTopic),
@@ -494,17 +543,12 @@ where
 }
 
 /// `GET /online?uid&password`: whether `uid` has sockets open, and how many.
-fn online(
-    state: &AppState,
-    method: &Method,
-    query: &str,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
-    if method != Method::GET {
+fn online(state: &AppState, req: &Req) -> Result<Response, ApiError> {
+    if req.method != Method::GET {
         return Err(ApiError::MethodNotAllowed("GET"));
     }
-    let params = Params::parse(query)?;
-    check_password(state, &params, headers)?;
+    let params = Params::parse(&req.query)?;
+    check_password(state, &params, req)?;
     let uid = params.uid()?;
     let n = state.hub.sockets_of(uid);
     let contents = serde_json::json!({ "uid": uid, "online": n > 0, "sockets": n });
@@ -512,17 +556,12 @@ fn online(
 }
 
 /// `GET /stats?password`: totals.
-fn stats(
-    state: &AppState,
-    method: &Method,
-    query: &str,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
-    if method != Method::GET {
+fn stats(state: &AppState, req: &Req) -> Result<Response, ApiError> {
+    if req.method != Method::GET {
         return Err(ApiError::MethodNotAllowed("GET"));
     }
-    let params = Params::parse(query)?;
-    check_password(state, &params, headers)?;
+    let params = Params::parse(&req.query)?;
+    check_password(state, &params, req)?;
     let sockets = state.hub.socket_count();
     let (uids, topics, history_bytes) = state.hub.totals();
     let contents = serde_json::json!({
@@ -561,15 +600,22 @@ where
 /// a status and the envelope, never an upgrade followed by a close.
 fn upgrade(
     state: &AppState,
-    method: &Method,
-    query: &str,
-    headers: &HeaderMap,
+    req: &Req,
     on_upgrade: Option<OnUpgrade>,
 ) -> Result<Response, ApiError> {
-    if method != Method::GET {
+    if req.method != Method::GET {
         return Err(ApiError::MethodNotAllowed("GET"));
     }
-    let params = Params::parse(query)?;
+    if let (Some(allowed), Some(origin)) = (&state.allowed_origins, req.headers.get(header::ORIGIN))
+    {
+        if !allowed
+            .iter()
+            .any(|a| origin.as_bytes().eq_ignore_ascii_case(a.as_bytes()))
+        {
+            return Err(ApiError::OriginRefused);
+        }
+    }
+    let params = Params::parse(&req.query)?;
     let uid = params.uid()?;
     let topics = state
         .auth
@@ -589,10 +635,17 @@ fn upgrade(
             )
         })?),
     };
-    let accept = websocket_accept(headers).ok_or(ApiError::UpgradeRequired)?;
+    let accept = websocket_accept(&req.headers).ok_or(ApiError::UpgradeRequired)?;
     let on_upgrade = on_upgrade.ok_or(ApiError::UpgradeRequired)?;
     if *state.sockets.shutdown.borrow() {
         return Err(ApiError::ShuttingDown);
+    }
+    // Soft limits: checked before the upgrade, so concurrent upgrades may overshoot slightly.
+    if state.hub.socket_count() >= state.max_sockets {
+        return Err(ApiError::ServerFull);
+    }
+    if state.hub.sockets_of(uid) >= state.max_sockets_per_uid {
+        return Err(ApiError::TooManySockets(state.max_sockets_per_uid));
     }
 
     let subscription = Subscription {

@@ -22,6 +22,7 @@ pub mod config;
 pub mod frame;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod server;
 pub mod socket;
 
@@ -43,17 +44,6 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         config.send_queue_frames,
         config.retention(),
     ));
-    let sweeper = tokio::spawn({
-        let hub = hub.clone();
-        let period = Duration::from_secs_f64((config.history_ttl_secs / 4.0).clamp(0.05, 5.0));
-        async move {
-            let mut tick = tokio::time::interval(period);
-            loop {
-                tick.tick().await;
-                hub.sweep();
-            }
-        }
-    });
     let (stop_sockets, stopping) = watch::channel(false);
     let tracker = TaskTracker::new();
     let sockets = socket::SocketContext {
@@ -67,6 +57,19 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         sockets,
         tracker.clone(),
     ));
+    // Expired history, forgotten streams and finished rate-limit windows go periodically.
+    let sweeper = tokio::spawn({
+        let (hub, state) = (hub.clone(), state.clone());
+        let period = Duration::from_secs_f64((config.history_ttl_secs / 4.0).clamp(0.05, 5.0));
+        async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                hub.sweep();
+                state.sweep();
+            }
+        }
+    });
 
     // Half the budget for HTTP requests in flight, half for sockets to flush and close.
     let phase = config.shutdown_timeout() / 2;

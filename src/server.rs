@@ -14,6 +14,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket};
 use warp::reply::Response;
+
+use crate::limits::PeerAddr;
 use warp::Filter;
 
 /// Binds `addr` with `backlog` pending connections (the kernel caps it at
@@ -53,9 +55,9 @@ pub async fn serve<F>(
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(pair) => pair,
                 Err(e) => {
                     accept_error(e).await;
                     continue;
@@ -64,7 +66,10 @@ pub async fn serve<F>(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(warp::service(filter.clone()));
+        let service = TowerToHyperService::new(WithPeer {
+            inner: warp::service(filter.clone()),
+            peer: PeerAddr(peer),
+        });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
@@ -94,5 +99,33 @@ async fn accept_error(e: io::Error) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         _ => log::debug!("accept: {e}"),
+    }
+}
+
+/// Tags every request with the connection's peer address (read by the password rate limiter).
+#[derive(Clone)]
+struct WithPeer<S> {
+    inner: S,
+    peer: PeerAddr,
+}
+
+impl<S, B> tower_service::Service<warp::http::Request<B>> for WithPeer<S>
+where
+    S: tower_service::Service<warp::http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: warp::http::Request<B>) -> Self::Future {
+        req.extensions_mut().insert(self.peer);
+        self.inner.call(req)
     }
 }
