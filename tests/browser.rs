@@ -13,7 +13,9 @@ use common::*;
 async fn browser_client_survives_outages_and_key_expiry() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
     assert!(
-        std::path::Path::new(dir).join("node_modules/playwright-core").exists(),
+        std::path::Path::new(dir)
+            .join("node_modules/playwright-core")
+            .exists(),
         "run `npm ci --prefix tests/browser` and install chromium (.ci/run does both)"
     );
     let s = Server::start(|c| {
@@ -34,6 +36,9 @@ async fn browser_client_survives_outages_and_key_expiry() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
-    assert!(out.status.success(), "browser test failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "browser test failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("browser client: ok"));
 }
