@@ -24,10 +24,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, Notify};
+
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::frame;
+use crate::outbox::{Outbox, Pushed};
 
 const SHARDS: usize = 64;
 
@@ -104,8 +105,7 @@ impl Retention {
 struct Peer {
     id: SocketId,
     proto: Proto,
-    tx: mpsc::Sender<Frame>,
-    evicted: Arc<Notify>,
+    outbox: Arc<Outbox>,
 }
 
 struct Retained {
@@ -182,13 +182,11 @@ impl Subscription {
 pub struct Registration {
     /// This socket's id, for [`Hub::unregister`].
     pub id: SocketId,
-    /// Frames to write first, before anything from `rx`: for a resumable socket the
+    /// Frames to write first, before anything from `outbox`: for a resumable socket the
     /// `_welcome` frame, then per stream any `_gap` frame and the missed messages.
     pub preamble: Vec<Frame>,
-    /// Live frames, in publish order per stream.
-    pub rx: mpsc::Receiver<Frame>,
-    /// Fires when the hub dropped this socket because its queue overflowed.
-    pub evicted: Arc<Notify>,
+    /// Live frames, in publish order per stream; also tells the task it was evicted.
+    pub outbox: Arc<Outbox>,
 }
 
 /// Outcome of one publish.
@@ -253,8 +251,7 @@ impl Hub {
         resume: Option<&HashMap<String, String>>,
     ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.queue_len);
-        let evicted = Arc::new(Notify::new());
+        let outbox = Arc::new(Outbox::default());
         let mut positions = Vec::new();
         let mut catch_up = Vec::new();
         for key in sub.keys() {
@@ -263,8 +260,7 @@ impl Hub {
             stream.peers.push(Peer {
                 id,
                 proto: sub.proto,
-                tx: tx.clone(),
-                evicted: evicted.clone(),
+                outbox: outbox.clone(),
             });
             if sub.proto == Proto::Resumable {
                 let name = key.name();
@@ -283,8 +279,7 @@ impl Hub {
         Registration {
             id,
             preamble,
-            rx,
-            evicted,
+            outbox,
         }
     }
 
@@ -344,18 +339,16 @@ impl Hub {
                     Arc::new(frame::stream_frame(topic, seq, contents, &name))
                 }),
             };
-            match peer.tx.try_send(frame.clone()) {
-                Ok(()) => {
+            match peer.outbox.push(frame.clone(), self.queue_len) {
+                Pushed::Queued => {
                     sockets += 1;
                     true
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    // Slow reader: cut it loose so it cannot hold memory or delay anyone.
-                    peer.evicted.notify_one();
-                    false
-                }
+                // Slow reader: cut loose (its task is woken to close it) so it cannot hold
+                // memory or delay anyone.
+                Pushed::Evicted => false,
                 // Its task has ended and is about to unsubscribe.
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Pushed::Closed => false,
             }
         });
         if keep {
@@ -510,9 +503,9 @@ mod tests {
         let mut b = hub.register("b");
         assert_eq!(hub.publish(&user("a"), "t", &raw("1")).sockets, 2);
         let expected = r#"{"topic":"t","number":1,"contents":1}"#;
-        assert_eq!(a1.rx.recv().await.unwrap().as_str(), expected);
-        assert_eq!(a2.rx.recv().await.unwrap().as_str(), expected);
-        assert!(b.rx.try_recv().is_err());
+        assert_eq!(a1.outbox.pop().unwrap().as_str(), expected);
+        assert_eq!(a2.outbox.pop().unwrap().as_str(), expected);
+        assert!(b.outbox.pop().is_none());
         hub.unregister("a", a1.id);
         assert_eq!(hub.sockets_of("a"), 1);
         hub.unregister("a", a2.id);
@@ -527,9 +520,9 @@ mod tests {
         let slow = hub.register("a");
         let mut fast = hub.register("a");
         assert_eq!(hub.publish(&user("a"), "t", &raw("1")).sockets, 2);
-        fast.rx.recv().await.unwrap();
+        fast.outbox.pop().unwrap();
         assert_eq!(hub.publish(&user("a"), "t", &raw("2")).sockets, 1);
-        slow.evicted.notified().await;
+        assert!(slow.outbox.is_evicted());
         assert_eq!(hub.sockets_of("a"), 1);
         hub.unregister("a", slow.id);
         assert_eq!(hub.socket_count(), 1);
@@ -580,7 +573,7 @@ mod tests {
             ]
         );
         hub.publish(&user("a"), "t", &raw("6"));
-        assert!(again.rx.recv().await.unwrap().contains(r#""number":6"#));
+        assert!(again.outbox.pop().unwrap().contains(r#""number":6"#));
         // Saw only 1: 2 and 3 are gone (history keeps 3), so a gap, then 4..=6.
         let resume = HashMap::from([("user".to_string(), format!("{generation}:1"))]);
         let late = hub.subscribe(&resumable("a"), Some(&resume));

@@ -23,6 +23,7 @@ pub mod frame;
 pub mod http;
 pub mod hub;
 pub mod limits;
+pub mod outbox;
 pub mod server;
 pub mod socket;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::watch;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -18,6 +18,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::frame::CloseReason;
 use crate::hub::{Frame, Hub, Subscription};
+use crate::outbox::Outbox;
 
 /// Bytes tungstenite reads per syscall. Clients only send pongs and the odd small frame, and
 /// this buffer is allocated for every idle socket, so it is small (warp's default is 128 KiB);
@@ -91,8 +92,7 @@ where
         let ended = drive(
             &mut ws,
             preamble,
-            &mut registration.rx,
-            &registration.evicted,
+            &registration.outbox,
             ctx.heartbeat,
             &mut ctx.shutdown,
         )
@@ -101,27 +101,28 @@ where
         log::debug!("socket {} closed: {:?}", registration.id, ended);
         // Boxed: the closing steps run once, so their state should not sit in every idle
         // socket's task for its whole life.
-        Box::pin(finish(ws, registration.rx, ended)).await;
+        Box::pin(finish(ws, registration.outbox, ended)).await;
     }
 }
 
 /// The one cleanup path: on shutdown, write what was queued (pushes already answered with
 /// success); then the close handshake, bounded in time.
-async fn finish<S>(mut ws: WebSocketStream<S>, mut rx: mpsc::Receiver<Frame>, ended: Ended)
+async fn finish<S>(mut ws: WebSocketStream<S>, outbox: Arc<Outbox>, ended: Ended)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     if matches!(ended, Ended::Close(CloseReason::ServerShutdown)) {
         let flush = async {
-            match rx.try_recv() {
-                Ok(first) => write_batch(&mut ws, first, &mut rx, usize::MAX).await,
-                Err(_) => Ok(()),
+            while let Some(first) = outbox.pop() {
+                write_batch(&mut ws, first, &outbox, usize::MAX).await?;
             }
+            Ok::<_, WsError>(())
         };
         if !matches!(tokio::time::timeout(CLOSE_TIMEOUT, flush).await, Ok(Ok(()))) {
             return;
         }
     }
+    outbox.close();
     close(&mut ws, ended).await;
 }
 
@@ -143,8 +144,7 @@ impl std::fmt::Debug for Ended {
 async fn drive<S>(
     ws: &mut WebSocketStream<S>,
     preamble: Vec<Frame>,
-    rx: &mut mpsc::Receiver<Frame>,
-    evicted: &Notify,
+    outbox: &Outbox,
     heartbeat: Duration,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Ended
@@ -155,18 +155,16 @@ where
         return Ended::Close(CloseReason::ServerShutdown);
     }
     if !preamble.is_empty() {
-        // Welcome, gaps and missed messages go out before anything live (which waits in `rx`).
+        // Welcome, gaps and missed messages go out before anything live (which waits in the
+        // outbox).
         let sent = async {
             for frame in preamble {
                 ws.feed(Message::Text((*frame).clone())).await?;
             }
             ws.flush().await
         };
-        tokio::select! {
-            biased;
-            _ = evicted.notified() => return Ended::Close(CloseReason::SlowConsumer),
-            _ = shutdown.changed() => return Ended::Close(CloseReason::ServerShutdown),
-            result = sent => if result.is_err() { return Ended::Lost },
+        if let Some(ended) = guarded(sent, outbox, shutdown).await {
+            return ended;
         }
     }
     // A random phase spreads the pings of thousands of sockets opened together.
@@ -176,12 +174,22 @@ where
     let mut awaiting_pong = false;
 
     loop {
-        // `write` is set by a branch that has something to send; the send itself runs below,
-        // raced against eviction and shutdown, so a client that stops reading can never pin us.
-        let write = tokio::select! {
+        // Everything queued goes out before we wait again (so no wake-up is ever missed).
+        while let Some(first) = outbox.pop() {
+            if let Some(ended) =
+                guarded(write_batch(ws, first, outbox, MAX_BATCH), outbox, shutdown).await
+            {
+                return ended;
+            }
+        }
+        if outbox.is_evicted() {
+            return Ended::Close(CloseReason::SlowConsumer);
+        }
+        tokio::select! {
             biased;
-            _ = evicted.notified() => return Ended::Close(CloseReason::SlowConsumer),
             _ = shutdown.changed() => return Ended::Close(CloseReason::ServerShutdown),
+            // A frame was queued, or we were evicted: both are handled at the top.
+            _ = outbox.ready() => continue,
             inbound = ws.next() => {
                 match inbound {
                     // Anything at all from the client proves it alive; contents are ignored.
@@ -192,44 +200,45 @@ where
                 }
                 continue;
             }
-            frame = rx.recv() => match frame {
-                Some(frame) => Outbound::Frames(frame),
-                // The hub dropped our sender: we were evicted.
-                None => return Ended::Close(CloseReason::SlowConsumer),
-            },
             _ = tick.tick() => {
                 if awaiting_pong {
                     return Ended::Close(CloseReason::HeartbeatTimeout);
                 }
                 awaiting_pong = true;
-                Outbound::Ping
             }
-        };
-        let sent = async {
-            match write {
-                Outbound::Ping => ws.send(Message::Ping(Bytes::new())).await,
-                Outbound::Frames(first) => write_batch(ws, first, rx, MAX_BATCH).await,
-            }
-        };
-        tokio::select! {
-            biased;
-            _ = evicted.notified() => return Ended::Close(CloseReason::SlowConsumer),
-            _ = shutdown.changed() => return Ended::Close(CloseReason::ServerShutdown),
-            result = sent => if result.is_err() { return Ended::Lost },
+        }
+        // Only the heartbeat branch gets here.
+        if let Some(ended) = guarded(ws.send(Message::Ping(Bytes::new())), outbox, shutdown).await {
+            return ended;
         }
     }
 }
 
-enum Outbound {
-    Ping,
-    Frames(Frame),
+/// Runs a write to completion unless the server shuts down or the socket is evicted meanwhile,
+/// so a client that stops reading can never pin its task. `Some` says why the socket must end.
+async fn guarded<F>(sent: F, outbox: &Outbox, shutdown: &mut watch::Receiver<bool>) -> Option<Ended>
+where
+    F: std::future::Future<Output = Result<(), WsError>>,
+{
+    let mut sent = std::pin::pin!(sent);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => return Some(Ended::Close(CloseReason::ServerShutdown)),
+            // Also woken by newly queued frames: those wait for the caller's next drain.
+            _ = outbox.ready() => if outbox.is_evicted() {
+                return Some(Ended::Close(CloseReason::SlowConsumer));
+            },
+            result = &mut sent => return result.err().map(|_| Ended::Lost),
+        }
+    }
 }
 
 /// Writes `first` and whatever else is already queued (up to `max` frames), then flushes once.
 async fn write_batch<S>(
     ws: &mut WebSocketStream<S>,
     first: Frame,
-    rx: &mut mpsc::Receiver<Frame>,
+    outbox: &Outbox,
     max: usize,
 ) -> Result<(), WsError>
 where
@@ -237,9 +246,9 @@ where
 {
     ws.feed(Message::Text((*first).clone())).await?;
     for _ in 1..max {
-        match rx.try_recv() {
-            Ok(frame) => ws.feed(Message::Text((*frame).clone())).await?,
-            Err(_) => break,
+        match outbox.pop() {
+            Some(frame) => ws.feed(Message::Text((*frame).clone())).await?,
+            None => break,
         }
     }
     ws.flush().await
