@@ -498,9 +498,9 @@ mod tests {
     #[tokio::test]
     async fn frames_reach_every_socket_of_the_uid_only() {
         let hub = Hub::new(4);
-        let mut a1 = hub.register("a");
-        let mut a2 = hub.register("a");
-        let mut b = hub.register("b");
+        let a1 = hub.register("a");
+        let a2 = hub.register("a");
+        let b = hub.register("b");
         assert_eq!(hub.publish(&user("a"), "t", &raw("1")).sockets, 2);
         let expected = r#"{"topic":"t","number":1,"contents":1}"#;
         assert_eq!(a1.outbox.pop().unwrap().as_str(), expected);
@@ -518,7 +518,7 @@ mod tests {
     async fn full_queue_evicts_only_that_socket() {
         let hub = Hub::new(1);
         let slow = hub.register("a");
-        let mut fast = hub.register("a");
+        let fast = hub.register("a");
         assert_eq!(hub.publish(&user("a"), "t", &raw("1")).sockets, 2);
         fast.outbox.pop().unwrap();
         assert_eq!(hub.publish(&user("a"), "t", &raw("2")).sockets, 1);
@@ -563,7 +563,7 @@ mod tests {
         }
         // Saw up to 3: gets 4 and 5.
         let resume = HashMap::from([("user".to_string(), format!("{generation}:3"))]);
-        let mut again = hub.subscribe(&resumable("a"), Some(&resume));
+        let again = hub.subscribe(&resumable("a"), Some(&resume));
         let got = texts(&again.preamble[1..]);
         assert_eq!(
             got,

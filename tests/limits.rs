@@ -14,7 +14,11 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 async fn online(s: &Server, uid: &str) -> u64 {
-    let r = s.http().await.get(&format!("/online?uid={uid}&password={}", enc(&s.password))).await;
+    let r = s
+        .http()
+        .await
+        .get(&format!("/online?uid={uid}&password={}", enc(&s.password)))
+        .await;
     r.json()["number"].as_u64().unwrap()
 }
 
@@ -28,16 +32,27 @@ async fn password_guessing_is_locked_out_per_address() {
     let mut http = s.http().await;
     let attacker = [("X-Forwarded-For", "203.0.113.9")];
     for guess in ["a", "b", "c"] {
-        http.request("GET", &format!("/access?uid=u&password={guess}"), &attacker, b"").await.assert_error(401);
+        http.request(
+            "GET",
+            &format!("/access?uid=u&password={guess}"),
+            &attacker,
+            b"",
+        )
+        .await
+        .assert_error(401);
     }
     // Locked: even the right password is refused now, on every endpoint.
     let right = format!("/access?uid=u&password={}", enc(&s.password));
     let r = http.request("GET", &right, &attacker, b"").await;
-    assert!(r.assert_error(429).contains("too many failed password attempts"));
+    assert!(r
+        .assert_error(429)
+        .contains("too many failed password attempts"));
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry));
     let push = format!("/push?uid=u&password={}", enc(&s.password));
-    http.request("POST", &push, &attacker, br#"{"topic":"t","contents":1}"#).await.assert_error(429);
+    http.request("POST", &push, &attacker, br#"{"topic":"t","contents":1}"#)
+        .await
+        .assert_error(429);
     // Another address (the real backend) is not affected.
     let backend = [("X-Forwarded-For", "198.51.100.7")];
     assert_eq!(http.request("GET", &right, &backend, b"").await.status, 200);
@@ -58,15 +73,22 @@ async fn socket_caps_refuse_before_the_upgrade() {
         Err(e) => panic!("{e}"),
     };
     let key = s.key("a").await;
-    assert_eq!(status(tokio_tungstenite::connect_async(s.ws_url("a", &key)).await), 429);
+    assert_eq!(
+        status(tokio_tungstenite::connect_async(s.ws_url("a", &key)).await),
+        429
+    );
     let _b = s.connect("b").await;
     let key = s.key("c").await;
-    assert_eq!(status(tokio_tungstenite::connect_async(s.ws_url("c", &key)).await), 503);
+    assert_eq!(
+        status(tokio_tungstenite::connect_async(s.ws_url("c", &key)).await),
+        503
+    );
 }
 
 #[tokio::test]
 async fn only_allowed_origins_may_open_sockets() {
-    let s = Server::start(|c| c.allowed_origins = Some(vec!["https://shop.example.com".into()])).await;
+    let s =
+        Server::start(|c| c.allowed_origins = Some(vec!["https://shop.example.com".into()])).await;
     let key = s.key("a").await;
     let with_origin = |origin: Option<&'static str>| {
         let mut req = s.ws_url("a", &key).into_client_request().unwrap();
@@ -78,25 +100,44 @@ async fn only_allowed_origins_may_open_sockets() {
     let r = tokio_tungstenite::connect_async(with_origin(Some("https://evil.example.net"))).await;
     match r {
         Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
-        other => panic!("hijack attempt not refused: {:?}", other.map(|(_, r)| r.status())),
+        other => panic!(
+            "hijack attempt not refused: {:?}",
+            other.map(|(_, r)| r.status())
+        ),
     }
-    assert!(tokio_tungstenite::connect_async(with_origin(Some("https://shop.example.com"))).await.is_ok());
+    assert!(
+        tokio_tungstenite::connect_async(with_origin(Some("https://shop.example.com")))
+            .await
+            .is_ok()
+    );
     // Backends and native apps send no Origin at all.
-    assert!(tokio_tungstenite::connect_async(with_origin(None)).await.is_ok());
+    assert!(tokio_tungstenite::connect_async(with_origin(None))
+        .await
+        .is_ok());
 }
 
 #[tokio::test]
 async fn slowloris_is_cut_after_the_header_timeout() {
     let s = Server::start(|c| c.header_read_timeout_secs = 0.5).await;
     let mut slow = TcpStream::connect(s.addr).await.unwrap();
-    slow.write_all(b"GET /access?uid=a HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    slow.write_all(b"GET /access?uid=a HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let mut buf = [0u8; 256];
-    let n = tokio::time::timeout(PATIENCE, slow.read(&mut buf)).await.expect("server hung up").unwrap_or(0);
+    let n = tokio::time::timeout(PATIENCE, slow.read(&mut buf))
+        .await
+        .expect("server hung up")
+        .unwrap_or(0);
     // hyper may answer 408 before closing, or just close.
     let head = String::from_utf8_lossy(&buf[..n]);
     assert!(n == 0 || head.starts_with("HTTP/1.1 408"), "{head}");
     // Meanwhile the server answers others.
-    assert_eq!(s.push("nobody", r#"{"topic":"t","contents":1}"#).await.status, 404);
+    assert_eq!(
+        s.push("nobody", r#"{"topic":"t","contents":1}"#)
+            .await
+            .status,
+        404
+    );
 }
 
 #[tokio::test]
@@ -110,7 +151,10 @@ async fn half_closed_socket_is_cleaned_up() {
         _ => unreachable!(),
     };
     tcp.shutdown().await.unwrap();
-    eventually("the half-closed socket to be gone", || async { online(&s, "half").await == 0 }).await;
+    eventually("the half-closed socket to be gone", || async {
+        online(&s, "half").await == 0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,7 +165,11 @@ async fn ping_flood_does_not_delay_anyone_else() {
     let flood = tokio::spawn(async move {
         // 20,000 pings without ever reading a pong.
         for _ in 0..20_000 {
-            if flooder.feed(Message::Ping(vec![0u8; 64].into())).await.is_err() {
+            if flooder
+                .feed(Message::Ping(vec![0u8; 64].into()))
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -129,8 +177,19 @@ async fn ping_flood_does_not_delay_anyone_else() {
         flooder
     });
     for i in 0..200 {
-        assert_eq!(s.push("calm", &format!(r#"{{"topic":"t","contents":{i}}}"#)).await.status, 200);
-        assert_eq!(next_text(&mut neighbour).await, format!(r#"{{"topic":"t","number":1,"contents":{i}}}"#));
+        assert_eq!(
+            s.push("calm", &format!(r#"{{"topic":"t","contents":{i}}}"#))
+                .await
+                .status,
+            200
+        );
+        assert_eq!(
+            next_text(&mut neighbour).await,
+            format!(r#"{{"topic":"t","number":1,"contents":{i}}}"#)
+        );
     }
-    let _flooder = tokio::time::timeout(Duration::from_secs(30), flood).await.unwrap().unwrap();
+    let _flooder = tokio::time::timeout(Duration::from_secs(30), flood)
+        .await
+        .unwrap()
+        .unwrap();
 }
