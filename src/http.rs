@@ -564,8 +564,11 @@ fn stats(state: &AppState, req: &Req) -> Result<Response, ApiError> {
     check_password(state, &params, req)?;
     let sockets = state.hub.socket_count();
     let (uids, topics, history_bytes) = state.hub.totals();
+    // Tasks alive in the runtime: one per socket plus a handful; a leak check for soak runs.
+    let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
     let contents = serde_json::json!({
         "sockets": sockets, "uids": uids, "topics": topics, "history_bytes": history_bytes,
+        "tasks": tasks,
     });
     Ok(envelope(StatusCode::OK, "stats", sockets as u64, contents))
 }
