@@ -565,7 +565,9 @@ fn stats(state: &AppState, req: &Req) -> Result<Response, ApiError> {
     let sockets = state.hub.socket_count();
     let (uids, topics, history_bytes) = state.hub.totals();
     // Tasks alive in the runtime: one per socket plus a handful; a leak check for soak runs.
-    let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
     let contents = serde_json::json!({
         "sockets": sockets, "uids": uids, "topics": topics, "history_bytes": history_bytes,
         "tasks": tasks,

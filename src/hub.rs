@@ -327,7 +327,6 @@ impl Hub {
         stream.seq += 1;
         stream.touched = Instant::now();
         let seq = stream.seq;
-        let name = key.name();
         let mut seed_frame = None;
         let mut numbered = None;
         let mut sockets = 0;
@@ -336,7 +335,7 @@ impl Hub {
                 Proto::Seed => seed_frame
                     .get_or_insert_with(|| Arc::new(frame::push_frame(topic, 1, contents))),
                 Proto::Resumable => numbered.get_or_insert_with(|| {
-                    Arc::new(frame::stream_frame(topic, seq, contents, &name))
+                    Arc::new(frame::stream_frame(topic, seq, contents, &key.name()))
                 }),
             };
             match peer.outbox.push(frame.clone(), self.queue_len) {
@@ -352,11 +351,10 @@ impl Hub {
             }
         });
         if keep {
-            let frame = numbered
-                .unwrap_or_else(|| Arc::new(frame::stream_frame(topic, seq, contents, &name)));
+            let frame = numbered.unwrap_or_else(|| {
+                Arc::new(frame::stream_frame(topic, seq, contents, &key.name()))
+            });
             self.retain(stream, seq, frame);
-        } else if stream.peers.is_empty() {
-            shard.remove(key);
         }
         Delivery {
             sockets,

@@ -32,11 +32,17 @@ fn proc_status(pid: u32, field: &str) -> u64 {
 }
 
 fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 async fn stats(s: &Server) -> serde_json::Value {
-    let r = s.http().await.get(&format!("/stats?password={}", enc(&s.password))).await;
+    let r = s
+        .http()
+        .await
+        .get(&format!("/stats?password={}", enc(&s.password)))
+        .await;
     r.json()["contents"].clone()
 }
 
@@ -78,8 +84,15 @@ async fn cycle(s: &Server, src: IpAddr, uid: &str, key: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_leaves_nothing_behind() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let cycles: u64 = std::env::var("SOAK_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cycles: u64 = std::env::var("SOAK_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let dir = std::env::temp_dir().join(format!("push-serve-soak-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let conf = dir.join("conf.yaml");
@@ -99,7 +112,10 @@ async fn churn_leaves_nothing_behind() {
     );
     let pid = daemon.0.id();
     let s = Arc::new(Server::external(([127, 0, 0, 1], port).into(), "soak"));
-    eventually("the daemon to listen", || async { tokio::net::TcpStream::connect(s.addr).await.is_ok() }).await;
+    eventually("the daemon to listen", || async {
+        tokio::net::TcpStream::connect(s.addr).await.is_ok()
+    })
+    .await;
 
     // Warm up (allocator arenas, runtime workers) before taking the baseline.
     const UIDS: usize = 500;
@@ -109,7 +125,13 @@ async fn churn_leaves_nothing_behind() {
     }
     let keys = Arc::new(keys);
     for u in 0..200 {
-        cycle(&s, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), &format!("soak-{u}"), &keys[u]).await;
+        cycle(
+            &s,
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+            &format!("soak-{u}"),
+            &keys[u],
+        )
+        .await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (base_rss, base_fds) = (proc_status(pid, "VmRSS"), open_fds(pid));
@@ -189,12 +211,24 @@ async fn churn_leaves_nothing_behind() {
         after
     );
     assert_eq!(done.load(Ordering::Relaxed), cycles);
-    assert!(failed.load(Ordering::Relaxed) * 100 < cycles, "more than 1% of cycles failed");
+    assert!(
+        failed.load(Ordering::Relaxed) * 100 < cycles,
+        "more than 1% of cycles failed"
+    );
     assert_eq!(after["sockets"], 0, "registry empty");
     assert_eq!(after["uids"], 0, "registry empty");
-    assert!(fds <= base_fds + 4, "file descriptors leaked: {base_fds} -> {fds}");
-    assert!(tasks <= base_tasks + 4, "tasks leaked: {base_tasks} -> {tasks}");
+    assert!(
+        fds <= base_fds + 4,
+        "file descriptors leaked: {base_fds} -> {fds}"
+    );
+    assert!(
+        tasks <= base_tasks + 4,
+        "tasks leaked: {base_tasks} -> {tasks}"
+    );
     // A leak check, not a speed check: a few MiB of allocator slack is normal, a per-cycle
     // leak of even 100 bytes would show as 2 MB per 20,000 cycles and grow with SOAK_CYCLES.
-    assert!(rss < base_rss + 16 * 1024, "RSS grew from {base_rss} KiB to {rss} KiB");
+    assert!(
+        rss < base_rss + 16 * 1024,
+        "RSS grew from {base_rss} KiB to {rss} KiB"
+    );
 }
