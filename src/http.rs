@@ -1,9 +1,11 @@
-//! The HTTP surface: `/access`, `/push`, `/ws` as warp filters, and [`ApiError`], the one place
-//! where every failure becomes the JSON envelope with its status.
+//! The HTTP surface: `/access`, `/ws`, `/push`, `/publish`, `/broadcast`, `/online`, `/stats` as
+//! warp filters, and [`ApiError`], the one place where every failure becomes the JSON envelope
+//! with its status.
 //!
 //! Routes are matched on path only; each handler checks its own method, so a wrong method is a
 //! 405 and an unknown path a 404, both with the envelope, and no warp rejection ever escapes.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -21,8 +23,6 @@ use warp::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 use warp::Filter;
-
-use std::collections::HashMap;
 
 use crate::auth::{valid_topic, Auth, KeyError};
 use crate::config::{Config, MAX_UID_BYTES};
