@@ -163,7 +163,7 @@ where
             }
             ws.flush().await
         };
-        if let Some(ended) = guarded(sent, outbox, shutdown).await {
+        if let Some(ended) = guarded(sent, outbox, shutdown, heartbeat).await {
             return ended;
         }
     }
@@ -176,8 +176,13 @@ where
     loop {
         // Everything queued goes out before we wait again (so no wake-up is ever missed).
         while let Some(first) = outbox.pop() {
-            if let Some(ended) =
-                guarded(write_batch(ws, first, outbox, MAX_BATCH), outbox, shutdown).await
+            if let Some(ended) = guarded(
+                write_batch(ws, first, outbox, MAX_BATCH),
+                outbox,
+                shutdown,
+                heartbeat,
+            )
+            .await
             {
                 return ended;
             }
@@ -208,22 +213,38 @@ where
             }
         }
         // Only the heartbeat branch gets here.
-        if let Some(ended) = guarded(ws.send(Message::Ping(Bytes::new())), outbox, shutdown).await {
+        if let Some(ended) = guarded(
+            ws.send(Message::Ping(Bytes::new())),
+            outbox,
+            shutdown,
+            heartbeat,
+        )
+        .await
+        {
             return ended;
         }
     }
 }
 
-/// Runs a write to completion unless the server shuts down or the socket is evicted meanwhile,
-/// so a client that stops reading can never pin its task. `Some` says why the socket must end.
-async fn guarded<F>(sent: F, outbox: &Outbox, shutdown: &mut watch::Receiver<bool>) -> Option<Ended>
+/// Runs a write to completion unless the server shuts down, the socket is evicted, or the write
+/// stays stuck for `limit` (one heartbeat interval: a client that reads nothing for that long is
+/// as dead as one that answers no ping), so a client that stops reading can never pin its task,
+/// even when nothing more is pushed to it. `Some` says why the socket must end.
+async fn guarded<F>(
+    sent: F,
+    outbox: &Outbox,
+    shutdown: &mut watch::Receiver<bool>,
+    limit: Duration,
+) -> Option<Ended>
 where
     F: std::future::Future<Output = Result<(), WsError>>,
 {
     let mut sent = std::pin::pin!(sent);
+    let mut stuck = std::pin::pin!(tokio::time::sleep(limit));
     loop {
         tokio::select! {
             biased;
+            _ = &mut stuck => return Some(Ended::Close(CloseReason::HeartbeatTimeout)),
             _ = shutdown.changed() => return Some(Ended::Close(CloseReason::ServerShutdown)),
             // Also woken by newly queued frames: those wait for the caller's next drain.
             _ = outbox.ready() => if outbox.is_evicted() {

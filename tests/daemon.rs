@@ -296,3 +296,33 @@ async fn shutdown_flushes_queued_pushes_then_closes_with_1001() {
     // The listener is gone.
     assert!(TcpStream::connect(s.addr).await.is_err());
 }
+
+/// A client that stops reading in the middle of a large write, with nothing pushed after it:
+/// no queue ever overflows, so eviction never fires; the stuck write itself must time out.
+#[tokio::test]
+async fn stuck_write_is_dropped_even_when_nothing_more_is_pushed() {
+    let s = Server::start(|c| c.heartbeat_interval_secs = 0.3).await;
+    let _stalled = silent_client(&s, "stalled", Some(4096)).await;
+    let big = format!(
+        r#"{{"topic":"big","contents":"{}"}}"#,
+        "x".repeat(900 << 10)
+    );
+    let mut http = s.http().await;
+    // Enough to fill both kernels' buffers (a few MB on loopback), far below the queue limit.
+    for _ in 0..8 {
+        assert_eq!(http.push("stalled", &s.password, &big).await.status, 200);
+    }
+    // Asked without pushing (a push would eventually overflow the queue and evict it).
+    eventually("the stalled socket to be dropped", || async {
+        let r = s
+            .http()
+            .await
+            .get(&format!(
+                "/online?uid=stalled&password={}",
+                enc(&s.password)
+            ))
+            .await;
+        r.json()["number"] == 0
+    })
+    .await;
+}
