@@ -34,35 +34,33 @@ pub struct PushBody<'a> {
     pub uids: Option<Vec<String>>,
 }
 
-/// Serializes a pushed frame once; the result is shared (reference-counted) by every socket it
+/// Serializes a seed frame once; the result is shared (reference-counted) by every socket it
 /// is delivered to.
 pub fn push_frame(topic: &str, number: u64, contents: &RawValue) -> Utf8Bytes {
-    let raw = contents.get();
-    let mut out = String::with_capacity(raw.len() + topic.len() + 40);
-    out.push_str("{\"topic\":");
-    // Writing a &str as JSON cannot fail.
-    out.push_str(&serde_json::to_string(topic).expect("string serializes"));
-    out.push_str(",\"number\":");
-    out.push_str(&number.to_string());
-    out.push_str(",\"contents\":");
-    out.push_str(raw);
-    out.push('}');
-    Utf8Bytes::from(out)
+    frame_text(topic, number, contents, None)
 }
 
 /// A frame for a resumable socket: the seed's three fields, `number` being the message's
 /// sequence in its stream, plus `stream` (`user`, `broadcast`, `topic:<name>`).
 pub fn stream_frame(topic: &str, seq: u64, contents: &RawValue, stream: &str) -> Utf8Bytes {
+    frame_text(topic, seq, contents, Some(stream))
+}
+
+fn frame_text(topic: &str, number: u64, contents: &RawValue, stream: Option<&str>) -> Utf8Bytes {
+    // Writing a &str as JSON cannot fail.
+    let json = |s: &str| serde_json::to_string(s).expect("string serializes");
     let raw = contents.get();
-    let mut out = String::with_capacity(raw.len() + topic.len() + stream.len() + 52);
+    let mut out = String::with_capacity(raw.len() + topic.len() + 64);
     out.push_str("{\"topic\":");
-    out.push_str(&serde_json::to_string(topic).expect("string serializes"));
+    out.push_str(&json(topic));
     out.push_str(",\"number\":");
-    out.push_str(&seq.to_string());
+    out.push_str(&number.to_string());
     out.push_str(",\"contents\":");
     out.push_str(raw);
-    out.push_str(",\"stream\":");
-    out.push_str(&serde_json::to_string(stream).expect("string serializes"));
+    if let Some(stream) = stream {
+        out.push_str(",\"stream\":");
+        out.push_str(&json(stream));
+    }
     out.push('}');
     Utf8Bytes::from(out)
 }

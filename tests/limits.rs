@@ -13,15 +13,6 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-async fn online(s: &Server, uid: &str) -> u64 {
-    let r = s
-        .http()
-        .await
-        .get(&format!("/online?uid={uid}&password={}", enc(&s.password)))
-        .await;
-    r.json()["number"].as_u64().unwrap()
-}
-
 #[tokio::test]
 async fn password_guessing_is_locked_out_per_address() {
     let s = Server::start(|c| {
@@ -144,7 +135,7 @@ async fn slowloris_is_cut_after_the_header_timeout() {
 async fn half_closed_socket_is_cleaned_up() {
     let s = Server::start(|_| {}).await;
     let ws = s.connect("half").await;
-    assert_eq!(online(&s, "half").await, 1);
+    assert_eq!(s.sockets_of("half").await, 1);
     // The client shuts its sending side (FIN) without a close frame, as a crashed tab's OS does.
     let mut tcp = match ws.into_inner() {
         tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp,
@@ -152,7 +143,7 @@ async fn half_closed_socket_is_cleaned_up() {
     };
     tcp.shutdown().await.unwrap();
     eventually("the half-closed socket to be gone", || async {
-        online(&s, "half").await == 0
+        s.sockets_of("half").await == 0
     })
     .await;
 }

@@ -50,15 +50,6 @@ async fn open(s: &Server, query: &str) -> Ws {
         .0
 }
 
-async fn sockets_of(s: &Server, uid: &str) -> u64 {
-    let r = s
-        .http()
-        .await
-        .get(&format!("/online?uid={uid}&password={}", enc(&s.password)))
-        .await;
-    r.json()["number"].as_u64().unwrap()
-}
-
 async fn next_json(ws: &mut Ws) -> Value {
     serde_json::from_str(&next_text(ws).await).unwrap()
 }
@@ -289,7 +280,7 @@ async fn reconnecting_socket_gets_what_it_missed_in_order_then_live() {
         client.apply(&f);
     }
     drop(ws);
-    eventually("r offline", || async { sockets_of(&s, "r").await == 0 }).await;
+    eventually("r offline", || async { s.sockets_of("r").await == 0 }).await;
     // Pushed while offline: each 404 says it was stored.
     for i in 4..=7 {
         let r = post(&s, "/push?uid=r", &body("n", &i.to_string())).await;
@@ -319,10 +310,7 @@ async fn too_old_a_position_is_told_as_a_gap() {
     client.apply(&next_json(&mut ws).await);
     let _keep_stream = s.connect("g").await;
     drop(ws);
-    eventually("one socket left", || async {
-        sockets_of(&s, "g").await == 1
-    })
-    .await;
+    eventually("one socket left", || async { s.sockets_of("g").await == 1 }).await;
     for i in 0..5 {
         s.push("g", &body("n", &i.to_string())).await;
     }
@@ -474,7 +462,7 @@ async fn ten_thousand_messages_survive_repeated_two_second_outages() {
 
     // The backend pushes steadily (about 1,000/s) through the outages, straight to the server.
     eventually("the client's first connect", || async {
-        sockets_of(&s, "mobile").await == 1
+        s.sockets_of("mobile").await == 1
     })
     .await;
     let mut http = s.http().await;

@@ -142,6 +142,14 @@ impl Server {
         ws
     }
 
+    /// How many sockets `uid` has open, from `GET /online` (asks without pushing anything).
+    pub async fn sockets_of(&self, uid: &str) -> u64 {
+        let target = format!("/online?uid={}&password={}", enc(uid), enc(&self.password));
+        self.http().await.get(&target).await.json()["number"]
+            .as_u64()
+            .unwrap()
+    }
+
     /// `POST /push` on a fresh connection.
     pub async fn push(&self, uid: &str, body: &str) -> Reply {
         self.http().await.push(uid, &self.password, body).await
