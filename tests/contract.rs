@@ -158,6 +158,7 @@ async fn second_tab_keeps_receiving_after_first_closes() {
     let mut second = s.connect("alice").await;
     first.close(None).await.unwrap();
     while first.next().await.is_some() {}
+    drop(first); // like a browser, close the TCP connection after the close handshake
     eventually("the first tab to be gone", || async {
         s.push("alice", r#"{"topic":"t","contents":0}"#)
             .await
