@@ -658,6 +658,10 @@ fn upgrade(
         topics,
         proto,
     };
+    // Joined before the 101 is written: once the page sees its socket open, a push for its uid
+    // finds it (frames queued meanwhile wait in its outbox), and the resume replay is taken now.
+    let registration = state.hub.subscribe(&subscription, resume.as_ref());
+    drop(resume);
     let ctx = state.sockets.clone();
     let config = state.ws_config;
     state.tracker.spawn(async move {
@@ -669,9 +673,13 @@ fn upgrade(
                     Some(config),
                 )
                 .await;
-                socket::serve_subscription(ws, subscription, resume, ctx).await;
+                socket::serve_registered(ws, subscription, registration, ctx).await;
             }
-            Err(e) => log::debug!("upgrade failed: {e}"),
+            Err(e) => {
+                // The connection went away before the upgrade completed.
+                ctx.hub.unsubscribe(&subscription, registration.id);
+                log::debug!("upgrade failed: {e}");
+            }
         }
     });
 

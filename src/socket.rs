@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::frame::CloseReason;
-use crate::hub::{Frame, Hub, Subscription};
+use crate::hub::{Frame, Hub, Registration, Subscription};
 use crate::outbox::Outbox;
 
 /// Bytes tungstenite reads per syscall. Clients only send pongs and the odd small frame, and
@@ -65,24 +65,39 @@ where
 }
 
 /// Serves one upgraded socket following `sub` until it closes, for whatever reason. With
-/// `resume`, it first gets what it missed since those positions.
+/// `resume`, it first gets what it missed since those positions. The socket joins the hub when
+/// this is called, not when the future is first polled.
+pub fn serve_subscription<S>(
+    ws: WebSocketStream<S>,
+    sub: Subscription,
+    resume: Option<HashMap<String, String>>,
+    ctx: SocketContext,
+) -> impl std::future::Future<Output = ()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let registration = ctx.hub.subscribe(&sub, resume.as_ref());
+    serve_registered(ws, sub, registration, ctx)
+}
+
+/// Serves a socket that already joined the hub as `registration` (the `/ws` handler registers
+/// it before answering 101, so a push made the moment the page sees the upgrade reaches it),
+/// until it closes; unregisters it on the way out.
 ///
 /// A plain `fn` returning an `async move` block rather than an `async fn`: an `async fn` keeps
 /// both its argument and its moved copy of the ~300-byte WebSocket in the future, and this
 /// future lives as long as the socket, once per socket.
 #[allow(clippy::manual_async_fn)]
-pub fn serve_subscription<S>(
+pub fn serve_registered<S>(
     mut ws: WebSocketStream<S>,
     sub: Subscription,
-    resume: Option<HashMap<String, String>>,
+    mut registration: Registration,
     mut ctx: SocketContext,
 ) -> impl std::future::Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     async move {
-        let mut registration = ctx.hub.subscribe(&sub, resume.as_ref());
-        drop(resume);
         log::debug!(
             "socket {} opened ({} live)",
             registration.id,

@@ -367,6 +367,28 @@ async fn client_frames_are_read_and_ignored() {
     );
 }
 
+/// A page's `onopen` means it is online: a backend push sent the instant the 101 arrives (the
+/// page told its backend "ready") must reach it, never `此用户不在线`. The socket therefore has
+/// to be registered before the 101 is written, not after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_right_after_the_upgrade_reaches_the_socket() {
+    let s = Server::start_default().await;
+    let mut backend = s.http().await;
+    for i in 0..300 {
+        let uid = format!("fresh-{i}");
+        let key = s.key(&uid).await;
+        let mut ws = s.connect_with_key(&uid, &key).await;
+        let r = backend
+            .push(&uid, &s.password, r#"{"topic":"t","contents":"now"}"#)
+            .await;
+        assert_eq!(r.status, 200, "push {i} right after the 101: {}", r.text());
+        assert_eq!(
+            next_text(&mut ws).await,
+            r#"{"topic":"t","number":1,"contents":"now"}"#
+        );
+    }
+}
+
 /// Thousands of concurrent connects and pushes (the original died at a few hundred).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_concurrent_connects_and_pushes() {
