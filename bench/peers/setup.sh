@@ -15,8 +15,12 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -q "${need[@]}"
 fi
 
-# Node + ws
-(cd node && npm ci --no-audit --no-fund --silent)
+# Node + ws (npm ci only when node_modules lacks the pinned ws version)
+want=$(node -p 'require("./node/package-lock.json").packages["node_modules/ws"].version')
+have=$(node -p 'try { require("./node/node_modules/ws/package.json").version } catch { "" }')
+if [ "$want" != "$have" ]; then
+  (cd node && npm ci --no-audit --no-fund --silent)
+fi
 
 # Go + gorilla/websocket
 if [ ! -x go/push-peer-go ] || [ go/main.go -nt go/push-peer-go ]; then

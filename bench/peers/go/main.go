@@ -6,6 +6,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -19,12 +20,12 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 	"gopkg.in/yaml.v2"
@@ -46,12 +47,45 @@ type config struct {
 }
 
 type conn struct {
-	ws   *websocket.Conn
-	send chan []byte
-	once sync.Once
+	mu     sync.Mutex
+	ws     *websocket.Conn // nil until the upgrade completes
+	kicked bool            // cut off as a slow reader (possibly before ws was set)
+	send   chan []byte     // frames for the writer goroutine; closed once the conn leaves the hub
+	kick   sync.Once
 }
 
-func (c *conn) close() { c.once.Do(func() { close(c.send) }) }
+// cutOff closes a slow reader with 4008, once, without blocking the pusher. If the upgrade has
+// not completed yet, attach does it.
+func (c *conn) cutOff() {
+	c.kick.Do(func() {
+		c.mu.Lock()
+		c.kicked = true
+		ws := c.ws
+		c.mu.Unlock()
+		if ws != nil {
+			go closeSlow(ws)
+		}
+	})
+}
+
+// attach records the upgraded socket; if the conn was cut off meanwhile, closes it.
+func (c *conn) attach(ws *websocket.Conn) {
+	c.mu.Lock()
+	c.ws = ws
+	kicked := c.kicked
+	c.mu.Unlock()
+	if kicked {
+		go closeSlow(ws)
+	}
+}
+
+// closeSlow sends 4008 (waiting at most 1 s behind a write in progress), then closes the TCP
+// connection, which ends both the reader and the writer goroutine.
+func closeSlow(ws *websocket.Conn) {
+	ws.WriteControl(websocket.CloseMessage,
+		websocket.FormatCloseMessage(4008, "send queue full"), time.Now().Add(time.Second))
+	ws.Close()
+}
 
 type hub struct {
 	mu    sync.RWMutex
@@ -90,8 +124,7 @@ func (h *hub) deliver(uid string, frame []byte) int {
 		case c.send <- frame:
 			n++
 		default:
-			go c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(4008, "send queue full"), time.Now().Add(time.Second))
-			go c.ws.Close()
+			c.cutOff()
 		}
 	}
 	return n
@@ -105,8 +138,15 @@ type server struct {
 	upgrader       websocket.Upgrader
 }
 
+// envelope is every reply's body; a struct keeps the contract's field order.
+type envelope struct {
+	Topic    string      `json:"topic"`
+	Number   int         `json:"number"`
+	Contents interface{} `json:"contents"`
+}
+
 func reply(w http.ResponseWriter, status int, topic string, number int, contents interface{}) {
-	body, _ := json.Marshal(map[string]interface{}{"topic": topic, "number": number, "contents": contents})
+	body, _ := json.Marshal(envelope{topic, number, contents})
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
@@ -115,28 +155,54 @@ func reply(w http.ResponseWriter, status int, topic string, number int, contents
 
 func fail(w http.ResponseWriter, status int, reason string) { reply(w, status, "error", 0, reason) }
 
-func (s *server) mac(uid string, expiry string) []byte {
+func (s *server) mac(uid string, expiry uint64) []byte {
 	m := hmac.New(sha256.New, s.signingKey)
-	io.WriteString(m, "v1\n"+uid+"\n"+expiry)
+	io.WriteString(m, "v1\n"+uid+"\n"+strconv.FormatUint(expiry, 10))
 	return m.Sum(nil)[:16]
 }
 
-var keyRe = regexp.MustCompile(`^v1\.(\d{1,20})\.([0-9a-f]{32})$`)
+func (s *server) issue(uid string) string {
+	expiry := uint64(time.Now().Unix() + s.cfg.TTL)
+	return "v1." + strconv.FormatUint(expiry, 10) + "." + hex.EncodeToString(s.mac(uid, expiry))
+}
 
+func digitsOnly(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+func lowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if !(s[i] >= '0' && s[i] <= '9' || s[i] >= 'a' && s[i] <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// verify checks a "v1.<expiry>.<32 lowercase hex>" key; "" when it is valid, else the reason.
 func (s *server) verify(uid, key string) string {
 	if key == "" {
 		return "missing access_key"
 	}
-	m := keyRe.FindStringSubmatch(key)
-	if m == nil {
+	parts := strings.Split(key, ".")
+	if len(parts) != 3 || parts[0] != "v1" || len(parts[1]) == 0 || len(parts[1]) > 20 ||
+		!digitsOnly(parts[1]) || len(parts[2]) != 32 || !lowerHex(parts[2]) {
 		return "invalid access_key"
 	}
-	given, _ := hex.DecodeString(m[2])
-	if !hmac.Equal(given, s.mac(uid, m[1])) {
+	expiry, err := strconv.ParseUint(parts[1], 10, 64)
+	if err != nil {
 		return "invalid access_key"
 	}
-	expiry, err := strconv.ParseInt(m[1], 10, 64)
-	if err != nil || expiry <= time.Now().Unix() {
+	given, _ := hex.DecodeString(parts[2])
+	if !hmac.Equal(given, s.mac(uid, expiry)) {
+		return "invalid access_key"
+	}
+	if expiry <= uint64(time.Now().Unix()) {
 		return "access_key expired"
 	}
 	return ""
@@ -182,8 +248,17 @@ func (s *server) access(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	expiry := strconv.FormatInt(time.Now().Unix()+s.cfg.TTL, 10)
-	reply(w, 200, "_access", 1, "v1."+expiry+"."+hex.EncodeToString(s.mac(uid, expiry)))
+	reply(w, 200, "_access", 1, s.issue(uid))
+}
+
+// jsonString encodes s as a JSON string without json.Marshal's HTML escaping of <, >, &, so
+// the topic reaches the page as the other servers send it.
+func jsonString(s string) []byte {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	enc.Encode(s)
+	return bytes.TrimSuffix(b.Bytes(), []byte{'\n'})
 }
 
 type pushBody struct {
@@ -217,12 +292,14 @@ func (s *server) push(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
+	// encoding/json would accept invalid UTF-8 inside strings, and RawMessage would forward it
+	// into a text frame.
 	var msg pushBody
-	if err := json.Unmarshal(body, &msg); err != nil || msg.Topic == nil || msg.Contents == nil {
+	if !utf8.Valid(body) || json.Unmarshal(body, &msg) != nil || msg.Topic == nil || msg.Contents == nil {
 		fail(w, 400, `body must be JSON {"topic": string, "contents": any}`)
 		return
 	}
-	topic, _ := json.Marshal(*msg.Topic)
+	topic := jsonString(*msg.Topic)
 	frame := make([]byte, 0, len(msg.Contents)+len(topic)+40)
 	frame = append(frame, `{"topic":`...)
 	frame = append(frame, topic...)
@@ -250,15 +327,20 @@ func (s *server) ws(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !websocket.IsWebSocketUpgrade(r) {
+		w.Header().Set("Upgrade", "websocket")
 		fail(w, 426, "this endpoint takes a WebSocket upgrade")
 		return
 	}
+	// Registered before the 101 is written: a push made the moment the page sees its socket
+	// open must find it. Frames queued meanwhile wait in c.send.
+	c := &conn{send: make(chan []byte, sendQueue)}
+	s.hub.add(uid, c)
 	ws, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
+		s.hub.remove(uid, c)
 		return
 	}
-	c := &conn{ws: ws, send: make(chan []byte, sendQueue)}
-	s.hub.add(uid, c)
+	c.attach(ws)
 	go s.writer(c)
 	s.reader(uid, c)
 }
@@ -266,8 +348,8 @@ func (s *server) ws(w http.ResponseWriter, r *http.Request) {
 // reader discards client frames (answering pings) and ends the connection on error.
 func (s *server) reader(uid string, c *conn) {
 	defer func() {
-		s.hub.remove(uid, c)
-		c.close()
+		s.hub.remove(uid, c) // after this no pusher can reach c.send, so closing it is safe
+		close(c.send)
 		c.ws.Close()
 	}()
 	c.ws.SetReadLimit(64 << 10)
@@ -283,7 +365,7 @@ func (s *server) reader(uid string, c *conn) {
 	}
 }
 
-// writer is the only goroutine that writes data frames; it batches what is queued.
+// writer is the only goroutine that writes data frames and pings (gorilla allows one writer).
 func (s *server) writer(c *conn) {
 	ticker := time.NewTicker(pingInterval)
 	defer func() {
@@ -293,11 +375,10 @@ func (s *server) writer(c *conn) {
 	for {
 		select {
 		case frame, ok := <-c.send:
-			c.ws.SetWriteDeadline(time.Now().Add(10 * time.Second))
-			if !ok {
-				c.ws.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(1001, "server shutting down"))
+			if !ok { // the reader ended: the connection is closed or failing
 				return
 			}
+			c.ws.SetWriteDeadline(time.Now().Add(10 * time.Second))
 			if err := c.ws.WriteMessage(websocket.TextMessage, frame); err != nil {
 				return
 			}
@@ -326,6 +407,9 @@ func main() {
 	if cfg.Password == "" {
 		log.Fatal("conf: password must not be empty")
 	}
+	if cfg.Addr == "" {
+		log.Fatal("conf: addr (host:port) is required")
+	}
 	if cfg.TTL == 0 {
 		cfg.TTL = 3600
 	}
@@ -342,6 +426,8 @@ func main() {
 		upgrader: websocket.Upgrader{
 			ReadBufferSize:  1024,
 			WriteBufferSize: 4096,
+			// Write buffers only while a frame is being written: idle sockets hold none.
+			WriteBufferPool: &sync.Pool{},
 			CheckOrigin:     func(*http.Request) bool { return true },
 		},
 	}
