@@ -135,8 +135,13 @@ impl Auth {
             }
             _ => return Err(KeyError::Invalid),
         };
-        // Digits only: `u64::from_str` would also take a leading `+`, giving one key two spellings.
-        if expiry.is_empty() || expiry.len() > 20 || !expiry.bytes().all(|b| b.is_ascii_digit()) {
+        // Canonical decimal only, so every key has exactly one spelling: `u64::from_str` would
+        // also take a leading `+` or zeros, and the MAC covers the parsed number.
+        if expiry.is_empty()
+            || expiry.len() > 20
+            || !expiry.bytes().all(|b| b.is_ascii_digit())
+            || (expiry.len() > 1 && expiry.starts_with('0'))
+        {
             return Err(KeyError::Invalid);
         }
         let expiry: u64 = expiry.parse().map_err(|_| KeyError::Invalid)?;
@@ -247,10 +252,12 @@ mod tests {
         let later = key.replace("2000000000", "2000000001");
         let upper = key.to_uppercase().replacen("V1", "v1", 1);
         let plus = key.replace(".2000000000.", ".+2000000000.");
+        let zero = key.replace(".2000000000.", ".02000000000.");
         for bad in [
             later.as_str(),
             upper.as_str(),
             plus.as_str(),
+            zero.as_str(),
             "v1..",
             "v1.1.zz",
             "v2.1.00",
