@@ -1,1 +1,151 @@
-fn main() {}
+//! `push-bench`: compare push-serve with the Node and Go peers. See the library docs.
+//!
+//! ```text
+//! push-bench [--mode quick|full|smoke] [--servers push-serve,node,go]
+//!            [--push-serve-bin PATH] [--repo DIR] [--out results.json]
+//!            [--set plan_field=value]...   (e.g. --set unicast_duration=10)
+//! push-bench hold --addr HOST:PORT --password P --count N [--prefix P] [--concurrency C]
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use push_bench::{HoldArgs, Mode, Options, ServerSpec};
+
+const USAGE: &str = "usage: push-bench [--mode quick|full|smoke] [--servers push-serve,node,go] \
+[--push-serve-bin PATH] [--repo DIR] [--out results.json] [--quiet] [--set plan_field=value]...";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("hold") {
+        return hold_main(&args[1..]);
+    }
+    match bench_main(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("push-bench: {e:#}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn value<'a>(args: &'a [String], i: &mut usize, flag: &str) -> anyhow::Result<&'a str> {
+    *i += 1;
+    args.get(*i)
+        .map(String::as_str)
+        .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))
+}
+
+fn bench_main(args: &[String]) -> anyhow::Result<ExitCode> {
+    let mut mode = Mode::Quick;
+    let mut servers = "push-serve,node,go".to_string();
+    let mut repo = PathBuf::from(".");
+    let mut bin: Option<PathBuf> = None;
+    let mut out: Option<PathBuf> = None;
+    let mut quiet = false;
+    let mut sets: Vec<(String, String)> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        match a {
+            "--mode" => {
+                mode = value(args, &mut i, a)?
+                    .parse()
+                    .map_err(anyhow::Error::msg)?
+            }
+            "--servers" => servers = value(args, &mut i, a)?.to_string(),
+            "--push-serve-bin" => bin = Some(value(args, &mut i, a)?.into()),
+            "--repo" => repo = value(args, &mut i, a)?.into(),
+            "--out" => out = Some(value(args, &mut i, a)?.into()),
+            "--quiet" => quiet = true,
+            "--set" => {
+                let kv = value(args, &mut i, a)?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--set wants field=value"))?;
+                sets.push((k.to_string(), v.to_string()));
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            other => anyhow::bail!("unknown argument `{other}`"),
+        }
+        i += 1;
+    }
+    let repo = std::fs::canonicalize(&repo)?;
+    let bin = bin.unwrap_or_else(|| repo.join("target/release/push-serve"));
+    let names: Vec<&str> = servers
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let specs = ServerSpec::standard(&names, &repo, &bin)?;
+    let mut opts = Options::new(mode, specs);
+    opts.hold_exe = std::env::current_exe().ok();
+    opts.progress = !quiet;
+    if !sets.is_empty() {
+        let mut plan = push_bench::Plan::for_mode(mode);
+        for (k, v) in &sets {
+            plan.set(k, v)?;
+        }
+        opts.plan = Some(plan);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(push_bench::run(opts))?;
+    println!("{}", report.tables());
+    if let Some(path) = out {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("push-bench: wrote {}", path.display());
+    }
+    let missing = report.missing();
+    if missing.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("push-bench: no numbers for:\n  {}", missing.join("\n  "));
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn hold_main(args: &[String]) -> ExitCode {
+    let parse = || -> anyhow::Result<HoldArgs> {
+        let mut h = HoldArgs {
+            addr: "127.0.0.1:0".parse()?,
+            password: String::new(),
+            count: 0,
+            prefix: "hold-".into(),
+            concurrency: 128,
+            sources: 32,
+        };
+        let mut i = 0;
+        while i < args.len() {
+            let a = args[i].as_str();
+            match a {
+                "--addr" => h.addr = value(args, &mut i, a)?.parse()?,
+                "--password" => h.password = value(args, &mut i, a)?.into(),
+                "--count" => h.count = value(args, &mut i, a)?.parse()?,
+                "--prefix" => h.prefix = value(args, &mut i, a)?.into(),
+                "--concurrency" => h.concurrency = value(args, &mut i, a)?.parse()?,
+                "--sources" => h.sources = value(args, &mut i, a)?.parse()?,
+                other => anyhow::bail!("hold: unknown argument `{other}`"),
+            }
+            i += 1;
+        }
+        Ok(h)
+    };
+    let result = parse().and_then(|h| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(push_bench::hold(h))
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("push-bench hold: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One command for the benchmark: push-serve against the Node.js+ws and Go+gorilla peers.
+#
+#   bash bench/run.sh [full|quick|smoke] [more push-bench flags, e.g. --servers push-serve,go]
+#
+# full ≈ 10 minutes, quick < 1 minute, smoke a few seconds. Writes bench/results-<mode>.json
+# and bench/plot.png. Honours CARGO_TARGET_DIR. Run it on an otherwise idle machine: the
+# "other CPU%" column of every table shows how much else was running.
+set -euo pipefail
+mode=${1:-full}
+shift || true
+case $mode in full|quick|smoke) ;; *) echo "usage: bash bench/run.sh [full|quick|smoke]" >&2; exit 2;; esac
+cd "$(dirname "$0")/.."
+target=${CARGO_TARGET_DIR:-target}
+
+if [ ! -x bench/peers/go/push-peer-go ] || [ bench/peers/go/main.go -nt bench/peers/go/push-peer-go ] \
+    || [ ! -d bench/peers/node/node_modules/ws ]; then
+    echo "run.sh: building the peers (bench/peers/setup.sh)" >&2
+    bash bench/peers/setup.sh
+fi
+cargo build --release -p push-serve -p push-bench
+
+# Every socket is a file descriptor: take the hard limit (the loadgen's `hold` children and
+# the servers inherit it; push-serve also raises its own).
+ulimit -n "$(ulimit -Hn)"
+echo "run.sh: open-files limit $(ulimit -n); load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+cpu_sample() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat; }
+read -r b0 i0 <<<"$(cpu_sample)"
+sleep 1
+read -r b1 i1 <<<"$(cpu_sample)"
+busy=$(( (b1 - b0) * 100 / ((b1 - b0) + (i1 - i0) + 1) ))
+if [ "$busy" -gt 15 ]; then
+    echo "run.sh: WARNING: the machine is already ${busy}% busy; results will be disturbed" >&2
+fi
+
+out=bench/results-$mode.json
+status=0
+"$target/release/push-bench" --mode "$mode" --push-serve-bin "$target/release/push-serve" \
+    --out "$out" "$@" || status=$?
+
+if [ -f "$out" ]; then
+    python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install --quiet matplotlib
+    python3 bench/plot.py "$out" bench/plot.png
+fi
+exit $status

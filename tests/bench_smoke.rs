@@ -1,0 +1,76 @@
+//! The benchmark harness (bench/loadgen) in smoke mode against push-serve and both peers, so it
+//! cannot rot: every scenario must produce its numbers for every server that implements it.
+//! How fast anything was is the benchmark's business (BENCHMARKS.md), never asserted here.
+//! Needs the peers built (`bash bench/peers/setup.sh`; `.ci/run` does it).
+
+use std::path::Path;
+
+use push_bench::{Mode, Options, ServerSpec};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_produces_numbers_for_every_server() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (what, path) in [
+        ("the Go peer", "bench/peers/go/push-peer-go"),
+        ("the Node peer's ws", "bench/peers/node/node_modules/ws"),
+    ] {
+        assert!(
+            repo.join(path).exists(),
+            "{what} is missing ({path}): run `bash bench/peers/setup.sh` (.ci/run does)"
+        );
+    }
+    let servers = ServerSpec::standard(
+        &["push-serve", "node", "go"],
+        repo,
+        Path::new(env!("CARGO_BIN_EXE_push-serve")),
+    )
+    .unwrap();
+    let mut opts = Options::new(Mode::Smoke, servers);
+    opts.progress = false;
+    let report = push_bench::run(opts).await.unwrap();
+    let tables = report.tables();
+    println!("{tables}");
+
+    let missing = report.missing();
+    assert!(
+        missing.is_empty(),
+        "no numbers for:\n{}",
+        missing.join("\n")
+    );
+    for server in &report.servers {
+        assert!(server.started, "{}: {:?}", server.name, server.error);
+        assert!(
+            server.stop.as_deref().is_some_and(|s| s.contains("exit")),
+            "{} did not stop cleanly: {:?}",
+            server.name,
+            server.stop
+        );
+    }
+    // Every scenario ran on push-serve, with its traffic delivered: a fan-out that delivered
+    // nothing, or unicast pushes that never arrived, would have failed its row above; here the
+    // counts that say so must be present and sane.
+    for sc in &report.scenarios {
+        let row = report.row(&sc.id, "push-serve").expect("push-serve row");
+        assert!(row.ok, "{}: {:?}", sc.id, row.error);
+        if let Some(lost) = row.metrics.get("lost") {
+            assert_eq!(lost, 0.0, "{}: pushes lost", sc.id);
+        }
+        if let Some(incomplete) = row.metrics.get("incomplete") {
+            assert_eq!(
+                incomplete, 0.0,
+                "{}: fan-out messages not delivered everywhere",
+                sc.id
+            );
+        }
+        if let Some(online) = row.metrics.get("online after") {
+            assert_eq!(online, 0.0, "{}: churned uids still online", sc.id);
+        }
+    }
+    // The peers answer n/a, not a failure, on the push-serve-only scenarios.
+    for sc in report.scenarios.iter().filter(|sc| sc.push_serve_only) {
+        for peer in ["node", "go"] {
+            let row = report.row(&sc.id, peer).expect("peer row");
+            assert!(!row.ok && row.value.is_none(), "{}/{peer}", sc.id);
+        }
+    }
+}
