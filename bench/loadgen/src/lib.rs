@@ -692,9 +692,7 @@ fn markdown_table(grid: &[Vec<String>]) -> String {
 fn fmt_num(v: f64) -> String {
     if !v.is_finite() {
         "-".into()
-    } else if v == v.trunc() && v.abs() < 1e15 {
-        format!("{v:.0}")
-    } else if v.abs() >= 100.0 {
+    } else if (v == v.trunc() && v.abs() < 1e15) || v.abs() >= 100.0 {
         format!("{v:.0}")
     } else if v.abs() >= 10.0 {
         format!("{v:.1}")
