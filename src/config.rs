@@ -77,7 +77,8 @@ pub struct Config {
     /// Seconds a message is kept for resuming sockets.
     #[serde(default = "defaults::history_ttl_secs")]
     pub history_ttl_secs: f64,
-    /// Bytes of history kept over all streams; past it, the oldest messages go first.
+    /// Bytes of history kept over all streams, a hard bound: past it a stream drops its own
+    /// oldest messages, then keeps no new ones until older history expires.
     #[serde(default = "defaults::history_max_bytes")]
     pub history_max_bytes: usize,
     /// Most topics one access key may grant.

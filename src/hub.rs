@@ -350,20 +350,24 @@ impl Hub {
                 Pushed::Closed => false,
             }
         });
-        if keep {
+        let retained = keep && {
             let frame = numbered.unwrap_or_else(|| {
                 Arc::new(frame::stream_frame(topic, seq, contents, &key.name()))
             });
-            self.retain(stream, seq, frame);
-        }
+            self.retain(stream, seq, frame)
+        };
         Delivery {
             sockets,
             seq,
-            retained: keep,
+            retained,
         }
     }
 
-    fn retain(&self, stream: &mut Stream, seq: u64, frame: Frame) {
+    /// Adds message `seq` to the stream's history, then trims it to `history_size` and, while
+    /// all history is over `max_bytes`, drops this stream's oldest messages (the new one last).
+    /// So the budget is a hard bound; when other streams fill it, this one keeps nothing until
+    /// their messages expire. Returns whether the new message was kept.
+    fn retain(&self, stream: &mut Stream, seq: u64, frame: Frame) -> bool {
         let cost = retained_cost(&frame);
         stream.history.push_back(Retained {
             seq,
@@ -372,14 +376,13 @@ impl Hub {
         });
         let mut total = self.history_bytes.fetch_add(cost, Ordering::Relaxed) + cost;
         while stream.history.len() > self.retention.history_size
-            || (total > self.retention.max_bytes && stream.history.len() > 1)
+            || (total > self.retention.max_bytes && !stream.history.is_empty())
         {
             let old = stream.history.pop_front().expect("non-empty");
-            total = self
-                .history_bytes
-                .fetch_sub(retained_cost(&old.frame), Ordering::Relaxed)
-                - retained_cost(&old.frame);
+            let freed = retained_cost(&old.frame);
+            total = self.history_bytes.fetch_sub(freed, Ordering::Relaxed) - freed;
         }
+        stream.history.back().is_some_and(|m| m.seq == seq)
     }
 
     /// Drops history older than the retention time, and streams that have had neither sockets
@@ -579,6 +582,35 @@ mod tests {
         assert!(got[0].starts_with(r#"{"topic":"_gap""#), "{got:?}");
         assert!(got[0].contains(r#""next":4"#), "{got:?}");
         assert_eq!(got.len(), 1 + 3);
+    }
+
+    #[tokio::test]
+    async fn history_never_exceeds_its_byte_budget() {
+        let retention = Retention {
+            history_size: 100,
+            history_ttl: Duration::from_secs(60),
+            max_bytes: 10_000,
+        };
+        let hub = Hub::with_retention(8, retention);
+        let big = raw(&format!("\"{}\"", "x".repeat(900)));
+        // One message to each of many offline uids: every stream keeps at most what fits.
+        let mut kept = 0;
+        for i in 0..200 {
+            let d = hub.publish(&user(&format!("u{i}")), "t", &big);
+            kept += usize::from(d.retained);
+            let bytes = hub.totals().2;
+            assert!(bytes <= retention.max_bytes, "{bytes} bytes after {i}");
+        }
+        assert!(kept >= 9, "the first messages fit: {kept}");
+        assert!(kept < 200, "not all of them can fit: {kept}");
+        // A stream over budget drops its own oldest first and keeps the newest.
+        for i in 0..50 {
+            let d = hub.publish(&user("busy"), "t", &raw(&i.to_string()));
+            assert!(hub.totals().2 <= retention.max_bytes);
+            if i > 0 {
+                assert!(d.retained, "a small message fits once the stream rotates");
+            }
+        }
     }
 
     #[tokio::test]

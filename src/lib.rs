@@ -7,8 +7,9 @@
 //! - [`http`]: warp routes. `GET /access` signs a key with [`auth`]; `GET /ws` checks the key and
 //!   upgrades, handing the socket to [`socket`]; `POST /push` parses the body, serializes one
 //!   frame ([`frame`]) and asks the [`hub`] to deliver it.
-//! - [`hub`]: uid → live sockets; `deliver` queues the shared frame on each socket's bounded
-//!   queue without waiting.
+//! - [`hub`]: streams (a uid's, a topic's, broadcast) → live sockets; `publish` numbers a
+//!   message, queues the shared frame on each socket's bounded queue without waiting, and keeps
+//!   it in the stream's bounded history for resuming sockets.
 //! - [`socket`]: one task per socket writes its queue, answers/sends pings, and closes with a
 //!   documented code ([`frame::CloseReason`]).
 //!
