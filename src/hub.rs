@@ -310,19 +310,16 @@ impl Hub {
     pub fn publish(&self, key: &StreamKey, topic: &str, contents: &RawValue) -> Delivery {
         let keep = self.retention.history_size > 0;
         let mut shard = self.shard(key);
-        let stream = if keep {
-            shard.entry(key.clone()).or_insert_with(Stream::new)
-        } else {
-            match shard.get_mut(key) {
-                Some(stream) => stream,
-                None => {
-                    return Delivery {
-                        sockets: 0,
-                        seq: 0,
-                        retained: false,
-                    }
-                }
-            }
+        if keep && !shard.contains_key(key) {
+            // Only a new stream costs a copy of its key.
+            shard.insert(key.clone(), Stream::new());
+        }
+        let Some(stream) = shard.get_mut(key) else {
+            return Delivery {
+                sockets: 0,
+                seq: 0,
+                retained: false,
+            };
         };
         stream.seq += 1;
         stream.touched = Instant::now();

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,9 @@ struct Window {
 pub struct FailureLimiter {
     per_minute: u32,
     windows: Mutex<HashMap<IpAddr, Window>>,
+    /// `windows.len()`, readable without the lock: with no address tracked (the normal case),
+    /// a backend's request does not touch the shared mutex at all.
+    tracked: AtomicUsize,
 }
 
 impl FailureLimiter {
@@ -37,12 +41,13 @@ impl FailureLimiter {
         FailureLimiter {
             per_minute,
             windows: Mutex::new(HashMap::new()),
+            tracked: AtomicUsize::new(0),
         }
     }
 
     /// `Err(wait)` if `ip` is locked out for `wait` more.
     pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
-        if self.per_minute == 0 {
+        if self.per_minute == 0 || self.tracked.load(Ordering::Acquire) == 0 {
             return Ok(());
         }
         // No await while held; sections are a lookup or an insert.
@@ -79,6 +84,7 @@ impl FailureLimiter {
             };
         }
         w.failures = w.failures.saturating_add(1);
+        self.tracked.store(windows.len(), Ordering::Release);
     }
 
     /// Forgets windows that are over.
@@ -86,6 +92,7 @@ impl FailureLimiter {
         let now = Instant::now();
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         windows.retain(|_, w| now.duration_since(w.start) < WINDOW);
+        self.tracked.store(windows.len(), Ordering::Release);
     }
 }
 

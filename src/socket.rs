@@ -255,17 +255,19 @@ where
     F: std::future::Future<Output = Result<(), WsError>>,
 {
     let mut sent = std::pin::pin!(sent);
+    // Nearly every write completes at once: the write is polled first, so the timer and the
+    // wake-up registrations below are only armed (and paid for) when it actually has to wait.
     let mut stuck = std::pin::pin!(tokio::time::sleep(limit));
     loop {
         tokio::select! {
             biased;
+            result = &mut sent => return result.err().map(|_| Ended::Lost),
             _ = &mut stuck => return Some(Ended::Close(CloseReason::HeartbeatTimeout)),
             _ = shutdown.changed() => return Some(Ended::Close(CloseReason::ServerShutdown)),
             // Also woken by newly queued frames: those wait for the caller's next drain.
             _ = outbox.ready() => if outbox.is_evicted() {
                 return Some(Ended::Close(CloseReason::SlowConsumer));
             },
-            result = &mut sent => return result.err().map(|_| Ended::Lost),
         }
     }
 }
