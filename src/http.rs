@@ -677,7 +677,7 @@ fn upgrade(
             }
             Err(e) => {
                 // The connection went away before the upgrade completed.
-                ctx.hub.unsubscribe(&subscription, registration.id);
+                ctx.hub.unsubscribe(&subscription, &registration);
                 log::debug!("upgrade failed: {e}");
             }
         }

@@ -32,6 +32,13 @@ use crate::outbox::{Outbox, Pushed};
 
 const SHARDS: usize = 64;
 
+/// Streams with up to this many sockets drop a leaving socket at once (a short scan). Larger
+/// ones (the broadcast stream, a busy topic) let it go lazily: its outbox already refuses
+/// frames, so leaving stays O(1), and the leftovers are dropped in one pass when they reach
+/// half the list, at the next publish, or at the next sweep. A scan per leave would make a mass
+/// disconnect quadratic, under the lock every connect and broadcast needs.
+const EAGER_REMOVAL_MAX: usize = 64;
+
 /// A serialized frame, shared by every socket it goes to. An `Arc` (one word) rather than the
 /// 4-word `Utf8Bytes` keeps each socket's queue block at 256 bytes instead of 1 KiB.
 pub type Frame = Arc<Utf8Bytes>;
@@ -118,6 +125,9 @@ struct Stream {
     generation: u64,
     seq: u64,
     peers: Vec<Peer>,
+    /// Sockets that left but may still be in `peers` (at most this many; see
+    /// [`EAGER_REMOVAL_MAX`]).
+    dead: usize,
     history: VecDeque<Retained>,
     /// Last publish or unsubscribe. A stream with no sockets and no history is still kept
     /// (about 100 bytes) until this is `meta_ttl` old, so a client resuming within that time is
@@ -131,6 +141,7 @@ impl Stream {
             generation: rand::random(),
             seq: 0,
             peers: Vec::new(),
+            dead: 0,
             history: VecDeque::new(),
             touched: Instant::now(),
         }
@@ -138,6 +149,35 @@ impl Stream {
 
     fn position(&self) -> String {
         format!("{:016x}:{}", self.generation, self.seq)
+    }
+
+    /// Takes socket `id` (whose outbox is already detached) off this stream.
+    fn remove_peer(&mut self, id: SocketId) {
+        if self.peers.len() <= EAGER_REMOVAL_MAX {
+            if let Some(i) = self.peers.iter().position(|p| p.id == id) {
+                self.peers.swap_remove(i);
+            }
+        } else {
+            self.dead += 1;
+            if self.dead * 2 >= self.peers.len() {
+                self.compact();
+            }
+        }
+    }
+
+    /// Drops every peer that left or was evicted.
+    fn compact(&mut self) {
+        self.peers.retain(|p| !p.outbox.is_gone());
+        self.dead = 0;
+    }
+
+    /// Sockets following this stream.
+    fn live(&self) -> usize {
+        if self.dead == 0 {
+            self.peers.len()
+        } else {
+            self.peers.iter().filter(|p| !p.outbox.is_gone()).count()
+        }
     }
 }
 
@@ -284,22 +324,23 @@ impl Hub {
     }
 
     /// Removes a seed socket registered with [`Hub::register`].
-    pub fn unregister(&self, uid: &str, id: SocketId) {
-        self.unsubscribe(&Subscription::seed(uid), id)
+    pub fn unregister(&self, uid: &str, registration: &Registration) {
+        self.unsubscribe(&Subscription::seed(uid), registration)
     }
 
     /// Removes a socket from every stream of `sub` (it may already be gone from some, evicted
-    /// as a slow reader). Streams left idle are dropped later by [`Hub::sweep`]. Call exactly
-    /// once per [`Hub::subscribe`]: the socket task's one cleanup path does.
-    pub fn unsubscribe(&self, sub: &Subscription, id: SocketId) {
+    /// as a slow reader). Its outbox refuses new frames from here on but keeps those already
+    /// queued (a shutting-down socket still writes them). Streams left idle are dropped later by
+    /// [`Hub::sweep`]. Call exactly once per [`Hub::subscribe`]: the socket task's one cleanup
+    /// path does.
+    pub fn unsubscribe(&self, sub: &Subscription, registration: &Registration) {
+        registration.outbox.detach();
         for key in sub.keys() {
             let mut shard = self.shard(&key);
             let Some(stream) = shard.get_mut(&key) else {
                 continue;
             };
-            if let Some(i) = stream.peers.iter().position(|p| p.id == id) {
-                stream.peers.swap_remove(i);
-            }
+            stream.remove_peer(registration.id);
             stream.touched = Instant::now();
         }
         self.sockets.fetch_sub(1, Ordering::Relaxed);
@@ -343,10 +384,12 @@ impl Hub {
                 // Slow reader: cut loose (its task is woken to close it) so it cannot hold
                 // memory or delay anyone.
                 Pushed::Evicted => false,
-                // Its task has ended and is about to unsubscribe.
+                // It left (or is leaving) this stream.
                 Pushed::Closed => false,
             }
         });
+        // Every peer that left was just dropped.
+        stream.dead = 0;
         let retained = keep && {
             let frame = numbered.unwrap_or_else(|| {
                 Arc::new(frame::stream_frame(topic, seq, contents, &key.name()))
@@ -391,6 +434,9 @@ impl Hub {
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             shard.retain(|_, stream| {
+                if stream.dead > 0 {
+                    stream.compact();
+                }
                 while stream
                     .history
                     .front()
@@ -409,7 +455,7 @@ impl Hub {
 
     /// How many sockets follow `key`.
     pub fn followers(&self, key: &StreamKey) -> usize {
-        self.shard(key).get(key).map_or(0, |s| s.peers.len())
+        self.shard(key).get(key).map_or(0, Stream::live)
     }
 
     /// How many sockets `uid` has open.
@@ -428,7 +474,7 @@ impl Hub {
         for shard in self.shards.iter() {
             let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             for (key, stream) in shard.iter() {
-                if stream.peers.is_empty() {
+                if stream.live() == 0 {
                     continue;
                 }
                 match key {
@@ -504,12 +550,42 @@ mod tests {
         assert_eq!(a1.outbox.pop().unwrap().as_str(), expected);
         assert_eq!(a2.outbox.pop().unwrap().as_str(), expected);
         assert!(b.outbox.pop().is_none());
-        hub.unregister("a", a1.id);
+        hub.unregister("a", &a1);
         assert_eq!(hub.sockets_of("a"), 1);
-        hub.unregister("a", a2.id);
+        hub.unregister("a", &a2);
         assert_eq!(hub.publish(&user("a"), "t", &raw("2")).sockets, 0);
         assert_eq!(hub.socket_count(), 1);
         assert_eq!(hub.totals().0, 1);
+    }
+
+    #[tokio::test]
+    async fn leaving_a_crowded_stream_is_exact_and_memory_stays_bounded() {
+        let hub = Hub::new(4);
+        const N: usize = 1000;
+        let regs: Vec<Registration> = (0..N).map(|i| hub.register(&format!("u{i}"))).collect();
+        assert_eq!(hub.followers(&StreamKey::Broadcast), N);
+        // Leave in an order that is neither the join order nor its reverse (7 is coprime
+        // with 1000, so this visits every socket once).
+        for (left, i) in (0..N).map(|k| (k * 7) % N).enumerate() {
+            hub.unregister(&format!("u{i}"), &regs[i]);
+            let live = N - left - 1;
+            assert_eq!(hub.followers(&StreamKey::Broadcast), live);
+            assert_eq!(hub.sockets_of(&format!("u{i}")), 0);
+            let kept = hub.shard(&StreamKey::Broadcast)[&StreamKey::Broadcast]
+                .peers
+                .len();
+            assert!(kept <= 2 * live + 2, "{kept} entries for {live} sockets");
+            if left == N / 3 {
+                // A broadcast now reaches exactly the sockets still there, once each.
+                let d = hub.publish(&StreamKey::Broadcast, "t", &raw("1"));
+                assert_eq!(d.sockets, live);
+                let got = regs.iter().filter(|r| r.outbox.pop().is_some()).count();
+                assert_eq!(got, live);
+            }
+        }
+        assert_eq!(hub.socket_count(), 0);
+        hub.sweep();
+        assert_eq!(hub.totals(), (0, 0, 0));
     }
 
     #[tokio::test]
@@ -522,7 +598,7 @@ mod tests {
         assert_eq!(hub.publish(&user("a"), "t", &raw("2")).sockets, 1);
         assert!(slow.outbox.is_evicted());
         assert_eq!(hub.sockets_of("a"), 1);
-        hub.unregister("a", slow.id);
+        hub.unregister("a", &slow);
         assert_eq!(hub.socket_count(), 1);
     }
 
@@ -555,7 +631,7 @@ mod tests {
             .unwrap()
             .to_string();
         let generation = pos0.split(':').next().unwrap().to_string();
-        hub.unsubscribe(&resumable("a"), first.id);
+        hub.unsubscribe(&resumable("a"), &first);
         for i in 1..=5 {
             assert_eq!(hub.publish(&user("a"), "t", &raw(&i.to_string())).seq, i);
         }
@@ -624,12 +700,12 @@ mod tests {
             .as_str()
             .unwrap()
             .to_string();
-        hub.unsubscribe(&resumable("a"), first.id);
+        hub.unsubscribe(&resumable("a"), &first);
         // Idle streams are remembered for a while: resuming now is exact (no gap)...
         let resume = HashMap::from([("user".to_string(), pos.clone())]);
         let again = hub.subscribe(&resumable("a"), Some(&resume));
         assert_eq!(again.preamble.len(), 1, "welcome only");
-        hub.unsubscribe(&resumable("a"), again.id);
+        hub.unsubscribe(&resumable("a"), &again);
         // ...until the sweeper forgets them (here: as if meta_ttl had passed).
         for shard in hub.shards.iter() {
             for stream in shard.lock().unwrap().values_mut() {

@@ -86,6 +86,18 @@ impl Outbox {
         self.ready.notified().await
     }
 
+    /// Refuses further frames but keeps those queued: the socket is leaving its streams (a
+    /// shutting-down socket still writes what it was sent).
+    pub fn detach(&self) {
+        self.state().closed = true;
+    }
+
+    /// Whether the socket left its streams or was evicted: it no longer counts as a follower.
+    pub fn is_gone(&self) -> bool {
+        let state = self.state();
+        state.closed || state.evicted
+    }
+
     /// Refuses further frames and frees the queue: the socket is going away.
     pub fn close(&self) {
         let mut state = self.state();

@@ -112,7 +112,7 @@ where
             &mut ctx.shutdown,
         )
         .await;
-        ctx.hub.unsubscribe(&sub, registration.id);
+        ctx.hub.unsubscribe(&sub, &registration);
         log::debug!("socket {} closed: {:?}", registration.id, ended);
         // Boxed: the closing steps run once, so their state should not sit in every idle
         // socket's task for its whole life.

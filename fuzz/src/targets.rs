@@ -612,7 +612,7 @@ pub fn http(data: &[u8]) {
                 .await
                 .expect("socket tasks end when the upgrade fails");
             if let Some(alice) = alice {
-                hub.unregister("alice", alice.id);
+                hub.unregister("alice", &alice);
             }
             assert_eq!(hub.socket_count(), 0, "a socket outlived its request");
             drop(stop);
