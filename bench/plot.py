@@ -82,7 +82,8 @@ def main():
     ax2.legend()
 
     fig.suptitle(
-        f"push-bench {report['mode']} — {report['machine']['cpus']} × {report['machine']['cpu_model']}",
+        f"push-bench {report['mode']} — {report['machine']['cpus']} × {report['machine']['cpu_model']}"
+        + (f" — {report['machine']['placement']}" if report["machine"].get("placement") else ""),
         fontsize=10,
     )
     fig.tight_layout()

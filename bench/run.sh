@@ -3,7 +3,7 @@
 #
 #   bash bench/run.sh [full|quick|smoke] [more push-bench flags, e.g. --servers push-serve,go]
 #
-# full ≈ 10 minutes, quick < 1 minute, smoke a few seconds. Writes bench/results-<mode>.json
+# full ≈ 8 minutes, quick < 1 minute, smoke a few seconds. Writes bench/results-<mode>.json
 # and bench/plot.png. Honours CARGO_TARGET_DIR. Run it on an otherwise idle machine: the
 # "other CPU%" column of every table shows how much else was running.
 set -euo pipefail
@@ -33,10 +33,17 @@ if [ "$busy" -gt 15 ]; then
     echo "run.sh: WARNING: the machine is already ${busy}% busy; results will be disturbed" >&2
 fi
 
+# With 2+ CPUs the server runs on CPU 0 and the load generator on the others, so neither's
+# numbers depend on how the scheduler split a shared core. PUSH_BENCH_PIN=0 turns it off.
+pin=()
+if [ "$(nproc)" -ge 2 ] && [ "${PUSH_BENCH_PIN:-1}" = 1 ]; then
+    pin=(--pin)
+fi
+
 out=bench/results-$mode.json
 status=0
 "$target/release/push-bench" --mode "$mode" --push-serve-bin "$target/release/push-serve" \
-    --out "$out" "$@" || status=$?
+    "${pin[@]}" --out "$out" "$@" || status=$?
 
 if [ -f "$out" ]; then
     python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install --quiet matplotlib

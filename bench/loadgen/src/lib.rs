@@ -415,6 +415,27 @@ pub struct Options {
     pub work_dir: Option<PathBuf>,
     /// Progress lines on stderr.
     pub progress: bool,
+    /// Start each server on CPU 0 only. The caller must have restricted its own process to
+    /// the other CPUs before starting any thread ([`pin_loadgen`]), so the two never share a
+    /// core and neither's numbers depend on how the scheduler split them.
+    pub pin: bool,
+}
+
+/// CPUs online on the machine (not this process's affinity, which `--pin` narrows).
+fn online_cpus() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(1).max(1)
+}
+
+/// Restricts the calling process's future threads to every CPU but the server's; call before
+/// building the runtime. Errors if the machine has a single CPU.
+pub fn pin_loadgen() -> Result<()> {
+    let n = online_cpus();
+    anyhow::ensure!(n >= 2, "--pin needs at least 2 CPUs, this machine has {n}");
+    let others: Vec<usize> = (0..n).filter(|&c| c != server::SERVER_CPU).collect();
+    server::pin_to(&others)?;
+    Ok(())
 }
 
 impl Default for Options {
@@ -428,6 +449,7 @@ impl Default for Options {
             extra_conf: "max_sockets_per_uid: 1000000\n".into(),
             work_dir: None,
             progress: true,
+            pin: false,
         }
     }
 }
@@ -543,6 +565,8 @@ pub struct Machine {
     pub cpu_model: String,
     pub kernel: String,
     pub loadgen_nofile: u64,
+    /// How the server and the load generator were placed on the CPUs.
+    pub placement: String,
 }
 
 /// Everything a run measured.
@@ -721,9 +745,7 @@ mod secs {
 fn machine() -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     Machine {
-        cpus: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        cpus: online_cpus(),
         cpu_model: cpuinfo
             .lines()
             .find_map(|l| l.strip_prefix("model name"))
@@ -734,6 +756,7 @@ fn machine() -> Machine {
             .trim()
             .to_string(),
         loadgen_nofile: server::raise_nofile(),
+        placement: String::new(),
     }
 }
 
@@ -745,7 +768,16 @@ pub async fn run(opts: Options) -> Result<Report> {
         .plan
         .clone()
         .unwrap_or_else(|| Plan::for_mode(opts.mode));
-    let machine = machine();
+    let mut machine = machine();
+    machine.placement = if opts.pin {
+        format!(
+            "server pinned to CPU {}, load generator to the other {}",
+            server::SERVER_CPU,
+            machine.cpus - 1
+        )
+    } else {
+        format!("server and load generator share all {} CPUs", machine.cpus)
+    };
     let started_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

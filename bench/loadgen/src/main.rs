@@ -13,7 +13,8 @@ use std::process::ExitCode;
 use push_bench::{HoldArgs, Mode, Options, ServerSpec};
 
 const USAGE: &str = "usage: push-bench [--mode quick|full|smoke] [--servers push-serve,node,go] \
-[--push-serve-bin PATH] [--repo DIR] [--out results.json] [--quiet] [--set plan_field=value]...";
+[--push-serve-bin PATH] [--repo DIR] [--out results.json] [--quiet] [--pin] [--set plan_field=value]...
+  --pin: server on CPU 0, the load generator on the others (needs 2+ CPUs)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -43,6 +44,7 @@ fn bench_main(args: &[String]) -> anyhow::Result<ExitCode> {
     let mut bin: Option<PathBuf> = None;
     let mut out: Option<PathBuf> = None;
     let mut quiet = false;
+    let mut pin = false;
     let mut sets: Vec<(String, String)> = Vec::new();
     let mut i = 0;
     while i < args.len() {
@@ -58,6 +60,7 @@ fn bench_main(args: &[String]) -> anyhow::Result<ExitCode> {
             "--repo" => repo = value(args, &mut i, a)?.into(),
             "--out" => out = Some(value(args, &mut i, a)?.into()),
             "--quiet" => quiet = true,
+            "--pin" => pin = true,
             "--set" => {
                 let kv = value(args, &mut i, a)?;
                 let (k, v) = kv
@@ -91,6 +94,11 @@ fn bench_main(args: &[String]) -> anyhow::Result<ExitCode> {
         }
         opts.plan = Some(plan);
     }
+    if pin {
+        // Before the runtime's threads exist, so they all inherit it.
+        push_bench::pin_loadgen()?;
+    }
+    opts.pin = pin;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

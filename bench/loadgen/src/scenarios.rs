@@ -49,13 +49,14 @@ pub async fn run_server(
         log_tail: String::new(),
     };
     let mut rows = Vec::new();
-    let mut server = match ServerProc::start(spec, dir, &opts.password, &opts.extra_conf).await {
-        Ok(s) => s,
-        Err(e) => {
-            run.error = Some(format!("start failed: {e:#}"));
-            return (run, rows);
-        }
-    };
+    let mut server =
+        match ServerProc::start(spec, dir, &opts.password, &opts.extra_conf, opts.pin).await {
+            Ok(s) => s,
+            Err(e) => {
+                run.error = Some(format!("start failed: {e:#}"));
+                return (run, rows);
+            }
+        };
     run.started = true;
     run.command = server.command.clone();
     let keys = KeyMaker::new(&opts.password, 3600);

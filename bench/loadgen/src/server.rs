@@ -33,6 +33,7 @@ impl ServerProc {
         dir: &Path,
         password: &str,
         extra_conf: &str,
+        pin: bool,
     ) -> Result<ServerProc> {
         let port = free_port()?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
@@ -50,6 +51,13 @@ impl ServerProc {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        if pin {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only sched_setaffinity runs between fork and exec (async-signal-safe).
+            unsafe {
+                cmd.pre_exec(|| pin_to(&[SERVER_CPU]));
+            }
+        }
         let command = format!(
             "{} {} {}",
             spec.program.display(),
@@ -186,6 +194,25 @@ pub fn self_cpu_secs() -> f64 {
 }
 
 /// Raises this process's open-files soft limit to the hard limit; returns the new soft limit.
+/// Restricts the calling thread (and every thread or process it creates afterwards) to `cpus`.
+/// Called from `main` before the runtime starts, and in the server child before `exec`.
+pub fn pin_to(cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t we own, filled with CPU_SET, passed with its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The CPU a pinned server runs on: CPU 0. The load generator takes the others.
+pub const SERVER_CPU: usize = 0;
+
 pub fn raise_nofile() -> u64 {
     // SAFETY: getrlimit/setrlimit on a zeroed struct we own.
     unsafe {
