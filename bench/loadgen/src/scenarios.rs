@@ -156,6 +156,40 @@ enum FanTarget {
 /// The topic of the `fanout-topic` scenario; also the `topic` of every bench message.
 const FAN_TOPIC: &str = "bench";
 
+/// Waits for every backend task and adds up their reply counts.
+async fn join_backends(backends: Vec<JoinHandle<PushCounts>>) -> Result<PushCounts> {
+    let mut counts = PushCounts::default();
+    for h in backends {
+        counts.add(h.await?);
+    }
+    Ok(counts)
+}
+
+/// Gives the receiving sockets up to `grace` to see all `acked` pushes, closes them, and
+/// returns how many frames they got and their push→receive latencies.
+async fn collect_receipts(
+    stats: &RecvStats,
+    handles: &mut Vec<JoinHandle<()>>,
+    acked: u64,
+    grace: Duration,
+) -> (u64, Histogram<u64>) {
+    wait_for(grace, || stats.frames.load(Ordering::Relaxed) >= acked).await;
+    let received = stats.frames.load(Ordering::Relaxed);
+    let hist = stats.hist.lock().unwrap().clone();
+    close_all(handles).await;
+    (received, hist)
+}
+
+/// The delivery columns every unicast row has.
+fn set_delivery(m: &mut crate::Metrics, counts: &PushCounts, received: u64) {
+    m.set("received", received as f64);
+    m.set("lost", counts.ok.saturating_sub(received) as f64);
+    m.set(
+        "not 200",
+        (counts.not_found + counts.other + counts.errors) as f64,
+    );
+}
+
 fn push_target(uid: &str, password: &str) -> String {
     format!("/push?uid={uid}&password={password}")
 }
@@ -600,29 +634,16 @@ impl Bench<'_> {
                 c
             }));
         }
-        let mut counts = PushCounts::default();
-        for h in backends {
-            counts.add(h.await?);
-        }
+        let mut counts = join_backends(backends).await?;
         let send_secs = (tokio::time::Instant::now() - t0).as_secs_f64();
-        wait_for(Duration::from_secs(2), || {
-            stats.frames.load(Ordering::Relaxed) >= counts.ok
-        })
-        .await;
-        let received = stats.frames.load(Ordering::Relaxed);
-        let h = stats.hist.lock().unwrap().clone();
-        close_all(&mut handles).await;
+        let (received, h) =
+            collect_receipts(&stats, &mut handles, counts.ok, Duration::from_secs(2)).await;
         let mut row = Row::new(sc, &self.server.name);
         let m = &mut row.metrics;
         m.set("idle sockets", idle_sockets as f64);
         m.set("pushes", total as f64);
         m.set("sent/s", total as f64 / send_secs);
-        m.set("received", received as f64);
-        m.set("lost", counts.ok.saturating_sub(received) as f64);
-        m.set(
-            "not 200",
-            (counts.not_found + counts.other + counts.errors) as f64,
-        );
+        set_delivery(m, &counts, received);
         m.set("p50 ms", pct(&h, 0.50));
         m.set("p99 ms", pct(&h, 0.99));
         m.set("p99.9 ms", pct(&h, 0.999));
@@ -722,27 +743,14 @@ impl Bench<'_> {
                 counts
             }));
         }
-        let mut counts = PushCounts::default();
-        for h in backends {
-            counts.add(h.await?);
-        }
+        let mut counts = join_backends(backends).await?;
         let secs = start.elapsed().as_secs_f64();
-        wait_for(Duration::from_secs(3), || {
-            stats.frames.load(Ordering::Relaxed) >= counts.ok
-        })
-        .await;
-        let received = stats.frames.load(Ordering::Relaxed);
-        let h = stats.hist.lock().unwrap().clone();
-        close_all(&mut handles).await;
+        let (received, h) =
+            collect_receipts(&stats, &mut handles, counts.ok, Duration::from_secs(3)).await;
         let mut row = Row::new(sc, &self.server.name);
         let m = &mut row.metrics;
         m.set("acked/s", counts.ok as f64 / secs);
-        m.set("received", received as f64);
-        m.set("lost", counts.ok.saturating_sub(received) as f64);
-        m.set(
-            "not 200",
-            (counts.not_found + counts.other + counts.errors) as f64,
-        );
+        set_delivery(m, &counts, received);
         m.set("p50 ms", pct(&h, 0.50));
         m.set("p99 ms", pct(&h, 0.99));
         m.set("p99.9 ms", pct(&h, 0.999));
