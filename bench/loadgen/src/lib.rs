@@ -827,11 +827,9 @@ pub async fn run(opts: Options) -> Result<Report> {
         }
     }
     if remove_dir
-        && rows.iter().all(|r| {
-            r.ok || scenarios
-                .iter()
-                .any(|sc| sc.id == r.scenario && !sc.applies_to(&r.server))
-        })
+        && rows
+            .iter()
+            .all(|r| r.ok || r.error.as_deref() == Some(NOT_APPLICABLE))
     {
         let _ = std::fs::remove_dir_all(&dir);
     }
