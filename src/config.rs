@@ -384,8 +384,8 @@ impl Config {
     }
 
     /// History settings for the hub.
-    pub fn retention(&self) -> crate::hub::Retention {
-        crate::hub::Retention {
+    pub fn retention(&self) -> crate::broker::Retention {
+        crate::broker::Retention {
             history_size: self.history_size,
             history_ttl: Duration::from_secs_f64(self.history_ttl_secs),
             max_bytes: self.history_max_bytes,

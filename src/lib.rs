@@ -1,17 +1,18 @@
 //! push-serve: a real-time push daemon. Business backends `POST /push` JSON for a uid; every
 //! WebSocket that uid has open receives it as `{"topic","number","contents"}`.
 //!
-//! How a push flows through the modules:
+//! How a push flows through the modules (`ARCHITECTURE.md` draws it):
 //! - [`config`]: `conf.yaml`, validated, every error naming its field.
 //! - [`server`]: binds the listener (large backlog) and runs the accept loop.
-//! - [`http`]: warp routes. `GET /access` signs a key with [`auth`]; `GET /ws` checks the key and
-//!   upgrades, handing the socket to [`socket`]; `POST /push` parses the body, serializes one
-//!   frame ([`frame`]) and asks the [`hub`] to deliver it.
-//! - [`hub`]: streams (a uid's, a topic's, broadcast) → live sockets; `publish` numbers a
-//!   message, queues the shared frame on each socket's bounded queue without waiting, and keeps
-//!   it in the stream's bounded history for resuming sockets.
-//! - [`socket`]: one task per socket writes its queue, answers/sends pings, and closes with a
-//!   documented code ([`frame::CloseReason`]).
+//! - [`http`]: warp routes. `GET /access` signs a key with [`auth`]; `GET /ws` checks the key,
+//!   connects the socket to the [`hub`] and upgrades, handing it to a [`protocol`];
+//!   `POST /push` parses the body and asks the hub to publish it.
+//! - [`hub`]: the two verbs every protocol uses, `connect` and `publish`, over this node's
+//!   [`registry`] (streams → local sockets, each with a bounded [`outbox`]) and the [`broker`]
+//!   (numbering, history, presence and delivery across nodes: in memory, or Redis).
+//! - [`protocol::native`]: one task per socket writes its queue, answers/sends pings, and
+//!   closes with a documented code ([`wire::CloseReason`]).
+//! - [`wire`]: every encoding, serialized once per message.
 //!
 //! [`run`] ties them together and is what both `main` and the integration tests call.
 
@@ -19,14 +20,16 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod broker;
 pub mod config;
-pub mod frame;
 pub mod http;
 pub mod hub;
 pub mod limits;
 pub mod outbox;
+pub mod protocol;
+pub mod registry;
 pub mod server;
-pub mod socket;
+pub mod wire;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -42,13 +45,13 @@ pub use config::Config;
 /// let requests in flight finish, flush what each socket has queued, close every socket with
 /// 1001, and return within `config.shutdown_timeout_secs`.
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
-    let hub = Arc::new(hub::Hub::with_retention(
+    let hub = Arc::new(hub::Hub::local(
         config.send_queue_frames,
         config.retention(),
     ));
     let (stop_sockets, stopping) = watch::channel(false);
     let tracker = TaskTracker::new();
-    let sockets = socket::SocketContext {
+    let sockets = protocol::native::SocketContext {
         hub: hub.clone(),
         heartbeat: config.heartbeat_interval(),
         shutdown: stopping,

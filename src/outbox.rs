@@ -5,21 +5,26 @@
 //! whole footprint. This queue is a `VecDeque` behind a `std` mutex plus a `Notify`: about
 //! 130 bytes, no allocation until a frame is queued.
 //!
-//! Protocol: the hub [`push`](Outbox::push)es; a push into an empty queue, and an eviction,
-//! wake the socket task. The task drains the queue completely before it waits again, so with
-//! `Notify`'s stored permit no wake-up is ever lost.
+//! Protocol: the registry [`push`](Outbox::push)es; a push into an empty queue, and an
+//! eviction, wake the socket task. The task drains the queue completely before it waits again,
+//! so with `Notify`'s stored permit no wake-up is ever lost.
+//!
+//! Each frame is tagged with the socket's index of its stream (`slot`) and its number there.
+//! A resuming socket joins its streams *before* the broker tells it where each stream stands
+//! and what it missed (so nothing published meanwhile is lost); [`Outbox::set_floors`] then
+//! drops the live frames that the replay already holds, and refuses any that arrive late.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
-use crate::hub::Frame;
+use crate::wire::{CloseReason, Frame};
 
 /// What happened to a pushed frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
-    /// Queued.
+    /// Queued (or already delivered by the socket's replay).
     Queued,
     /// The queue was full: the socket is now marked evicted and its task woken to close it.
     Evicted,
@@ -27,14 +32,22 @@ pub enum Pushed {
     Closed,
 }
 
+struct Queued {
+    frame: Frame,
+    slot: u16,
+    seq: u64,
+}
+
 #[derive(Default)]
 struct State {
-    frames: VecDeque<Frame>,
-    evicted: bool,
+    frames: VecDeque<Queued>,
+    /// Per stream slot: frames numbered at or below this were in the socket's replay.
+    floors: Vec<u64>,
+    evicted: Option<CloseReason>,
     closed: bool,
 }
 
-/// A socket's queue of frames to write, shared by the hub (producer) and the socket task.
+/// A socket's queue of frames to write, shared by the registry (producer) and the socket task.
 #[derive(Default)]
 pub struct Outbox {
     // Held only for a push, a pop or a flag change; never across an await.
@@ -47,21 +60,29 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `frame` unless `cap` frames are already waiting, in which case the socket is a
-    /// slow reader: it is marked evicted, its queue dropped, and its task woken.
-    pub fn push(&self, frame: Frame, cap: usize) -> Pushed {
+    /// Queues `frame` (number `seq` of the socket's stream `slot`) unless `cap` frames are
+    /// already waiting, in which case the socket is a slow reader: it is marked evicted, its
+    /// queue dropped, and its task woken.
+    pub fn push(&self, frame: Frame, slot: u16, seq: u64, cap: usize) -> Pushed {
         let mut state = self.state();
-        if state.closed || state.evicted {
+        if state.closed || state.evicted.is_some() {
             return Pushed::Closed;
         }
+        if state
+            .floors
+            .get(usize::from(slot))
+            .is_some_and(|&f| seq <= f)
+        {
+            return Pushed::Queued;
+        }
         if state.frames.len() >= cap {
-            state.evicted = true;
+            state.evicted = Some(CloseReason::SlowConsumer);
             state.frames = VecDeque::new();
             drop(state);
             self.ready.notify_one();
             return Pushed::Evicted;
         }
-        state.frames.push_back(frame);
+        state.frames.push_back(Queued { frame, slot, seq });
         let first = state.frames.len() == 1;
         drop(state);
         if first {
@@ -70,14 +91,37 @@ impl Outbox {
         Pushed::Queued
     }
 
-    /// The next frame to write, if any.
-    pub fn pop(&self) -> Option<Frame> {
-        self.state().frames.pop_front()
+    /// Per stream slot, the last number the socket's replay delivered: queued frames at or
+    /// below it are dropped, and later pushes of them ignored.
+    pub fn set_floors(&self, floors: Vec<u64>) {
+        let mut state = self.state();
+        state
+            .frames
+            .retain(|q| floors.get(usize::from(q.slot)).is_none_or(|&f| q.seq > f));
+        state.floors = floors;
     }
 
-    /// Whether the hub gave up on this socket for reading too slowly.
-    pub fn is_evicted(&self) -> bool {
+    /// The next frame to write, if any.
+    pub fn pop(&self) -> Option<Frame> {
+        self.state().frames.pop_front().map(|q| q.frame)
+    }
+
+    /// Why the socket must close, if the registry gave up on it.
+    pub fn evicted(&self) -> Option<CloseReason> {
         self.state().evicted
+    }
+
+    /// Tells the socket task to close with `reason` (unless it already has a reason), dropping
+    /// what it has queued.
+    pub fn evict(&self, reason: CloseReason) {
+        let mut state = self.state();
+        if state.closed || state.evicted.is_some() {
+            return;
+        }
+        state.evicted = Some(reason);
+        state.frames = VecDeque::new();
+        drop(state);
+        self.ready.notify_one();
     }
 
     /// Resolves when a frame was queued into an empty queue or the socket was evicted (or
@@ -95,7 +139,7 @@ impl Outbox {
     /// Whether the socket left its streams or was evicted: it no longer counts as a follower.
     pub fn is_gone(&self) -> bool {
         let state = self.state();
-        state.closed || state.evicted
+        state.closed || state.evicted.is_some()
     }
 
     /// Refuses further frames and frees the queue: the socket is going away.
@@ -119,15 +163,31 @@ mod tests {
     #[tokio::test]
     async fn queues_in_order_and_evicts_when_full() {
         let outbox = Outbox::default();
-        assert_eq!(outbox.push(frame("1"), 2), Pushed::Queued);
-        assert_eq!(outbox.push(frame("2"), 2), Pushed::Queued);
+        assert_eq!(outbox.push(frame("1"), 0, 1, 2), Pushed::Queued);
+        assert_eq!(outbox.push(frame("2"), 0, 2, 2), Pushed::Queued);
         outbox.ready().await; // the first push left a permit
         assert_eq!(outbox.pop().unwrap().as_str(), "1");
-        assert_eq!(outbox.push(frame("3"), 2), Pushed::Queued);
-        assert_eq!(outbox.push(frame("4"), 2), Pushed::Evicted);
-        assert!(outbox.is_evicted());
+        assert_eq!(outbox.push(frame("3"), 0, 3, 2), Pushed::Queued);
+        assert_eq!(outbox.push(frame("4"), 0, 4, 2), Pushed::Evicted);
+        assert_eq!(outbox.evicted(), Some(CloseReason::SlowConsumer));
         assert_eq!(outbox.pop(), None);
-        assert_eq!(outbox.push(frame("5"), 2), Pushed::Closed);
+        assert_eq!(outbox.push(frame("5"), 0, 5, 2), Pushed::Closed);
         outbox.ready().await; // eviction woke the task
+    }
+
+    #[test]
+    fn floors_drop_what_the_replay_already_delivered() {
+        let outbox = Outbox::default();
+        for (slot, seq) in [(0, 4), (1, 9), (0, 5), (1, 10), (0, 6)] {
+            outbox.push(frame(&format!("{slot}/{seq}")), slot, seq, 16);
+        }
+        // The replay went up to 5 on slot 0 and 9 on slot 1.
+        outbox.set_floors(vec![5, 9]);
+        assert_eq!(outbox.push(frame("0/5 again"), 0, 5, 16), Pushed::Queued);
+        outbox.push(frame("0/7"), 0, 7, 16);
+        let got: Vec<String> = std::iter::from_fn(|| outbox.pop())
+            .map(|f| f.to_string())
+            .collect();
+        assert_eq!(got, ["1/10", "0/6", "0/7"]);
     }
 }

@@ -19,11 +19,14 @@ use futures_util::StreamExt;
 use hyper::body::{Body, Bytes, Frame};
 use hyper_util::service::TowerToHyperService;
 use push_serve::auth::{valid_topic, Auth};
+use push_serve::broker::Retention;
 use push_serve::config::{Config, MAX_UID_BYTES};
 use push_serve::http::{routes, AppState};
-use push_serve::hub::{Hub, Proto, Retention, StreamKey, Subscription};
+use push_serve::hub::Hub;
 use push_serve::limits::PeerAddr;
-use push_serve::socket::{self, ws_config, SocketContext};
+use push_serve::protocol::native::{self, ws_config, SocketContext};
+use push_serve::registry::Subscription;
+use push_serve::wire::{self, Proto, StreamKey};
 use serde_json::value::RawValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
@@ -552,12 +555,16 @@ pub fn http(data: &[u8]) {
 
     HTTP_RT.with(|rt| {
         rt.block_on(async {
-            let hub = Arc::new(Hub::with_retention(
-                config.send_queue_frames,
-                config.retention(),
-            ));
+            let hub = Arc::new(Hub::local(config.send_queue_frames, config.retention()));
             // alice has a socket open (so /push can reach someone), unless the flags say not.
-            let alice = case.alice_online.then(|| hub.register("alice"));
+            let alice = match case.alice_online {
+                true => Some(
+                    hub.connect(Subscription::seed("alice"), None)
+                        .await
+                        .unwrap(),
+                ),
+                false => None,
+            };
             let (stop, stopping) = watch::channel(case.shutting_down);
             let tracker = TaskTracker::new();
             let sockets = SocketContext {
@@ -611,9 +618,7 @@ pub fn http(data: &[u8]) {
             tokio::time::timeout(Duration::from_secs(5), tracker.wait())
                 .await
                 .expect("socket tasks end when the upgrade fails");
-            if let Some(alice) = alice {
-                hub.unregister("alice", &alice);
-            }
+            drop(alice);
             assert_eq!(hub.socket_count(), 0, "a socket outlived its request");
             drop(stop);
         })
@@ -791,7 +796,7 @@ thread_local! {
         .expect("runtime");
 }
 
-/// Bytes a client sends after the handshake, into the real socket task (`socket::serve`) over an
+/// Bytes a client sends after the handshake, into the real socket task (`native::serve`) over an
 /// in-memory pipe, with pushes and a shutdown mixed in as the first byte says. The task always
 /// ends (within [`SOCKET_DEADLINE`] of virtual time), leaves no socket in the hub, and what it
 /// wrote is a valid server-side WebSocket stream with at most one close frame, last.
@@ -813,7 +818,7 @@ pub fn ws_frames(data: &[u8]) {
                 history_ttl: Duration::from_secs(60),
                 max_bytes: 4096,
             };
-            let hub = Arc::new(Hub::with_retention(4, retention));
+            let hub = Arc::new(Hub::local(4, retention));
             let (stop, stopping) = watch::channel(false);
             let ctx = SocketContext {
                 hub: hub.clone(),
@@ -832,22 +837,24 @@ pub fn ws_frames(data: &[u8]) {
             let contents = RawValue::from_string(r#"{"n":1}"#.to_owned()).expect("raw JSON");
 
             let serve = async {
-                if resumable {
-                    let sub = Subscription {
+                let sub = if resumable {
+                    Subscription {
                         uid: "fuzz".into(),
                         topics: vec!["news".into()],
                         proto: Proto::Resumable,
-                    };
-                    socket::serve_subscription(ws, sub, None, ctx).await;
+                    }
                 } else {
-                    socket::serve(ws, "fuzz".into(), ctx).await;
-                }
+                    Subscription::seed("fuzz")
+                };
+                let session = hub.connect(sub, None).await.expect("local hub");
+                native::serve(ws, session, ctx).await;
             };
             let client_writes = async {
                 // Let the socket task register first.
                 tokio::task::yield_now().await;
                 for _ in 0..pushes {
-                    hub.publish(&user, "t", &contents);
+                    let msg = wire::Message::new("t", &contents);
+                    hub.publish(&user, msg, None).await.expect("local hub");
                 }
                 for part in payload.chunks(write_chunk.min(payload.len()).max(1)) {
                     if client_wr.write_all(part).await.is_err() {
@@ -882,7 +889,11 @@ pub fn ws_frames(data: &[u8]) {
             });
             drop((client_wr, client_rd, stop));
             assert_eq!(hub.socket_count(), 0, "socket left in the hub");
-            assert_eq!(hub.followers(&user), 0, "socket left on its stream");
+            assert_eq!(
+                hub.registry().followers(&user),
+                0,
+                "socket left on its stream"
+            );
             if client_reads {
                 check_server_stream(&out).await;
             }

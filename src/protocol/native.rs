@@ -1,8 +1,9 @@
-//! One WebSocket's life: register with the hub, then a single `select!` over the outbound
-//! queue, inbound frames, the heartbeat tick, eviction and shutdown; then exactly one cleanup
-//! path (unregister, close frame with a [`CloseReason`], bounded wait for the client's close).
+//! The native protocol: one WebSocket's life. The socket has already joined the hub (the
+//! `/ws` handler connects it before answering 101); this task writes its preamble, then runs a
+//! single `select!` over the outbound queue, inbound frames, the heartbeat tick, eviction and
+//! shutdown; then exactly one cleanup path (leave the registry, close frame with a
+//! [`CloseReason`], bounded wait for the client's close).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,9 +17,9 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::frame::CloseReason;
-use crate::hub::{Frame, Hub, Registration, Subscription};
+use crate::hub::{Hub, Session};
 use crate::outbox::Outbox;
+use crate::wire::{CloseReason, Frame};
 
 /// Bytes tungstenite reads per syscall. Clients only send pongs and the odd small frame, and
 /// this buffer is allocated for every idle socket, so it is small (warp's default is 128 KiB);
@@ -43,7 +44,7 @@ pub fn ws_config(max_client_frame_bytes: usize) -> WebSocketConfig {
 /// What every socket task shares.
 #[derive(Clone)]
 pub struct SocketContext {
-    /// The registry this socket joins.
+    /// The hub the socket joined (for its counters).
     pub hub: Arc<Hub>,
     /// Ping period; also how long a ping may go unanswered.
     pub heartbeat: Duration,
@@ -51,72 +52,43 @@ pub struct SocketContext {
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// Serves one upgraded seed socket for `uid` (its own stream and broadcasts, seed frames)
-/// until it closes.
-pub fn serve<S>(
-    ws: WebSocketStream<S>,
-    uid: String,
-    ctx: SocketContext,
-) -> impl std::future::Future<Output = ()>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    serve_subscription(ws, Subscription::seed(uid), None, ctx)
-}
-
-/// Serves one upgraded socket following `sub` until it closes, for whatever reason. With
-/// `resume`, it first gets what it missed since those positions. The socket joins the hub when
-/// this is called, not when the future is first polled.
-pub fn serve_subscription<S>(
-    ws: WebSocketStream<S>,
-    sub: Subscription,
-    resume: Option<HashMap<String, String>>,
-    ctx: SocketContext,
-) -> impl std::future::Future<Output = ()>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let registration = ctx.hub.subscribe(&sub, resume.as_ref());
-    serve_registered(ws, sub, registration, ctx)
-}
-
-/// Serves a socket that already joined the hub as `registration` (the `/ws` handler registers
-/// it before answering 101, so a push made the moment the page sees the upgrade reaches it),
-/// until it closes; unregisters it on the way out.
+/// Serves a socket that already joined the hub as `session`, until it closes; leaves the
+/// registry on the way out.
 ///
 /// A plain `fn` returning an `async move` block rather than an `async fn`: an `async fn` keeps
 /// both its argument and its moved copy of the ~300-byte WebSocket in the future, and this
 /// future lives as long as the socket, once per socket.
 #[allow(clippy::manual_async_fn)]
-pub fn serve_registered<S>(
+pub fn serve<S>(
     mut ws: WebSocketStream<S>,
-    sub: Subscription,
-    mut registration: Registration,
+    mut session: Session,
     mut ctx: SocketContext,
 ) -> impl std::future::Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // Fields are used in place, not destructured into locals: a local that lives across an
+    // await is a second copy in every idle socket's future.
     async move {
         log::debug!(
             "socket {} opened ({} live)",
-            registration.id,
+            session.membership.id(),
             ctx.hub.socket_count()
         );
-        let preamble = std::mem::take(&mut registration.preamble);
         let ended = drive(
             &mut ws,
-            preamble,
-            &registration.outbox,
+            std::mem::take(&mut session.preamble),
+            session.membership.outbox(),
             ctx.heartbeat,
             &mut ctx.shutdown,
         )
         .await;
-        ctx.hub.unsubscribe(&sub, &registration);
-        log::debug!("socket {} closed: {:?}", registration.id, ended);
+        let outbox = session.membership.outbox().clone();
+        log::debug!("socket {} closed: {ended:?}", session.membership.id());
+        drop(session);
         // Boxed: the closing steps run once, so their state should not sit in every idle
         // socket's task for its whole life.
-        Box::pin(finish(ws, registration.outbox, ended)).await;
+        Box::pin(finish(ws, outbox, ended)).await;
     }
 }
 
@@ -202,8 +174,8 @@ where
                 return ended;
             }
         }
-        if outbox.is_evicted() {
-            return Ended::Close(CloseReason::SlowConsumer);
+        if let Some(reason) = outbox.evicted() {
+            return Ended::Close(reason);
         }
         tokio::select! {
             biased;
@@ -265,8 +237,8 @@ where
             _ = &mut stuck => return Some(Ended::Close(CloseReason::HeartbeatTimeout)),
             _ = shutdown.changed() => return Some(Ended::Close(CloseReason::ServerShutdown)),
             // Also woken by newly queued frames: those wait for the caller's next drain.
-            _ = outbox.ready() => if outbox.is_evicted() {
-                return Some(Ended::Close(CloseReason::SlowConsumer));
+            _ = outbox.ready() => if let Some(reason) = outbox.evicted() {
+                return Some(Ended::Close(reason));
             },
         }
     }

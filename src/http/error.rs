@@ -1,0 +1,186 @@
+//! [`ApiError`]: every way a request can fail, and the one place where a failure becomes the
+//! JSON envelope with its status and headers.
+
+use warp::http::header::{self, HeaderValue};
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use crate::auth::KeyError;
+use crate::config::MAX_UID_BYTES;
+use crate::wire::Envelope;
+
+/// Reply text when the uid has no live socket, as in the seed.
+pub const USER_OFFLINE: &str = "此用户不在线";
+
+/// Response header on `/push` replies: how many of the uids without a live socket had the
+/// message kept in their history, for a socket that resumes within `history_ttl_secs`.
+pub const STORED_HEADER: &str = "x-push-stored";
+
+/// Every way a request can fail, with its status and the reason shown in `contents`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Query string could not be decoded (e.g. a parameter given twice).
+    #[error("bad query string: {0}")]
+    BadQuery(String),
+    /// `uid` absent or empty.
+    #[error("missing uid")]
+    MissingUid,
+    /// `uid` over [`MAX_UID_BYTES`].
+    #[error("uid longer than {MAX_UID_BYTES} bytes")]
+    UidTooLong,
+    /// No password, or the wrong one.
+    #[error("wrong or missing password")]
+    BadPassword,
+    /// The socket's access key did not verify.
+    #[error("{0}")]
+    AccessKey(KeyError),
+    /// The `/push` body is over `max_body_bytes`.
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(usize),
+    /// The `/push` body is not `{"topic": string, "contents": any}`.
+    #[error("body must be JSON {{\"topic\": string, \"contents\": any}}: {0}")]
+    BadBody(String),
+    /// The body could not be read off the connection.
+    #[error("could not read request body")]
+    BodyRead,
+    /// None of the uids has a live socket (the seed's wording). `stored` counts the uids whose
+    /// history kept the message for a resuming socket.
+    #[error("{USER_OFFLINE}")]
+    Offline {
+        /// Uids whose stream kept the message.
+        stored: usize,
+    },
+    /// More uids in one push than `max_uids_per_push`.
+    #[error("more than {0} uids in one push")]
+    TooManyUids(usize),
+    /// A topic name outside the allowed form.
+    #[error("invalid topic name (1 to 100 of A-Z a-z 0-9 _ - . : @ /)")]
+    InvalidTopic,
+    /// More topics than `max_topics_per_key`.
+    #[error("more than {0} topics in one access key")]
+    TooManyTopics(usize),
+    /// `proto` other than 2, or `since` not a JSON object of stream → position.
+    #[error("bad resume parameters: {0}")]
+    BadResume(&'static str),
+    /// An `Idempotency-Key` header that is empty, too long or not printable ASCII.
+    #[error("Idempotency-Key must be 1 to 128 printable ASCII characters")]
+    BadIdempotencyKey,
+    /// `/ws` without WebSocket upgrade headers.
+    #[error("this endpoint takes a WebSocket upgrade (GET with Upgrade: websocket, Sec-WebSocket-Version: 13)")]
+    UpgradeRequired,
+    /// The server is shutting down.
+    #[error("server is shutting down")]
+    ShuttingDown,
+    /// `max_sockets` reached.
+    #[error("server is at its socket limit, try again later")]
+    ServerFull,
+    /// The message store (Redis) cannot be reached: nothing was published; retry.
+    #[error("message store unavailable, nothing was sent: retry shortly")]
+    Unavailable,
+    /// `max_sockets_per_uid` reached for this uid.
+    #[error("this uid already has {0} sockets open")]
+    TooManySockets(usize),
+    /// This address failed the password too often; retry after the duration.
+    #[error("too many failed password attempts from this address, retry in {} s", .0.as_secs())]
+    TooManyFailures(std::time::Duration),
+    /// The page's `Origin` is not in `allowed_origins`.
+    #[error("origin not allowed")]
+    OriginRefused,
+    /// Method not allowed on this path.
+    #[error("method not allowed, use {0}")]
+    MethodNotAllowed(&'static str),
+    /// No such path.
+    #[error(
+        "not found: the endpoints are /access, /ws, /push, /publish, /broadcast, /online, /stats"
+    )]
+    NotFound,
+}
+
+impl ApiError {
+    /// The HTTP status of this failure.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadQuery(_)
+            | ApiError::MissingUid
+            | ApiError::UidTooLong
+            | ApiError::BadBody(_)
+            | ApiError::BodyRead
+            | ApiError::TooManyUids(_)
+            | ApiError::InvalidTopic
+            | ApiError::TooManyTopics(_)
+            | ApiError::BadResume(_)
+            | ApiError::BadIdempotencyKey => StatusCode::BAD_REQUEST,
+            ApiError::BadPassword | ApiError::AccessKey(_) => StatusCode::UNAUTHORIZED,
+            ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Offline { .. } | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            ApiError::ShuttingDown | ApiError::ServerFull | ApiError::Unavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::TooManySockets(_) | ApiError::TooManyFailures(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::OriginRefused => StatusCode::FORBIDDEN,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// The envelope `{"topic":"error","number":0,"contents":<reason>}` with its status.
+    pub fn into_response(self) -> Response {
+        let mut res = envelope(self.status(), "error", 0, self.to_string());
+        let headers = res.headers_mut();
+        match self {
+            ApiError::MethodNotAllowed(allow) => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::UpgradeRequired => {
+                headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                headers.insert("sec-websocket-version", HeaderValue::from_static("13"));
+            }
+            ApiError::BadPassword => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::TooManyFailures(wait) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs()));
+            }
+            ApiError::Unavailable => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::Offline { stored } if stored > 0 => {
+                headers.insert(STORED_HEADER, HeaderValue::from(stored));
+            }
+            _ => {}
+        }
+        res
+    }
+}
+
+impl From<crate::broker::BrokerError> for ApiError {
+    fn from(e: crate::broker::BrokerError) -> ApiError {
+        // The broker logs the outage (once); the client only needs to know to retry.
+        log::debug!("request refused: {e}");
+        ApiError::Unavailable
+    }
+}
+
+/// A JSON envelope reply with `status`.
+pub fn envelope<T: serde::Serialize>(
+    status: StatusCode,
+    topic: &str,
+    number: u64,
+    contents: T,
+) -> Response {
+    let body = serde_json::to_vec(&Envelope {
+        topic,
+        number,
+        contents,
+    })
+    .expect("envelope serializes");
+    let mut res = Response::new(body.into());
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}

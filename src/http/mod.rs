@@ -1,0 +1,262 @@
+//! The HTTP surface as warp filters: `/access` ([`access`]), `/ws` ([`upgrade`]), `/push`,
+//! `/publish`, `/broadcast` ([`publish`]), `/online`, `/stats` ([`query`]); every failure is an
+//! [`ApiError`] turned into the JSON envelope in one place ([`error`]).
+//!
+//! Routes are matched on path only; each handler checks its own method, so a wrong method is a
+//! 405 and an unknown path a 404, both with the envelope, and no warp rejection ever escapes.
+
+mod access;
+pub mod error;
+mod publish;
+mod query;
+mod upgrade;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use hyper::upgrade::OnUpgrade;
+use serde::Deserialize;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::task::TaskTracker;
+use warp::http::header::{self, HeaderMap, HeaderName};
+use warp::http::Method;
+use warp::reply::Response;
+use warp::Filter;
+
+use crate::auth::Auth;
+use crate::config::{Config, MAX_UID_BYTES};
+use crate::hub::Hub;
+use crate::limits::{FailureLimiter, PeerAddr};
+use crate::protocol::native::{self, SocketContext};
+
+pub use error::{ApiError, STORED_HEADER, USER_OFFLINE};
+pub use publish::PUSH_OK;
+
+/// Everything the handlers share.
+pub struct AppState {
+    auth: Auth,
+    hub: Arc<Hub>,
+    max_body_bytes: usize,
+    max_uids_per_push: usize,
+    max_topics_per_key: usize,
+    max_sockets: usize,
+    max_sockets_per_uid: usize,
+    limiter: FailureLimiter,
+    real_ip_header: Option<HeaderName>,
+    allowed_origins: Option<Vec<String>>,
+    ws_config: WebSocketConfig,
+    sockets: SocketContext,
+    tracker: TaskTracker,
+}
+
+impl AppState {
+    /// Handler state for `config`; socket tasks are spawned on `tracker` so shutdown can wait.
+    pub fn new(
+        config: &Config,
+        hub: Arc<Hub>,
+        sockets: SocketContext,
+        tracker: TaskTracker,
+    ) -> AppState {
+        AppState {
+            auth: Auth::new(
+                config.key_material(),
+                &config.password,
+                config.access_key_ttl_secs,
+            ),
+            hub,
+            max_body_bytes: config.max_body_bytes,
+            max_uids_per_push: config.max_uids_per_push,
+            max_topics_per_key: config.max_topics_per_key,
+            max_sockets: config.max_sockets,
+            max_sockets_per_uid: config.max_sockets_per_uid,
+            limiter: FailureLimiter::new(config.auth_failures_per_minute),
+            real_ip_header: config
+                .real_ip_header
+                .as_deref()
+                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+            allowed_origins: config.allowed_origins.clone(),
+            ws_config: native::ws_config(config.max_client_frame_bytes),
+            sockets,
+            tracker,
+        }
+    }
+
+    /// Forgets rate-limit windows that are over; called periodically.
+    pub fn sweep(&self) {
+        self.limiter.sweep();
+    }
+}
+
+/// The query parameters any endpoint reads; others are ignored.
+#[derive(Debug, Default, Deserialize)]
+struct Params {
+    uid: Option<String>,
+    password: Option<String>,
+    access_key: Option<String>,
+    /// `/access`: comma-separated topics the key grants.
+    topics: Option<String>,
+    /// `/ws`: `2` for numbered, resumable frames.
+    proto: Option<String>,
+    /// `/ws?proto=2`: JSON object, stream name → last position seen.
+    since: Option<String>,
+}
+
+impl Params {
+    fn parse(query: &str) -> Result<Params, ApiError> {
+        serde_urlencoded::from_str(query).map_err(|e| ApiError::BadQuery(e.to_string()))
+    }
+
+    fn uid(&self) -> Result<&str, ApiError> {
+        check_uid(self.uid.as_deref().unwrap_or(""))
+    }
+}
+
+fn check_uid(uid: &str) -> Result<&str, ApiError> {
+    match uid {
+        "" => Err(ApiError::MissingUid),
+        uid if uid.len() > MAX_UID_BYTES => Err(ApiError::UidTooLong),
+        uid => Ok(uid),
+    }
+}
+
+/// Backends authenticate with `?password=` (the seed's way) or `Authorization: Bearer`, which
+/// keeps the password out of URLs and proxy logs.
+/// An address that failed too often is refused before its password is even looked at.
+fn check_password(state: &AppState, params: &Params, req: &Req) -> Result<(), ApiError> {
+    let ip = req.client_ip(state.real_ip_header.as_ref());
+    if let Some(ip) = ip {
+        state.limiter.check(ip).map_err(ApiError::TooManyFailures)?;
+    }
+    let bearer = req
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match params.password.as_deref().or(bearer) {
+        Some(given) if state.auth.check_password(given) => Ok(()),
+        _ => {
+            if let Some(ip) = ip {
+                state.limiter.failed(ip);
+            }
+            Err(ApiError::BadPassword)
+        }
+    }
+}
+
+/// Checks the method and the password, and parses the query.
+fn authorized(state: &AppState, req: &Req, allow: &'static str) -> Result<Params, ApiError> {
+    if !allow.split(", ").any(|m| m == req.method.as_str()) {
+        return Err(ApiError::MethodNotAllowed(allow));
+    }
+    let params = Params::parse(&req.query)?;
+    check_password(state, &params, req)?;
+    Ok(params)
+}
+
+/// What every handler looks at.
+struct Req {
+    method: Method,
+    query: String,
+    headers: HeaderMap,
+    peer: Option<SocketAddr>,
+}
+
+impl Req {
+    /// The client's address: the configured proxy header's first entry if set and present,
+    /// else the TCP peer.
+    fn client_ip(&self, real_ip_header: Option<&HeaderName>) -> Option<IpAddr> {
+        let forwarded = real_ip_header
+            .and_then(|h| self.headers.get(h))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok());
+        forwarded.or(self.peer.map(|p| p.ip()))
+    }
+}
+
+/// All routes, with a 404 envelope for anything else. Never rejects.
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let state = warp::any().map(move || state.clone());
+    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    let common = warp::method()
+        .and(query)
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<PeerAddr>())
+        .map(|method, query, headers, peer: Option<PeerAddr>| Req {
+            method,
+            query,
+            headers,
+            peer: peer.map(|p| p.0),
+        })
+        .and(state);
+
+    let access_route = warp::path!("access")
+        .and(common.clone())
+        .map(|req: Req, state: Arc<AppState>| respond(access::access(&state, &req)));
+    let push_route = warp::path!("push")
+        .and(common.clone())
+        .and(warp::body::stream())
+        .then(|req: Req, state: Arc<AppState>, body| async move {
+            respond(publish::push(&state, &req, body).await)
+        });
+    let publish_route = warp::path!("publish")
+        .and(common.clone())
+        .and(warp::body::stream())
+        .then(|req: Req, state: Arc<AppState>, body| async move {
+            respond(publish::publish(&state, &req, body, publish::Target::Topic).await)
+        });
+    let broadcast_route = warp::path!("broadcast")
+        .and(common.clone())
+        .and(warp::body::stream())
+        .then(|req: Req, state: Arc<AppState>, body| async move {
+            respond(publish::publish(&state, &req, body, publish::Target::Everyone).await)
+        });
+    let online_route = warp::path!("online").and(common.clone()).then(
+        |req: Req, state: Arc<AppState>| async move { respond(query::online(&state, &req).await) },
+    );
+    let stats_route = warp::path!("stats").and(common.clone()).then(
+        |req: Req, state: Arc<AppState>| async move { respond(query::stats(&state, &req).await) },
+    );
+    let ws_route = warp::path!("ws")
+        .and(common)
+        .and(warp::ext::optional::<OnUpgrade>())
+        .then(|req: Req, state: Arc<AppState>, on_upgrade| async move {
+            respond(upgrade::upgrade(&state, &req, on_upgrade).await)
+        });
+    let not_found_route = warp::any().map(|| ApiError::NotFound.into_response());
+
+    access_route
+        .or(push_route)
+        .unify()
+        .or(publish_route)
+        .unify()
+        .or(broadcast_route)
+        .unify()
+        .or(online_route)
+        .unify()
+        .or(stats_route)
+        .unify()
+        .or(ws_route)
+        .unify()
+        .or(not_found_route)
+        .unify()
+        // Path and status only: query strings carry passwords and access keys.
+        .with(warp::log::custom(|info| {
+            log::debug!(
+                target: "push_serve::http",
+                "{} {} {} {:?}",
+                info.method(),
+                info.path(),
+                info.status().as_u16(),
+                info.elapsed()
+            )
+        }))
+        .map(warp::Reply::into_response)
+}
+
+fn respond(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(ApiError::into_response)
+}

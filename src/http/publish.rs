@@ -1,0 +1,179 @@
+//! The endpoints that publish: `/push` (to uids), `/publish` (to a topic), `/broadcast` (to
+//! every socket), with body reading and the `Idempotency-Key` header.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use warp::http::header::{self, HeaderMap, HeaderValue};
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use super::error::envelope;
+use super::{authorized, check_uid, ApiError, AppState, Params, Req, STORED_HEADER};
+use crate::auth::valid_topic;
+use crate::broker::Published;
+use crate::wire::{PushBody, StreamKey};
+
+/// Reply text of a successful push, as in the seed.
+pub const PUSH_OK: &str = "推送成功";
+
+/// Request header: a backend's id for this publish. A retry with the same key within five
+/// minutes (after a timeout, say) publishes nothing and gets the first reply again.
+const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+/// Reply header on such a repeat.
+const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// Method, password, body and idempotency-key checks shared by the endpoints that publish.
+async fn authorized_body<S, B>(
+    state: &AppState,
+    req: &Req,
+    body: S,
+) -> Result<(Params, Option<String>, Bytes), ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let params = authorized(state, req, "POST")?;
+    let idem = idempotency_key(&req.headers)?;
+    let body = read_body(body, &req.headers, state.max_body_bytes).await?;
+    Ok((params, idem, body))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    let bytes = value.as_bytes();
+    if bytes.is_empty() || bytes.len() > 128 || !bytes.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::BadIdempotencyKey);
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+fn parse_body(body: &[u8]) -> Result<PushBody<'_>, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadBody(e.to_string()))
+}
+
+fn success(sockets: usize, repeated: bool) -> Response {
+    let mut res = envelope(StatusCode::OK, "success", sockets as u64, PUSH_OK);
+    if repeated {
+        res.headers_mut()
+            .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    }
+    res
+}
+
+/// `POST /push?uid&password` with `{topic, contents[, uids]}`: one frame to every socket of
+/// each uid (the query's `uid` and/or the body's `uids`, each pushed once), on every node.
+pub(super) async fn push<S, B>(state: &AppState, req: &Req, body: S) -> Result<Response, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let (params, idem, body) = authorized_body(state, req, body).await?;
+    let push = parse_body(&body)?;
+    let mut uids: Vec<&str> = Vec::new();
+    if let Some(uid) = params.uid.as_deref() {
+        uids.push(check_uid(uid)?);
+    }
+    for uid in push.uids.iter().flatten() {
+        uids.push(check_uid(uid)?);
+    }
+    if uids.is_empty() {
+        return Err(ApiError::MissingUid);
+    }
+    uids.sort_unstable();
+    uids.dedup();
+    if uids.len() > state.max_uids_per_push {
+        return Err(ApiError::TooManyUids(state.max_uids_per_push));
+    }
+    let msg = push.message();
+    let keys: Vec<StreamKey> = uids.iter().map(|&u| StreamKey::User(u.into())).collect();
+    let results: Vec<Published> = if let [key] = &keys[..] {
+        vec![state.hub.publish(key, msg, idem.as_deref()).await?]
+    } else {
+        // Each uid is its own stream: publish them concurrently (a cluster broker pipelines
+        // them on one connection). If any fails the reply is 503, and a retry with the same
+        // Idempotency-Key does not repeat the ones that went out.
+        let all = keys
+            .iter()
+            .map(|key| state.hub.publish(key, msg, idem.as_deref()));
+        futures_util::future::join_all(all)
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?
+    };
+    let sockets: usize = results.iter().map(|p| p.sockets).sum();
+    let stored = results
+        .iter()
+        .filter(|p| p.sockets == 0 && p.retained)
+        .count();
+    if sockets == 0 {
+        return Err(ApiError::Offline { stored });
+    }
+    let mut res = success(sockets, results.iter().all(|p| p.repeated));
+    if stored > 0 {
+        res.headers_mut()
+            .insert(STORED_HEADER, HeaderValue::from(stored));
+    }
+    Ok(res)
+}
+
+/// Where `/publish` and `/broadcast` send.
+#[derive(Clone, Copy)]
+pub(super) enum Target {
+    Topic,
+    Everyone,
+}
+
+/// `POST /publish?password` with `{topic, contents}`: every socket whose key grants `topic`.
+/// `POST /broadcast?password` with `{topic, contents}`: every socket.
+/// Zero receivers is not an error here: the message is still kept for resuming sockets.
+pub(super) async fn publish<S, B>(
+    state: &AppState,
+    req: &Req,
+    body: S,
+    target: Target,
+) -> Result<Response, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let (_, idem, body) = authorized_body(state, req, body).await?;
+    let msg = parse_body(&body)?;
+    let key = match target {
+        Target::Topic if !valid_topic(&msg.topic) => return Err(ApiError::InvalidTopic),
+        Target::Topic => StreamKey::Topic(msg.topic.as_str().into()),
+        Target::Everyone => StreamKey::Broadcast,
+    };
+    let published = state
+        .hub
+        .publish(&key, msg.message(), idem.as_deref())
+        .await?;
+    Ok(success(published.sockets, published.repeated))
+}
+
+/// Collects the body, refusing (413) as soon as it is known to exceed `limit`, so an oversized
+/// upload costs at most `limit` bytes of memory.
+async fn read_body<S, B>(body: S, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::BodyTooLarge(limit));
+    }
+    let mut buf = BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
+    let mut body = std::pin::pin!(body);
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|_| ApiError::BodyRead)?;
+        if buf.len() + chunk.remaining() > limit {
+            return Err(ApiError::BodyTooLarge(limit));
+        }
+        buf.put(chunk);
+    }
+    Ok(buf.freeze())
+}

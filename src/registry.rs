@@ -1,0 +1,527 @@
+//! This node's sockets, by the streams they follow (a uid's own stream, topics, broadcast).
+//!
+//! The registry knows nothing of numbering or history (that is the [`broker`](crate::broker)'s)
+//! and nothing of other nodes: it answers "which sockets *here* follow this stream" and hands a
+//! message to each of them. A socket joins with [`Registry::join`] and gets a [`Membership`]
+//! that leaves every stream when dropped, so no path out of a socket task can forget to leave.
+//!
+//! Streams live in shards keyed by hash. Each shard is a `std::sync::Mutex`: every critical
+//! section is map operations, at most two serializations and `try_send`s, never an `.await`, so
+//! a blocking mutex is cheaper than an async one (mini-redis `db.rs` reasons the same way).
+//!
+//! Delivery never waits: a frame is pushed into each socket's bounded [`Outbox`]. A socket
+//! whose queue is full is a slow reader; it is dropped from the stream and told to close
+//! (4008), and the delivery goes on to the others.
+//!
+//! Each stream also remembers the position of the last message it delivered here. Brokers that
+//! deliver from elsewhere (Redis) can lose or repeat messages around a reconnect: a repeat is
+//! dropped, and a hole or a new generation makes every resumable follower reconnect (4010) to
+//! resume exactly from the broker's history, instead of silently skipping what it missed.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use crate::outbox::{Outbox, Pushed};
+use crate::wire::{CloseReason, Frame, Message, Position, Proto, StreamKey};
+
+const SHARDS: usize = 64;
+
+/// Streams with up to this many sockets drop a leaving socket at once (a short scan). Larger
+/// ones (the broadcast stream, a busy topic) let it go lazily: its outbox already refuses
+/// frames, so leaving stays O(1), and the leftovers are dropped in one pass when they reach
+/// half the list, at the next delivery, or at the next sweep. A scan per leave would make a
+/// mass disconnect quadratic, under the lock every connect and broadcast needs.
+const EAGER_REMOVAL_MAX: usize = 64;
+
+/// Identifies one registered socket.
+pub type SocketId = u64;
+
+/// Told when a socket leaves a stream, so a broker can keep what it publishes about this node
+/// (Redis presence) in step. Called with no registry lock held.
+pub trait Observer: Send + Sync {
+    /// One socket left `key`; [`Registry::followers`] has the new count.
+    fn left(&self, key: &StreamKey);
+}
+
+/// The registry's side of one socket on one stream.
+struct Peer {
+    id: SocketId,
+    proto: Proto,
+    /// This stream's index among the socket's streams (tags its frames; see [`Outbox`]).
+    slot: u16,
+    outbox: Arc<Outbox>,
+}
+
+#[derive(Default)]
+struct Followers {
+    peers: Vec<Peer>,
+    /// Sockets that left but may still be in `peers` (see [`EAGER_REMOVAL_MAX`]).
+    dead: usize,
+    /// The last message delivered to this stream's sockets on this node.
+    last: Option<Position>,
+}
+
+impl Followers {
+    /// Takes socket `id` (whose outbox is already detached) off this stream.
+    fn remove_peer(&mut self, id: SocketId) {
+        if self.peers.len() <= EAGER_REMOVAL_MAX {
+            if let Some(i) = self.peers.iter().position(|p| p.id == id) {
+                self.peers.swap_remove(i);
+            }
+        } else {
+            self.dead += 1;
+            if self.dead * 2 >= self.peers.len() {
+                self.compact();
+            }
+        }
+    }
+
+    /// Drops every peer that left or was evicted.
+    fn compact(&mut self) {
+        self.peers.retain(|p| !p.outbox.is_gone());
+        self.dead = 0;
+    }
+
+    fn live(&self) -> usize {
+        if self.dead == 0 {
+            self.peers.len()
+        } else {
+            self.peers.iter().filter(|p| !p.outbox.is_gone()).count()
+        }
+    }
+
+    /// Tells every resumable follower to reconnect and resume (it would miss messages here).
+    fn resync(&mut self) {
+        for peer in self.peers.iter().filter(|p| p.proto == Proto::Resumable) {
+            peer.outbox.evict(CloseReason::Resync);
+        }
+    }
+}
+
+type Shard = HashMap<StreamKey, Followers>;
+
+/// What a socket follows and how it wants its frames.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// The socket's uid.
+    pub uid: String,
+    /// Topics its access key grants.
+    pub topics: Vec<String>,
+    /// Frame format.
+    pub proto: Proto,
+}
+
+impl Subscription {
+    /// The seed's kind of socket: its uid's stream and broadcasts, seed frames.
+    pub fn seed(uid: impl Into<String>) -> Subscription {
+        Subscription {
+            uid: uid.into(),
+            topics: Vec::new(),
+            proto: Proto::Seed,
+        }
+    }
+
+    /// The streams it follows, in slot order: its uid's, broadcast, then its topics.
+    pub fn keys(&self) -> impl Iterator<Item = StreamKey> + '_ {
+        [
+            StreamKey::User(self.uid.as_str().into()),
+            StreamKey::Broadcast,
+        ]
+        .into_iter()
+        .chain(
+            self.topics
+                .iter()
+                .map(|t| StreamKey::Topic(t.as_str().into())),
+        )
+    }
+}
+
+/// One socket's place in the registry; leaves every stream when dropped. Frames for it arrive
+/// in [`Membership::outbox`].
+pub struct Membership {
+    registry: Arc<Registry>,
+    id: SocketId,
+    outbox: Arc<Outbox>,
+    sub: Subscription,
+}
+
+impl Membership {
+    /// This socket's id.
+    pub fn id(&self) -> SocketId {
+        self.id
+    }
+
+    /// Live frames, in order per stream; also tells the socket task it was evicted.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// What the socket follows.
+    pub fn subscription(&self) -> &Subscription {
+        &self.sub
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.registry.leave(self);
+    }
+}
+
+/// Outcome of one delivery on this node.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    /// Sockets the message was queued to.
+    pub sockets: usize,
+    /// The numbered frame, if one was built (a broker may keep it as history).
+    pub numbered: Option<Frame>,
+}
+
+/// This node's sockets by stream, with counters for logging and the stats endpoint.
+pub struct Registry {
+    shards: Box<[Mutex<Shard>]>,
+    queue_len: usize,
+    next_id: AtomicU64,
+    sockets: AtomicUsize,
+    observer: OnceLock<Arc<dyn Observer>>,
+}
+
+impl Registry {
+    /// An empty registry; each socket queues at most `queue_len` frames.
+    pub fn new(queue_len: usize) -> Registry {
+        Registry {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            queue_len,
+            next_id: AtomicU64::new(1),
+            sockets: AtomicUsize::new(0),
+            observer: OnceLock::new(),
+        }
+    }
+
+    /// Sets who is told about leaves (once; later calls are ignored).
+    pub fn set_observer(&self, observer: Arc<dyn Observer>) {
+        let _ = self.observer.set(observer);
+    }
+
+    fn shard(&self, key: &StreamKey) -> MutexGuard<'_, Shard> {
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        let shard = &self.shards[(h.finish() as usize) % SHARDS];
+        // Each critical section leaves the map consistent at every step it could panic in
+        // (none is expected), so a poisoned lock is still safe to use.
+        shard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a socket to every stream of `sub`. From now on it receives every message delivered
+    /// to those streams on this node.
+    pub fn join(self: &Arc<Self>, sub: Subscription) -> Membership {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let outbox = Arc::new(Outbox::default());
+        for (slot, key) in sub.keys().enumerate() {
+            let mut shard = self.shard(&key);
+            shard.entry(key).or_default().peers.push(Peer {
+                id,
+                proto: sub.proto,
+                slot: slot as u16,
+                outbox: outbox.clone(),
+            });
+        }
+        self.sockets.fetch_add(1, Ordering::Relaxed);
+        Membership {
+            registry: self.clone(),
+            id,
+            outbox,
+            sub,
+        }
+    }
+
+    /// Removes a socket from every stream (it may already be gone from some, evicted as a slow
+    /// reader). Its outbox refuses new frames from here on but keeps those already queued (a
+    /// shutting-down socket still writes them).
+    fn leave(&self, m: &Membership) {
+        m.outbox.detach();
+        for key in m.sub.keys() {
+            {
+                let mut shard = self.shard(&key);
+                let Some(stream) = shard.get_mut(&key) else {
+                    continue;
+                };
+                stream.remove_peer(m.id);
+                if stream.peers.is_empty() {
+                    shard.remove(&key);
+                }
+            }
+            if let Some(observer) = self.observer.get() {
+                observer.left(&key);
+            }
+        }
+        self.sockets.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Queues `msg`, at `pos` in stream `key`, to every socket here following it (never
+    /// waiting). Frames are serialized at most once per kind. `pos.seq == 0` means an
+    /// unnumbered message (no socket here needs numbers). With `keep_numbered`, the numbered
+    /// frame is built even without a resumable follower and returned (for history).
+    pub fn deliver(
+        &self,
+        key: &StreamKey,
+        pos: Position,
+        msg: &Message<'_>,
+        keep_numbered: bool,
+    ) -> Delivered {
+        let numbered_frame = || msg.stream_frame(pos.seq, &key.name());
+        let mut shard = self.shard(key);
+        let Some(stream) = shard.get_mut(key) else {
+            return Delivered {
+                sockets: 0,
+                numbered: keep_numbered.then(numbered_frame),
+            };
+        };
+        if pos.seq > 0 {
+            match stream.last {
+                Some(last) if last.generation == pos.generation && pos.seq <= last.seq => {
+                    // Already delivered here (a cluster broker around a reconnect).
+                    return Delivered::default();
+                }
+                Some(last) if last.generation != pos.generation || pos.seq != last.seq + 1 => {
+                    log::debug!(
+                        "stream {} jumped from {last} to {pos} on this node: resumable sockets resync",
+                        key.name()
+                    );
+                    stream.resync();
+                }
+                _ => {}
+            }
+            stream.last = Some(pos);
+        }
+        let mut seed = None;
+        let mut numbered = None;
+        let mut sockets = 0;
+        let queue_len = self.queue_len;
+        stream.peers.retain(|peer| {
+            let frame = match peer.proto {
+                Proto::Seed => seed.get_or_insert_with(|| msg.seed_frame()),
+                Proto::Resumable => numbered.get_or_insert_with(numbered_frame),
+            };
+            match peer
+                .outbox
+                .push(frame.clone(), peer.slot, pos.seq, queue_len)
+            {
+                Pushed::Queued => {
+                    sockets += 1;
+                    true
+                }
+                // Slow reader: cut loose (its task is woken to close it) so it cannot hold
+                // memory or delay anyone.
+                Pushed::Evicted => false,
+                // It left (or is leaving) this stream.
+                Pushed::Closed => false,
+            }
+        });
+        // Every peer that left was just dropped.
+        stream.dead = 0;
+        if keep_numbered && numbered.is_none() {
+            numbered = Some(numbered_frame());
+        }
+        Delivered { sockets, numbered }
+    }
+
+    /// Records that this node's sockets of `key` are served through `pos`, unless it already
+    /// knows a position (set when a socket attaches, before any message arrived).
+    pub fn note_position(&self, key: &StreamKey, pos: Position) {
+        if let Some(stream) = self.shard(key).get_mut(key) {
+            stream.last.get_or_insert(pos);
+        }
+    }
+
+    /// Makes every resumable socket of `key` here reconnect and resume (4010); the stream's
+    /// position here becomes `pos`.
+    pub fn resync(&self, key: &StreamKey, pos: Option<Position>) {
+        if let Some(stream) = self.shard(key).get_mut(key) {
+            stream.resync();
+            stream.last = pos;
+        }
+    }
+
+    /// Every stream with a socket here: its live followers and last delivered position.
+    pub fn streams(&self) -> Vec<(StreamKey, usize, Option<Position>)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            out.extend(
+                shard
+                    .iter()
+                    .map(|(key, s)| (key.clone(), s.live(), s.last))
+                    .filter(|(_, n, _)| *n > 0),
+            );
+        }
+        out
+    }
+
+    /// Drops peers that left large streams lazily. Called periodically.
+    pub fn sweep(&self) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            shard.retain(|_, stream| {
+                if stream.dead > 0 {
+                    stream.compact();
+                }
+                !stream.peers.is_empty()
+            });
+        }
+    }
+
+    /// How many sockets here follow `key`.
+    pub fn followers(&self, key: &StreamKey) -> usize {
+        self.shard(key).get(key).map_or(0, Followers::live)
+    }
+
+    /// How many sockets `uid` has open here.
+    pub fn sockets_of(&self, uid: &str) -> usize {
+        self.followers(&StreamKey::User(uid.into()))
+    }
+
+    /// Live sockets on this node.
+    pub fn socket_count(&self) -> usize {
+        self.sockets.load(Ordering::Relaxed)
+    }
+
+    /// Counts over all streams here: (uids with a socket, topics with a follower).
+    pub fn totals(&self) -> (usize, usize) {
+        let (mut uids, mut topics) = (0, 0);
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, stream) in shard.iter() {
+                if stream.live() == 0 {
+                    continue;
+                }
+                match key {
+                    StreamKey::User(_) => uids += 1,
+                    StreamKey::Topic(_) => topics += 1,
+                    StreamKey::Broadcast => {}
+                }
+            }
+        }
+        (uids, topics)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_string()).unwrap()
+    }
+
+    fn user(uid: &str) -> StreamKey {
+        StreamKey::User(uid.into())
+    }
+
+    fn at(seq: u64) -> Position {
+        Position { generation: 1, seq }
+    }
+
+    fn deliver(r: &Registry, key: &StreamKey, seq: u64, contents: &str) -> usize {
+        let c = raw(contents);
+        r.deliver(key, at(seq), &Message::new("t", &c), false)
+            .sockets
+    }
+
+    #[test]
+    fn frames_reach_every_socket_of_the_uid_only() {
+        let r = Arc::new(Registry::new(4));
+        let a1 = r.join(Subscription::seed("a"));
+        let a2 = r.join(Subscription::seed("a"));
+        let b = r.join(Subscription::seed("b"));
+        assert_eq!(deliver(&r, &user("a"), 1, "1"), 2);
+        let expected = r#"{"topic":"t","number":1,"contents":1}"#;
+        assert_eq!(a1.outbox().pop().unwrap().as_str(), expected);
+        assert_eq!(a2.outbox().pop().unwrap().as_str(), expected);
+        assert!(b.outbox().pop().is_none());
+        drop(a1);
+        assert_eq!(r.sockets_of("a"), 1);
+        drop(a2);
+        assert_eq!(deliver(&r, &user("a"), 2, "2"), 0);
+        assert_eq!(r.socket_count(), 1);
+        assert_eq!(r.totals().0, 1);
+    }
+
+    #[test]
+    fn leaving_a_crowded_stream_is_exact_and_memory_stays_bounded() {
+        let r = Arc::new(Registry::new(4));
+        const N: usize = 1000;
+        let mut members: Vec<Option<Membership>> = (0..N)
+            .map(|i| Some(r.join(Subscription::seed(format!("u{i}")))))
+            .collect();
+        assert_eq!(r.followers(&StreamKey::Broadcast), N);
+        // Leave in an order that is neither the join order nor its reverse (7 is coprime
+        // with 1000, so this visits every socket once).
+        for (left, i) in (0..N).map(|k| (k * 7) % N).enumerate() {
+            members[i] = None;
+            let live = N - left - 1;
+            assert_eq!(r.followers(&StreamKey::Broadcast), live);
+            assert_eq!(r.sockets_of(&format!("u{i}")), 0);
+            let kept = r
+                .shard(&StreamKey::Broadcast)
+                .get(&StreamKey::Broadcast)
+                .map_or(0, |s| s.peers.len());
+            assert!(kept <= 2 * live + 2, "{kept} entries for {live} sockets");
+            if left == N / 3 {
+                // A broadcast now reaches exactly the sockets still there, once each.
+                assert_eq!(deliver(&r, &StreamKey::Broadcast, 1, "1"), live);
+                let got = members
+                    .iter()
+                    .flatten()
+                    .filter(|m| m.outbox().pop().is_some())
+                    .count();
+                assert_eq!(got, live);
+            }
+        }
+        assert_eq!(r.socket_count(), 0);
+        r.sweep();
+        assert_eq!(r.totals(), (0, 0));
+        assert!(r.streams().is_empty());
+    }
+
+    #[test]
+    fn full_queue_evicts_only_that_socket() {
+        let r = Arc::new(Registry::new(1));
+        let slow = r.join(Subscription::seed("a"));
+        let fast = r.join(Subscription::seed("a"));
+        assert_eq!(deliver(&r, &user("a"), 1, "1"), 2);
+        fast.outbox().pop().unwrap();
+        assert_eq!(deliver(&r, &user("a"), 2, "2"), 1);
+        assert_eq!(slow.outbox().evicted(), Some(CloseReason::SlowConsumer));
+        assert_eq!(r.sockets_of("a"), 1);
+        drop(slow);
+        assert_eq!(r.socket_count(), 1);
+    }
+
+    #[test]
+    fn repeats_are_dropped_and_holes_make_resumable_sockets_resync() {
+        let r = Arc::new(Registry::new(8));
+        let seed = r.join(Subscription::seed("a"));
+        let resumable = r.join(Subscription {
+            uid: "a".into(),
+            topics: vec![],
+            proto: Proto::Resumable,
+        });
+        assert_eq!(deliver(&r, &user("a"), 5, "5"), 2);
+        assert_eq!(deliver(&r, &user("a"), 5, "5"), 0, "a repeat is dropped");
+        assert_eq!(deliver(&r, &user("a"), 6, "6"), 2);
+        assert_eq!(resumable.outbox().evicted(), None);
+        // 7 never came: the resumable socket must resume from history; the seed one goes on.
+        assert_eq!(deliver(&r, &user("a"), 8, "8"), 1);
+        assert_eq!(resumable.outbox().evicted(), Some(CloseReason::Resync));
+        assert_eq!(seed.outbox().evicted(), None);
+        let texts: Vec<String> = std::iter::from_fn(|| seed.outbox().pop())
+            .map(|f| f.to_string())
+            .collect();
+        assert_eq!(texts.len(), 3);
+    }
+}

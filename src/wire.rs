@@ -1,0 +1,376 @@
+//! Everything that crosses a wire, in one place: the message and position types and their
+//! encodings.
+//!
+//! - To pages: the seed frame `{"topic","number","contents"}`, the numbered `proto=2` frame
+//!   (plus `stream`), and the `_welcome` / `_gap` control frames. Each is serialized once per
+//!   message and shared by every socket it goes to ([`Frame`]).
+//! - To backends: the reply [`Envelope`] and the [`PushBody`] they send.
+//! - Between nodes: [`encode_payload`] / [`decode_payload`], a message and its stream as bytes
+//!   (what a cluster broker stores in history and publishes to other nodes).
+//! - Close codes: [`CloseReason`], the one list of why the server ends a socket.
+//!
+//! This module imports nothing else of the crate, so every other module may use it.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// A serialized frame, shared by every socket it goes to. An `Arc` (one word) rather than the
+/// 4-word `Utf8Bytes` keeps each socket's queue small.
+pub type Frame = Arc<Utf8Bytes>;
+
+/// What a socket speaks. Seed sockets get exactly the original frames (`number` 1, no extra
+/// field); resumable sockets (`/ws?…&proto=2`) get sequence numbers, the stream name, and the
+/// `_welcome`/`_gap` control frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// The seed's frames, byte for byte.
+    Seed,
+    /// Numbered frames with a `stream` field; resumable.
+    Resumable,
+}
+
+/// Names a stream: what a message is published to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StreamKey {
+    /// One uid's own stream (`/push`).
+    User(Box<str>),
+    /// A topic (`/publish`), followed by sockets whose access key grants it.
+    Topic(Box<str>),
+    /// Every socket (`/broadcast`).
+    Broadcast,
+}
+
+impl StreamKey {
+    /// The stream's name as a socket sees it: `user`, `broadcast` or `topic:<name>` (a socket
+    /// only ever follows its own uid's stream, so `user` is unambiguous).
+    pub fn name(&self) -> String {
+        match self {
+            StreamKey::User(_) => "user".into(),
+            StreamKey::Topic(t) => format!("topic:{t}"),
+            StreamKey::Broadcast => "broadcast".into(),
+        }
+    }
+
+    /// A spelling that is unique across kinds, for storage keys: `u:<uid>`, `t:<topic>`, `b`.
+    pub fn id(&self) -> String {
+        match self {
+            StreamKey::User(u) => format!("u:{u}"),
+            StreamKey::Topic(t) => format!("t:{t}"),
+            StreamKey::Broadcast => "b".into(),
+        }
+    }
+
+    /// The inverse of [`StreamKey::id`].
+    pub fn from_id(id: &str) -> Option<StreamKey> {
+        match id.split_once(':') {
+            Some(("u", uid)) => Some(StreamKey::User(uid.into())),
+            Some(("t", topic)) => Some(StreamKey::Topic(topic.into())),
+            None if id == "b" => Some(StreamKey::Broadcast),
+            _ => None,
+        }
+    }
+}
+
+/// Where a message sits in its stream: the stream's *generation* (a random id drawn when the
+/// stream is created; it changes when the stream's history is lost) and the message's sequence
+/// number within it (1, 2, 3…; 0 is "before the first message"). Spelled `<016x>:<seq>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// The stream's generation.
+    pub generation: u64,
+    /// The message's number within the generation.
+    pub seq: u64,
+}
+
+impl Position {
+    /// Parses `generation:seq` as sent back by a resuming client; `None` if malformed.
+    pub fn parse(s: &str) -> Option<Position> {
+        let (g, n) = s.split_once(':')?;
+        if g.is_empty() || g.len() > 16 {
+            return None;
+        }
+        Some(Position {
+            generation: u64::from_str_radix(g, 16).ok()?,
+            seq: n.parse().ok()?,
+        })
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}:{}", self.generation, self.seq)
+    }
+}
+
+/// A published message: its topic and its contents as raw JSON text, forwarded byte for byte
+/// (so integers beyond f64 and any nesting reach the page exactly as the backend sent them).
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    /// The message's topic.
+    pub topic: &'a str,
+    /// Valid JSON text.
+    contents: &'a str,
+}
+
+impl<'a> Message<'a> {
+    /// A message whose contents were parsed as JSON.
+    pub fn new(topic: &'a str, contents: &'a RawValue) -> Message<'a> {
+        Message {
+            topic,
+            contents: contents.get(),
+        }
+    }
+
+    /// The contents, raw JSON text.
+    pub fn contents(&self) -> &'a str {
+        self.contents
+    }
+
+    /// The seed's frame: `{"topic","number":1,"contents"}`.
+    pub fn seed_frame(&self) -> Frame {
+        frame_text(self.topic, 1, self.contents, None)
+    }
+
+    /// A frame for a resumable socket: the seed's three fields, `number` being the message's
+    /// sequence in its stream, plus `stream` (`user`, `broadcast`, `topic:<name>`).
+    pub fn stream_frame(&self, seq: u64, stream: &str) -> Frame {
+        frame_text(self.topic, seq, self.contents, Some(stream))
+    }
+}
+
+fn frame_text(topic: &str, number: u64, contents: &str, stream: Option<&str>) -> Frame {
+    // Writing a &str as JSON cannot fail.
+    let json = |s: &str| serde_json::to_string(s).expect("string serializes");
+    let mut out = String::with_capacity(contents.len() + topic.len() + 64);
+    out.push_str("{\"topic\":");
+    out.push_str(&json(topic));
+    out.push_str(",\"number\":");
+    out.push_str(&number.to_string());
+    out.push_str(",\"contents\":");
+    out.push_str(contents);
+    if let Some(stream) = stream {
+        out.push_str(",\"stream\":");
+        out.push_str(&json(stream));
+    }
+    out.push('}');
+    Arc::new(Utf8Bytes::from(out))
+}
+
+/// A message and its stream as bytes: `<id len>:<stream id><topic len>:<topic><contents>`
+/// (lengths in decimal bytes). What a cluster broker stores and sends between nodes; the
+/// frames are built from it on the node that delivers, once per message.
+pub fn encode_payload(key: &StreamKey, msg: &Message<'_>) -> Vec<u8> {
+    let id = key.id();
+    let mut out = Vec::with_capacity(id.len() + msg.topic.len() + msg.contents.len() + 12);
+    for part in [id.as_str(), msg.topic] {
+        out.extend_from_slice(part.len().to_string().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(part.as_bytes());
+    }
+    out.extend_from_slice(msg.contents.as_bytes());
+    out
+}
+
+/// The inverse of [`encode_payload`]. `None` if the bytes are not such a payload (the contents
+/// are checked to be JSON, so a corrupt payload can never reach a page).
+pub fn decode_payload(bytes: &[u8]) -> Option<(StreamKey, Message<'_>)> {
+    fn part(bytes: &[u8]) -> Option<(&str, &[u8])> {
+        let colon = bytes.iter().take(21).position(|&b| b == b':')?;
+        let len: usize = std::str::from_utf8(&bytes[..colon]).ok()?.parse().ok()?;
+        let rest = &bytes[colon + 1..];
+        if rest.len() < len {
+            return None;
+        }
+        Some((std::str::from_utf8(&rest[..len]).ok()?, &rest[len..]))
+    }
+    let (id, rest) = part(bytes)?;
+    let (topic, rest) = part(rest)?;
+    let contents = std::str::from_utf8(rest).ok()?;
+    let raw: &RawValue = serde_json::from_str(contents).ok()?;
+    Some((StreamKey::from_id(id)?, Message::new(topic, raw)))
+}
+
+/// The seed's envelope, used for HTTP replies.
+#[derive(Debug, Serialize)]
+pub struct Envelope<'a, T: Serialize> {
+    /// `_access`, `success`, `error`, or a pushed topic.
+    pub topic: &'a str,
+    /// Sockets reached for `/push`; 1 for `/access`; 0 for errors.
+    pub number: u64,
+    /// Reply payload or error reason.
+    pub contents: T,
+}
+
+/// Body of `POST /push`, `/publish` and `/broadcast`. `contents` stays raw JSON text.
+#[derive(Debug, Deserialize)]
+pub struct PushBody<'a> {
+    /// Message topic (required string).
+    pub topic: String,
+    /// Any JSON value (required; `null` counts as present).
+    #[serde(borrow)]
+    pub contents: &'a RawValue,
+    /// `/push` only: more uids to push to, besides (or instead of) the query's `uid`.
+    #[serde(default)]
+    pub uids: Option<Vec<String>>,
+}
+
+impl PushBody<'_> {
+    /// The message this body carries.
+    pub fn message(&self) -> Message<'_> {
+        Message::new(&self.topic, self.contents)
+    }
+}
+
+/// First frame on a resumable socket: the position of every stream it follows, as of the
+/// moment it joined. The client keeps these and echoes them back in `since` when it reconnects.
+pub fn welcome(positions: &[(String, Position)]) -> Frame {
+    let streams: serde_json::Map<String, serde_json::Value> = positions
+        .iter()
+        .map(|(name, pos)| (name.clone(), serde_json::Value::String(pos.to_string())))
+        .collect();
+    control("_welcome", serde_json::json!({ "streams": streams }))
+}
+
+/// Tells a resuming client that messages of `stream` after its position `since` and before
+/// `next` are no longer kept (too old, or the stream restarted): it should reload its state.
+pub fn gap(stream: &str, since: &str, next: u64) -> Frame {
+    control(
+        "_gap",
+        serde_json::json!({ "stream": stream, "since": since, "next": next }),
+    )
+}
+
+fn control(topic: &str, contents: serde_json::Value) -> Frame {
+    let text = serde_json::to_string(&Envelope {
+        topic,
+        number: 0,
+        contents,
+    })
+    .expect("control frame serializes");
+    Arc::new(Utf8Bytes::from(text))
+}
+
+/// Why the server closes a socket, and the close code the page sees. Pages should reconnect on
+/// every one of them (after fetching a new access key if the reconnect is refused with 401).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed first; we answer with the same normal closure.
+    ClientClosed,
+    /// The server is shutting down or restarting: 1001 Going Away. Reconnect with backoff.
+    ServerShutdown,
+    /// The client sent a message larger than `max_client_frame_bytes`: 1009.
+    MessageTooBig,
+    /// The client broke the WebSocket protocol: 1002.
+    ProtocolError,
+    /// No pong (or any frame) within one heartbeat interval after a ping: 4000.
+    HeartbeatTimeout,
+    /// The socket's send queue overflowed because the client reads too slowly: 4008.
+    SlowConsumer,
+    /// This node lost its place in one of the socket's streams (a cluster node missed messages
+    /// while its Redis subscription was down, or Redis lost the stream): 4010. A resumable
+    /// page reconnects with its positions and gets exactly what it missed, or a `_gap`.
+    Resync,
+}
+
+impl CloseReason {
+    /// The numeric close code sent in the close frame.
+    pub fn code(self) -> u16 {
+        match self {
+            CloseReason::ClientClosed => 1000,
+            CloseReason::ServerShutdown => 1001,
+            CloseReason::ProtocolError => 1002,
+            CloseReason::MessageTooBig => 1009,
+            CloseReason::HeartbeatTimeout => 4000,
+            CloseReason::SlowConsumer => 4008,
+            CloseReason::Resync => 4010,
+        }
+    }
+
+    /// The short reason text sent with the code.
+    pub fn text(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "bye",
+            CloseReason::ServerShutdown => "server shutting down",
+            CloseReason::ProtocolError => "protocol error",
+            CloseReason::MessageTooBig => "message too big",
+            CloseReason::HeartbeatTimeout => "heartbeat timeout",
+            CloseReason::SlowConsumer => "send queue full: client reads too slowly",
+            CloseReason::Resync => "stream position lost on this node: reconnect to resume",
+        }
+    }
+
+    /// As tungstenite's close code.
+    pub fn close_code(self) -> CloseCode {
+        CloseCode::from(self.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_keeps_contents_verbatim() {
+        let body =
+            r#"{"topic":"t\"q","contents":{"n":18446744073709551615,"f":1.0e400,"s":"你好"}}"#;
+        let push: PushBody<'_> = serde_json::from_str(body).unwrap();
+        let frame = push.message().seed_frame();
+        assert_eq!(
+            frame.as_str(),
+            r#"{"topic":"t\"q","number":1,"contents":{"n":18446744073709551615,"f":1.0e400,"s":"你好"}}"#
+        );
+    }
+
+    #[test]
+    fn push_body_requires_both_fields() {
+        assert!(serde_json::from_str::<PushBody<'_>>(r#"{"topic":"t"}"#).is_err());
+        assert!(serde_json::from_str::<PushBody<'_>>(r#"{"contents":1}"#).is_err());
+        assert!(serde_json::from_str::<PushBody<'_>>(r#"{"topic":1,"contents":1}"#).is_err());
+        assert!(serde_json::from_str::<PushBody<'_>>(r#"{"topic":"t","contents":null}"#).is_ok());
+    }
+
+    #[test]
+    fn payload_round_trips_and_refuses_garbage() {
+        let raw = RawValue::from_string(r#"{"a":[1,"x:y"]}"#.into()).unwrap();
+        for key in [
+            StreamKey::User("al:ice{}".into()),
+            StreamKey::Topic("room:42".into()),
+            StreamKey::Broadcast,
+        ] {
+            let msg = Message::new("to:pic", &raw);
+            let bytes = encode_payload(&key, &msg);
+            let (k, m) = decode_payload(&bytes).unwrap();
+            assert_eq!(k, key);
+            assert_eq!(m.topic, "to:pic");
+            assert_eq!(m.contents(), raw.get());
+        }
+        for bad in [
+            &b""[..],
+            b"3:u:a",
+            b"99:u:a1:t1",
+            b"3:u:a1:tnot json",
+            b"1:x1:t1",
+            b"1:b1:t\xff",
+        ] {
+            assert!(decode_payload(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn positions_parse_their_own_spelling_only() {
+        let p = Position {
+            generation: 0xabc,
+            seq: 7,
+        };
+        assert_eq!(p.to_string(), "0000000000000abc:7");
+        assert_eq!(Position::parse(&p.to_string()), Some(p));
+        for bad in ["", "x:1", "1", ":1", "1:", "1:-1", "11111111111111111:1"] {
+            assert_eq!(Position::parse(bad), None, "{bad}");
+        }
+    }
+}
