@@ -115,6 +115,13 @@ pub struct Config {
     /// `net.core.somaxconn`). Large, so a burst of reconnects after a restart is not refused.
     #[serde(default = "defaults::listen_backlog")]
     pub listen_backlog: u32,
+    /// Redis shared by the nodes of a cluster, e.g. `redis://127.0.0.1:6379/0`. Unset: this
+    /// process is the whole service (streams, history and presence in memory).
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel, so several deployments can share one Redis.
+    #[serde(default = "defaults::redis_prefix")]
+    pub redis_prefix: String,
 }
 
 /// Accepts `password: abc123` and also `password: 123123` (YAML reads the latter as a number;
@@ -188,6 +195,9 @@ mod defaults {
     pub fn listen_backlog() -> u32 {
         4096
     }
+    pub fn redis_prefix() -> String {
+        "push-serve".into()
+    }
 }
 
 impl Config {
@@ -215,6 +225,8 @@ impl Config {
             header_read_timeout_secs: defaults::header_read_timeout_secs(),
             shutdown_timeout_secs: defaults::shutdown_timeout_secs(),
             listen_backlog: defaults::listen_backlog(),
+            redis_url: None,
+            redis_prefix: defaults::redis_prefix(),
         }
     }
 
@@ -358,6 +370,30 @@ impl Config {
         }
         if self.listen_backlog == 0 || self.listen_backlog > 65535 {
             return Err(invalid("listen_backlog", "must be between 1 and 65535"));
+        }
+        if let Some(url) = &self.redis_url {
+            if !url.starts_with("redis://") {
+                return Err(invalid(
+                    "redis_url",
+                    "must be a redis:// URL such as redis://127.0.0.1:6379/0 (for TLS, \
+                     connect through a local stunnel or spiped)",
+                ));
+            }
+            if let Err(e) = redis::Client::open(url.as_str()) {
+                return Err(invalid("redis_url", format!("is not usable: {e}")));
+            }
+        }
+        if self.redis_prefix.is_empty()
+            || self.redis_prefix.len() > 64
+            || !self
+                .redis_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b))
+        {
+            return Err(invalid(
+                "redis_prefix",
+                "must be 1 to 64 of A-Z a-z 0-9 _ - . :",
+            ));
         }
         Ok(())
     }

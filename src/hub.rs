@@ -130,6 +130,11 @@ impl Hub {
         self.registry.socket_count()
     }
 
+    /// After every socket closed: let the broker leave the cluster cleanly.
+    pub async fn shutdown(&self) {
+        self.broker.shutdown().await;
+    }
+
     /// Periodic housekeeping of both halves.
     pub fn sweep(&self) {
         self.broker.sweep();

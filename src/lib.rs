@@ -33,7 +33,7 @@ pub mod wire;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -41,14 +41,37 @@ use tokio_util::task::TaskTracker;
 
 pub use config::Config;
 
+/// How long a cluster node waits to join Redis before it serves anyway.
+const JOIN_WAIT: Duration = Duration::from_secs(5);
+
 /// Serves on `listener` until `shutdown` resolves, then shuts down gracefully: stop accepting,
 /// let requests in flight finish, flush what each socket has queued, close every socket with
 /// 1001, and return within `config.shutdown_timeout_secs`.
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
-    let hub = Arc::new(hub::Hub::local(
-        config.send_queue_frames,
-        config.retention(),
-    ));
+    let hub = Arc::new(match &config.redis_url {
+        None => hub::Hub::local(config.send_queue_frames, config.retention()),
+        Some(url) => {
+            let registry = Arc::new(registry::Registry::new(config.send_queue_frames));
+            let broker = broker::redis::RedisBroker::start(
+                url,
+                &config.redis_prefix,
+                registry.clone(),
+                config.retention(),
+            )
+            .expect("redis_url was validated");
+            hub::Hub::new(registry, broker)
+        }
+    });
+    // A cluster node joins Redis before it takes connections, so pages reconnecting to a node
+    // that just restarted are not refused meanwhile (their connects wait in the backlog).
+    // If Redis is down, serve anyway after a while: keys need no Redis, /ready says 503.
+    let joining = Instant::now();
+    while !hub.broker().is_ready() && joining.elapsed() < JOIN_WAIT {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if !hub.broker().is_ready() {
+        log::warn!("serving before joining the cluster: sockets and publishes get 503 until redis is reachable");
+    }
     let (stop_sockets, stopping) = watch::channel(false);
     let tracker = TaskTracker::new();
     let sockets = protocol::native::SocketContext {
@@ -98,6 +121,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             hub.socket_count()
         );
     }
+    hub.shutdown().await;
     sweeper.abort();
     log::info!("shutdown complete");
 }

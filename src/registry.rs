@@ -337,12 +337,19 @@ impl Registry {
         }
     }
 
-    /// Makes every resumable socket of `key` here reconnect and resume (4010); the stream's
-    /// position here becomes `pos`.
-    pub fn resync(&self, key: &StreamKey, pos: Option<Position>) {
+    /// After this node was away from the broker: if stream `key` is now at `pos` and this node
+    /// delivered less than that here (or another generation), its resumable sockets missed
+    /// messages; they reconnect and resume (4010). The stream's position here becomes `pos`.
+    pub fn resync_if_behind(&self, key: &StreamKey, pos: Position) {
         if let Some(stream) = self.shard(key).get_mut(key) {
-            stream.resync();
-            stream.last = pos;
+            match stream.last {
+                Some(last) if last.generation == pos.generation && last.seq >= pos.seq => {}
+                Some(_) => {
+                    stream.resync();
+                    stream.last = Some(pos);
+                }
+                None => stream.last = Some(pos),
+            }
         }
     }
 

@@ -15,6 +15,7 @@
 //! published what.
 
 pub mod local;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -153,6 +154,11 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Periodic housekeeping: expired history, forgotten streams.
     fn sweep(&self);
+
+    /// After every socket closed: tell the other nodes this one is gone, stop background work.
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// The replay plan shared by every broker: a socket that last saw `since` in a stream now at

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -58,8 +60,14 @@ impl Server {
     }
 
     /// In-process push-serve on 127.0.0.1:0 with `tweak` applied to the default config.
+    /// With `PUSH_SERVE_TEST_REDIS=redis://…` set, every such server is a cluster node on that
+    /// Redis (each under its own key prefix), so the whole suite runs against the Redis broker.
     pub async fn start(tweak: impl FnOnce(&mut Config)) -> Server {
         let mut config = Config::new("127.0.0.1:0", PASSWORD);
+        if let Ok(url) = std::env::var("PUSH_SERVE_TEST_REDIS") {
+            config.redis_url = Some(url);
+            config.redis_prefix = format!("test-{:016x}", rand_u64());
+        }
         tweak(&mut config);
         config.validate().expect("test config is valid");
         let listener = push_serve::server::bind(config.socket_addr().unwrap(), 1024).unwrap();
@@ -162,6 +170,14 @@ impl Drop for Server {
             let _ = stop.send(());
         }
     }
+}
+
+/// A random number from the OS (tests need no rand dependency of their own).
+pub fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id() as u64);
+    h.finish()
 }
 
 /// Percent-encodes a query value.

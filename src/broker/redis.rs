@@ -1,0 +1,969 @@
+//! The cluster broker: numbering, history, presence and fan-out in Redis, so every node sharing
+//! a Redis (and a `redis_prefix`) serves the same streams.
+//!
+//! Borrowed, and judged, from centrifugal/centrifuge's Redis engine (`broker_redis.go`,
+//! `internal/redis_lua/broker_history_add_stream.lua`, `presence_redis.go`) by way of
+//! `shared/notes/redis-broker.md`, and from Socket.IO's and Soketi's adapters:
+//! - **One round trip per publish**: `lua/publish.lua` numbers the message (`HINCRBY`), keeps
+//!   it (`XADD … MAXLEN history_size`, expired head trimmed, `PEXPIRE history_ttl`), refreshes
+//!   the stream's expiry and `PUBLISH`es it, all atomically.
+//! - **Fan-out once per node with receivers** (not per socket, not per stream): each node
+//!   subscribes to one channel of its own, `<prefix>:node:<id>`, on one connection. A stream's
+//!   meta hash lists, per node, how many sockets there follow it (`n:<id>`); the publish script
+//!   publishes to those nodes only and sums their counts for `/push`'s `number`. A node whose
+//!   channel has no subscriber any more is dropped from the hash by that same script.
+//! - **Presence is written by one task per node** ([`presence_loop`]), which reads each
+//!   stream's count from the registry when it writes: absolute values, in order, so a lost or
+//!   reordered update cannot leave a count wrong. A socket's `101` waits until its node is in
+//!   the hash (so a push right after the upgrade reaches it). Every node keeps a liveness key
+//!   (`<prefix>:alive:<id>`, 15 s) fresh every 5 s; readers (`/online`, `/stats`) skip and
+//!   forget nodes without one, so a SIGKILLed node stops counting within 15 s.
+//! - **Incarnations instead of repair**: any doubt about what Redis holds for this node (its
+//!   subscription dropped, a presence write or heartbeat failed) ends the node's incarnation.
+//!   It subscribes again under a new id, announces every stream it has, and compares each with
+//!   what it last delivered: a stream that moved on meanwhile makes its resumable sockets
+//!   reconnect (4010) and resume from history. Centrifuge does the same (`checkPosition`,
+//!   "insufficient state").
+//! - **Generations and the rollback trap.** A stream's generation is minted when its meta is
+//!   missing (never published, expired, or Redis lost it), so nodes and restarts don't change
+//!   it and a page resumes on any node. A Redis that reloads an older snapshot (RDB, AOF
+//!   `everysec`, an async replica's failover) would reuse numbers under the same generation and
+//!   tell a page it missed nothing when it did (centrifugo#664, reproduced in the note). So
+//!   unless Redis is durable (`appendonly yes` + `appendfsync always`, read at each connect),
+//!   generations are tied to Redis's `run_id`: any Redis restart starts new generations and a
+//!   resuming page gets `_gap`, never silence.
+//! - **Fail fast**: every call is bounded (1.5 s); a failure is 503 for the caller and one
+//!   warning per outage in the log. Open sockets stay open; connects get 503 while the node
+//!   is not subscribed. With `Idempotency-Key`, a backend retrying a timed-out publish does
+//!   not duplicate it (`<prefix>:{stream}:i:<key>`, five minutes).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Display;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, Value};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
+
+use super::{
+    plan_replay, Attach, Attached, BoxFuture, Broker, BrokerError, ClusterView, Published, Replay,
+    Retention,
+};
+use crate::registry::{Observer, Registry};
+use crate::wire::{self, Message, Position, StreamKey};
+
+/// Bound on every Redis call: a caller gets its 503 within 2 s.
+const CALL_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How often a node renews its liveness key and pings its own channel.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Lifetime of a node's liveness key.
+const ALIVE_TTL_SECS: u64 = 15;
+/// A subscription that hears nothing (not even its own pings) for this long is dead.
+const WATCHDOG: Duration = Duration::from_secs(15);
+/// Streams per presence script call.
+const PRESENCE_BATCH: usize = 256;
+/// Presence updates waiting for the writer; past it, the next heartbeat rewrites them all.
+const PRESENCE_QUEUE: usize = 65_536;
+/// How long idempotency keys are remembered.
+const IDEMPOTENCY_TTL_SECS: u64 = 300;
+
+static PUBLISH: std::sync::LazyLock<Script> =
+    std::sync::LazyLock::new(|| Script::new(include_str!("lua/publish.lua")));
+static PRESENCE: std::sync::LazyLock<Script> =
+    std::sync::LazyLock::new(|| Script::new(include_str!("lua/presence.lua")));
+static REPLAY: std::sync::LazyLock<Script> =
+    std::sync::LazyLock::new(|| Script::new(include_str!("lua/replay.lua")));
+static ONLINE: std::sync::LazyLock<Script> =
+    std::sync::LazyLock::new(|| Script::new(include_str!("lua/online.lua")));
+static NODES: std::sync::LazyLock<Script> =
+    std::sync::LazyLock::new(|| Script::new(include_str!("lua/nodes.lua")));
+
+fn unavailable(e: impl Display) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+/// Runs a Redis call with [`CALL_TIMEOUT`].
+async fn bounded<T>(
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, BrokerError> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(unavailable(e)),
+        Err(_) => Err(unavailable("no answer within 1.5 s")),
+    }
+}
+
+fn random_hex() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Key and channel names under one prefix.
+#[derive(Clone)]
+struct Keys {
+    prefix: Arc<str>,
+}
+
+impl Keys {
+    /// The stream's meta hash. The stream id is a hash tag, so a later Redis Cluster keeps all
+    /// of a stream's keys in one slot.
+    fn meta(&self, key: &StreamKey) -> String {
+        format!("{}:{{{}}}:m", self.prefix, key.id())
+    }
+    fn hist(&self, key: &StreamKey) -> String {
+        format!("{}:{{{}}}:h", self.prefix, key.id())
+    }
+    fn idempotency(&self, key: &StreamKey, idem: &str) -> String {
+        format!("{}:{{{}}}:i:{idem}", self.prefix, key.id())
+    }
+    fn channel_prefix(&self) -> String {
+        format!("{}:node:", self.prefix)
+    }
+    fn alive_prefix(&self) -> String {
+        format!("{}:alive:", self.prefix)
+    }
+    fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+}
+
+/// Logs an outage once, and its end once.
+#[derive(Default)]
+struct Outage {
+    since: Mutex<Option<Instant>>,
+}
+
+impl Outage {
+    fn failed(&self, what: &str, e: &dyn Display) {
+        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
+        if since.is_none() {
+            *since = Some(Instant::now());
+            log::warn!(
+                "redis unreachable ({what}: {e}); publishes and new sockets get 503 until it is back"
+            );
+        } else {
+            log::debug!("redis still unreachable ({what}: {e})");
+        }
+    }
+
+    fn ok(&self) {
+        let mut since = self.since.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = since.take() {
+            log::info!(
+                "redis reachable again after {:.1} s",
+                at.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
+/// What the tasks and the broker share.
+struct Shared {
+    registry: Arc<Registry>,
+    keys: Keys,
+    retention: Retention,
+    outage: Outage,
+    /// This node's id while it is subscribed and announced (sockets may connect).
+    node: RwLock<Option<Arc<str>>>,
+    /// The generation guard for scripts: Redis's run_id, or "" when Redis is durable.
+    boot: RwLock<Option<Arc<str>>>,
+    /// Set when something failed that leaves Redis's view of this node in doubt.
+    reincarnate: Notify,
+    /// Presence updates were dropped (queue full): the next heartbeat rewrites them all.
+    dirty: AtomicBool,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    fn node(&self) -> Option<Arc<str>> {
+        self.node.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn boot(&self) -> Option<Arc<str>> {
+        self.boot.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn meta_ttl_secs(&self) -> u64 {
+        self.retention.meta_ttl().as_secs().max(1)
+    }
+
+    /// Stops letting sockets connect under the current incarnation.
+    fn end_incarnation(&self, why: &str) {
+        if self
+            .node
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .is_some()
+        {
+            log::info!("leaving the cluster to join again: {why}");
+        }
+    }
+
+    /// Ends the current incarnation and has the subscription start a new one.
+    fn reincarnate(&self, why: &str) {
+        self.end_incarnation(why);
+        self.reincarnate.notify_one();
+    }
+}
+
+/// Requests to the presence writer.
+enum Op {
+    /// A socket left this stream: write its new count.
+    Left(StreamKey),
+    /// A socket joined these streams: write their counts and answer their positions.
+    Joined(
+        Vec<StreamKey>,
+        oneshot::Sender<Result<Vec<Position>, BrokerError>>,
+    ),
+    /// The pubsub task subscribed as this node: announce everything.
+    Incarnate(Arc<str>),
+    /// Shutting down: write the last counts and leave the cluster.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Tells the presence writer about leaves (the registry's [`Observer`]).
+struct PresenceObserver {
+    tx: mpsc::Sender<Op>,
+    shared: Arc<Shared>,
+}
+
+impl Observer for PresenceObserver {
+    fn left(&self, key: &StreamKey) {
+        if self.tx.try_send(Op::Left(key.clone())).is_err() {
+            self.shared.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The Redis broker. See the module doc.
+pub struct RedisBroker {
+    shared: Arc<Shared>,
+    conn: ConnectionManager,
+    presence: mpsc::Sender<Op>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl RedisBroker {
+    /// Connects lazily to `url` (the node starts even while Redis is down, and joins when it
+    /// is up), registers with `registry` as its observer, and starts the subscription and
+    /// presence tasks.
+    pub fn start(
+        url: &str,
+        prefix: &str,
+        registry: Arc<Registry>,
+        retention: Retention,
+    ) -> Result<Arc<RedisBroker>, BrokerError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(CALL_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
+        let conn =
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
+        let shared = Arc::new(Shared {
+            registry: registry.clone(),
+            keys: Keys {
+                prefix: prefix.into(),
+            },
+            retention,
+            outage: Outage::default(),
+            node: RwLock::new(None),
+            boot: RwLock::new(None),
+            reincarnate: Notify::new(),
+            dirty: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+        });
+        let (tx, rx) = mpsc::channel(PRESENCE_QUEUE);
+        registry.set_observer(Arc::new(PresenceObserver {
+            tx: tx.clone(),
+            shared: shared.clone(),
+        }));
+        let tasks = vec![
+            tokio::spawn(presence_loop(shared.clone(), conn.clone(), rx)),
+            tokio::spawn(subscribe_loop(shared.clone(), client, tx.clone())),
+        ];
+        log::info!(
+            "cluster broker: redis at {}, key prefix `{prefix}`",
+            without_password(url)
+        );
+        Ok(Arc::new(RedisBroker {
+            shared,
+            conn,
+            presence: tx,
+            tasks: Mutex::new(tasks),
+        }))
+    }
+
+    async fn publish_now(
+        &self,
+        key: &StreamKey,
+        msg: Message<'_>,
+        idem: Option<&str>,
+    ) -> Result<Published, BrokerError> {
+        let boot = self
+            .shared
+            .boot()
+            .ok_or_else(|| unavailable("not connected to redis yet"))?;
+        let keys = &self.shared.keys;
+        let retention = &self.shared.retention;
+        let mut call = PUBLISH.key(keys.meta(key));
+        call.key(keys.hist(key));
+        if let Some(idem) = idem {
+            call.key(keys.idempotency(key, idem));
+        }
+        call.arg(wire::encode_payload(key, &msg))
+            .arg(retention.history_size)
+            .arg(retention.history_ttl.as_millis().max(1) as u64)
+            .arg(self.shared.meta_ttl_secs())
+            .arg(random_hex())
+            .arg(&*boot)
+            .arg(keys.channel_prefix())
+            .arg(IDEMPOTENCY_TTL_SECS);
+        let mut conn = self.conn.clone();
+        let reply: String = match bounded(call.invoke_async(&mut conn)).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.shared.outage.failed("publish", &e);
+                return Err(e);
+            }
+        };
+        self.shared.outage.ok();
+        let (repeated, reply) = match reply.strip_prefix("r:") {
+            Some(first) => (true, first),
+            None => (false, reply.as_str()),
+        };
+        let mut parts = reply
+            .split(':')
+            .skip(1)
+            .map(|n| n.parse::<u64>().unwrap_or(0));
+        let (seq, sockets, retained) = (
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+        );
+        Ok(Published {
+            sockets: sockets as usize,
+            seq,
+            retained: retained == 1,
+            repeated,
+        })
+    }
+
+    async fn attach_now(
+        &self,
+        streams: &[Attach<'_>],
+        positions: bool,
+    ) -> Result<Option<Vec<Attached>>, BrokerError> {
+        if self.shared.node().is_none() {
+            return Err(unavailable("this node is not subscribed to redis"));
+        }
+        let (tx, rx) = oneshot::channel();
+        let keys = streams.iter().map(|a| a.key.clone()).collect();
+        self.presence
+            .send(Op::Joined(keys, tx))
+            .await
+            .map_err(|_| unavailable("shutting down"))?;
+        let now = match tokio::time::timeout(CALL_TIMEOUT * 2, rx).await {
+            Ok(Ok(result)) => result?,
+            _ => return Err(unavailable("presence write timed out")),
+        };
+        if !positions {
+            return Ok(None);
+        }
+        let resumed: Vec<usize> = (0..streams.len())
+            .filter(|&i| streams[i].since.is_some())
+            .collect();
+        let mut replays = HashMap::new();
+        if !resumed.is_empty() {
+            let keys = &self.shared.keys;
+            let mut call = REPLAY.prepare_invoke();
+            call.arg(self.shared.retention.history_ttl.as_millis().max(1) as u64);
+            for &i in &resumed {
+                let a = &streams[i];
+                call.key(keys.meta(a.key)).key(keys.hist(a.key));
+                let since = a.since.flatten().map_or(String::new(), |p| p.to_string());
+                call.arg(since).arg(now[i].seq);
+            }
+            let mut conn = self.conn.clone();
+            let reply: Vec<Value> = bounded(call.invoke_async(&mut conn)).await?;
+            for (&i, value) in resumed.iter().zip(reply) {
+                let replay =
+                    replay_from(value, streams[i].key, streams[i].since.flatten(), now[i])?;
+                replays.insert(i, replay);
+            }
+        }
+        Ok(Some(
+            now.into_iter()
+                .enumerate()
+                .map(|(i, position)| Attached {
+                    position,
+                    replay: replays.remove(&i),
+                })
+                .collect(),
+        ))
+    }
+}
+
+/// Turns one stream's answer of `lua/replay.lua` into a [`Replay`] for a socket whose live
+/// frames start after `now`.
+fn replay_from(
+    value: Value,
+    key: &StreamKey,
+    since: Option<Position>,
+    now: Position,
+) -> Result<Replay, BrokerError> {
+    let bad = || unavailable("unexpected replay answer");
+    let Value::Array(items) = value else {
+        return Err(bad());
+    };
+    let mut items = items.into_iter();
+    let generation = match items.next() {
+        Some(Value::BulkString(g)) => parse_generation(&g),
+        _ => None,
+    };
+    if generation != Some(now.generation) {
+        // The stream was remade between the two calls: let the client retry.
+        return Err(unavailable("stream changed while attaching"));
+    }
+    let int = |v: Option<Value>| match v {
+        Some(Value::Int(n)) => Ok(n.max(0) as u64),
+        _ => Err(bad()),
+    };
+    let _top = int(items.next())?;
+    let oldest = int(items.next())?;
+    let (from, gap_before) = plan_replay(since, now, oldest.min(now.seq + 1));
+    let name = key.name();
+    let mut frames = Vec::new();
+    while let Some(seq) = items.next() {
+        let seq = int(Some(seq))?;
+        let Some(Value::BulkString(payload)) = items.next() else {
+            return Err(bad());
+        };
+        if seq <= from || seq > now.seq {
+            continue;
+        }
+        let (_, msg) = wire::decode_payload(&payload).ok_or_else(bad)?;
+        frames.push(msg.stream_frame(seq, &name));
+    }
+    Ok(Replay { gap_before, frames })
+}
+
+fn parse_generation(g: &[u8]) -> Option<u64> {
+    u64::from_str_radix(std::str::from_utf8(g).ok()?, 16).ok()
+}
+
+/// `gen:seq` as the presence script answers it.
+fn parse_position(s: &str) -> Option<Position> {
+    let (g, n) = s.split_once(':')?;
+    Some(Position {
+        generation: parse_generation(g.as_bytes()).unwrap_or(0),
+        seq: n.parse().ok()?,
+    })
+}
+
+fn without_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Broker for RedisBroker {
+    fn publish<'a>(
+        &'a self,
+        key: &'a StreamKey,
+        msg: Message<'a>,
+        idempotency_key: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Published, BrokerError>> {
+        Box::pin(self.publish_now(key, msg, idempotency_key))
+    }
+
+    fn attach<'a>(
+        &'a self,
+        streams: &'a [Attach<'a>],
+        positions: bool,
+    ) -> BoxFuture<'a, Result<Option<Vec<Attached>>, BrokerError>> {
+        Box::pin(self.attach_now(streams, positions))
+    }
+
+    fn sockets_of<'a>(&'a self, uid: &'a str) -> BoxFuture<'a, Result<usize, BrokerError>> {
+        Box::pin(async move {
+            let keys = &self.shared.keys;
+            let mut call = ONLINE.key(keys.meta(&StreamKey::User(uid.into())));
+            call.arg(keys.alive_prefix());
+            let mut conn = self.conn.clone();
+            let n: u64 = bounded(call.invoke_async(&mut conn)).await?;
+            Ok(n as usize)
+        })
+    }
+
+    fn cluster(&self) -> BoxFuture<'_, Result<Option<ClusterView>, BrokerError>> {
+        Box::pin(async move {
+            let keys = &self.shared.keys;
+            let mut call = NODES.key(keys.nodes());
+            call.arg(keys.alive_prefix());
+            let mut conn = self.conn.clone();
+            let reply: Vec<String> = bounded(call.invoke_async(&mut conn)).await?;
+            // Other nodes' figures are as of their last heartbeat; this node's are live.
+            let me = self.shared.node();
+            let registry = &self.shared.registry;
+            let (uids, topics) = registry.totals();
+            let live = serde_json::json!({
+                "sockets": registry.socket_count(), "uids": uids, "topics": topics,
+            });
+            let mut view = ClusterView::default();
+            for pair in reply.chunks(2) {
+                let [id, stats] = pair else { continue };
+                let stats = match &me {
+                    Some(me) if **me == **id => live.clone(),
+                    _ => serde_json::from_str(stats).unwrap_or_default(),
+                };
+                let n = |k: &str| stats[k].as_u64().unwrap_or(0) as usize;
+                view.nodes += 1;
+                view.sockets += n("sockets");
+                view.uids += n("uids");
+                view.topics += n("topics");
+            }
+            Ok(Some(view))
+        })
+    }
+
+    fn history_bytes(&self) -> usize {
+        0
+    }
+
+    fn is_ready(&self) -> bool {
+        self.shared.node().is_some()
+    }
+
+    fn sweep(&self) {}
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.shared.stopping.store(true, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            if self.presence.send(Op::Shutdown(tx)).await.is_ok() {
+                let _ = tokio::time::timeout(CALL_TIMEOUT * 2, rx).await;
+            }
+            for task in self
+                .tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain(..)
+            {
+                task.abort();
+            }
+        })
+    }
+}
+
+/// Keeps one pub/sub connection subscribed to this node's channel, delivering what arrives into
+/// the registry; on any failure, or when asked, starts a new incarnation (new id) with backoff.
+async fn subscribe_loop(shared: Arc<Shared>, client: redis::Client, presence: mpsc::Sender<Op>) {
+    let mut backoff = Duration::from_millis(100);
+    let channel_prefix = shared.keys.channel_prefix();
+    while !shared.stopping.load(Ordering::Relaxed) {
+        // A request to start over made before this attempt is already served by it.
+        let _ = futures_util::FutureExt::now_or_never(shared.reincarnate.notified());
+        let id: Arc<str> = random_hex().into();
+        let channel = format!("{channel_prefix}{id}");
+        let subscribed = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let pubsub = match tokio::time::timeout(CALL_TIMEOUT, subscribed).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                shared.outage.failed("subscribe", &e);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+            Err(_) => {
+                shared.outage.failed("subscribe", &"no answer within 1.5 s");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        if presence.send(Op::Incarnate(id.clone())).await.is_err() {
+            return;
+        }
+        let mut messages = pubsub.into_on_message();
+        let lost = loop {
+            tokio::select! {
+                msg = tokio::time::timeout(WATCHDOG, messages.next()) => match msg {
+                    Ok(Some(msg)) => deliver(&shared.registry, msg.get_payload_bytes()),
+                    Ok(None) => break Some("subscription connection closed"),
+                    Err(_) => break Some("subscription silent for 15 s"),
+                },
+                // The writer already said why.
+                _ = shared.reincarnate.notified() => break None,
+            }
+        };
+        if let Some(why) = lost.filter(|_| !shared.stopping.load(Ordering::Relaxed)) {
+            shared.end_incarnation(why);
+            shared.outage.failed("subscription", &why);
+            tokio::time::sleep(backoff).await;
+        }
+    }
+}
+
+/// Hands one message from another node (or this one) to the registry: `<gen>:<seq>:<payload>`.
+fn deliver(registry: &Registry, bytes: &[u8]) {
+    if bytes == b"ping" {
+        return;
+    }
+    let parsed = (|| {
+        let mut parts = bytes.splitn(3, |&b| b == b':');
+        let generation = parse_generation(parts.next()?)?;
+        let seq = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+        let (key, msg) = wire::decode_payload(parts.next()?)?;
+        Some((Position { generation, seq }, key, msg))
+    })();
+    match parsed {
+        Some((pos, key, msg)) => {
+            registry.deliver(&key, pos, &msg, false);
+        }
+        None => log::warn!(
+            "ignored a malformed message from redis ({} bytes)",
+            bytes.len()
+        ),
+    }
+}
+
+/// The one writer of this node's presence: coalesces joins and leaves, writes absolute counts
+/// read from the registry, answers joins with their streams' positions, announces everything
+/// at each incarnation and every [`Retention::meta_ttl`] / 3, and keeps the liveness key.
+async fn presence_loop(shared: Arc<Shared>, conn: ConnectionManager, mut rx: mpsc::Receiver<Op>) {
+    let mut writer = PresenceWriter {
+        shared: shared.clone(),
+        conn,
+        node: None,
+    };
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let refresh_every = (shared.retention.meta_ttl() / 3).min(Duration::from_secs(60));
+    let mut refreshed = Instant::now();
+    loop {
+        let mut pending: HashSet<StreamKey> = HashSet::new();
+        let mut waiters = Vec::new();
+        let mut op = tokio::select! {
+            op = rx.recv() => op,
+            _ = heartbeat.tick() => {
+                let full = shared.dirty.swap(false, Ordering::Relaxed)
+                    || refreshed.elapsed() >= refresh_every;
+                if writer.node.is_some() {
+                    if full {
+                        refreshed = Instant::now();
+                        writer.announce_all(false).await;
+                    }
+                    writer.heartbeat().await;
+                }
+                continue;
+            }
+        };
+        // Everything already queued goes into this one write.
+        loop {
+            match op {
+                None => return,
+                Some(Op::Left(key)) => {
+                    pending.insert(key);
+                }
+                Some(Op::Joined(keys, reply)) => {
+                    pending.extend(keys.iter().cloned());
+                    waiters.push((keys, reply));
+                }
+                Some(Op::Incarnate(id)) => {
+                    writer.incarnate(id).await;
+                    refreshed = Instant::now();
+                }
+                Some(Op::Shutdown(done)) => {
+                    writer.flush(pending, waiters).await;
+                    writer.leave().await;
+                    let _ = done.send(());
+                    return;
+                }
+            }
+            if pending.len() >= PRESENCE_BATCH {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(next) => op = Some(next),
+                Err(_) => break,
+            }
+        }
+        writer.flush(pending, waiters).await;
+    }
+}
+
+type Waiter = (
+    Vec<StreamKey>,
+    oneshot::Sender<Result<Vec<Position>, BrokerError>>,
+);
+
+struct PresenceWriter {
+    shared: Arc<Shared>,
+    conn: ConnectionManager,
+    /// The incarnation this writer announces under (`None` between incarnations).
+    node: Option<Arc<str>>,
+}
+
+impl PresenceWriter {
+    /// Writes the current count of each stream in `keys` under this incarnation and returns
+    /// each stream's position.
+    async fn write(&mut self, keys: &[StreamKey]) -> Result<Vec<Position>, BrokerError> {
+        let node = self
+            .node
+            .clone()
+            .ok_or_else(|| unavailable("this node is not subscribed to redis"))?;
+        let boot = self.shared.boot().unwrap_or_default();
+        let mut positions = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(PRESENCE_BATCH) {
+            let k = &self.shared.keys;
+            let mut call = PRESENCE.prepare_invoke();
+            call.arg(format!("n:{node}"))
+                .arg(self.shared.meta_ttl_secs())
+                .arg(random_hex())
+                .arg(&*boot);
+            for key in batch {
+                call.key(k.meta(key)).key(k.hist(key));
+                call.arg(self.shared.registry.followers(key));
+            }
+            let reply: Vec<String> = bounded(call.invoke_async(&mut self.conn)).await?;
+            positions.extend(reply.iter().map(|p| {
+                parse_position(p).unwrap_or(Position {
+                    generation: 0,
+                    seq: 0,
+                })
+            }));
+        }
+        Ok(positions)
+    }
+
+    /// Writes `pending` (and the waiters' streams) and answers the waiters. A failure ends the
+    /// incarnation: what Redis holds for this node is no longer known.
+    async fn flush(&mut self, pending: HashSet<StreamKey>, waiters: Vec<Waiter>) {
+        if pending.is_empty() && waiters.is_empty() {
+            return;
+        }
+        let keys: Vec<StreamKey> = pending.into_iter().collect();
+        match self.write(&keys).await {
+            Ok(positions) => {
+                self.shared.outage.ok();
+                let at: HashMap<&StreamKey, Position> = keys.iter().zip(positions).collect();
+                for (wanted, reply) in waiters {
+                    let _ = reply.send(Ok(wanted.iter().map(|k| at[k]).collect()));
+                }
+            }
+            Err(e) => {
+                if self.node.is_some() {
+                    self.shared.outage.failed("presence", &e);
+                    self.node = None;
+                    self.shared.reincarnate("a presence write failed");
+                }
+                for (_, reply) in waiters {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Becomes node `id`: reads the generation guard, announces every stream this node has,
+    /// makes resumable sockets of streams that moved on meanwhile resync, then lets sockets
+    /// connect.
+    async fn incarnate(&mut self, id: Arc<str>) {
+        let old = self.node.take();
+        let boot = match bounded(read_boot(&mut self.conn)).await {
+            Ok(boot) => boot,
+            Err(e) => {
+                self.shared.outage.failed("INFO", &e);
+                self.shared
+                    .reincarnate("could not read the server's identity");
+                return;
+            }
+        };
+        *self.shared.boot.write().unwrap_or_else(|p| p.into_inner()) = Some(boot.into());
+        self.node = Some(id.clone());
+        if !self.announce_all(true).await {
+            return;
+        }
+        *self.shared.node.write().unwrap_or_else(|p| p.into_inner()) = Some(id.clone());
+        self.heartbeat().await;
+        if let Some(old) = old {
+            self.forget(&old).await;
+        }
+        if self.node.is_some() {
+            self.shared.outage.ok();
+            log::info!("joined the cluster as node {id}");
+        }
+    }
+
+    /// Writes every local stream's count. With `check`, compares each stream's position with
+    /// what this node last delivered, and makes its resumable sockets resync if it moved on.
+    async fn announce_all(&mut self, check: bool) -> bool {
+        let streams = self.shared.registry.streams();
+        let keys: Vec<StreamKey> = streams.iter().map(|(k, _, _)| k.clone()).collect();
+        match self.write(&keys).await {
+            Ok(positions) => {
+                if check {
+                    for (key, pos) in keys.iter().zip(positions) {
+                        self.shared.registry.resync_if_behind(key, pos);
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                self.shared.outage.failed("announce", &e);
+                self.node = None;
+                self.shared
+                    .reincarnate("announcing this node's streams failed");
+                false
+            }
+        }
+    }
+
+    /// Renews the liveness key with this node's figures and pings its own channel (the
+    /// subscription's watchdog hears it).
+    async fn heartbeat(&mut self) {
+        let Some(node) = self.node.clone() else {
+            return;
+        };
+        if self.shared.node().as_deref() != Some(&*node) {
+            // This incarnation is over (its subscription dropped): let it expire.
+            return;
+        }
+        let registry = &self.shared.registry;
+        let (uids, topics) = registry.totals();
+        let stats = serde_json::json!({
+            "sockets": registry.socket_count(), "uids": uids, "topics": topics,
+        })
+        .to_string();
+        let k = &self.shared.keys;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(format!("{}{node}", k.alive_prefix()))
+            .arg(stats)
+            .arg("EX")
+            .arg(ALIVE_TTL_SECS)
+            .ignore()
+            .cmd("HSET")
+            .arg(k.nodes())
+            .arg(&*node)
+            .arg(1)
+            .ignore()
+            // A prefix whose nodes are all gone disappears by itself.
+            .cmd("EXPIRE")
+            .arg(k.nodes())
+            .arg(ALIVE_TTL_SECS * 4)
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(format!("{}{node}", k.channel_prefix()))
+            .arg("ping")
+            .ignore();
+        if let Err(e) = bounded(pipe.query_async::<()>(&mut self.conn)).await {
+            // Others may soon take this node for dead: join again rather than risk it.
+            self.shared.outage.failed("heartbeat", &e);
+            self.node = None;
+            self.shared.reincarnate("a heartbeat failed");
+        }
+    }
+
+    /// Removes a past incarnation's liveness, so nobody counts it any more.
+    async fn forget(&mut self, node: &str) {
+        let k = &self.shared.keys;
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL")
+            .arg(format!("{}{node}", k.alive_prefix()))
+            .ignore()
+            .cmd("HDEL")
+            .arg(k.nodes())
+            .arg(node)
+            .ignore();
+        let _ = bounded(pipe.query_async::<()>(&mut self.conn)).await;
+    }
+
+    /// Shutting down: this node's counts are gone from every stream it had, and so is it.
+    async fn leave(&mut self) {
+        if let Some(node) = self.node.take() {
+            self.forget(&node).await;
+        }
+    }
+}
+
+/// The generation guard: "" if Redis persists every write before answering (a restart keeps
+/// every number), else its run_id, so any restart mints new generations.
+async fn read_boot(conn: &mut ConnectionManager) -> redis::RedisResult<String> {
+    let info: String = redis::cmd("INFO").arg("server").query_async(conn).await?;
+    let run_id = info
+        .lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let durable = async {
+        let aof: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("appendonly")
+            .query_async(conn)
+            .await?;
+        let fsync: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("appendfsync")
+            .query_async(conn)
+            .await?;
+        Ok::<_, redis::RedisError>(
+            aof.get(1).is_some_and(|v| v == "yes") && fsync.get(1).is_some_and(|v| v == "always"),
+        )
+    };
+    // CONFIG may be disabled (managed Redis): then assume it is not durable.
+    Ok(if durable.await.unwrap_or(false) {
+        String::new()
+    } else {
+        run_id
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_logged_without_their_password() {
+        assert_eq!(
+            without_password("redis://:s3cret@10.0.0.1:6379/0"),
+            "redis://***@10.0.0.1:6379/0"
+        );
+        assert_eq!(
+            without_password("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+
+    #[test]
+    fn messages_from_redis_are_parsed_or_ignored() {
+        let registry = Arc::new(Registry::new(8));
+        let m = registry.join(crate::registry::Subscription::seed("a"));
+        let raw = serde_json::value::RawValue::from_string("7".into()).unwrap();
+        let payload = wire::encode_payload(&StreamKey::User("a".into()), &Message::new("t", &raw));
+        let mut bytes = b"00000000000000ab:1:".to_vec();
+        bytes.extend_from_slice(&payload);
+        deliver(&registry, &bytes);
+        deliver(&registry, b"ping");
+        deliver(&registry, b"zz:1:junk");
+        deliver(&registry, b"00000000000000ab:x:3:u:a1:t7");
+        let got = m.outbox().pop().unwrap();
+        assert_eq!(got.as_str(), r#"{"topic":"t","number":1,"contents":7}"#);
+        assert!(m.outbox().pop().is_none());
+    }
+}
