@@ -19,12 +19,20 @@ async fn every_scenario_produces_numbers_for_every_server() {
             "{what} is missing ({path}): run `bash bench/peers/setup.sh` (.ci/run does)"
         );
     }
-    let servers = ServerSpec::standard(
-        &["push-serve", "node", "go"],
-        repo,
-        Path::new(env!("CARGO_BIN_EXE_push-serve")),
-    )
-    .unwrap();
+    // The cluster rows need redis-server (.ci/run installs it); without it, say so and skip them.
+    let with_cluster = std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !with_cluster {
+        eprintln!("skipped the push-serve-cluster rows: redis-server is not installed");
+    }
+    let mut names = vec!["push-serve", "node", "go"];
+    if with_cluster {
+        names.insert(1, "push-serve-cluster");
+    }
+    let servers =
+        ServerSpec::standard(&names, repo, Path::new(env!("CARGO_BIN_EXE_push-serve"))).unwrap();
     let mut opts = Options::new(Mode::Smoke, servers);
     opts.progress = false;
     let report = push_bench::run(opts).await.unwrap();
@@ -46,24 +54,33 @@ async fn every_scenario_produces_numbers_for_every_server() {
             server.stop
         );
     }
-    // Every scenario ran on push-serve, with its traffic delivered: a fan-out that delivered
-    // nothing, or unicast pushes that never arrived, would have failed its row above; here the
-    // counts that say so must be present and sane.
-    for sc in &report.scenarios {
-        let row = report.row(&sc.id, "push-serve").expect("push-serve row");
-        assert!(row.ok, "{}: {:?}", sc.id, row.error);
+    // Every scenario ran on push-serve (and its cluster), with its traffic delivered: a fan-out
+    // that delivered nothing, or unicast pushes that never arrived, would have failed its row
+    // above; here the counts that say so must be present and sane.
+    let ours: &[&str] = if with_cluster {
+        &["push-serve", "push-serve-cluster"]
+    } else {
+        &["push-serve"]
+    };
+    for (sc, server) in report
+        .scenarios
+        .iter()
+        .flat_map(|sc| ours.iter().map(move |s| (sc, *s)))
+    {
+        let row = report.row(&sc.id, server).expect("push-serve row");
+        assert!(row.ok, "{}/{server}: {:?}", sc.id, row.error);
         if let Some(lost) = row.metrics.get("lost") {
-            assert_eq!(lost, 0.0, "{}: pushes lost", sc.id);
+            assert_eq!(lost, 0.0, "{}/{server}: pushes lost", sc.id);
         }
         if let Some(incomplete) = row.metrics.get("incomplete") {
             assert_eq!(
                 incomplete, 0.0,
-                "{}: fan-out messages not delivered everywhere",
+                "{}/{server}: fan-out messages not delivered everywhere",
                 sc.id
             );
         }
         if let Some(online) = row.metrics.get("online after") {
-            assert_eq!(online, 0.0, "{}: churned uids still online", sc.id);
+            assert_eq!(online, 0.0, "{}/{server}: churned uids still online", sc.id);
         }
     }
     // The peers answer n/a, not a failure, on the push-serve-only scenarios.

@@ -330,7 +330,7 @@ impl Scenario {
 
     /// Whether `server` can run this scenario.
     pub fn applies_to(&self, server: &str) -> bool {
-        !self.push_serve_only || server == "push-serve"
+        !self.push_serve_only || server.starts_with("push-serve")
     }
 }
 
@@ -344,6 +344,9 @@ pub struct ServerSpec {
     pub name: String,
     pub program: PathBuf,
     pub args_before_config: Vec<String>,
+    /// A two-node cluster on one `redis-server`: backends push to node A, every socket is on
+    /// node B (the measured one: its memory; CPU is A + B + Redis). Needs `redis-server`.
+    pub cluster: bool,
 }
 
 impl ServerSpec {
@@ -353,6 +356,17 @@ impl ServerSpec {
             name: "push-serve".into(),
             program: bin.into(),
             args_before_config: vec!["--config".into()],
+            cluster: false,
+        }
+    }
+
+    /// push-serve as two nodes on one Redis: `<bin> --config <conf>` twice, plus
+    /// `redis-server` (no persistence). Pushes cross from node A to sockets on node B.
+    pub fn push_serve_cluster(bin: impl Into<PathBuf>) -> ServerSpec {
+        ServerSpec {
+            name: "push-serve-cluster".into(),
+            cluster: true,
+            ..ServerSpec::push_serve(bin)
         }
     }
 
@@ -365,6 +379,7 @@ impl ServerSpec {
                 .join("bench/peers/node/server.js")
                 .display()
                 .to_string()],
+            cluster: false,
         }
     }
 
@@ -374,10 +389,11 @@ impl ServerSpec {
             name: "go".into(),
             program: repo_root.join("bench/peers/go/push-peer-go"),
             args_before_config: vec![],
+            cluster: false,
         }
     }
 
-    /// The named standard servers (`push-serve`, `node`, `go`).
+    /// The named standard servers (`push-serve`, `push-serve-cluster`, `node`, `go`).
     pub fn standard(
         names: &[&str],
         repo_root: &Path,
@@ -387,9 +403,12 @@ impl ServerSpec {
             .iter()
             .map(|n| match *n {
                 "push-serve" => Ok(ServerSpec::push_serve(push_serve_bin)),
+                "push-serve-cluster" => Ok(ServerSpec::push_serve_cluster(push_serve_bin)),
                 "node" => Ok(ServerSpec::node(repo_root)),
                 "go" => Ok(ServerSpec::go(repo_root)),
-                other => anyhow::bail!("unknown server `{other}` (push-serve, node, go)"),
+                other => anyhow::bail!(
+                    "unknown server `{other}` (push-serve, push-serve-cluster, node, go)"
+                ),
             })
             .collect()
     }

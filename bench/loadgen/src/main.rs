@@ -1,7 +1,7 @@
 //! `push-bench`: compare push-serve with the Node and Go peers. See the library docs.
 //!
 //! ```text
-//! push-bench [--mode quick|full|smoke] [--servers push-serve,node,go]
+//! push-bench [--mode quick|full|smoke] [--servers push-serve,push-serve-cluster,node,go]
 //!            [--push-serve-bin PATH] [--repo DIR] [--out results.json]
 //!            [--set plan_field=value]...   (e.g. --set unicast_duration=10)
 //! push-bench hold --addr HOST:PORT --password P --count N [--prefix P] [--concurrency C]
@@ -12,7 +12,8 @@ use std::process::ExitCode;
 
 use push_bench::{HoldArgs, Mode, Options, ServerSpec};
 
-const USAGE: &str = "usage: push-bench [--mode quick|full|smoke] [--servers push-serve,node,go] \
+const USAGE: &str = "usage: push-bench [--mode quick|full|smoke] \
+[--servers push-serve,push-serve-cluster,node,go] \
 [--push-serve-bin PATH] [--repo DIR] [--out results.json] [--quiet] [--pin] [--set plan_field=value]...
   --pin: server on CPU 0, the load generator on the others (needs 2+ CPUs)";
 
@@ -39,7 +40,7 @@ fn value<'a>(args: &'a [String], i: &mut usize, flag: &str) -> anyhow::Result<&'
 
 fn bench_main(args: &[String]) -> anyhow::Result<ExitCode> {
     let mut mode = Mode::Quick;
-    let mut servers = "push-serve,node,go".to_string();
+    let mut servers = "push-serve,push-serve-cluster,node,go".to_string();
     let mut repo = PathBuf::from(".");
     let mut bin: Option<PathBuf> = None;
     let mut out: Option<PathBuf> = None;

@@ -49,20 +49,46 @@ pub async fn run_server(
         log_tail: String::new(),
     };
     let mut rows = Vec::new();
-    let mut server =
-        match ServerProc::start(spec, dir, &opts.password, &opts.extra_conf, opts.pin).await {
-            Ok(s) => s,
-            Err(e) => {
-                run.error = Some(format!("start failed: {e:#}"));
-                return (run, rows);
-            }
-        };
+    let cluster = match start_cluster_side(spec, dir, opts).await {
+        Ok(c) => c,
+        Err(e) => {
+            run.error = Some(format!("start failed: {e:#}"));
+            return (run, rows);
+        }
+    };
+    let mut extra_conf = opts.extra_conf.clone();
+    if let Some((redis, _)) = &cluster {
+        extra_conf.push_str(&format!("redis_url: {}\n", redis.url()));
+    }
+    let mut server = match ServerProc::start(spec, dir, &opts.password, &extra_conf, opts.pin).await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            run.error = Some(format!("start failed: {e:#}"));
+            return (run, rows);
+        }
+    };
     run.started = true;
     run.command = server.command.clone();
+    // Backends push to the cluster's other node; sockets are on `server`.
+    let push_addr = match &cluster {
+        Some((redis, node_a)) => {
+            server.companions = vec![node_a.pid, redis.pid];
+            run.command = format!(
+                "{} (sockets) + {} (pushes) + redis-server on {}",
+                server.command,
+                node_a.command,
+                redis.url()
+            );
+            node_a.addr
+        }
+        None => server.addr,
+    };
     let keys = KeyMaker::new(&opts.password, 3600);
     let mut b = Bench {
         conn: Arc::new(Connector::new(server.addr, keys, source_addrs(SOURCES))),
         server: &mut server,
+        push_addr,
         plan,
         opts,
         baseline_kib: 0,
@@ -80,11 +106,36 @@ pub async fn run_server(
     }
     run.stop = Some(server.stop(plan.stop_grace).await);
     run.log_tail = server.log_tail();
+    if let Some((_, mut node_a)) = cluster {
+        node_a.stop(plan.stop_grace).await;
+    }
     (run, rows)
+}
+
+/// For a cluster spec: Redis and the node backends push to (node A), both started; the
+/// measured node (B) is started by the caller with Redis's URL.
+async fn start_cluster_side(
+    spec: &ServerSpec,
+    dir: &Path,
+    opts: &Options,
+) -> Result<Option<(crate::server::RedisProc, ServerProc)>> {
+    if !spec.cluster {
+        return Ok(None);
+    }
+    let redis = crate::server::RedisProc::start(dir, opts.pin).await?;
+    let a = ServerSpec {
+        name: format!("{}-a", spec.name),
+        ..spec.clone()
+    };
+    let conf = format!("{}redis_url: {}\n", opts.extra_conf, redis.url());
+    let node_a = ServerProc::start(&a, dir, &opts.password, &conf, opts.pin).await?;
+    Ok(Some((redis, node_a)))
 }
 
 struct Bench<'a> {
     server: &'a mut ServerProc,
+    /// Where backends push: the server itself, or a cluster's other node.
+    push_addr: std::net::SocketAddr,
     conn: Arc<Connector>,
     plan: &'a Plan,
     opts: &'a Options,
@@ -611,7 +662,7 @@ impl Bench<'_> {
         let t0 = tokio::time::Instant::now() + Duration::from_millis(20);
         let mut backends = Vec::new();
         for b in 0..p.rate_backends.max(1) as u64 {
-            let addr = self.server.addr;
+            let addr = self.push_addr;
             let pw = self.pw().to_string();
             let (uids, step) = (p.rate_uids as u64, p.rate_backends.max(1) as u64);
             backends.push(tokio::spawn(async move {
@@ -722,7 +773,7 @@ impl Bench<'_> {
         let mut backends = Vec::new();
         let c = p.unicast_backends.max(1);
         for b in 0..c {
-            let addr = self.server.addr;
+            let addr = self.push_addr;
             let pw = self.pw().to_string();
             let uids = p.unicast_uids.max(1);
             backends.push(tokio::spawn(async move {
@@ -814,7 +865,7 @@ impl Bench<'_> {
                 .saturating_sub(f.closed.load(Ordering::Relaxed))
                 .max(1) as u32
         };
-        let mut http = HttpClient::new(self.server.addr);
+        let mut http = HttpClient::new(self.push_addr);
         let mut counts = PushCounts::default();
         let mut min_queued = u64::MAX;
         let mut window_timeouts = 0u64;
@@ -1013,7 +1064,7 @@ impl Bench<'_> {
         let interval_ns = 1e9 / p.churn_push_rate.max(1) as f64;
         let t0 = tokio::time::Instant::now();
         for b in 0..npush {
-            let addr = self.server.addr;
+            let addr = self.push_addr;
             let pw = self.pw().to_string();
             pushers.push(tokio::spawn(async move {
                 let mut http = HttpClient::new(addr);
@@ -1046,7 +1097,7 @@ impl Bench<'_> {
         let secs = start.elapsed().as_secs_f64();
 
         // Leak check: every churned uid must be offline again.
-        let mut http = HttpClient::new(self.server.addr);
+        let mut http = HttpClient::new(self.push_addr);
         let check = Instant::now();
         let mut online;
         let mut odd = None;

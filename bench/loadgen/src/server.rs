@@ -15,6 +15,8 @@ pub struct ServerProc {
     pub name: String,
     pub addr: SocketAddr,
     pub pid: u32,
+    /// Other processes whose CPU counts as this server's (a cluster's other node and Redis).
+    pub companions: Vec<u32>,
     pub log_path: PathBuf,
     pub command: String,
     child: Option<Child>,
@@ -71,6 +73,7 @@ impl ServerProc {
             name: spec.name.clone(),
             addr,
             pid: child.id(),
+            companions: Vec::new(),
             log_path,
             command,
             child: Some(child),
@@ -109,9 +112,12 @@ impl ServerProc {
         rss_kib(self.pid)
     }
 
-    /// utime + stime in seconds.
+    /// utime + stime in seconds, of the server and its companions.
     pub fn cpu_secs(&self) -> f64 {
-        proc_cpu_secs(self.pid).unwrap_or(0.0)
+        std::iter::once(self.pid)
+            .chain(self.companions.iter().copied())
+            .map(|pid| proc_cpu_secs(pid).unwrap_or(0.0))
+            .sum()
     }
 
     /// The last lines of the server's output.
@@ -264,7 +270,7 @@ pub struct Meter {
     self0: f64,
     srv0: f64,
     busy0: f64,
-    pid: u32,
+    pids: Vec<u32>,
 }
 
 impl Meter {
@@ -274,14 +280,21 @@ impl Meter {
             self0: self_cpu_secs(),
             srv0: server.cpu_secs(),
             busy0: machine_busy_secs(),
-            pid: server.pid,
+            pids: std::iter::once(server.pid)
+                .chain(server.companions.iter().copied())
+                .collect(),
         }
     }
 
     pub fn finish(&self) -> CpuUse {
         let wall = self.t0.elapsed().as_secs_f64().max(1e-9);
         let loadgen = (self_cpu_secs() - self.self0) / wall * 100.0;
-        let server = (proc_cpu_secs(self.pid).unwrap_or(self.srv0) - self.srv0) / wall * 100.0;
+        let now: f64 = self
+            .pids
+            .iter()
+            .map(|&pid| proc_cpu_secs(pid).unwrap_or(0.0))
+            .sum();
+        let server = (now - self.srv0).max(0.0) / wall * 100.0;
         let all = (machine_busy_secs() - self.busy0) / wall * 100.0;
         if wall < 0.25 {
             // /proc counts in 10 ms ticks: too coarse for a blink.
@@ -298,5 +311,76 @@ impl Meter {
             server,
             other: (all - loadgen - server).max(0.0),
         }
+    }
+}
+
+/// A throwaway `redis-server` (no persistence) for a cluster run; killed when dropped.
+pub struct RedisProc {
+    pub port: u16,
+    pub pid: u32,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl RedisProc {
+    /// Starts it on a free port (pinned like the server when `pin`) and waits for PING.
+    pub async fn start(dir: &Path, pin: bool) -> Result<RedisProc> {
+        let port = free_port()?;
+        let dir = dir.join(format!("redis-{port}"));
+        fs::create_dir_all(&dir)?;
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if pin {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only sched_setaffinity runs between fork and exec (async-signal-safe).
+            unsafe {
+                cmd.pre_exec(|| pin_to(&[SERVER_CPU]));
+            }
+        }
+        let child = cmd
+            .spawn()
+            .context("spawn redis-server (apt-get install redis-server)")?;
+        let redis = RedisProc {
+            port,
+            pid: child.id(),
+            child,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 16];
+                if s.write_all(b"PING\r\n").await.is_ok()
+                    && s.read(&mut buf)
+                        .await
+                        .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+                {
+                    return Ok(redis);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("redis-server did not answer on port {port} within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for RedisProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
     }
 }
