@@ -64,6 +64,10 @@ pub struct Config {
     /// Frames queued per socket before it counts as a slow reader and is closed (code 4008).
     #[serde(default = "defaults::send_queue_frames")]
     pub send_queue_frames: usize,
+    /// Bytes queued per socket before it counts as a slow reader (4008); a single frame larger
+    /// than this is still sent to a socket whose queue is empty.
+    #[serde(default = "defaults::send_queue_bytes")]
+    pub send_queue_bytes: usize,
     /// Largest `/push` body in bytes (413 above it).
     #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: usize,
@@ -156,6 +160,9 @@ mod defaults {
     pub fn send_queue_frames() -> usize {
         256
     }
+    pub fn send_queue_bytes() -> usize {
+        4 << 20
+    }
     pub fn max_body_bytes() -> usize {
         1 << 20
     }
@@ -210,6 +217,7 @@ impl Config {
             access_key_ttl_secs: defaults::access_key_ttl_secs(),
             heartbeat_interval_secs: defaults::heartbeat_interval_secs(),
             send_queue_frames: defaults::send_queue_frames(),
+            send_queue_bytes: defaults::send_queue_bytes(),
             max_body_bytes: defaults::max_body_bytes(),
             max_client_frame_bytes: defaults::max_client_frame_bytes(),
             history_size: defaults::history_size(),
@@ -305,6 +313,12 @@ impl Config {
             return Err(invalid(
                 "send_queue_frames",
                 "must be between 1 and 1048576",
+            ));
+        }
+        if self.send_queue_bytes < 1024 || self.send_queue_bytes > 1 << 30 {
+            return Err(invalid(
+                "send_queue_bytes",
+                "must be between 1024 and 1073741824",
             ));
         }
         if self.max_body_bytes < 64 || self.max_body_bytes > 1 << 30 {
@@ -417,6 +431,14 @@ impl Config {
     /// `heartbeat_interval_secs` as a Duration.
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_secs_f64(self.heartbeat_interval_secs)
+    }
+
+    /// How much one socket may have queued before it counts as a slow reader.
+    pub fn queue_limit(&self) -> crate::outbox::QueueLimit {
+        crate::outbox::QueueLimit {
+            frames: self.send_queue_frames,
+            bytes: self.send_queue_bytes,
+        }
     }
 
     /// History settings for the hub.

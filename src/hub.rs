@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::broker::local::LocalBroker;
 use crate::broker::{Attach, Broker, BrokerError, ClusterView, Published, Retention};
+use crate::outbox::QueueLimit;
 use crate::registry::{Membership, Registry, Subscription};
 use crate::wire::{self, Frame, Message, Position, Proto, StreamKey};
 
@@ -37,10 +38,10 @@ impl Hub {
         Hub { registry, broker }
     }
 
-    /// A single-node hub: a registry whose sockets queue at most `queue_len` frames, and the
-    /// in-memory broker keeping history as `retention` says.
-    pub fn local(queue_len: usize, retention: Retention) -> Hub {
-        let registry = Arc::new(Registry::new(queue_len));
+    /// A single-node hub: a registry whose sockets queue at most `queue`, and the in-memory
+    /// broker keeping history as `retention` says.
+    pub fn local(queue: QueueLimit, retention: Retention) -> Hub {
+        let registry = Arc::new(Registry::new(queue));
         let broker = Arc::new(LocalBroker::new(registry.clone(), retention));
         Hub::new(registry, broker)
     }

@@ -49,9 +49,9 @@ const JOIN_WAIT: Duration = Duration::from_secs(5);
 /// 1001, and return within `config.shutdown_timeout_secs`.
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
     let hub = Arc::new(match &config.redis_url {
-        None => hub::Hub::local(config.send_queue_frames, config.retention()),
+        None => hub::Hub::local(config.queue_limit(), config.retention()),
         Some(url) => {
-            let registry = Arc::new(registry::Registry::new(config.send_queue_frames));
+            let registry = Arc::new(registry::Registry::new(config.queue_limit()));
             let broker = broker::redis::RedisBroker::start(
                 url,
                 &config.redis_prefix,

@@ -32,6 +32,16 @@ pub enum Pushed {
     Closed,
 }
 
+/// How much one socket may have waiting: frames, and bytes (a slow reader of large pushes
+/// must not hold `frames` × `max_body_bytes`). A frame into an empty queue is always taken.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimit {
+    /// Frames waiting.
+    pub frames: usize,
+    /// Bytes of frames waiting.
+    pub bytes: usize,
+}
+
 struct Queued {
     frame: Frame,
     slot: u16,
@@ -41,6 +51,8 @@ struct Queued {
 #[derive(Default)]
 struct State {
     frames: VecDeque<Queued>,
+    /// Bytes of `frames`.
+    bytes: usize,
     /// Per stream slot: frames numbered at or below this were in the socket's replay.
     floors: Vec<u64>,
     evicted: Option<CloseReason>,
@@ -60,10 +72,10 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `frame` (number `seq` of the socket's stream `slot`) unless `cap` frames are
-    /// already waiting, in which case the socket is a slow reader: it is marked evicted, its
-    /// queue dropped, and its task woken.
-    pub fn push(&self, frame: Frame, slot: u16, seq: u64, cap: usize) -> Pushed {
+    /// Queues `frame` (number `seq` of the socket's stream `slot`) unless that would pass
+    /// `limit`, in which case the socket is a slow reader: it is marked evicted, its queue
+    /// dropped, and its task woken.
+    pub fn push(&self, frame: Frame, slot: u16, seq: u64, limit: QueueLimit) -> Pushed {
         let mut state = self.state();
         if state.closed || state.evicted.is_some() {
             return Pushed::Closed;
@@ -75,13 +87,17 @@ impl Outbox {
         {
             return Pushed::Queued;
         }
-        if state.frames.len() >= cap {
+        let full = state.frames.len() >= limit.frames
+            || (!state.frames.is_empty() && state.bytes + frame.len() > limit.bytes);
+        if full {
             state.evicted = Some(CloseReason::SlowConsumer);
             state.frames = VecDeque::new();
+            state.bytes = 0;
             drop(state);
             self.ready.notify_one();
             return Pushed::Evicted;
         }
+        state.bytes += frame.len();
         state.frames.push_back(Queued { frame, slot, seq });
         let first = state.frames.len() == 1;
         drop(state);
@@ -98,12 +114,16 @@ impl Outbox {
         state
             .frames
             .retain(|q| floors.get(usize::from(q.slot)).is_none_or(|&f| q.seq > f));
+        state.bytes = state.frames.iter().map(|q| q.frame.len()).sum();
         state.floors = floors;
     }
 
     /// The next frame to write, if any.
     pub fn pop(&self) -> Option<Frame> {
-        self.state().frames.pop_front().map(|q| q.frame)
+        let mut state = self.state();
+        let q = state.frames.pop_front()?;
+        state.bytes -= q.frame.len();
+        Some(q.frame)
     }
 
     /// Why the socket must close, if the registry gave up on it.
@@ -120,6 +140,7 @@ impl Outbox {
         }
         state.evicted = Some(reason);
         state.frames = VecDeque::new();
+        state.bytes = 0;
         drop(state);
         self.ready.notify_one();
     }
@@ -147,6 +168,7 @@ impl Outbox {
         let mut state = self.state();
         state.closed = true;
         state.frames = VecDeque::new();
+        state.bytes = 0;
     }
 }
 
@@ -160,31 +182,59 @@ mod tests {
         Arc::new(Utf8Bytes::from(s))
     }
 
+    const TWO_HUNDRED: QueueLimit = QueueLimit {
+        frames: 200,
+        bytes: 1 << 20,
+    };
+
+    const TWO: QueueLimit = QueueLimit {
+        frames: 2,
+        bytes: 1 << 20,
+    };
+
     #[tokio::test]
     async fn queues_in_order_and_evicts_when_full() {
         let outbox = Outbox::default();
-        assert_eq!(outbox.push(frame("1"), 0, 1, 2), Pushed::Queued);
-        assert_eq!(outbox.push(frame("2"), 0, 2, 2), Pushed::Queued);
+        assert_eq!(outbox.push(frame("1"), 0, 1, TWO), Pushed::Queued);
+        assert_eq!(outbox.push(frame("2"), 0, 2, TWO), Pushed::Queued);
         outbox.ready().await; // the first push left a permit
         assert_eq!(outbox.pop().unwrap().as_str(), "1");
-        assert_eq!(outbox.push(frame("3"), 0, 3, 2), Pushed::Queued);
-        assert_eq!(outbox.push(frame("4"), 0, 4, 2), Pushed::Evicted);
+        assert_eq!(outbox.push(frame("3"), 0, 3, TWO), Pushed::Queued);
+        assert_eq!(outbox.push(frame("4"), 0, 4, TWO), Pushed::Evicted);
         assert_eq!(outbox.evicted(), Some(CloseReason::SlowConsumer));
         assert_eq!(outbox.pop(), None);
-        assert_eq!(outbox.push(frame("5"), 0, 5, 2), Pushed::Closed);
+        assert_eq!(outbox.push(frame("5"), 0, 5, TWO), Pushed::Closed);
         outbox.ready().await; // eviction woke the task
+    }
+
+    #[test]
+    fn bytes_are_bounded_too_but_one_large_frame_always_fits() {
+        let limit = QueueLimit {
+            frames: 100,
+            bytes: 10,
+        };
+        let outbox = Outbox::default();
+        let big = "x".repeat(50);
+        assert_eq!(outbox.push(frame(&big), 0, 1, limit), Pushed::Queued);
+        assert_eq!(outbox.pop().unwrap().len(), 50);
+        assert_eq!(outbox.push(frame("12345"), 0, 2, limit), Pushed::Queued);
+        assert_eq!(outbox.push(frame("12345"), 0, 3, limit), Pushed::Queued);
+        assert_eq!(outbox.push(frame("1"), 0, 4, limit), Pushed::Evicted);
     }
 
     #[test]
     fn floors_drop_what_the_replay_already_delivered() {
         let outbox = Outbox::default();
         for (slot, seq) in [(0, 4), (1, 9), (0, 5), (1, 10), (0, 6)] {
-            outbox.push(frame(&format!("{slot}/{seq}")), slot, seq, 16);
+            outbox.push(frame(&format!("{slot}/{seq}")), slot, seq, TWO_HUNDRED);
         }
         // The replay went up to 5 on slot 0 and 9 on slot 1.
         outbox.set_floors(vec![5, 9]);
-        assert_eq!(outbox.push(frame("0/5 again"), 0, 5, 16), Pushed::Queued);
-        outbox.push(frame("0/7"), 0, 7, 16);
+        assert_eq!(
+            outbox.push(frame("0/5 again"), 0, 5, TWO_HUNDRED),
+            Pushed::Queued
+        );
+        outbox.push(frame("0/7"), 0, 7, TWO_HUNDRED);
         let got: Vec<String> = std::iter::from_fn(|| outbox.pop())
             .map(|f| f.to_string())
             .collect();

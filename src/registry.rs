@@ -13,6 +13,11 @@
 //! whose queue is full is a slow reader; it is dropped from the stream and told to close
 //! (4008), and the delivery goes on to the others.
 //!
+//! A stream's followers live in the shard its key hashes to, except the broadcast stream's,
+//! which every socket follows: each socket's broadcast entry sits in its uid stream's shard,
+//! so a broadcast walks the shards one after another and never holds one lock for every
+//! socket (a connect waits at most for one shard's share of a broadcast).
+//!
 //! Each stream also remembers the position of the last message it delivered here. Brokers that
 //! deliver from elsewhere (Redis) can lose or repeat messages around a reconnect: a repeat is
 //! dropped, and a hole or a new generation makes every resumable follower reconnect (4010) to
@@ -24,7 +29,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use crate::outbox::{Outbox, Pushed};
+use crate::outbox::{Outbox, Pushed, QueueLimit};
 use crate::wire::{CloseReason, Frame, Message, Position, Proto, StreamKey};
 
 const SHARDS: usize = 64;
@@ -171,6 +176,29 @@ impl Drop for Membership {
     }
 }
 
+/// One message's frames, each serialized at most once per delivery (on first use).
+struct Frames<'a> {
+    msg: &'a Message<'a>,
+    seq: u64,
+    key: &'a StreamKey,
+    seed: Option<Frame>,
+    numbered: Option<Frame>,
+}
+
+impl Frames<'_> {
+    fn get(&mut self, proto: Proto) -> Frame {
+        match proto {
+            Proto::Seed => self.seed.get_or_insert_with(|| self.msg.seed_frame()),
+            Proto::Resumable => {
+                let (msg, seq, key) = (self.msg, self.seq, self.key);
+                self.numbered
+                    .get_or_insert_with(|| msg.stream_frame(seq, &key.name()))
+            }
+        }
+        .clone()
+    }
+}
+
 /// Outcome of one delivery on this node.
 #[derive(Debug, Default)]
 pub struct Delivered {
@@ -183,18 +211,19 @@ pub struct Delivered {
 /// This node's sockets by stream, with counters for logging and the stats endpoint.
 pub struct Registry {
     shards: Box<[Mutex<Shard>]>,
-    queue_len: usize,
+    queue: QueueLimit,
     next_id: AtomicU64,
     sockets: AtomicUsize,
     observer: OnceLock<Arc<dyn Observer>>,
 }
 
 impl Registry {
-    /// An empty registry; each socket queues at most `queue_len` frames.
-    pub fn new(queue_len: usize) -> Registry {
+    /// An empty registry; each socket queues at most `queue` before it counts as a slow
+    /// reader.
+    pub fn new(queue: QueueLimit) -> Registry {
         Registry {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            queue_len,
+            queue,
             next_id: AtomicU64::new(1),
             sockets: AtomicUsize::new(0),
             observer: OnceLock::new(),
@@ -206,13 +235,42 @@ impl Registry {
         let _ = self.observer.set(observer);
     }
 
-    fn shard(&self, key: &StreamKey) -> MutexGuard<'_, Shard> {
-        let mut h = DefaultHasher::new();
-        key.hash(&mut h);
-        let shard = &self.shards[(h.finish() as usize) % SHARDS];
+    fn lock(&self, index: usize) -> MutexGuard<'_, Shard> {
         // Each critical section leaves the map consistent at every step it could panic in
         // (none is expected), so a poisoned lock is still safe to use.
-        shard.lock().unwrap_or_else(|p| p.into_inner())
+        self.shards[index].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn index(key: &StreamKey) -> usize {
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        (h.finish() as usize) % SHARDS
+    }
+
+    /// The shard holding `uid`'s socket on stream `key` (broadcast entries sit with the uid's).
+    fn home(key: &StreamKey, uid: &str) -> usize {
+        match key {
+            StreamKey::Broadcast => Registry::index(&StreamKey::User(uid.into())),
+            key => Registry::index(key),
+        }
+    }
+
+    /// The shards holding followers of `key`: one, or all of them for broadcast.
+    fn spread(key: &StreamKey) -> std::ops::Range<usize> {
+        match key {
+            StreamKey::Broadcast => 0..SHARDS,
+            key => {
+                let i = Registry::index(key);
+                i..i + 1
+            }
+        }
+    }
+
+    /// Runs `f` on `key`'s followers in each of its shards.
+    fn each<T>(&self, key: &StreamKey, mut f: impl FnMut(&mut Followers) -> T) -> Vec<T> {
+        Registry::spread(key)
+            .filter_map(|i| self.lock(i).get_mut(key).map(&mut f))
+            .collect()
     }
 
     /// Adds a socket to every stream of `sub`. From now on it receives every message delivered
@@ -221,7 +279,7 @@ impl Registry {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let outbox = Arc::new(Outbox::default());
         for (slot, key) in sub.keys().enumerate() {
-            let mut shard = self.shard(&key);
+            let mut shard = self.lock(Registry::home(&key, &sub.uid));
             shard.entry(key).or_default().peers.push(Peer {
                 id,
                 proto: sub.proto,
@@ -245,7 +303,7 @@ impl Registry {
         m.outbox.detach();
         for key in m.sub.keys() {
             {
-                let mut shard = self.shard(&key);
+                let mut shard = self.lock(Registry::home(&key, &m.sub.uid));
                 let Some(stream) = shard.get_mut(&key) else {
                     continue;
                 };
@@ -272,19 +330,42 @@ impl Registry {
         msg: &Message<'_>,
         keep_numbered: bool,
     ) -> Delivered {
-        let numbered_frame = || msg.stream_frame(pos.seq, &key.name());
-        let mut shard = self.shard(key);
-        let Some(stream) = shard.get_mut(key) else {
-            return Delivered {
-                sockets: 0,
-                numbered: keep_numbered.then(numbered_frame),
-            };
+        let mut frames = Frames {
+            msg,
+            seq: pos.seq,
+            key,
+            seed: None,
+            numbered: None,
         };
+        let mut sockets = 0;
+        for i in Registry::spread(key) {
+            let mut shard = self.lock(i);
+            if let Some(stream) = shard.get_mut(key) {
+                sockets += self.deliver_here(stream, key, pos, &mut frames);
+            }
+        }
+        if keep_numbered {
+            frames.get(Proto::Resumable);
+        }
+        Delivered {
+            sockets,
+            numbered: frames.numbered,
+        }
+    }
+
+    /// [`Registry::deliver`] to one shard's followers of `key`.
+    fn deliver_here(
+        &self,
+        stream: &mut Followers,
+        key: &StreamKey,
+        pos: Position,
+        frames: &mut Frames<'_>,
+    ) -> usize {
         if pos.seq > 0 {
             match stream.last {
                 Some(last) if last.generation == pos.generation && pos.seq <= last.seq => {
                     // Already delivered here (a cluster broker around a reconnect).
-                    return Delivered::default();
+                    return 0;
                 }
                 Some(last) if last.generation != pos.generation || pos.seq != last.seq + 1 => {
                     log::debug!(
@@ -297,19 +378,11 @@ impl Registry {
             }
             stream.last = Some(pos);
         }
-        let mut seed = None;
-        let mut numbered = None;
         let mut sockets = 0;
-        let queue_len = self.queue_len;
+        let queue = self.queue;
         stream.peers.retain(|peer| {
-            let frame = match peer.proto {
-                Proto::Seed => seed.get_or_insert_with(|| msg.seed_frame()),
-                Proto::Resumable => numbered.get_or_insert_with(numbered_frame),
-            };
-            match peer
-                .outbox
-                .push(frame.clone(), peer.slot, pos.seq, queue_len)
-            {
+            let frame = frames.get(peer.proto);
+            match peer.outbox.push(frame, peer.slot, pos.seq, queue) {
                 Pushed::Queued => {
                     sockets += 1;
                     true
@@ -323,47 +396,50 @@ impl Registry {
         });
         // Every peer that left was just dropped.
         stream.dead = 0;
-        if keep_numbered && numbered.is_none() {
-            numbered = Some(numbered_frame());
-        }
-        Delivered { sockets, numbered }
+        sockets
     }
 
     /// Records that this node's sockets of `key` are served through `pos`, unless it already
     /// knows a position (set when a socket attaches, before any message arrived).
     pub fn note_position(&self, key: &StreamKey, pos: Position) {
-        if let Some(stream) = self.shard(key).get_mut(key) {
+        self.each(key, |stream| {
             stream.last.get_or_insert(pos);
-        }
+        });
     }
 
     /// After this node was away from the broker: if stream `key` is now at `pos` and this node
     /// delivered less than that here (or another generation), its resumable sockets missed
     /// messages; they reconnect and resume (4010). The stream's position here becomes `pos`.
     pub fn resync_if_behind(&self, key: &StreamKey, pos: Position) {
-        if let Some(stream) = self.shard(key).get_mut(key) {
-            match stream.last {
-                Some(last) if last.generation == pos.generation && last.seq >= pos.seq => {}
-                Some(_) => {
-                    stream.resync();
-                    stream.last = Some(pos);
-                }
-                None => stream.last = Some(pos),
+        self.each(key, |stream| match stream.last {
+            Some(last) if last.generation == pos.generation && last.seq >= pos.seq => {}
+            Some(_) => {
+                stream.resync();
+                stream.last = Some(pos);
             }
-        }
+            None => stream.last = Some(pos),
+        });
     }
 
     /// Every stream with a socket here: its live followers and last delivered position.
     pub fn streams(&self) -> Vec<(StreamKey, usize, Option<Position>)> {
         let mut out = Vec::new();
-        for shard in self.shards.iter() {
-            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            out.extend(
-                shard
-                    .iter()
-                    .map(|(key, s)| (key.clone(), s.live(), s.last))
-                    .filter(|(_, n, _)| *n > 0),
-            );
+        let mut broadcast = (0, None);
+        for i in 0..SHARDS {
+            let shard = self.lock(i);
+            for (key, s) in shard.iter() {
+                match (key, s.live()) {
+                    (_, 0) => {}
+                    (StreamKey::Broadcast, n) => {
+                        broadcast.0 += n;
+                        broadcast.1 = broadcast.1.or(s.last);
+                    }
+                    (key, n) => out.push((key.clone(), n, s.last)),
+                }
+            }
+        }
+        if broadcast.0 > 0 {
+            out.push((StreamKey::Broadcast, broadcast.0, broadcast.1));
         }
         out
     }
@@ -383,7 +459,7 @@ impl Registry {
 
     /// How many sockets here follow `key`.
     pub fn followers(&self, key: &StreamKey) -> usize {
-        self.shard(key).get(key).map_or(0, Followers::live)
+        self.each(key, |s| s.live()).into_iter().sum()
     }
 
     /// How many sockets `uid` has open here.
@@ -417,12 +493,19 @@ impl Registry {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::value::RawValue;
 
     fn raw(s: &str) -> Box<RawValue> {
         RawValue::from_string(s.to_string()).unwrap()
+    }
+
+    pub(crate) fn frames(n: usize) -> QueueLimit {
+        QueueLimit {
+            frames: n,
+            bytes: 1 << 20,
+        }
     }
 
     fn user(uid: &str) -> StreamKey {
@@ -441,7 +524,7 @@ mod tests {
 
     #[test]
     fn frames_reach_every_socket_of_the_uid_only() {
-        let r = Arc::new(Registry::new(4));
+        let r = Arc::new(Registry::new(frames(4)));
         let a1 = r.join(Subscription::seed("a"));
         let a2 = r.join(Subscription::seed("a"));
         let b = r.join(Subscription::seed("b"));
@@ -460,7 +543,7 @@ mod tests {
 
     #[test]
     fn leaving_a_crowded_stream_is_exact_and_memory_stays_bounded() {
-        let r = Arc::new(Registry::new(4));
+        let r = Arc::new(Registry::new(frames(4)));
         const N: usize = 1000;
         let mut members: Vec<Option<Membership>> = (0..N)
             .map(|i| Some(r.join(Subscription::seed(format!("u{i}")))))
@@ -474,9 +557,9 @@ mod tests {
             assert_eq!(r.followers(&StreamKey::Broadcast), live);
             assert_eq!(r.sockets_of(&format!("u{i}")), 0);
             let kept = r
-                .shard(&StreamKey::Broadcast)
-                .get(&StreamKey::Broadcast)
-                .map_or(0, |s| s.peers.len());
+                .each(&StreamKey::Broadcast, |s| s.peers.len())
+                .into_iter()
+                .sum::<usize>();
             assert!(kept <= 2 * live + 2, "{kept} entries for {live} sockets");
             if left == N / 3 {
                 // A broadcast now reaches exactly the sockets still there, once each.
@@ -496,8 +579,29 @@ mod tests {
     }
 
     #[test]
+    fn a_broadcast_never_holds_one_lock_for_every_socket() {
+        let r = Arc::new(Registry::new(frames(4)));
+        let members: Vec<Membership> = (0..1000)
+            .map(|i| r.join(Subscription::seed(format!("u{i}"))))
+            .collect();
+        let per_shard = r.each(&StreamKey::Broadcast, |s| s.peers.len());
+        assert_eq!(per_shard.iter().sum::<usize>(), 1000);
+        let busiest = per_shard.iter().max().copied().unwrap_or(0);
+        assert!(busiest < 100, "{busiest} of 1000 sockets behind one lock");
+        assert_eq!(deliver(&r, &StreamKey::Broadcast, 1, "1"), 1000);
+        assert!(members.iter().all(|m| m.outbox().pop().is_some()));
+        assert_eq!(
+            r.streams()
+                .iter()
+                .filter(|s| s.0 == StreamKey::Broadcast)
+                .count(),
+            1
+        );
+    }
+
+    #[test]
     fn full_queue_evicts_only_that_socket() {
-        let r = Arc::new(Registry::new(1));
+        let r = Arc::new(Registry::new(frames(1)));
         let slow = r.join(Subscription::seed("a"));
         let fast = r.join(Subscription::seed("a"));
         assert_eq!(deliver(&r, &user("a"), 1, "1"), 2);
@@ -511,7 +615,7 @@ mod tests {
 
     #[test]
     fn repeats_are_dropped_and_holes_make_resumable_sockets_resync() {
-        let r = Arc::new(Registry::new(8));
+        let r = Arc::new(Registry::new(frames(8)));
         let seed = r.join(Subscription::seed("a"));
         let resumable = r.join(Subscription {
             uid: "a".into(),

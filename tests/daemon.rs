@@ -185,6 +185,26 @@ async fn heartbeat_timeout_closes_with_4000() {
     assert_eq!(close_code(&mut ws).await, Some(CloseCode::from(4000)));
 }
 
+/// 256 queued frames of 64 KiB would be 16 MiB held for one stalled page; the byte bound
+/// evicts it long before the frame bound would.
+#[tokio::test]
+async fn a_slow_reader_of_large_pushes_is_bounded_in_bytes() {
+    let s = Server::start(|c| c.send_queue_bytes = 256 << 10).await;
+    let _slow = silent_client(&s, "slow", Some(4096)).await;
+    let big = format!(r#"{{"topic":"big","contents":"{}"}}"#, "x".repeat(64 << 10));
+    let mut http = s.http().await;
+    let mut pushes = 0;
+    while http.push("slow", &s.password, &big).await.status == 200 {
+        pushes += 1;
+        assert!(
+            pushes < 100,
+            "still queueing after {pushes} pushes of 64 KiB (256 frames allowed)"
+        );
+    }
+    // Kernel buffers hold some; the queue itself held at most 256 KiB.
+    assert!(pushes >= 4, "evicted after only {pushes} pushes");
+}
+
 #[tokio::test]
 async fn slow_reader_is_closed_with_4008_without_holding_up_others() {
     let s = Server::start(|c| c.send_queue_frames = 4).await;

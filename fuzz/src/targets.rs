@@ -555,7 +555,7 @@ pub fn http(data: &[u8]) {
 
     HTTP_RT.with(|rt| {
         rt.block_on(async {
-            let hub = Arc::new(Hub::local(config.send_queue_frames, config.retention()));
+            let hub = Arc::new(Hub::local(config.queue_limit(), config.retention()));
             // alice has a socket open (so /push can reach someone), unless the flags say not.
             let alice = match case.alice_online {
                 true => Some(
@@ -818,7 +818,11 @@ pub fn ws_frames(data: &[u8]) {
                 history_ttl: Duration::from_secs(60),
                 max_bytes: 4096,
             };
-            let hub = Arc::new(Hub::local(4, retention));
+            let queue = push_serve::outbox::QueueLimit {
+                frames: 4,
+                bytes: 1 << 20,
+            };
+            let hub = Arc::new(Hub::local(queue, retention));
             let (stop, stopping) = watch::channel(false);
             let ctx = SocketContext {
                 hub: hub.clone(),

@@ -6,6 +6,11 @@
 //! delivers it to the registry and keeps it, all under the stream's shard lock, so deliveries
 //! of one stream happen in number order.
 //!
+//! Memory is bounded by `history_max_bytes`, which counts each remembered stream's metadata
+//! as well as its messages: a flood of pushes to uids that never connect cannot grow the
+//! number of remembered streams past the budget (a stream that would not fit is not kept; its
+//! message still reaches any seed socket following it).
+//!
 //! Lock order: a broker shard, then a registry shard (inside [`Registry::deliver`] or
 //! [`Registry::followers`]); the registry never takes a broker lock.
 
@@ -119,13 +124,14 @@ impl LocalBroker {
                 }
             }
         }
-        if keep && !shard.streams.contains_key(key) {
+        if keep && !shard.streams.contains_key(key) && self.charge(meta_cost(key)) {
             // Only a new stream costs a copy of its key.
             shard.streams.insert(key.clone(), Stream::new());
         }
         let published = match shard.streams.get_mut(key) {
             // No history and no resumable socket (it would have made the stream): seed sockets
             // need no number.
+            // Or no room to remember one more stream.
             None => {
                 let unnumbered = Position {
                     generation: 0,
@@ -172,6 +178,16 @@ impl LocalBroker {
         published
     }
 
+    /// Counts `cost` bytes against the budget if they fit.
+    fn charge(&self, cost: usize) -> bool {
+        let budget = self.retention.max_bytes;
+        self.history_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                (used + cost <= budget).then_some(used + cost)
+            })
+            .is_ok()
+    }
+
     /// Adds the stream's newest message to its history, then trims it to `history_size` and,
     /// while all history is over `max_bytes`, drops this stream's oldest messages (the new one
     /// last). So the budget is a hard bound; when other streams fill it, this one keeps nothing
@@ -200,10 +216,12 @@ impl LocalBroker {
             .iter()
             .map(|a| {
                 let mut shard = self.shard(a.key);
-                let stream = shard
-                    .streams
-                    .entry(a.key.clone())
-                    .or_insert_with(Stream::new);
+                let stream = shard.streams.entry(a.key.clone()).or_insert_with(|| {
+                    // A socket's own streams are always remembered (bounded by sockets).
+                    self.history_bytes
+                        .fetch_add(meta_cost(a.key), Ordering::Relaxed);
+                    Stream::new()
+                });
                 stream.touched = Instant::now();
                 let position = stream.position();
                 let replay = a.since.map(|since| {
@@ -283,7 +301,13 @@ impl Broker for LocalBroker {
                 if self.registry.followers(key) > 0 {
                     stream.touched = now;
                 }
-                !stream.history.is_empty() || now.duration_since(stream.touched) < meta_ttl
+                let keep =
+                    !stream.history.is_empty() || now.duration_since(stream.touched) < meta_ttl;
+                if !keep {
+                    self.history_bytes
+                        .fetch_sub(meta_cost(key), Ordering::Relaxed);
+                }
+                keep
             });
             shard
                 .recent
@@ -295,6 +319,16 @@ impl Broker for LocalBroker {
 /// Approximate bytes one retained message holds.
 fn retained_cost(frame: &Frame) -> usize {
     frame.len() + 64
+}
+
+/// Approximate bytes a remembered stream holds besides its messages (map entry, key,
+/// generation, position, history ring).
+fn meta_cost(key: &StreamKey) -> usize {
+    let key_bytes = match key {
+        StreamKey::User(s) | StreamKey::Topic(s) => s.len(),
+        StreamKey::Broadcast => 0,
+    };
+    128 + key_bytes
 }
 
 #[cfg(test)]
@@ -347,7 +381,7 @@ mod tests {
 
     #[test]
     fn resume_replays_what_was_missed_with_a_gap_when_some_is_gone() {
-        let registry = Arc::new(Registry::new(8));
+        let registry = Arc::new(Registry::new(crate::registry::tests::frames(8)));
         let b = LocalBroker::new(registry.clone(), retention(3, 60, 1 << 20));
         let key = user("a");
         let start = b.attach_now(&[Attach {
@@ -384,8 +418,13 @@ mod tests {
 
     #[test]
     fn history_never_exceeds_its_byte_budget() {
-        let b = LocalBroker::new(Arc::new(Registry::new(8)), retention(100, 60, 10_000));
+        let b = LocalBroker::new(
+            Arc::new(Registry::new(crate::registry::tests::frames(8))),
+            retention(100, 60, 10_000),
+        );
         let big = format!("\"{}\"", "x".repeat(900));
+        // A stream that exists before the budget fills up.
+        assert!(publish(&b, &user("busy"), "0").retained);
         // One message to each of many offline uids: every stream keeps at most what fits.
         let mut kept = 0;
         for i in 0..200 {
@@ -394,21 +433,44 @@ mod tests {
             let bytes = b.history_bytes();
             assert!(bytes <= 10_000, "{bytes} bytes after {i}");
         }
-        assert!(kept >= 9, "the first messages fit: {kept}");
+        assert!(kept >= 7, "the first messages fit: {kept}");
         assert!(kept < 200, "not all of them can fit: {kept}");
         // A stream over budget drops its own oldest first and keeps the newest.
-        for i in 0..50 {
+        for i in 1..50 {
             let p = publish(&b, &user("busy"), &i.to_string());
             assert!(b.history_bytes() <= 10_000);
-            if i > 0 {
-                assert!(p.retained, "a small message fits once the stream rotates");
-            }
+            assert!(p.retained, "a small message fits once the stream rotates");
         }
     }
 
     #[test]
+    fn pushes_to_uids_that_never_connect_cannot_grow_memory_past_the_budget() {
+        let registry = Arc::new(Registry::new(crate::registry::tests::frames(8)));
+        let b = LocalBroker::new(registry.clone(), retention(100, 60, 100_000));
+        let seed = registry.join(Subscription::seed("online"));
+        let mut kept = 0;
+        for i in 0..10_000 {
+            kept += usize::from(publish(&b, &user(&format!("gone-{i}")), "1").retained);
+            assert!(b.history_bytes() <= 100_000);
+        }
+        let streams: usize = b
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().streams.len())
+            .sum();
+        assert!(streams < 600, "{streams} streams remembered");
+        assert!(
+            kept > 100 && kept + 1 >= streams,
+            "{kept} kept, {streams} streams"
+        );
+        // With the budget full, a seed socket still gets its pushes.
+        assert_eq!(publish(&b, &user("online"), "2").sockets, 1);
+        assert!(seed.outbox().pop().is_some());
+    }
+
+    #[test]
     fn a_forgotten_stream_is_reported_as_a_gap() {
-        let registry = Arc::new(Registry::new(8));
+        let registry = Arc::new(Registry::new(crate::registry::tests::frames(8)));
         let b = LocalBroker::new(registry.clone(), retention(10, 0, 1 << 20));
         let key = user("a");
         let member = registry.join(resumable("a"));
@@ -434,7 +496,7 @@ mod tests {
 
     #[test]
     fn a_followed_stream_is_never_forgotten() {
-        let registry = Arc::new(Registry::new(8));
+        let registry = Arc::new(Registry::new(crate::registry::tests::frames(8)));
         let b = LocalBroker::new(registry.clone(), retention(10, 0, 1 << 20));
         let _member = registry.join(Subscription::seed("a"));
         let pos = resume(&b, &user("a"), None).position;
@@ -449,7 +511,7 @@ mod tests {
 
     #[test]
     fn an_idempotency_key_publishes_once() {
-        let registry = Arc::new(Registry::new(8));
+        let registry = Arc::new(Registry::new(crate::registry::tests::frames(8)));
         let b = LocalBroker::new(registry.clone(), retention(10, 60, 1 << 20));
         let m = registry.join(Subscription::seed("a"));
         let c = raw("1");

@@ -952,7 +952,7 @@ mod tests {
 
     #[test]
     fn messages_from_redis_are_parsed_or_ignored() {
-        let registry = Arc::new(Registry::new(8));
+        let registry = Arc::new(Registry::new(crate::registry::tests::frames(8)));
         let m = registry.join(crate::registry::Subscription::seed("a"));
         let raw = serde_json::value::RawValue::from_string("7".into()).unwrap();
         let payload = wire::encode_payload(&StreamKey::User("a".into()), &Message::new("t", &raw));
