@@ -173,7 +173,7 @@ struct Shared {
     /// Set when something failed that leaves Redis's view of this node in doubt.
     reincarnate: Notify,
     /// Presence updates were dropped (queue full): the next heartbeat rewrites them all.
-    dirty: AtomicBool,
+    dirty: Arc<AtomicBool>,
     stopping: AtomicBool,
 }
 
@@ -225,16 +225,17 @@ enum Op {
     Shutdown(oneshot::Sender<()>),
 }
 
-/// Tells the presence writer about leaves (the registry's [`Observer`]).
+/// Tells the presence writer about leaves (the registry's [`Observer`]). Holds nothing that
+/// holds the registry, so the two do not keep each other alive.
 struct PresenceObserver {
     tx: mpsc::Sender<Op>,
-    shared: Arc<Shared>,
+    dirty: Arc<AtomicBool>,
 }
 
 impl Observer for PresenceObserver {
     fn left(&self, key: &StreamKey) {
         if self.tx.try_send(Op::Left(key.clone())).is_err() {
-            self.shared.dirty.store(true, Ordering::Relaxed);
+            self.dirty.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -276,13 +277,13 @@ impl RedisBroker {
             node: RwLock::new(None),
             boot: RwLock::new(None),
             reincarnate: Notify::new(),
-            dirty: AtomicBool::new(false),
+            dirty: Arc::new(AtomicBool::new(false)),
             stopping: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(PRESENCE_QUEUE);
         registry.set_observer(Arc::new(PresenceObserver {
             tx: tx.clone(),
-            shared: shared.clone(),
+            dirty: shared.dirty.clone(),
         }));
         let tasks = vec![
             tokio::spawn(presence_loop(shared.clone(), conn.clone(), rx)),
