@@ -826,12 +826,7 @@ pub fn ws_frames(data: &[u8]) {
                 shutdown: stopping,
             };
             let (client, server) = tokio::io::duplex(DUPLEX_BYTES);
-            let ws = WebSocketStream::from_raw_socket(
-                server,
-                Role::Server,
-                Some(ws_config(FRAME_LIMIT)),
-            )
-            .await;
+            let ws = native::accept(server, ws_config(FRAME_LIMIT)).await;
             let (mut client_rd, mut client_wr) = tokio::io::split(client);
             let user = StreamKey::User("fuzz".into());
             let contents = RawValue::from_string(r#"{"n":1}"#.to_owned()).expect("raw JSON");

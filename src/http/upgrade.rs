@@ -8,8 +8,6 @@ use std::collections::HashMap;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::WebSocketStream;
 use warp::http::header::{self, HeaderMap, HeaderValue};
 use warp::http::{Method, StatusCode};
 use warp::reply::Response;
@@ -84,12 +82,7 @@ pub(super) async fn upgrade(
     state.tracker.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
+                let ws = native::accept(TokioIo::new(upgraded), config).await;
                 native::serve(ws, session, ctx).await;
             }
             // The connection went away before the upgrade completed; dropping the session
