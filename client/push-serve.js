@@ -1,6 +1,6 @@
 /*! push-serve browser client. One <script>, no build step, no dependencies.
  *
- *   <script src="push-serve.js"></script>
+ *   <script src="https://push.example.com/push-serve.js"></script>   (served by push-serve)
  *   <script>
  *     const push = new PushServe({
  *       url: "wss://push.example.com/ws",
@@ -39,6 +39,7 @@
     this.handlers = {};
     this.positions = {};   // stream -> "generation:seq" of the last message seen
     this.ws = null;
+    this.run = 0;          // bumped by start/stop: callbacks of an earlier run do nothing
     this.stopped = true;
     this.attempt = 0;
     this.failedOpens = 0;
@@ -68,15 +69,18 @@
   PushServe.prototype.start = function () {
     if (!this.stopped) return this;
     this.stopped = false;
+    this.run++;
     this.connect();
     return this;
   };
 
   PushServe.prototype.stop = function () {
     this.stopped = true;
+    this.run++;
     clearTimeout(this.timer);
-    if (this.ws) this.ws.close(1000);
-    this.ws = null;
+    var ws = this.ws;
+    this.ws = null;               // its close event is now a stale socket's, and ignored
+    if (ws) ws.close(1000);
     return this;
   };
 
@@ -95,6 +99,7 @@
 
   PushServe.prototype.connect = function () {
     var self = this;
+    var run = self.run;
     if (self.stopped) return;
     var ready = Promise.resolve();
     if (self.getAccessKey && self.freshKeyNeeded()) {
@@ -102,12 +107,15 @@
         .then(function () { return self.getAccessKey(); })
         .then(function (key) { self.accessKey = String(key).trim(); self.failedOpens = 0; });
     }
-    ready.then(function () { self.open(); }, function () { self.retry(); });
+    // A key that arrives after stop() (or after stop() and start()) opens nothing.
+    ready.then(function () { if (run === self.run) self.open(); },
+               function () { if (run === self.run) self.retry(); });
   };
 
   PushServe.prototype.open = function () {
     var self = this;
     if (self.stopped) return;
+    if (self.ws) { var old = self.ws; self.ws = null; old.close(1000); }
     var query = "uid=" + encodeURIComponent(self.uid) +
       "&access_key=" + encodeURIComponent(self.accessKey || "") + "&proto=2";
     if (Object.keys(self.positions).length) {
@@ -116,15 +124,19 @@
     var ws = new self.WebSocket(self.url + (self.url.indexOf("?") < 0 ? "?" : "&") + query);
     var opened = false;
     self.ws = ws;
+    // Every handler first checks that its socket is still the current one: a socket replaced
+    // or closed by stop() may still fire events, and its close must not start a second socket.
     ws.onopen = function () {
+      if (self.ws !== ws) return;
       opened = true;
       self.attempt = 0;
       self.failedOpens = 0;
       self.emit("open");
     };
-    ws.onmessage = function (e) { self.receive(e.data); };
+    ws.onmessage = function (e) { if (self.ws === ws) self.receive(e.data); };
     ws.onclose = function (e) {
-      if (self.ws === ws) self.ws = null;
+      if (self.ws !== ws) return;
+      self.ws = null;
       if (!opened) self.failedOpens++;
       self.emit("close", e);
       self.retry();
