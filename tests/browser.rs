@@ -1,7 +1,8 @@
 //! The browser client library (client/push-serve.js) in real headless Chromium, driven by
 //! playwright-core scripts in tests/browser/:
 //! - run.mjs: reconnects through cut connections, resumes with no loss or duplicate, refreshes
-//!   an expired key, dispatches topics, and never keeps a stale socket after stop()/start();
+//!   an expired key, dispatches topics, never keeps a stale socket after stop()/start(), and
+//!   falls back to /sse behind a proxy that refuses WebSocket upgrades;
 //! - example.mjs: examples/page.html served by examples/backend.py, as a person would use it.
 //!
 //! `.ci/run` installs chromium and the npm package.

@@ -570,7 +570,8 @@ pub fn http(data: &[u8]) {
             let sockets = SocketContext {
                 hub: hub.clone(),
                 heartbeat: config.heartbeat_interval(),
-                shutdown: stopping,
+                shutdown: stopping.clone(),
+                draining: stopping,
             };
             let state = Arc::new(AppState::new(
                 &config,
@@ -823,7 +824,8 @@ pub fn ws_frames(data: &[u8]) {
             let ctx = SocketContext {
                 hub: hub.clone(),
                 heartbeat: HEARTBEAT,
-                shutdown: stopping,
+                shutdown: stopping.clone(),
+                draining: stopping,
             };
             let (client, server) = tokio::io::duplex(DUPLEX_BYTES);
             let ws = native::accept(server, ws_config(FRAME_LIMIT)).await;

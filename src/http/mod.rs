@@ -1,4 +1,5 @@
-//! The HTTP surface as warp filters: `/access` ([`access`]), `/ws` ([`upgrade`]), `/push`,
+//! The HTTP surface as warp filters: `/access` ([`access`]), `/ws` ([`upgrade`]), `/sse`
+//! ([`events`]), `/push`,
 //! `/publish`, `/broadcast` ([`publish`]), `/online`, `/stats` ([`query`]), `/push-serve.js`
 //! ([`client`]); every failure is an [`ApiError`] turned into the JSON envelope in one place
 //! ([`error`]).
@@ -9,6 +10,7 @@
 mod access;
 pub mod client;
 pub mod error;
+mod events;
 mod publish;
 mod query;
 mod upgrade;
@@ -30,7 +32,8 @@ use crate::auth::Auth;
 use crate::config::{Config, MAX_UID_BYTES};
 use crate::hub::Hub;
 use crate::limits::{FailureLimiter, PeerAddr};
-use crate::protocol::native::{self, SocketContext};
+use crate::protocol::native;
+use crate::protocol::SocketContext;
 
 pub use error::{ApiError, STORED_HEADER, USER_OFFLINE};
 pub use publish::PUSH_OK;
@@ -228,6 +231,9 @@ pub fn routes(
         .then(|req: Req, state: Arc<AppState>, on_upgrade| async move {
             respond(upgrade::upgrade(&state, &req, on_upgrade).await)
         });
+    let sse_route = warp::path!("sse")
+        .and(common.clone())
+        .then(|req: Req, state: Arc<AppState>| async move { events::events(&state, &req).await });
     let client_route = warp::path!("push-serve.js")
         .and(common)
         .map(|req: Req, _state: Arc<AppState>| respond(client::client_js(&req)));
@@ -245,6 +251,8 @@ pub fn routes(
         .or(stats_route)
         .unify()
         .or(ws_route)
+        .unify()
+        .or(sse_route)
         .unify()
         .or(client_route)
         .unify()

@@ -18,7 +18,8 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use super::close_watch::CloseWatch;
-use crate::hub::{Hub, Session};
+pub use super::SocketContext;
+use crate::hub::Session;
 use crate::outbox::Outbox;
 use crate::wire::{CloseReason, Frame};
 
@@ -51,17 +52,6 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     WebSocketStream::from_raw_socket(CloseWatch::new(io), Role::Server, Some(config)).await
-}
-
-/// What every socket task shares.
-#[derive(Clone)]
-pub struct SocketContext {
-    /// The hub the socket joined (for its counters).
-    pub hub: Arc<Hub>,
-    /// Ping period; also how long a ping may go unanswered.
-    pub heartbeat: Duration,
-    /// Flips to `true` when the server shuts down.
-    pub shutdown: watch::Receiver<bool>,
 }
 
 /// Serves a socket that already joined the hub as `session`, until it closes; leaves the

@@ -113,6 +113,7 @@ try {
   else if (keyFetches < 2) failure = `the expired key was never refreshed (${keyFetches} fetches)`;
   else if (JSON.stringify(news) !== JSON.stringify([{ headline: "hello" }])) failure = `topic dispatch: ${JSON.stringify(news)}`;
   if (!failure) failure = await stopThenStart(page);
+  if (!failure) failure = await sseFallback(browser);
 } catch (e) {
   failure = e.stack || String(e);
 } finally {
@@ -153,3 +154,71 @@ async function stopThenStart(page) {
 }
 console.log("browser client: ok");
 
+
+// A network that refuses WebSocket upgrades but passes plain HTTP (a proxy that strips
+// Upgrade): the client must fall back to the event stream (/sse) and, through a cut connection,
+// still get every message once, in order.
+async function sseFallback(browser) {
+  const TOTAL = 300;
+  const hidden = new Set();
+  let blocked = 0;
+  const proxy = net.createServer((client) => {
+    client.once("data", (first) => {
+      if (/\r\nupgrade:\s*websocket/i.test(first.toString("latin1"))) {
+        blocked++;
+        client.end("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+      }
+      const upstream = net.connect(Number(port), host);
+      const pair = { client, upstream };
+      hidden.add(pair);
+      upstream.write(first);
+      client.pipe(upstream).pipe(client);
+      const end = () => { client.destroy(); upstream.destroy(); hidden.delete(pair); };
+      client.on("error", end); upstream.on("error", end); client.on("close", end); upstream.on("close", end);
+    });
+  });
+  await new Promise((r) => proxy.listen(0, "127.0.0.1", r));
+  try {
+    const page = await browser.newPage();
+    page.on("console", (m) => { if (m.type() === "error" && !/WebSocket|net::ERR/.test(m.text())) console.error("page:", m.text()); });
+    await page.exposeFunction("fallbackKey", async () => (await request("GET", "/access?uid=fallback")).json.contents);
+    await page.setContent("<!doctype html><title>push-serve fallback test</title><body></body>");
+    await page.addScriptTag({ url: `http://${host}:${port}/push-serve.js` });
+    await page.evaluate((url) => {
+      window.got = []; window.opens = []; window.closes = 0;
+      const push = new PushServe({ url, uid: "fallback", getAccessKey: () => window.fallbackKey(), minDelay: 100, maxDelay: 400 });
+      push.on("n", (contents) => window.got.push(contents));
+      push.on("open", () => window.opens.push(push.transport));
+      push.on("close", () => window.closes++);
+      push.start();
+      window.fallback = push;
+    }, `ws://127.0.0.1:${proxy.address().port}/ws`);
+    await page.waitForFunction(() => window.opens.length > 0, null, { timeout: 20000 });
+    for (let i = 1; i <= TOTAL; i++) {
+      if (i === 100) {
+        // Cut the event stream; the client reconnects (over SSE) and resumes where it was.
+        const closes = await page.evaluate(() => window.closes);
+        for (const { client, upstream } of hidden) { client.destroy(); upstream.destroy(); }
+        await page.waitForFunction((n) => window.closes > n, closes, { timeout: 10000 });
+      }
+      const r = await request("POST", "/push?uid=fallback", { topic: "n", contents: i });
+      if (r.status !== 200 && r.status !== 404) throw new Error(`push ${i}: ${r.status}`);
+    }
+    await page.waitForFunction((n) => window.got.length >= n, TOTAL, { timeout: 30000 });
+    const { got, opens, transport } = await page.evaluate(() =>
+      ({ got: window.got, opens: window.opens, transport: window.fallback.transport }));
+    const sockets = (await request("GET", "/online?uid=fallback")).json.number;
+    console.log(JSON.stringify({ sseFallback: { received: got.length, opens, blocked, transport, sockets } }));
+    const inOrder = got.length === TOTAL && got.every((v, i) => v === i + 1);
+    if (!inOrder) return `SSE fallback: expected 1..${TOTAL} once each in order, got ${got.length}`;
+    if (transport !== "sse" || opens.some((t) => t !== "sse") || opens.length < 2) return `SSE fallback: opens ${JSON.stringify(opens)}, transport ${transport}`;
+    if (blocked !== 2) return `SSE fallback: ${blocked} WebSocket attempts before falling back (want 2)`;
+    if (sockets !== 1) return `SSE fallback: ${sockets} sockets on the server (want 1)`;
+    await page.close();
+    return null;
+  } finally {
+    proxy.close();
+    for (const { client, upstream } of hidden) { client.destroy(); upstream.destroy(); }
+  }
+}
