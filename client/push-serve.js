@@ -1,6 +1,6 @@
 /*! push-serve browser client. One <script>, no build step, no dependencies.
  *
- *   <script src="push-serve.js"></script>
+ *   <script src="https://push.example.com/push-serve.js"></script>   (served by push-serve)
  *   <script>
  *     const push = new PushServe({
  *       url: "wss://push.example.com/ws",
@@ -21,7 +21,11 @@
  *   was missed, in order, exactly once; a message it has already seen is never delivered twice;
  * - fetches a fresh access key (getAccessKey) when the key it holds is near expiry or a
  *   connection attempt fails before opening (which is how a browser reports a refused key);
- * - tells the page through "_gap" when the server no longer has what was missed.
+ * - tells the page through "_gap" when the server no longer has what was missed;
+ * - falls back to the server's event stream (GET /sse, EventSource) when two WebSocket connects
+ *   in a row fail before opening while plain HTTP reaches the server at that moment (a proxy
+ *   that strips Upgrade), and goes back to WebSockets if the event stream fails twice in a row. The
+ *   frames, resume and events are the same; `push.transport` says which is in use.
  */
 (function (global) {
   "use strict";
@@ -36,13 +40,25 @@
     this.minDelay = options.minDelay || 500;
     this.maxDelay = options.maxDelay || 30000;
     this.WebSocket = options.WebSocket || global.WebSocket;
+    this.EventSource = options.EventSource || global.EventSource;
+    this.fetch = options.fetch || (global.fetch ? global.fetch.bind(global) : null);
+    this.sseUrl = options.sseUrl || sseUrlOf(this.url);
+    this.transport = "ws";  // "sse" once WebSockets proved blocked while plain HTTP works
     this.handlers = {};
     this.positions = {};   // stream -> "generation:seq" of the last message seen
-    this.ws = null;
+    this.conn = null;      // the current WebSocket, or EventSource on the SSE fallback
+    this.run = 0;          // bumped by start/stop: callbacks of an earlier run do nothing
     this.stopped = true;
     this.attempt = 0;
-    this.failedOpens = 0;
+    this.failedOpens = 0;  // connects in a row that failed before opening (key refresh)
+    this.wsBlocked = 0;    // WebSocket connects in a row that failed while plain HTTP worked
+    this.sseFailures = 0;  // the same on the SSE fallback (back to WebSockets)
     this.timer = null;
+  }
+
+  /** ws://host/ws → http://host/sse (wss → https), the server's event stream. */
+  function sseUrlOf(url) {
+    return String(url).replace(/^ws(s?):/i, "http$1:").replace(/\/ws(\?|$)/, "/sse$1");
   }
 
   /** Calls fn(contents, frame) for each message whose topic is `topic` ("*": every message).
@@ -68,15 +84,18 @@
   PushServe.prototype.start = function () {
     if (!this.stopped) return this;
     this.stopped = false;
+    this.run++;
     this.connect();
     return this;
   };
 
   PushServe.prototype.stop = function () {
     this.stopped = true;
+    this.run++;
     clearTimeout(this.timer);
-    if (this.ws) this.ws.close(1000);
-    this.ws = null;
+    var conn = this.conn;
+    this.conn = null;             // its close event is now a stale socket's, and ignored
+    if (conn) conn.close(1000);
     return this;
   };
 
@@ -95,6 +114,7 @@
 
   PushServe.prototype.connect = function () {
     var self = this;
+    var run = self.run;
     if (self.stopped) return;
     var ready = Promise.resolve();
     if (self.getAccessKey && self.freshKeyNeeded()) {
@@ -102,32 +122,92 @@
         .then(function () { return self.getAccessKey(); })
         .then(function (key) { self.accessKey = String(key).trim(); self.failedOpens = 0; });
     }
-    ready.then(function () { self.open(); }, function () { self.retry(); });
+    // A key that arrives after stop() (or after stop() and start()) opens nothing.
+    ready.then(function () { if (run === self.run) self.open(); },
+               function () { if (run === self.run) self.retry(); });
+  };
+
+  /** A WebSocket connect just failed before opening: asks the event stream, with the same key,
+   *  whether plain HTTP gets through right now (HEAD /sse runs every check but opens nothing).
+   *  200, twice in a row: WebSockets are what is blocked (a proxy that strips Upgrade), so the
+   *  SSE fallback takes over. Another status (401: the key, refreshed before the next connect;
+   *  429, 503: limits) or no answer (the network or server is down) is not a blocked upgrade. */
+  PushServe.prototype.probe = function () {
+    var self = this;
+    return self.fetch(self.sseUrl + (self.sseUrl.indexOf("?") < 0 ? "?" : "&") + self.query(),
+      { method: "HEAD", cache: "no-store" })
+      .then(function (reply) { return reply.ok; }, function () { return false; })
+      .then(function (httpWorks) {
+        self.wsBlocked = httpWorks ? self.wsBlocked + 1 : 0;
+        if (self.wsBlocked >= 2) {
+          self.transport = "sse";
+          self.wsBlocked = 0;
+        }
+      });
+  };
+
+  PushServe.prototype.query = function () {
+    var query = "uid=" + encodeURIComponent(this.uid) +
+      "&access_key=" + encodeURIComponent(this.accessKey || "") + "&proto=2";
+    if (Object.keys(this.positions).length) {
+      query += "&since=" + encodeURIComponent(JSON.stringify(this.positions));
+    }
+    return query;
   };
 
   PushServe.prototype.open = function () {
     var self = this;
     if (self.stopped) return;
-    var query = "uid=" + encodeURIComponent(self.uid) +
-      "&access_key=" + encodeURIComponent(self.accessKey || "") + "&proto=2";
-    if (Object.keys(self.positions).length) {
-      query += "&since=" + encodeURIComponent(JSON.stringify(self.positions));
-    }
-    var ws = new self.WebSocket(self.url + (self.url.indexOf("?") < 0 ? "?" : "&") + query);
+    if (self.conn) { var old = self.conn; self.conn = null; old.close(1000); }
+    var sse = self.transport === "sse";
+    var base = sse ? self.sseUrl : self.url;
+    var url = base + (base.indexOf("?") < 0 ? "?" : "&") + self.query();
+    var conn = sse ? new self.EventSource(url) : new self.WebSocket(url);
     var opened = false;
-    self.ws = ws;
-    ws.onopen = function () {
+    var said = null;
+    self.conn = conn;
+    // Every handler first checks that its connection is still the current one: one replaced or
+    // closed by stop() may still fire events, and its close must not start a second one.
+    conn.onopen = function () {
+      if (self.conn !== conn) return;
       opened = true;
       self.attempt = 0;
       self.failedOpens = 0;
+      if (sse) self.sseFailures = 0; else self.wsBlocked = 0;
       self.emit("open");
     };
-    ws.onmessage = function (e) { self.receive(e.data); };
-    ws.onclose = function (e) {
-      if (self.ws === ws) self.ws = null;
-      if (!opened) self.failedOpens++;
+    conn.onmessage = function (e) { if (self.conn === conn) self.receive(e.data); };
+    function closed(e) {
+      if (self.conn !== conn) return;
+      self.conn = null;
       self.emit("close", e);
-      self.retry();
+      if (opened) return self.retry();
+      self.failedOpens++;
+      if (sse) {
+        if (++self.sseFailures >= 2) {
+          // The event stream fails too: whatever blocked WebSockets is gone, or never was.
+          self.transport = "ws";
+          self.sseFailures = 0;
+        }
+        return self.retry();
+      }
+      if (!self.EventSource || !self.fetch) return self.retry();
+      var run = self.run;
+      self.probe().then(function () { if (run === self.run) self.retry(); });
+    }
+    if (!sse) {
+      conn.onclose = closed;
+      return;
+    }
+    // The server's last event says why it ends the stream, with the WebSocket close codes.
+    conn.addEventListener("close", function (e) {
+      try { said = JSON.parse(e.data); } catch (x) { said = null; }
+    });
+    // EventSource would reconnect by itself, but with the key and positions it started with;
+    // this client reconnects as after any close instead.
+    conn.onerror = function () {
+      conn.close();
+      closed({ code: said ? said.code : 1006, reason: said ? said.reason : "", transport: "sse" });
     };
   };
 

@@ -11,7 +11,8 @@
 //!   [`registry`] (streams → local sockets, each with a bounded [`outbox`]) and the [`broker`]
 //!   (numbering, history, presence and delivery across nodes: in memory, or Redis).
 //! - [`protocol::native`]: one task per socket writes its queue, answers/sends pings, and
-//!   closes with a documented code ([`wire::CloseReason`]).
+//!   closes with a documented code ([`wire::CloseReason`]). [`protocol::sse`] does the same
+//!   as a `text/event-stream` response (`GET /sse`), for networks that block WebSockets.
 //! - [`wire`]: every encoding, serialized once per message.
 //!
 //! [`run`] ties them together and is what both `main` and the integration tests call.
@@ -73,11 +74,13 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         log::warn!("serving before joining the cluster: sockets and publishes get 503 until redis is reachable");
     }
     let (stop_sockets, stopping) = watch::channel(false);
+    let (stop_accepting, draining) = watch::channel(false);
     let tracker = TaskTracker::new();
-    let sockets = protocol::native::SocketContext {
+    let sockets = protocol::SocketContext {
         hub: hub.clone(),
         heartbeat: config.heartbeat_interval(),
         shutdown: stopping,
+        draining,
     };
     let state = Arc::new(http::AppState::new(
         &config,
@@ -107,6 +110,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         config.header_read_timeout(),
         async {
             shutdown.await;
+            let _ = stop_accepting.send(true);
             log::info!("shutting down: {} sockets open", hub.socket_count());
         },
         phase,

@@ -126,6 +126,16 @@ impl Outbox {
         Some(q.frame)
     }
 
+    /// The next frame to write with its place: the socket's index of its stream (`slot`) and
+    /// its number there (0 if unnumbered). For protocols that tell the client its position
+    /// out of band, such as an SSE event's `id:`.
+    pub fn pop_placed(&self) -> Option<(Frame, u16, u64)> {
+        self.state()
+            .frames
+            .pop_front()
+            .map(|q| (q.frame, q.slot, q.seq))
+    }
+
     /// Why the socket must close, if the registry gave up on it.
     pub fn evicted(&self) -> Option<CloseReason> {
         self.state().evicted

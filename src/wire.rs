@@ -259,7 +259,8 @@ fn control(topic: &str, contents: serde_json::Value) -> Frame {
 /// every one of them (after fetching a new access key if the reconnect is refused with 401).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
-    /// The client closed first; we answer with the same normal closure.
+    /// The client closed first; we echo its close code (1002 if it sent one no endpoint may
+    /// send). `code()` is only what the logs show.
     ClientClosed,
     /// The server is shutting down or restarting: 1001 Going Away. Reconnect with backoff.
     ServerShutdown,
@@ -267,6 +268,8 @@ pub enum CloseReason {
     MessageTooBig,
     /// The client broke the WebSocket protocol: 1002.
     ProtocolError,
+    /// The client sent a text message (or close reason) that is not valid UTF-8: 1007.
+    InvalidPayload,
     /// No pong (or any frame) within one heartbeat interval after a ping: 4000.
     HeartbeatTimeout,
     /// The socket's send queue overflowed because the client reads too slowly: 4008.
@@ -284,6 +287,7 @@ impl CloseReason {
             CloseReason::ClientClosed => 1000,
             CloseReason::ServerShutdown => 1001,
             CloseReason::ProtocolError => 1002,
+            CloseReason::InvalidPayload => 1007,
             CloseReason::MessageTooBig => 1009,
             CloseReason::HeartbeatTimeout => 4000,
             CloseReason::SlowConsumer => 4008,
@@ -297,6 +301,7 @@ impl CloseReason {
             CloseReason::ClientClosed => "bye",
             CloseReason::ServerShutdown => "server shutting down",
             CloseReason::ProtocolError => "protocol error",
+            CloseReason::InvalidPayload => "text is not valid UTF-8",
             CloseReason::MessageTooBig => "message too big",
             CloseReason::HeartbeatTimeout => "heartbeat timeout",
             CloseReason::SlowConsumer => "send queue full: client reads too slowly",

@@ -1,33 +1,34 @@
 //! The browser client library (client/push-serve.js) in real headless Chromium, driven by
-//! tests/browser/run.mjs (playwright-core): reconnects through cut connections, resumes with no
-//! loss or duplicate, refreshes an expired key, dispatches topics. `.ci/run` installs chromium and
-//! the npm package.
+//! playwright-core scripts in tests/browser/:
+//! - run.mjs: reconnects through cut connections, resumes with no loss or duplicate, refreshes
+//!   an expired key, dispatches topics, never keeps a stale socket after stop()/start(), and
+//!   falls back to /sse behind a proxy that refuses WebSocket upgrades;
+//! - example.mjs: examples/page.html served by examples/backend.py, as a person would use it.
+//!
+//! `.ci/run` installs chromium and the npm package.
 
 mod common;
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
 
 use common::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn browser_client_survives_outages_and_key_expiry() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
+
+/// Runs `node tests/browser/<script> <args>` off the async runtime and checks it printed `ok`.
+async fn node(script: &str, args: Vec<String>, ok: &str) {
     assert!(
-        std::path::Path::new(dir)
+        std::path::Path::new(DIR)
             .join("node_modules/playwright-core")
             .exists(),
         "run `npm ci --prefix tests/browser` and install chromium (.ci/run does both)"
     );
-    let s = Server::start(|c| {
-        c.access_key_ttl_secs = 3;
-        c.history_size = 5000;
-    })
-    .await;
-    let (addr, password) = (s.addr.to_string(), s.password.clone());
-    let out = tokio::task::spawn_blocking(move || {
+    let script = format!("{DIR}/{script}");
+    let out: Output = tokio::task::spawn_blocking(move || {
         Command::new("node")
-            .arg(format!("{dir}/run.mjs"))
-            .args([&addr, &password])
+            .arg(script)
+            .args(args)
             .output()
             .expect("node runs")
     })
@@ -40,5 +41,62 @@ async fn browser_client_survives_outages_and_key_expiry() {
         out.status.success(),
         "browser test failed:\n{stdout}\n{stderr}"
     );
-    assert!(stdout.contains("browser client: ok"));
+    assert!(stdout.contains(ok));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_client_survives_outages_and_key_expiry() {
+    let s = Server::start(|c| {
+        c.access_key_ttl_secs = 3;
+        c.history_size = 5000;
+    })
+    .await;
+    node(
+        "run.mjs",
+        vec![s.addr.to_string(), s.password.clone()],
+        "browser client: ok",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_page_connects_through_its_backend_and_shows_pushes() {
+    let s = Server::start(|_| {}).await;
+    let backend = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/backend.py");
+    let mut child = KillOnDrop(
+        Command::new("python3")
+            .arg(backend)
+            .env("PUSH_PASSWORD", &s.password)
+            .env("PUSH_URL", format!("http://{}", s.addr))
+            .env("LISTEN", "127.0.0.1:0")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs examples/backend.py"),
+    );
+    // Its first line says where it listens: "backend on http://127.0.0.1:PORT/ (…)".
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("backend said {line:?}"))
+        .to_string();
+    node(
+        "example.mjs",
+        vec![format!("{url}?uid=demo-user")],
+        "example page: ok",
+    )
+    .await;
+}
+
+/// The backend process, stopped however the test ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -570,7 +570,8 @@ pub fn http(data: &[u8]) {
             let sockets = SocketContext {
                 hub: hub.clone(),
                 heartbeat: config.heartbeat_interval(),
-                shutdown: stopping,
+                shutdown: stopping.clone(),
+                draining: stopping,
             };
             let state = Arc::new(AppState::new(
                 &config,
@@ -827,15 +828,11 @@ pub fn ws_frames(data: &[u8]) {
             let ctx = SocketContext {
                 hub: hub.clone(),
                 heartbeat: HEARTBEAT,
-                shutdown: stopping,
+                shutdown: stopping.clone(),
+                draining: stopping,
             };
             let (client, server) = tokio::io::duplex(DUPLEX_BYTES);
-            let ws = WebSocketStream::from_raw_socket(
-                server,
-                Role::Server,
-                Some(ws_config(FRAME_LIMIT)),
-            )
-            .await;
+            let ws = native::accept(server, ws_config(FRAME_LIMIT)).await;
             let (mut client_rd, mut client_wr) = tokio::io::split(client);
             let user = StreamKey::User("fuzz".into());
             let contents = RawValue::from_string(r#"{"n":1}"#.to_owned()).expect("raw JSON");

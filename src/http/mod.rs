@@ -1,12 +1,16 @@
-//! The HTTP surface as warp filters: `/access` ([`access`]), `/ws` ([`upgrade`]), `/push`,
-//! `/publish`, `/broadcast` ([`publish`]), `/online`, `/stats` ([`query`]); every failure is an
-//! [`ApiError`] turned into the JSON envelope in one place ([`error`]).
+//! The HTTP surface as warp filters: `/access` ([`access`]), `/ws` ([`upgrade`]), `/sse`
+//! ([`events`]), `/push`,
+//! `/publish`, `/broadcast` ([`publish`]), `/online`, `/stats` ([`query`]), `/push-serve.js`
+//! ([`client`]); every failure is an [`ApiError`] turned into the JSON envelope in one place
+//! ([`error`]).
 //!
 //! Routes are matched on path only; each handler checks its own method, so a wrong method is a
 //! 405 and an unknown path a 404, both with the envelope, and no warp rejection ever escapes.
 
 mod access;
+pub mod client;
 pub mod error;
+mod events;
 mod publish;
 mod query;
 mod upgrade;
@@ -28,7 +32,8 @@ use crate::auth::Auth;
 use crate::config::{Config, MAX_UID_BYTES};
 use crate::hub::Hub;
 use crate::limits::{FailureLimiter, PeerAddr};
-use crate::protocol::native::{self, SocketContext};
+use crate::protocol::native;
+use crate::protocol::SocketContext;
 
 pub use error::{ApiError, STORED_HEADER, USER_OFFLINE};
 pub use publish::PUSH_OK;
@@ -221,11 +226,17 @@ pub fn routes(
         |req: Req, state: Arc<AppState>| async move { respond(query::stats(&state, &req).await) },
     );
     let ws_route = warp::path!("ws")
-        .and(common)
+        .and(common.clone())
         .and(warp::ext::optional::<OnUpgrade>())
         .then(|req: Req, state: Arc<AppState>, on_upgrade| async move {
             respond(upgrade::upgrade(&state, &req, on_upgrade).await)
         });
+    let sse_route = warp::path!("sse")
+        .and(common.clone())
+        .then(|req: Req, state: Arc<AppState>| async move { events::events(&state, &req).await });
+    let client_route = warp::path!("push-serve.js")
+        .and(common)
+        .map(|req: Req, _state: Arc<AppState>| respond(client::client_js(&req)));
     let not_found_route = warp::any().map(|| ApiError::NotFound.into_response());
 
     access_route
@@ -240,6 +251,10 @@ pub fn routes(
         .or(stats_route)
         .unify()
         .or(ws_route)
+        .unify()
+        .or(sse_route)
+        .unify()
+        .or(client_route)
         .unify()
         .or(not_found_route)
         .unify()

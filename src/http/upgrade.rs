@@ -1,15 +1,14 @@
 //! `GET /ws?uid&access_key[&proto=2&since=…]`: every check before answering 101, so a refused
 //! page gets a status and the envelope, never an upgrade followed by a close. The socket joins
 //! the hub (and, in a cluster, its node is registered for the socket's streams) before the 101
-//! is written, then the upgraded connection is handed to the native protocol's task.
+//! is written, then the upgraded connection is handed to the native protocol's task. The
+//! checks a page passes to join are here too ([`admit`], [`check_room`]), shared with `/sse`.
 
 use std::collections::HashMap;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::WebSocketStream;
 use warp::http::header::{self, HeaderMap, HeaderValue};
 use warp::http::{Method, StatusCode};
 use warp::reply::Response;
@@ -28,68 +27,27 @@ pub(super) async fn upgrade(
     if req.method != Method::GET {
         return Err(ApiError::MethodNotAllowed("GET"));
     }
-    if let (Some(allowed), Some(origin)) = (&state.allowed_origins, req.headers.get(header::ORIGIN))
-    {
-        if !allowed
-            .iter()
-            .any(|a| origin.as_bytes().eq_ignore_ascii_case(a.as_bytes()))
-        {
-            return Err(ApiError::OriginRefused);
-        }
-    }
-    let params = Params::parse(&req.query)?;
-    let uid = params.uid()?;
-    let topics = state
-        .auth
-        .verify(uid, params.access_key.as_deref().unwrap_or(""))
-        .map_err(ApiError::AccessKey)?;
-    let proto = match params.proto.as_deref() {
-        None | Some("1") => Proto::Seed,
-        Some("2") => Proto::Resumable,
-        Some(_) => return Err(ApiError::BadResume("proto must be 1 or 2")),
-    };
-    let resume: Option<HashMap<String, String>> = match params.since.as_deref() {
-        None | Some("") => None,
-        Some(_) if proto == Proto::Seed => return Err(ApiError::BadResume("since needs proto=2")),
-        Some(json) => Some(serde_json::from_str(json).map_err(|_| {
-            ApiError::BadResume(
-                "since must be a JSON object of stream name to \"generation:number\"",
-            )
-        })?),
-    };
+    let admission = admit(state, req, None)?;
     let accept = websocket_accept(&req.headers).ok_or(ApiError::UpgradeRequired)?;
     let on_upgrade = on_upgrade.ok_or(ApiError::UpgradeRequired)?;
-    if *state.sockets.shutdown.borrow() {
-        return Err(ApiError::ShuttingDown);
-    }
-    // Soft limits: checked before the upgrade, so concurrent upgrades may overshoot slightly.
-    let registry = state.hub.registry();
-    if registry.socket_count() >= state.max_sockets {
-        return Err(ApiError::ServerFull);
-    }
-    if registry.sockets_of(uid) >= state.max_sockets_per_uid {
-        return Err(ApiError::TooManySockets(state.max_sockets_per_uid));
-    }
+    check_room(
+        state,
+        &admission.subscription.uid,
+        *state.sockets.shutdown.borrow(),
+    )?;
 
-    let subscription = Subscription {
-        uid: uid.to_owned(),
-        topics,
-        proto,
-    };
     // Joined before the 101 is written: once the page sees its socket open, a push for its uid
     // finds it (frames queued meanwhile wait in its outbox), and the resume replay is taken now.
-    let session = state.hub.connect(subscription, resume.as_ref()).await?;
+    let session = state
+        .hub
+        .connect(admission.subscription, admission.since.as_ref())
+        .await?;
     let ctx = state.sockets.clone();
     let config = state.ws_config;
     state.tracker.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
+                let ws = native::accept(TokioIo::new(upgraded), config).await;
                 native::serve(ws, session, ctx).await;
             }
             // The connection went away before the upgrade completed; dropping the session
@@ -105,6 +63,84 @@ pub(super) async fn upgrade(
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     Ok(res)
+}
+
+/// A page allowed to join: what it follows and where it resumes from.
+pub(super) struct Admission {
+    /// Its uid, the topics its key grants, its frame format.
+    pub subscription: Subscription,
+    /// Stream name → last position seen, for a resuming page.
+    pub since: Option<HashMap<String, String>>,
+}
+
+/// What `/ws` and `/sse` check alike, in this order: the page's `Origin`, `uid`, `access_key`,
+/// `proto` and `since`. `last_event_id` (an SSE reconnect's `Last-Event-ID`) stands for `since`
+/// when the page asked for `proto=2`.
+pub(super) fn admit(
+    state: &AppState,
+    req: &Req,
+    last_event_id: Option<&str>,
+) -> Result<Admission, ApiError> {
+    if !origin_allowed(state, &req.headers) {
+        return Err(ApiError::OriginRefused);
+    }
+    let params = Params::parse(&req.query)?;
+    let uid = params.uid()?;
+    let topics = state
+        .auth
+        .verify(uid, params.access_key.as_deref().unwrap_or(""))
+        .map_err(ApiError::AccessKey)?;
+    let proto = match params.proto.as_deref() {
+        None | Some("1") => Proto::Seed,
+        Some("2") => Proto::Resumable,
+        Some(_) => return Err(ApiError::BadResume("proto must be 1 or 2")),
+    };
+    let last_event_id = last_event_id.filter(|id| proto == Proto::Resumable && !id.is_empty());
+    let since: Option<HashMap<String, String>> = match last_event_id.or(params.since.as_deref()) {
+        None | Some("") => None,
+        Some(_) if proto == Proto::Seed => return Err(ApiError::BadResume("since needs proto=2")),
+        Some(json) => Some(serde_json::from_str(json).map_err(|_| {
+            ApiError::BadResume(
+                "since must be a JSON object of stream name to \"generation:number\"",
+            )
+        })?),
+    };
+    Ok(Admission {
+        subscription: Subscription {
+            uid: uid.to_owned(),
+            topics,
+            proto,
+        },
+        since,
+    })
+}
+
+/// Whether a browser page from this `Origin` may connect (`allowed_origins`); requests without
+/// `Origin` (apps, backends) may.
+pub(super) fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
+    match (&state.allowed_origins, headers.get(header::ORIGIN)) {
+        (Some(allowed), Some(origin)) => allowed
+            .iter()
+            .any(|a| origin.as_bytes().eq_ignore_ascii_case(a.as_bytes())),
+        _ => true,
+    }
+}
+
+/// The last checks before joining: not shutting down (`stopping`), and room under
+/// `max_sockets` and `max_sockets_per_uid`. Soft limits: checked before the socket joins, so
+/// concurrent connects may overshoot slightly.
+pub(super) fn check_room(state: &AppState, uid: &str, stopping: bool) -> Result<(), ApiError> {
+    if stopping {
+        return Err(ApiError::ShuttingDown);
+    }
+    let registry = state.hub.registry();
+    if registry.socket_count() >= state.max_sockets {
+        return Err(ApiError::ServerFull);
+    }
+    if registry.sockets_of(uid) >= state.max_sockets_per_uid {
+        return Err(ApiError::TooManySockets(state.max_sockets_per_uid));
+    }
+    Ok(())
 }
 
 /// The `Sec-WebSocket-Accept` value if `headers` are a valid RFC 6455 upgrade request.

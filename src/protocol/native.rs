@@ -9,15 +9,17 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::hub::{Hub, Session};
+use super::close_watch::CloseWatch;
+pub use super::SocketContext;
+use crate::hub::Session;
 use crate::outbox::Outbox;
 use crate::wire::{CloseReason, Frame};
 
@@ -41,15 +43,15 @@ pub fn ws_config(max_client_frame_bytes: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_client_frame_bytes))
 }
 
-/// What every socket task shares.
-#[derive(Clone)]
-pub struct SocketContext {
-    /// The hub the socket joined (for its counters).
-    pub hub: Arc<Hub>,
-    /// Ping period; also how long a ping may go unanswered.
-    pub heartbeat: Duration,
-    /// Flips to `true` when the server shuts down.
-    pub shutdown: watch::Receiver<bool>,
+/// A server-side WebSocket over `S`, its reads watched for the client's close frame.
+pub type Socket<S> = WebSocketStream<CloseWatch<S>>;
+
+/// Takes `io`, an upgraded connection, as a server-side WebSocket.
+pub async fn accept<S>(io: S, config: WebSocketConfig) -> Socket<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    WebSocketStream::from_raw_socket(CloseWatch::new(io), Role::Server, Some(config)).await
 }
 
 /// Serves a socket that already joined the hub as `session`, until it closes; leaves the
@@ -60,7 +62,7 @@ pub struct SocketContext {
 /// future lives as long as the socket, once per socket.
 #[allow(clippy::manual_async_fn)]
 pub fn serve<S>(
-    mut ws: WebSocketStream<S>,
+    mut ws: Socket<S>,
     mut session: Session,
     mut ctx: SocketContext,
 ) -> impl std::future::Future<Output = ()>
@@ -94,7 +96,7 @@ where
 
 /// The one cleanup path: on shutdown, write what was queued (pushes already answered with
 /// success); then the close handshake, bounded in time.
-async fn finish<S>(mut ws: WebSocketStream<S>, outbox: Arc<Outbox>, ended: Ended)
+async fn finish<S>(mut ws: Socket<S>, outbox: Arc<Outbox>, ended: Ended)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -269,14 +271,26 @@ fn classify(e: WsError) -> Ended {
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
             Ended::Close(CloseReason::MessageTooBig)
         }
-        WsError::Protocol(_) | WsError::Utf8(_) => Ended::Close(CloseReason::ProtocolError),
+        // The TCP connection ended without a close frame: nobody is left to tell.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Ended::Lost,
+        WsError::Protocol(_) => Ended::Close(CloseReason::ProtocolError),
+        // A text message (or a close reason) that is not UTF-8, in one frame or across
+        // fragments: RFC 6455 7.4.1 gives it its own code.
+        WsError::Utf8(_) => Ended::Close(CloseReason::InvalidPayload),
         _ => Ended::Lost,
     }
 }
 
-/// Sends our close frame (unless the connection is gone) and waits, bounded, for the client's,
-/// so that both sides see a clean close.
-async fn close<S>(ws: &mut WebSocketStream<S>, ended: Ended)
+/// Ends the close handshake, bounded in time, so that both sides see a clean close.
+///
+/// When the page closed first, tungstenite has already queued the echo of its close frame (with
+/// its code, or 1002 if that code is not one a peer may send) and refuses any other frame, so
+/// we only flush that echo; tungstenite then ends the stream and the server drops TCP first, as
+/// RFC 6455 asks. Otherwise we send our close frame and wait for the page's: dropping TCP
+/// while its frames are still unread would make the kernel answer with a reset, which the page
+/// may see instead of our close code. The wait reads raw bytes ([`CloseWatch`] spots the close
+/// frame), because after a protocol error tungstenite reads nothing more.
+async fn close<S>(ws: &mut Socket<S>, ended: Ended)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -284,15 +298,25 @@ where
         return;
     };
     let handshake = async {
+        if reason == CloseReason::ClientClosed {
+            let _ = ws.flush().await;
+            return;
+        }
         let frame = CloseFrame {
             code: reason.close_code(),
             reason: reason.text().into(),
         };
-        // After the client's close, tungstenite has already queued the echo; this flushes it.
         if ws.close(Some(frame)).await.is_err() {
             return;
         }
-        while let Some(Ok(_)) = ws.next().await {}
+        let io = ws.get_mut();
+        let mut sink = [0u8; 256];
+        while !io.peer_closed() {
+            match io.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, handshake).await;
 }

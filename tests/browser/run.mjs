@@ -6,13 +6,9 @@
 import { chromium } from "playwright-core";
 import net from "node:net";
 import http from "node:http";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
 
 const [server, password] = process.argv.slice(2);
 const [host, port] = server.split(":");
-const here = path.dirname(fileURLToPath(import.meta.url));
-const clientJs = path.join(here, "..", "..", "client", "push-serve.js");
 const TOTAL = 1500;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -65,8 +61,10 @@ try {
     const r = await request("GET", "/access?uid=page&topics=news");
     return r.json.contents;
   });
+  await page.exposeFunction("fetchKeyFor", async (uid) => (await request("GET", `/access?uid=${uid}`)).json.contents);
   await page.setContent("<!doctype html><title>push-serve client test</title><body></body>");
-  await page.addScriptTag({ path: clientJs });
+  // The library as push-serve serves it (GET /push-serve.js), as a real page loads it.
+  await page.addScriptTag({ url: `http://${host}:${port}/push-serve.js` });
   await page.evaluate((url) => {
     window.got = []; window.gaps = []; window.news = []; window.opens = 0;
     const push = new PushServe({ url, uid: "page", getAccessKey: () => window.fetchKey(), minDelay: 200, maxDelay: 1000 });
@@ -114,6 +112,8 @@ try {
   else if (opens < 3) failure = `expected reconnects after the outages, saw ${opens} opens`;
   else if (keyFetches < 2) failure = `the expired key was never refreshed (${keyFetches} fetches)`;
   else if (JSON.stringify(news) !== JSON.stringify([{ headline: "hello" }])) failure = `topic dispatch: ${JSON.stringify(news)}`;
+  if (!failure) failure = await stopThenStart(page);
+  if (!failure) failure = await sseFallback(browser);
 } catch (e) {
   failure = e.stack || String(e);
 } finally {
@@ -122,4 +122,103 @@ try {
   keepAlive.destroy();
 }
 if (failure) { console.error("FAILED:", failure); process.exit(1); }
+
+// stop() then start() at once: the first socket's close event arrives after the second socket
+// opened, and must not start a third (which would leave the page with two live sockets).
+async function stopThenStart(page) {
+  const made = await page.evaluate(async (url) => {
+    let made = 0;
+    let closes = 0;
+    class Counting extends WebSocket {
+      constructor(u) { super(u); made++; this.addEventListener("close", () => closes++); }
+    }
+    const push = new PushServe({ url, uid: "restart", WebSocket: Counting, minDelay: 50, maxDelay: 100,
+      getAccessKey: () => window.fetchKeyFor("restart") });
+    const opened = () => new Promise((resolve) => { const h = () => { push.off("open", h); resolve(); }; push.on("open", h); });
+    push.start();
+    await opened();
+    push.stop();
+    push.start();
+    await opened();
+    while (closes < 1) await new Promise((r) => setTimeout(r, 10));
+    // The stale close has been handled. A client that reconnects from it does so within
+    // maxDelay (100 ms); waiting five times that is the only way to see that nothing happens.
+    await new Promise((r) => setTimeout(r, 500));
+    window.restart = push;
+    return made;
+  }, `ws://${host}:${port}/ws`);
+  const sockets = (await request("GET", "/online?uid=restart")).json.number;
+  console.log(JSON.stringify({ stopThenStart: { made, sockets } }));
+  if (made !== 2 || sockets !== 1) return `stop() then start(): ${made} sockets made, ${sockets} open on the server (want 2 and 1)`;
+  return null;
+}
 console.log("browser client: ok");
+
+
+// A network that refuses WebSocket upgrades but passes plain HTTP (a proxy that strips
+// Upgrade): the client must fall back to the event stream (/sse) and, through a cut connection,
+// still get every message once, in order.
+async function sseFallback(browser) {
+  const TOTAL = 300;
+  const hidden = new Set();
+  let blocked = 0;
+  const proxy = net.createServer((client) => {
+    client.once("data", (first) => {
+      if (/\r\nupgrade:\s*websocket/i.test(first.toString("latin1"))) {
+        blocked++;
+        client.end("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+      }
+      const upstream = net.connect(Number(port), host);
+      const pair = { client, upstream };
+      hidden.add(pair);
+      upstream.write(first);
+      client.pipe(upstream).pipe(client);
+      const end = () => { client.destroy(); upstream.destroy(); hidden.delete(pair); };
+      client.on("error", end); upstream.on("error", end); client.on("close", end); upstream.on("close", end);
+    });
+  });
+  await new Promise((r) => proxy.listen(0, "127.0.0.1", r));
+  try {
+    const page = await browser.newPage();
+    page.on("console", (m) => { if (m.type() === "error" && !/WebSocket|net::ERR/.test(m.text())) console.error("page:", m.text()); });
+    await page.exposeFunction("fallbackKey", async () => (await request("GET", "/access?uid=fallback")).json.contents);
+    await page.setContent("<!doctype html><title>push-serve fallback test</title><body></body>");
+    await page.addScriptTag({ url: `http://${host}:${port}/push-serve.js` });
+    await page.evaluate((url) => {
+      window.got = []; window.opens = []; window.closes = 0;
+      const push = new PushServe({ url, uid: "fallback", getAccessKey: () => window.fallbackKey(), minDelay: 100, maxDelay: 400 });
+      push.on("n", (contents) => window.got.push(contents));
+      push.on("open", () => window.opens.push(push.transport));
+      push.on("close", () => window.closes++);
+      push.start();
+      window.fallback = push;
+    }, `ws://127.0.0.1:${proxy.address().port}/ws`);
+    await page.waitForFunction(() => window.opens.length > 0, null, { timeout: 20000 });
+    for (let i = 1; i <= TOTAL; i++) {
+      if (i === 100) {
+        // Cut the event stream; the client reconnects (over SSE) and resumes where it was.
+        const closes = await page.evaluate(() => window.closes);
+        for (const { client, upstream } of hidden) { client.destroy(); upstream.destroy(); }
+        await page.waitForFunction((n) => window.closes > n, closes, { timeout: 10000 });
+      }
+      const r = await request("POST", "/push?uid=fallback", { topic: "n", contents: i });
+      if (r.status !== 200 && r.status !== 404) throw new Error(`push ${i}: ${r.status}`);
+    }
+    await page.waitForFunction((n) => window.got.length >= n, TOTAL, { timeout: 30000 });
+    const { got, opens, transport } = await page.evaluate(() =>
+      ({ got: window.got, opens: window.opens, transport: window.fallback.transport }));
+    const sockets = (await request("GET", "/online?uid=fallback")).json.number;
+    console.log(JSON.stringify({ sseFallback: { received: got.length, opens, blocked, transport, sockets } }));
+    const inOrder = got.length === TOTAL && got.every((v, i) => v === i + 1);
+    if (!inOrder) return `SSE fallback: expected 1..${TOTAL} once each in order, got ${got.length}`;
+    if (transport !== "sse" || opens.some((t) => t !== "sse") || opens.length < 2) return `SSE fallback: opens ${JSON.stringify(opens)}, transport ${transport}`;
+    if (blocked !== 2) return `SSE fallback: ${blocked} WebSocket attempts before falling back (want 2)`;
+    if (sockets !== 1) return `SSE fallback: ${sockets} sockets on the server (want 1)`;
+    await page.close();
+    return null;
+  } finally {
+    proxy.close();
+    for (const { client, upstream } of hidden) { client.destroy(); upstream.destroy(); }
+  }
+}
