@@ -42,8 +42,11 @@ pub enum ConfigError {
 }
 
 /// The daemon's settings. Only `addr` and `password` are required, as in the seed service.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+///
+/// A key absent from the file takes its value from [`Config::new`], the one place defaults are
+/// written (a new field needs a line there, nothing more).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default = "Config::unset")]
 pub struct Config {
     /// Listen address, e.g. `0.0.0.0:8080`.
     pub addr: String,
@@ -52,68 +55,50 @@ pub struct Config {
     pub password: String,
     /// Key for signing access keys. Defaults to one derived from `password`, so keys survive a
     /// restart; set it to rotate keys without changing the password (or vice versa).
-    #[serde(default, deserialize_with = "optional_scalar_string")]
+    #[serde(deserialize_with = "optional_scalar_string")]
     pub secret: Option<String>,
     /// Seconds an access key stays valid for opening sockets (a socket already open is not cut).
-    #[serde(default = "defaults::access_key_ttl_secs")]
     pub access_key_ttl_secs: u64,
     /// Seconds between server pings; a socket that has sent nothing (no pong, no frame) for a
     /// whole interval after a ping is closed.
-    #[serde(default = "defaults::heartbeat_interval_secs")]
     pub heartbeat_interval_secs: f64,
     /// Frames queued per socket before it counts as a slow reader and is closed (code 4008).
-    #[serde(default = "defaults::send_queue_frames")]
     pub send_queue_frames: usize,
     /// Largest `/push` body in bytes (413 above it).
-    #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: usize,
     /// Largest message a client may send on its socket (close code 1009 above it).
-    #[serde(default = "defaults::max_client_frame_bytes")]
     pub max_client_frame_bytes: usize,
     /// Messages kept per stream (a uid's, a topic's, broadcast) for resuming sockets; 0 turns
     /// history and resume off.
-    #[serde(default = "defaults::history_size")]
     pub history_size: usize,
     /// Seconds a message is kept for resuming sockets.
-    #[serde(default = "defaults::history_ttl_secs")]
     pub history_ttl_secs: f64,
     /// Bytes of history kept over all streams, a hard bound: past it a stream drops its own
     /// oldest messages, then keeps no new ones until older history expires.
-    #[serde(default = "defaults::history_max_bytes")]
     pub history_max_bytes: usize,
     /// Most topics one access key may grant.
-    #[serde(default = "defaults::max_topics_per_key")]
     pub max_topics_per_key: usize,
     /// Most uids one `/push` may name.
-    #[serde(default = "defaults::max_uids_per_push")]
     pub max_uids_per_push: usize,
     /// Most sockets open at once; further upgrades get 503.
-    #[serde(default = "defaults::max_sockets")]
     pub max_sockets: usize,
     /// Most sockets one uid may have open; further upgrades for it get 429.
-    #[serde(default = "defaults::max_sockets_per_uid")]
     pub max_sockets_per_uid: usize,
     /// Failed password attempts allowed per client address per minute before that address
     /// gets 429 on `/access`, `/push` and the other backend endpoints; 0 turns it off.
-    #[serde(default = "defaults::auth_failures_per_minute")]
     pub auth_failures_per_minute: u32,
     /// Header carrying the client address when push-serve sits behind a reverse proxy
     /// (e.g. `X-Forwarded-For`, first entry used); unset: the TCP peer address.
-    #[serde(default)]
     pub real_ip_header: Option<String>,
     /// Page origins allowed to open sockets (e.g. `https://shop.example.com`). Unset: any. A
     /// request without `Origin` (not a browser) is always allowed; others get 403.
-    #[serde(default)]
     pub allowed_origins: Option<Vec<String>>,
     /// Seconds allowed for a client to send its request headers.
-    #[serde(default = "defaults::header_read_timeout_secs")]
     pub header_read_timeout_secs: f64,
     /// Seconds to wait, on SIGTERM/SIGINT, for sockets to close and requests to finish.
-    #[serde(default = "defaults::shutdown_timeout_secs")]
     pub shutdown_timeout_secs: f64,
     /// Listen backlog: how many not-yet-accepted connections the kernel queues (capped by
     /// `net.core.somaxconn`). Large, so a burst of reconnects after a restart is not refused.
-    #[serde(default = "defaults::listen_backlog")]
     pub listen_backlog: u32,
 }
 
@@ -139,83 +124,40 @@ fn scalar<'de, D: serde::Deserializer<'de>>(d: D, field: &str) -> Result<String,
     }
 }
 
-mod defaults {
-    pub fn access_key_ttl_secs() -> u64 {
-        3600
-    }
-    pub fn heartbeat_interval_secs() -> f64 {
-        25.0
-    }
-    pub fn send_queue_frames() -> usize {
-        256
-    }
-    pub fn max_body_bytes() -> usize {
-        1 << 20
-    }
-    pub fn max_client_frame_bytes() -> usize {
-        64 << 10
-    }
-    pub fn history_size() -> usize {
-        100
-    }
-    pub fn history_ttl_secs() -> f64 {
-        300.0
-    }
-    pub fn history_max_bytes() -> usize {
-        64 << 20
-    }
-    pub fn max_topics_per_key() -> usize {
-        64
-    }
-    pub fn max_uids_per_push() -> usize {
-        1000
-    }
-    pub fn max_sockets() -> usize {
-        1_000_000
-    }
-    pub fn max_sockets_per_uid() -> usize {
-        64
-    }
-    pub fn auth_failures_per_minute() -> u32 {
-        30
-    }
-    pub fn header_read_timeout_secs() -> f64 {
-        10.0
-    }
-    pub fn shutdown_timeout_secs() -> f64 {
-        10.0
-    }
-    pub fn listen_backlog() -> u32 {
-        4096
-    }
-}
-
 impl Config {
     /// A config with every optional field at its default; tests and embedders start here.
+    /// These are the defaults the README's table and the shipped `conf.yaml` document (a unit
+    /// test compares them).
     pub fn new(addr: impl Into<String>, password: impl Into<String>) -> Config {
         Config {
             addr: addr.into(),
             password: password.into(),
             secret: None,
-            access_key_ttl_secs: defaults::access_key_ttl_secs(),
-            heartbeat_interval_secs: defaults::heartbeat_interval_secs(),
-            send_queue_frames: defaults::send_queue_frames(),
-            max_body_bytes: defaults::max_body_bytes(),
-            max_client_frame_bytes: defaults::max_client_frame_bytes(),
-            history_size: defaults::history_size(),
-            history_ttl_secs: defaults::history_ttl_secs(),
-            history_max_bytes: defaults::history_max_bytes(),
-            max_topics_per_key: defaults::max_topics_per_key(),
-            max_uids_per_push: defaults::max_uids_per_push(),
-            max_sockets: defaults::max_sockets(),
-            max_sockets_per_uid: defaults::max_sockets_per_uid(),
-            auth_failures_per_minute: defaults::auth_failures_per_minute(),
+            access_key_ttl_secs: 3600,
+            heartbeat_interval_secs: 25.0,
+            send_queue_frames: 256,
+            max_body_bytes: 1 << 20,
+            max_client_frame_bytes: 64 << 10,
+            history_size: 100,
+            history_ttl_secs: 300.0,
+            history_max_bytes: 64 << 20,
+            max_topics_per_key: 64,
+            max_uids_per_push: 1000,
+            max_sockets: 1_000_000,
+            max_sockets_per_uid: 64,
+            auth_failures_per_minute: 30,
             real_ip_header: None,
             allowed_origins: None,
-            header_read_timeout_secs: defaults::header_read_timeout_secs(),
-            shutdown_timeout_secs: defaults::shutdown_timeout_secs(),
-            listen_backlog: defaults::listen_backlog(),
+            header_read_timeout_secs: 10.0,
+            shutdown_timeout_secs: 10.0,
+            listen_backlog: 4096,
         }
+    }
+
+    /// What serde starts from: the defaults, with the two required keys empty so that
+    /// [`Config::validate`] reports them missing.
+    fn unset() -> Config {
+        Config::new("", "")
     }
 
     /// Reads and validates a YAML file.
@@ -255,9 +197,18 @@ impl Config {
                 ))
             }
         }
+        if self.addr.is_empty() {
+            return Err(invalid(
+                "addr",
+                "is required: the address to listen on, e.g. 127.0.0.1:8080",
+            ));
+        }
         self.socket_addr()?;
         if self.password.is_empty() {
-            return Err(invalid("password", "must not be empty"));
+            return Err(invalid(
+                "password",
+                "is required and must not be empty: the backends' password",
+            ));
         }
         if matches!(&self.secret, Some(s) if s.is_empty()) {
             return Err(invalid(
@@ -410,9 +361,7 @@ mod tests {
     #[test]
     fn seed_config_parses_with_defaults() {
         let c = Config::parse("addr: 0.0.0.0:8080\npassword: abc123\n", "t").unwrap();
-        assert_eq!(c.addr, "0.0.0.0:8080");
-        assert_eq!(c.access_key_ttl_secs, 3600);
-        assert_eq!(c.listen_backlog, 4096);
+        assert_eq!(c, Config::new("0.0.0.0:8080", "abc123"));
         let numeric = Config::parse("addr: 0.0.0.0:8080\npassword: 123123\n", "t").unwrap();
         assert_eq!(numeric.password, "123123");
     }
