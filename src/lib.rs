@@ -39,12 +39,20 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-pub use config::Config;
+pub use config::{Config, ConfigError};
 
 /// Serves on `listener` until `shutdown` resolves, then shuts down gracefully: stop accepting,
 /// let requests in flight finish, flush what each socket has queued, close every socket with
 /// 1001, and return within `config.shutdown_timeout_secs`.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
+///
+/// `config` is validated first (a caller may have built it in code rather than with
+/// [`Config::load`]); an unusable one is returned as the error before anything is served.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ConfigError> {
+    config.validate()?;
     let hub = Arc::new(hub::Hub::local(
         config.send_queue_frames,
         config.retention(),
@@ -100,6 +108,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     }
     sweeper.abort();
     log::info!("shutdown complete");
+    Ok(())
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (systemd stop).
@@ -123,5 +132,23 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config built in code skips `Config::load`; `run` must refuse it rather than panic
+    /// later (a zero heartbeat used to panic in `tokio::time::interval`).
+    #[tokio::test]
+    async fn run_refuses_an_invalid_config_instead_of_panicking() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut config = Config::new("127.0.0.1:0", "pw");
+        config.heartbeat_interval_secs = 0.0;
+        let err = run(listener, config, std::future::pending())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("heartbeat_interval_secs"), "{err}");
     }
 }

@@ -50,8 +50,13 @@ fn main() -> ExitCode {
             env!("CARGO_PKG_VERSION"),
             addr
         );
-        push_serve::run(listener, config, push_serve::shutdown_signal()).await;
-        ExitCode::SUCCESS
+        match push_serve::run(listener, config, push_serve::shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("push-serve: {e}");
+                ExitCode::from(1)
+            }
+        }
     })
 }
 
