@@ -6,13 +6,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_yaml::Value;
 
 /// Longest accepted uid, in bytes. Uids are map keys and part of every access key's MAC input;
 /// a bound keeps a hostile query from costing memory.
 pub const MAX_UID_BYTES: usize = 256;
 
-/// Why a configuration could not be used. Each message names the field, so an operator can fix
-/// `conf.yaml` from the one line `push-serve` prints before exiting.
+/// Why a configuration could not be used. Each message is one line in plain words that names
+/// the key (and, from a file, its line), so an operator can fix `conf.yaml` from the line
+/// `push-serve` prints before exiting.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
@@ -23,22 +25,29 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The YAML did not parse or a field had the wrong type (serde names the field).
-    #[error("config file {path}: {message}")]
+    /// Something in a config file: not YAML, an unknown key, a value of the wrong kind or out
+    /// of range.
+    #[error("config file {path}{}: {message}", at_line(.line))]
     Parse {
         /// The path that was read.
         path: String,
-        /// serde_yaml's description, which names the field and its line.
+        /// The line the problem is on, when it is known.
+        line: Option<usize>,
+        /// What is wrong, naming the key.
         message: String,
     },
     /// A field parsed but its value is not usable.
-    #[error("config field `{field}`: {reason}")]
+    #[error("`{field}` {reason}")]
     Invalid {
         /// The offending field.
         field: &'static str,
         /// What is wrong with it.
         reason: String,
     },
+}
+
+fn at_line(line: &Option<usize>) -> String {
+    line.map(|l| format!(", line {l}")).unwrap_or_default()
 }
 
 /// The daemon's settings. Only `addr` and `password` are required, as in the seed service.
@@ -48,14 +57,14 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default = "Config::unset")]
 pub struct Config {
-    /// Listen address, e.g. `0.0.0.0:8080`.
+    /// Listen address, e.g. `127.0.0.1:8080`.
     pub addr: String,
-    /// Shared secret of the business backends: required on `/access` and `/push`.
-    #[serde(deserialize_with = "scalar_string")]
+    /// Shared secret of the business backends: required on every backend endpoint (`/access`,
+    /// `/push`, `/publish`, `/broadcast`, `/online`, `/stats`). YAML text taken as written;
+    /// see [`Config::parse`] for numbers.
     pub password: String,
     /// Key for signing access keys. Defaults to one derived from `password`, so keys survive a
     /// restart; set it to rotate keys without changing the password (or vice versa).
-    #[serde(deserialize_with = "optional_scalar_string")]
     pub secret: Option<String>,
     /// Seconds an access key stays valid for opening sockets (a socket already open is not cut).
     pub access_key_ttl_secs: u64,
@@ -100,28 +109,6 @@ pub struct Config {
     /// Listen backlog: how many not-yet-accepted connections the kernel queues (capped by
     /// `net.core.somaxconn`). Large, so a burst of reconnects after a restart is not refused.
     pub listen_backlog: u32,
-}
-
-/// Accepts `password: abc123` and also `password: 123123` (YAML reads the latter as a number;
-/// the seed's Go service took it as the string, so we do too).
-fn scalar_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    scalar(d, "password")
-}
-
-fn optional_scalar_string<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<String>, D::Error> {
-    scalar(d, "secret").map(Some)
-}
-
-fn scalar<'de, D: serde::Deserializer<'de>>(d: D, field: &str) -> Result<String, D::Error> {
-    match serde_yaml::Value::deserialize(d)? {
-        serde_yaml::Value::String(s) => Ok(s),
-        serde_yaml::Value::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
-        _ => Err(serde::de::Error::custom(format!(
-            "`{field}` must be a string (put quotes around it)"
-        ))),
-    }
 }
 
 impl Config {
@@ -170,12 +157,41 @@ impl Config {
     }
 
     /// Parses and validates YAML text; `origin` names the source in errors.
+    ///
+    /// `password` and `secret` are taken as the text written, so `password: 123123` is the
+    /// string `123123` (the seed's habit). A value YAML itself reads as something else
+    /// (`0x1F` is 31, `1e3` is 1000, `true`, `null`) must be quoted: other tools reading the same
+    /// file would otherwise disagree with push-serve about the password.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+        let in_file = |line: Option<usize>, message: String| ConfigError::Parse {
             path: origin.to_string(),
-            message: e.to_string(),
+            line,
+            message,
+        };
+        let config: Config = serde_yaml::from_str(text).map_err(|e| {
+            let (line, message) = explain(&e, text);
+            in_file(line, message)
         })?;
-        config.validate()?;
+        // It parsed as a Config just above, so it parses as YAML.
+        let values: Value = serde_yaml::from_str(text).unwrap_or(Value::Null);
+        for (key, written) in [
+            ("password", Some(config.password.as_str())),
+            ("secret", config.secret.as_deref()),
+        ] {
+            if !read_as_written(values.get(key), written) {
+                return Err(in_file(
+                    line_of(text, key),
+                    format!(
+                        "`{key}` must be text, but YAML reads this value as a number, \
+                         true/false or null: put it in quotes"
+                    ),
+                ));
+            }
+        }
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid { field, .. } => in_file(line_of(text, field), e.to_string()),
+            e => e,
+        })?;
         Ok(config)
     }
 
@@ -185,16 +201,6 @@ impl Config {
             ConfigError::Invalid {
                 field,
                 reason: reason.into(),
-            }
-        }
-        fn secs(field: &'static str, v: f64, min: f64, max: f64) -> Result<(), ConfigError> {
-            if v.is_finite() && v >= min && v <= max {
-                Ok(())
-            } else {
-                Err(invalid(
-                    field,
-                    format!("must be between {min} and {max} seconds, got {v}"),
-                ))
             }
         }
         if self.addr.is_empty() {
@@ -213,90 +219,52 @@ impl Config {
         if matches!(&self.secret, Some(s) if s.is_empty()) {
             return Err(invalid(
                 "secret",
-                "must not be empty when set (omit it to derive one from password)",
+                "must not be empty when set (leave it out to derive one from password)",
             ));
         }
-        if self.access_key_ttl_secs == 0 || self.access_key_ttl_secs > 366 * 24 * 3600 {
-            return Err(invalid(
-                "access_key_ttl_secs",
-                "must be between 1 and 31622400 (a year)",
-            ));
-        }
-        secs(
-            "heartbeat_interval_secs",
-            self.heartbeat_interval_secs,
-            0.01,
-            3600.0,
-        )?;
-        secs(
-            "header_read_timeout_secs",
-            self.header_read_timeout_secs,
-            0.01,
-            3600.0,
-        )?;
-        secs(
-            "shutdown_timeout_secs",
-            self.shutdown_timeout_secs,
-            0.0,
-            3600.0,
-        )?;
-        if self.send_queue_frames == 0 || self.send_queue_frames > 1 << 20 {
-            return Err(invalid(
-                "send_queue_frames",
-                "must be between 1 and 1048576",
-            ));
-        }
-        if self.max_body_bytes < 64 || self.max_body_bytes > 1 << 30 {
-            return Err(invalid(
-                "max_body_bytes",
-                "must be between 64 and 1073741824",
-            ));
-        }
-        if self.max_client_frame_bytes < 125 || self.max_client_frame_bytes > 1 << 30 {
-            return Err(invalid(
-                "max_client_frame_bytes",
-                "must be between 125 and 1073741824",
-            ));
-        }
-        if self.history_size > 1 << 20 {
-            return Err(invalid(
-                "history_size",
-                "must be at most 1048576 (0 turns history off)",
-            ));
-        }
-        secs(
-            "history_ttl_secs",
-            self.history_ttl_secs,
-            0.001,
-            7.0 * 24.0 * 3600.0,
-        )?;
-        if self.history_max_bytes > 1 << 40 {
-            return Err(invalid("history_max_bytes", "must be at most 1 TiB"));
-        }
-        if self.max_topics_per_key == 0 || self.max_topics_per_key > 10_000 {
-            return Err(invalid("max_topics_per_key", "must be between 1 and 10000"));
-        }
-        if self.max_uids_per_push == 0 || self.max_uids_per_push > 1_000_000 {
-            return Err(invalid(
-                "max_uids_per_push",
-                "must be between 1 and 1000000",
-            ));
-        }
-        if self.max_sockets == 0 {
-            return Err(invalid("max_sockets", "must be at least 1"));
-        }
-        if self.max_sockets_per_uid == 0 {
-            return Err(invalid("max_sockets_per_uid", "must be at least 1"));
+        for (key, value) in [
+            ("access_key_ttl_secs", self.access_key_ttl_secs as f64),
+            ("heartbeat_interval_secs", self.heartbeat_interval_secs),
+            ("send_queue_frames", self.send_queue_frames as f64),
+            ("max_body_bytes", self.max_body_bytes as f64),
+            ("max_client_frame_bytes", self.max_client_frame_bytes as f64),
+            ("history_size", self.history_size as f64),
+            ("history_ttl_secs", self.history_ttl_secs),
+            ("history_max_bytes", self.history_max_bytes as f64),
+            ("max_topics_per_key", self.max_topics_per_key as f64),
+            ("max_uids_per_push", self.max_uids_per_push as f64),
+            ("max_sockets", self.max_sockets as f64),
+            ("max_sockets_per_uid", self.max_sockets_per_uid as f64),
+            (
+                "auth_failures_per_minute",
+                f64::from(self.auth_failures_per_minute),
+            ),
+            ("header_read_timeout_secs", self.header_read_timeout_secs),
+            ("shutdown_timeout_secs", self.shutdown_timeout_secs),
+            ("listen_backlog", f64::from(self.listen_backlog)),
+        ] {
+            let range = Range::of(key).expect("every numeric setting has a range");
+            if !range.contains(value) {
+                return Err(invalid(range.key, format!("{}, got {value}", range.rule())));
+            }
         }
         if let Some(h) = &self.real_ip_header {
             if warp::http::HeaderName::from_bytes(h.as_bytes()).is_err() {
                 return Err(invalid(
                     "real_ip_header",
-                    format!("`{h}` is not a header name"),
+                    format!("must be a header name such as X-Forwarded-For, got `{h}`"),
                 ));
             }
         }
         if let Some(origins) = &self.allowed_origins {
+            if origins.is_empty() {
+                return Err(invalid(
+                    "allowed_origins",
+                    "is an empty list, which would refuse every browser's socket: list your \
+                     pages' origins, e.g. [\"https://shop.example.com\"], or leave the key out \
+                     to allow any origin",
+                ));
+            }
             if let Some(bad) = origins
                 .iter()
                 .find(|o| !(o.starts_with("http://") || o.starts_with("https://")))
@@ -307,9 +275,6 @@ impl Config {
                 ));
             }
         }
-        if self.listen_backlog == 0 || self.listen_backlog > 65535 {
-            return Err(invalid("listen_backlog", "must be between 1 and 65535"));
-        }
         Ok(())
     }
 
@@ -318,7 +283,7 @@ impl Config {
         self.addr.parse().map_err(|_| ConfigError::Invalid {
             field: "addr",
             reason: format!(
-                "`{}` is not an IP:port address such as 0.0.0.0:8080",
+                "must be an IP:port address such as 127.0.0.1:8080, got `{}`",
                 self.addr
             ),
         })
@@ -354,6 +319,310 @@ impl Config {
     }
 }
 
+/// The range a numeric setting accepts. [`Config::validate`] checks values against it and a
+/// value of the wrong type (`send_queue_frames: many`) is described with it, so both errors
+/// tell the operator the same thing.
+struct Range {
+    key: &'static str,
+    /// Whole numbers only (the field is an integer).
+    whole: bool,
+    /// What the number counts, for the message ("seconds", "bytes"); may be empty.
+    unit: &'static str,
+    min: f64,
+    max: f64,
+    /// Said after the range, e.g. what 0 means.
+    note: &'static str,
+}
+
+const fn whole(key: &'static str, unit: &'static str, min: u64, max: u64) -> Range {
+    Range {
+        key,
+        whole: true,
+        unit,
+        min: min as f64,
+        max: max as f64,
+        note: "",
+    }
+}
+
+const fn seconds(key: &'static str, min: f64, max: f64) -> Range {
+    Range {
+        key,
+        whole: false,
+        unit: "seconds",
+        min,
+        max,
+        note: "",
+    }
+}
+
+const fn noted(range: Range, note: &'static str) -> Range {
+    Range { note, ..range }
+}
+
+const RANGES: &[Range] = &[
+    noted(
+        whole("access_key_ttl_secs", "seconds", 1, 366 * 24 * 3600),
+        "a year",
+    ),
+    seconds("heartbeat_interval_secs", 0.01, 3600.0),
+    whole("send_queue_frames", "frames", 1, 1 << 20),
+    whole("max_body_bytes", "bytes", 64, 1 << 30),
+    whole("max_client_frame_bytes", "bytes", 125, 1 << 30),
+    noted(
+        whole("history_size", "messages", 0, 1 << 20),
+        "0 turns history off",
+    ),
+    seconds("history_ttl_secs", 0.001, 7.0 * 24.0 * 3600.0),
+    noted(whole("history_max_bytes", "bytes", 0, 1 << 40), "1 TiB"),
+    whole("max_topics_per_key", "", 1, 10_000),
+    whole("max_uids_per_push", "", 1, 1_000_000),
+    whole("max_sockets", "", 1, 1 << 30),
+    whole("max_sockets_per_uid", "", 1, 1 << 30),
+    noted(
+        whole("auth_failures_per_minute", "", 0, 1_000_000),
+        "0 turns the lockout off",
+    ),
+    seconds("header_read_timeout_secs", 0.01, 3600.0),
+    seconds("shutdown_timeout_secs", 0.0, 3600.0),
+    whole("listen_backlog", "", 1, 65535),
+];
+
+impl Range {
+    fn of(key: &str) -> Option<&'static Range> {
+        RANGES.iter().find(|r| r.key == key)
+    }
+
+    fn contains(&self, v: f64) -> bool {
+        v.is_finite() && v >= self.min && v <= self.max && (!self.whole || v.fract() == 0.0)
+    }
+
+    /// "must be a whole number of seconds from 1 to 31622400 (a year)"
+    fn rule(&self) -> String {
+        let kind = if self.whole {
+            "a whole number"
+        } else {
+            "a number"
+        };
+        let unit = if self.unit.is_empty() {
+            String::new()
+        } else {
+            format!(" of {}", self.unit)
+        };
+        let note = if self.note.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", self.note)
+        };
+        format!(
+            "must be {kind}{unit} from {} to {}{note}",
+            self.min, self.max
+        )
+    }
+}
+
+/// The keys a config file may have, as serde's derive lists them for [`Config`] (so a new field
+/// is known here without a second list to keep).
+pub fn known_keys() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+
+    /// A deserializer that only records the field names `Config` asks for, then stops.
+    struct FieldNames;
+    #[derive(Debug)]
+    struct Found(&'static [&'static str]);
+    impl std::fmt::Display for Found {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("field names")
+        }
+    }
+    impl std::error::Error for Found {}
+    impl de::Error for Found {
+        fn custom<T: std::fmt::Display>(_: T) -> Found {
+            Found(&[])
+        }
+    }
+    impl<'de> de::Deserializer<'de> for FieldNames {
+        type Error = Found;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Found> {
+            Err(Found(&[]))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Found> {
+            Err(Found(fields))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+    match Config::deserialize(FieldNames) {
+        Err(Found(fields)) => fields,
+        Ok(_) => &[],
+    }
+}
+
+/// The known key nearest to a misspelt one, if it is near enough to be what was meant.
+fn closest_key(unknown: &str) -> Option<&'static str> {
+    let (distance, key) = known_keys()
+        .iter()
+        .map(|k| (edit_distance(unknown, k), *k))
+        .min()?;
+    (distance <= unknown.len().max(key.len()) / 2).then_some(key)
+}
+
+/// Levenshtein distance over bytes (keys are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// The 1-based line where `key:` is set, if it is written as a block mapping key.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|line| {
+            line.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with(':'))
+        })
+        .map(|i| i + 1)
+}
+
+/// Whether YAML reads `value` as the text push-serve took (`written`): any string, plain decimal
+/// digits (no leading zero, which YAML 1.1 tools read as octal), or nothing at all.
+fn read_as_written(value: Option<&Value>, written: Option<&str>) -> bool {
+    match (value, written) {
+        (None | Some(Value::String(_)), _) | (Some(Value::Null), None | Some("")) => true,
+        (Some(Value::Number(_)), Some(text)) => {
+            text.bytes().all(|b| b.is_ascii_digit()) && (text == "0" || !text.starts_with('0'))
+        }
+        _ => false,
+    }
+}
+
+/// serde_yaml's error in plain words, with the line it is on when known.
+fn explain(e: &serde_yaml::Error, text: &str) -> (Option<usize>, String) {
+    let yaml_line = e.location().map(|l| l.line());
+    let full = e.to_string();
+    // serde_yaml appends " at line L column C"; the line is reported separately.
+    let message = match full.rfind(" at line ") {
+        Some(i) if yaml_line.is_some() => &full[..i],
+        _ => full.as_str(),
+    };
+    let backticked = |prefix: &str| {
+        message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_owned)
+    };
+    if let Some(key) = backticked("unknown field `") {
+        let hint = match closest_key(&key) {
+            Some(known) => format!("did you mean `{known}`?"),
+            None => "README.md's Configuration table lists every key".to_owned(),
+        };
+        return (
+            line_of(text, &key).or(yaml_line),
+            format!("unknown key `{key}`: {hint}"),
+        );
+    }
+    if let Some(key) = backticked("duplicate field `") {
+        let last = text
+            .lines()
+            .enumerate()
+            .filter(|(_, line)| line_of(line, &key).is_some())
+            .last()
+            .map(|(i, _)| i + 1);
+        return (
+            last.or(yaml_line),
+            format!("`{key}` is set twice: keep one of the lines"),
+        );
+    }
+    // "send_queue_frames: invalid type: string \"many\", expected usize"; list elements are
+    // "allowed_origins[1]: …".
+    if let Some((path, problem)) = message.split_once(": ") {
+        let key = path.split('[').next().unwrap_or(path);
+        if let Some(&key) = known_keys().iter().find(|k| **k == key) {
+            let expected = problem.rsplit(", expected ").next().unwrap_or("");
+            let got = serde_yaml::from_str::<Value>(text)
+                .ok()
+                .and_then(|v| v.get(key).and_then(shown))
+                .filter(|_| !is_secret(key) && !path.contains('['))
+                .map(|v| format!(", got {v}"))
+                .unwrap_or_default();
+            return (
+                line_of(text, key).or(yaml_line),
+                format!("`{key}` {}{got}", requirement(key, expected)),
+            );
+        }
+    }
+    if message.contains("expected struct Config") {
+        return (
+            yaml_line,
+            "must be `key: value` lines, one setting per line (see the shipped conf.yaml)"
+                .to_owned(),
+        );
+    }
+    (yaml_line, format!("not valid YAML: {message}"))
+}
+
+fn is_secret(key: &str) -> bool {
+    matches!(key, "password" | "secret")
+}
+
+/// A scalar value as the operator wrote it, short; `None` for lists and mappings.
+fn shown(value: &Value) -> Option<String> {
+    let text = match value {
+        Value::Null => "nothing".to_owned(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) if s.chars().count() > 40 => {
+            format!("\"{}…\"", s.chars().take(40).collect::<String>())
+        }
+        Value::String(s) => format!("{s:?}"),
+        Value::Sequence(_) => "a list".to_owned(),
+        Value::Mapping(_) => "a mapping".to_owned(),
+        Value::Tagged(_) => return None,
+    };
+    Some(text)
+}
+
+/// What `key` accepts, in words: its range for numbers, else from the type serde expected.
+fn requirement(key: &str, expected: &str) -> String {
+    if let Some(range) = Range::of(key) {
+        return range.rule();
+    }
+    let words = match key {
+        "addr" => "an IP:port address such as 127.0.0.1:8080",
+        "real_ip_header" => "a header name such as X-Forwarded-For",
+        "allowed_origins" => "a list of origins such as [\"https://shop.example.com\"]",
+        _ => match expected {
+            "a string" | "a borrowed string" => "a string",
+            "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a whole number ≥ 0",
+            "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number",
+            "f32" | "f64" => "a number",
+            "a boolean" => "true or false",
+            "a sequence" => "a list",
+            other => return format!("must be {other}"),
+        },
+    };
+    format!("must be {words}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,6 +633,88 @@ mod tests {
         assert_eq!(c, Config::new("0.0.0.0:8080", "abc123"));
         let numeric = Config::parse("addr: 0.0.0.0:8080\npassword: 123123\n", "t").unwrap();
         assert_eq!(numeric.password, "123123");
+    }
+
+    fn error(yaml: &str) -> String {
+        let yaml = format!("addr: 127.0.0.1:8080\npassword: x\n{yaml}");
+        Config::parse(&yaml, "conf.yaml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn an_unknown_key_gets_the_closest_known_one_not_the_whole_list() {
+        let err = error("heartbeat_secs: 3\n");
+        assert_eq!(
+            err,
+            "config file conf.yaml, line 3: unknown key `heartbeat_secs`: \
+             did you mean `heartbeat_interval_secs`?"
+        );
+        assert!(error("max_socket: 3\n").ends_with("did you mean `max_sockets`?"));
+        let unrelated = error("colour: blue\n");
+        assert!(unrelated.contains("unknown key `colour`"), "{unrelated}");
+        assert!(!unrelated.contains("listen_backlog"), "{unrelated}");
+    }
+
+    #[test]
+    fn type_errors_are_in_plain_words_with_the_range() {
+        let err = error("send_queue_frames: many\n");
+        assert_eq!(
+            err,
+            "config file conf.yaml, line 3: `send_queue_frames` must be a whole number of \
+             frames from 1 to 1048576, got \"many\""
+        );
+        let err = error("access_key_ttl_secs: 0\n");
+        assert!(
+            err.contains("must be a whole number of seconds from 1 to"),
+            "{err}"
+        );
+        assert!(error("history_ttl_secs: soon\n").contains("must be a number of seconds"));
+        assert!(error("max_sockets: -1\n").contains("got -1"));
+        assert!(error("secret: [a]\n").ends_with("`secret` must be a string"));
+        for yaml in [
+            "max_body_bytes: x\n",
+            "heartbeat_interval_secs: x\n",
+            "secret: [a]\n",
+        ] {
+            let err = error(yaml);
+            for rust in ["u64", "usize", "f64", "invalid type", "expected"] {
+                assert!(!err.contains(rust), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_password_yaml_reads_as_a_number_must_be_quoted() {
+        for value in ["0x1F", "1e3", "1.5", "true", "null", "~", "0o17"] {
+            let yaml = format!("addr: 127.0.0.1:8080\npassword: {value}\n");
+            let err = Config::parse(&yaml, "t").unwrap_err().to_string();
+            assert!(err.contains("put it in quotes"), "{value}: {err}");
+            if value.bytes().any(|b| b.is_ascii_digit()) {
+                assert!(
+                    !err.contains(value),
+                    "the error repeats the password: {err}"
+                );
+            }
+            let quoted = format!("addr: 127.0.0.1:8080\npassword: \"{value}\"\n");
+            assert_eq!(Config::parse(&quoted, "t").unwrap().password, value);
+        }
+        let secret = "addr: 127.0.0.1:8080\npassword: x\nsecret: 0x1F\n";
+        assert!(Config::parse(secret, "t").is_err());
+    }
+
+    #[test]
+    fn an_empty_allowed_origins_list_is_refused() {
+        let err = error("allowed_origins: []\n");
+        assert!(err.contains("would refuse every browser"), "{err}");
+        let one = "addr: 127.0.0.1:8080\npassword: x\nallowed_origins: [\"https://a.example\"]\n";
+        assert!(Config::parse(one, "t").is_ok());
+    }
+
+    #[test]
+    fn every_numeric_range_is_a_key_and_the_defaults_are_in_range() {
+        for range in RANGES {
+            assert!(known_keys().contains(&range.key), "{}", range.key);
+        }
+        Config::new("127.0.0.1:1", "x").validate().unwrap();
     }
 
     #[test]

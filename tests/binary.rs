@@ -45,6 +45,16 @@ fn bad_config_is_one_line_naming_the_field_and_a_failure_exit() {
             "addr: 127.0.0.1:0\npassword: x\nsend_queue_frames: many\n",
             "send_queue_frames",
         ),
+        (
+            "hex-password",
+            "addr: 127.0.0.1:0\npassword: 0x1F\n",
+            "`password` must be text",
+        ),
+        (
+            "no-origins",
+            "addr: 127.0.0.1:0\npassword: x\nallowed_origins: []\n",
+            "`allowed_origins` is an empty list",
+        ),
     ];
     for (name, yaml, field) in cases {
         let out = Command::new(BIN)
@@ -55,6 +65,8 @@ fn bad_config_is_one_line_naming_the_field_and_a_failure_exit() {
         assert!(!out.status.success(), "{name}: exit {:?}", out.status);
         assert_eq!(stderr.trim().lines().count(), 1, "{name}: {stderr}");
         assert!(stderr.contains(field), "{name}: {stderr}");
+        // Plain words, not serde's: no Rust type names.
+        assert!(!stderr.contains("expected"), "{name}: {stderr}");
     }
     let out = Command::new(BIN)
         .args(["--config", "/nonexistent/conf.yaml"])
