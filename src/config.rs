@@ -5,12 +5,16 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 
 /// Longest accepted uid, in bytes. Uids are map keys and part of every access key's MAC input;
 /// a bound keeps a hostile query from costing memory.
 pub const MAX_UID_BYTES: usize = 256;
+
+/// The password of the shipped `conf.yaml` and the README's examples. It is public, so
+/// [`Config::validate`] refuses it on any address but loopback.
+pub const SAMPLE_PASSWORD: &str = "abc123";
 
 /// Why a configuration could not be used. Each message is one line in plain words that names
 /// the key (and, from a file, its line), so an operator can fix `conf.yaml` from the line
@@ -54,7 +58,7 @@ fn at_line(line: &Option<usize>) -> String {
 ///
 /// A key absent from the file takes its value from [`Config::new`], the one place defaults are
 /// written (a new field needs a line there, nothing more).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default = "Config::unset")]
 pub struct Config {
     /// Listen address, e.g. `127.0.0.1:8080`.
@@ -209,11 +213,21 @@ impl Config {
                 "is required: the address to listen on, e.g. 127.0.0.1:8080",
             ));
         }
-        self.socket_addr()?;
+        let addr = self.socket_addr()?;
         if self.password.is_empty() {
             return Err(invalid(
                 "password",
                 "is required and must not be empty: the backends' password",
+            ));
+        }
+        if self.password == SAMPLE_PASSWORD && !addr.ip().is_loopback() {
+            return Err(invalid(
+                "password",
+                format!(
+                    "is still the published sample `{SAMPLE_PASSWORD}` and addr {addr} is \
+                     reachable from other machines: set a password of your own in the config \
+                     file (e.g. the output of `openssl rand -hex 24`), or listen on 127.0.0.1"
+                ),
             ));
         }
         if matches!(&self.secret, Some(s) if s.is_empty()) {
@@ -629,10 +643,66 @@ mod tests {
 
     #[test]
     fn seed_config_parses_with_defaults() {
-        let c = Config::parse("addr: 0.0.0.0:8080\npassword: abc123\n", "t").unwrap();
-        assert_eq!(c, Config::new("0.0.0.0:8080", "abc123"));
+        let c = Config::parse("addr: 0.0.0.0:8080\npassword: s3cret\n", "t").unwrap();
+        assert_eq!(c, Config::new("0.0.0.0:8080", "s3cret"));
         let numeric = Config::parse("addr: 0.0.0.0:8080\npassword: 123123\n", "t").unwrap();
         assert_eq!(numeric.password, "123123");
+    }
+
+    #[test]
+    fn the_sample_password_is_refused_off_loopback() {
+        for addr in ["0.0.0.0:8080", "[::]:8080", "192.0.2.7:80"] {
+            let err = Config::new(addr, SAMPLE_PASSWORD)
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("`password` is still the published sample"),
+                "{err}"
+            );
+            assert!(err.contains("openssl rand"), "{err}");
+        }
+        for addr in ["127.0.0.1:8080", "[::1]:8080"] {
+            Config::new(addr, SAMPLE_PASSWORD).validate().unwrap();
+        }
+    }
+
+    /// The shipped conf.yaml is the documented example: every key is in it, and uncommented it
+    /// gives the defaults (keys unset by default show an example instead). The README's table
+    /// has a row for every key.
+    #[test]
+    fn shipped_conf_yaml_and_readme_list_every_key_at_its_default() {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let shipped = std::fs::read_to_string(format!("{root}/conf.yaml")).unwrap();
+        let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+        let uncommented: String = shipped
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if known_keys().iter().any(|k| line_of(rest, k).is_some()) => rest,
+                _ => line,
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let config = Config::parse(&uncommented, "conf.yaml").unwrap();
+        let defaults = serde_yaml::to_value(Config::new(&config.addr, &config.password)).unwrap();
+        let shown = serde_yaml::to_value(&config).unwrap();
+        for key in known_keys() {
+            assert!(
+                line_of(&uncommented, key).is_some(),
+                "conf.yaml lacks `{key}`"
+            );
+            if !defaults[key].is_null() {
+                assert_eq!(
+                    shown[key], defaults[key],
+                    "conf.yaml shows `{key}` off its default"
+                );
+            }
+            assert!(
+                readme.contains(&format!("| `{key}` |")),
+                "README lacks `{key}`"
+            );
+        }
+        assert!(config.socket_addr().unwrap().ip().is_loopback());
     }
 
     fn error(yaml: &str) -> String {

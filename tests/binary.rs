@@ -46,6 +46,11 @@ fn bad_config_is_one_line_naming_the_field_and_a_failure_exit() {
             "send_queue_frames",
         ),
         (
+            "sample-password-on-every-interface",
+            "addr: 0.0.0.0:0\npassword: abc123\n",
+            "set a password of your own",
+        ),
+        (
             "hex-password",
             "addr: 127.0.0.1:0\npassword: 0x1F\n",
             "`password` must be text",
