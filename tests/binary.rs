@@ -81,6 +81,66 @@ fn bad_config_is_one_line_naming_the_field_and_a_failure_exit() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/conf.yaml"));
 }
 
+fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn version_help_and_every_spelling_of_the_config_option() {
+    let (code, stdout, _) = run(&["--version"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        stdout.trim(),
+        format!("push-serve {}", env!("CARGO_PKG_VERSION"))
+    );
+    let (code, help, _) = run(&["--help"]);
+    assert_eq!(code, Some(0));
+    for option in [
+        "-c, --config PATH",
+        "--config=PATH",
+        "--check-config",
+        "--version",
+    ] {
+        assert!(help.contains(option), "--help lacks {option}: {help}");
+    }
+    let (code, _, stderr) = run(&["--frobnicate"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("--frobnicate"), "{stderr}");
+
+    // The shipped conf.yaml is valid as it is.
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/conf.yaml");
+    let (code, stdout, stderr) = run(&["--check-config", "--config", shipped]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.trim().ends_with("conf.yaml: ok"), "{stdout}");
+
+    let bad = temp_config(
+        "check-bad",
+        "addr: 127.0.0.1:0\npassword: x\nmax_socket: 5\n",
+    );
+    let bad = bad.to_str().unwrap();
+    for args in [
+        vec!["--check-config", "-c", bad],
+        vec!["--check-config", "--config", bad],
+        vec![&*format!("--config={bad}"), "--check-config"],
+    ] {
+        let (code, stdout, stderr) = run(&args);
+        assert_eq!(code, Some(1), "{args:?}");
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+        assert_eq!(
+            stderr.trim(),
+            format!(
+                "push-serve: config file {bad}, line 3: unknown key `max_socket`: \
+                 did you mean `max_sockets`?"
+            )
+        );
+    }
+}
+
 /// Kills the daemon if a test fails before it exits.
 struct Child(Option<std::process::Child>);
 
