@@ -101,8 +101,12 @@ pub struct Config {
     /// gets 429 on `/access`, `/push` and the other backend endpoints; 0 turns it off.
     pub auth_failures_per_minute: u32,
     /// Header carrying the client address when push-serve sits behind a reverse proxy
-    /// (e.g. `X-Forwarded-For`, first entry used); unset: the TCP peer address.
+    /// (e.g. `X-Forwarded-For`); unset: the TCP peer address. See `trusted_proxies`.
     pub real_ip_header: Option<String>,
+    /// How many reverse proxies in front of push-serve append to `real_ip_header`. The client
+    /// address is that many entries from the right: entries further left were written by the
+    /// client and prove nothing.
+    pub trusted_proxies: usize,
     /// Page origins allowed to open sockets (e.g. `https://shop.example.com`). Unset: any. A
     /// request without `Origin` (not a browser) is always allowed; others get 403.
     pub allowed_origins: Option<Vec<String>>,
@@ -138,6 +142,7 @@ impl Config {
             max_sockets_per_uid: 64,
             auth_failures_per_minute: 30,
             real_ip_header: None,
+            trusted_proxies: 1,
             allowed_origins: None,
             header_read_timeout_secs: 10.0,
             shutdown_timeout_secs: 10.0,
@@ -256,6 +261,7 @@ impl Config {
             ("header_read_timeout_secs", self.header_read_timeout_secs),
             ("shutdown_timeout_secs", self.shutdown_timeout_secs),
             ("listen_backlog", f64::from(self.listen_backlog)),
+            ("trusted_proxies", self.trusted_proxies as f64),
         ] {
             let range = Range::of(key).expect("every numeric setting has a range");
             if !range.contains(value) {
@@ -400,6 +406,7 @@ const RANGES: &[Range] = &[
     seconds("header_read_timeout_secs", 0.01, 3600.0),
     seconds("shutdown_timeout_secs", 0.0, 3600.0),
     whole("listen_backlog", "", 1, 65535),
+    whole("trusted_proxies", "", 1, 16),
 ];
 
 impl Range {

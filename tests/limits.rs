@@ -49,6 +49,59 @@ async fn password_guessing_is_locked_out_per_address() {
     assert_eq!(http.request("GET", &right, &backend, b"").await.status, 200);
 }
 
+/// Behind a proxy that appends to X-Forwarded-For, a guesser cannot choose its address by
+/// writing its own first entry: the lockout follows the entry the proxy wrote.
+#[tokio::test]
+async fn a_spoofed_forwarded_for_entry_does_not_dodge_the_lockout() {
+    let s = Server::start(|c| {
+        c.auth_failures_per_minute = 3;
+        c.real_ip_header = Some("X-Forwarded-For".into());
+        c.trusted_proxies = 1;
+    })
+    .await;
+    let mut http = s.http().await;
+    for i in 0..3 {
+        let spoofed = format!("198.51.100.{i}, 203.0.113.9");
+        http.request(
+            "GET",
+            "/access?uid=u&password=guess",
+            &[("X-Forwarded-For", &spoofed)],
+            b"",
+        )
+        .await
+        .assert_error(401);
+    }
+    let right = format!("/access?uid=u&password={}", enc(&s.password));
+    let fresh_spoof = [("X-Forwarded-For", "192.0.2.200, 203.0.113.9")];
+    http.request("GET", &right, &fresh_spoof, b"")
+        .await
+        .assert_error(429);
+    // The backend behind the same proxy, at its own address, is not affected.
+    let backend = [("X-Forwarded-For", "203.0.113.9, 198.51.100.7")];
+    assert_eq!(http.request("GET", &right, &backend, b"").await.status, 200);
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_matched_case_insensitively() {
+    let s = Server::start(|_| {}).await;
+    let mut http = s.http().await;
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let auth = format!("{scheme} {}", s.password);
+        let r = http
+            .request("GET", "/access?uid=u", &[("Authorization", &auth)], b"")
+            .await;
+        assert_eq!(r.status, 200, "{scheme}: {:?}", r.text());
+    }
+    http.request(
+        "GET",
+        "/access?uid=u",
+        &[("Authorization", &format!("Basic {}", s.password))],
+        b"",
+    )
+    .await
+    .assert_error(401);
+}
+
 #[tokio::test]
 async fn socket_caps_refuse_before_the_upgrade() {
     let s = Server::start(|c| {
