@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use hyper::upgrade::OnUpgrade;
 use serde::Deserialize;
+use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::task::TaskTracker;
 use warp::http::header::{self, HeaderMap, HeaderName};
@@ -40,7 +41,10 @@ pub struct AppState {
     max_body_bytes: usize,
     max_uids_per_push: usize,
     max_topics_per_key: usize,
-    max_sockets: usize,
+    /// One permit per open socket, `max_sockets` in all. Taken before the upgrade and held by
+    /// the socket's task, so the cap holds however many upgrades race (a count checked before
+    /// joining let concurrent upgrades pass it together).
+    socket_slots: Arc<Semaphore>,
     max_sockets_per_uid: usize,
     limiter: FailureLimiter,
     real_ip_header: Option<HeaderName>,
@@ -69,7 +73,9 @@ impl AppState {
             max_body_bytes: config.max_body_bytes,
             max_uids_per_push: config.max_uids_per_push,
             max_topics_per_key: config.max_topics_per_key,
-            max_sockets: config.max_sockets,
+            socket_slots: Arc::new(Semaphore::new(
+                config.max_sockets.min(Semaphore::MAX_PERMITS),
+            )),
             max_sockets_per_uid: config.max_sockets_per_uid,
             limiter: FailureLimiter::new(config.auth_failures_per_minute),
             real_ip_header: config

@@ -62,12 +62,17 @@ pub(super) async fn upgrade(
     if *state.sockets.shutdown.borrow() {
         return Err(ApiError::ShuttingDown);
     }
-    // Soft limits: checked before the upgrade, so concurrent upgrades may overshoot slightly.
-    let registry = state.hub.registry();
-    if registry.socket_count() >= state.max_sockets {
-        return Err(ApiError::ServerFull);
-    }
-    if registry.sockets_of(uid) >= state.max_sockets_per_uid {
+    // The socket's slot under `max_sockets`, for its whole life: it moves into the socket's
+    // task below and is released when that task ends, however it ends; any refusal from here
+    // to the spawn drops it on return.
+    let slot = state
+        .socket_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::ServerFull)?;
+    // Per uid the count is checked, then joined: concurrent upgrades of one uid may pass the
+    // check together, so this limit can be overshot by a few (the total above cannot).
+    if state.hub.registry().sockets_of(uid) >= state.max_sockets_per_uid {
         return Err(ApiError::TooManySockets(state.max_sockets_per_uid));
     }
 
@@ -82,6 +87,7 @@ pub(super) async fn upgrade(
     let ctx = state.sockets.clone();
     let config = state.ws_config;
     state.tracker.spawn(async move {
+        let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(
