@@ -117,6 +117,19 @@ pub struct Config {
     /// Listen backlog: how many not-yet-accepted connections the kernel queues (capped by
     /// `net.core.somaxconn`). Large, so a burst of reconnects after a restart is not refused.
     pub listen_backlog: u32,
+    /// How log lines are written on stderr: `text` for people, `json` for log collectors.
+    pub log_format: LogFormat,
+}
+
+/// The shape of a log line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `[2026-05-01T12:00:00Z INFO  push_serve::http] …`, env_logger's own format.
+    #[default]
+    Text,
+    /// One JSON object per line: `{"time","level","target","message"}`.
+    Json,
 }
 
 impl Config {
@@ -147,6 +160,7 @@ impl Config {
             header_read_timeout_secs: 10.0,
             shutdown_timeout_secs: 10.0,
             listen_backlog: 4096,
+            log_format: LogFormat::Text,
         }
     }
 

@@ -22,13 +22,14 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::task::TaskTracker;
 use warp::http::header::{self, HeaderMap, HeaderName};
 use warp::http::Method;
+use warp::path::FullPath;
 use warp::reply::Response;
 use warp::Filter;
 
 use crate::auth::Auth;
 use crate::config::{Config, MAX_UID_BYTES};
 use crate::hub::Hub;
-use crate::limits::{FailureLimiter, PeerAddr};
+use crate::limits::{FailureLimiter, LogThrottle, PeerAddr};
 use crate::protocol::native::{self, SocketContext};
 
 pub use error::{ApiError, STORED_HEADER, USER_OFFLINE};
@@ -45,6 +46,9 @@ pub struct AppState {
     /// the socket's task, so the cap holds however many upgrades race (a count checked before
     /// joining let concurrent upgrades pass it together).
     socket_slots: Arc<Semaphore>,
+    max_sockets: usize,
+    /// The "server full" line: at most one per period while refusals last.
+    full_log: LogThrottle,
     max_sockets_per_uid: usize,
     limiter: FailureLimiter,
     real_ip_header: Option<HeaderName>,
@@ -76,6 +80,8 @@ impl AppState {
             socket_slots: Arc::new(Semaphore::new(
                 config.max_sockets.min(Semaphore::MAX_PERMITS),
             )),
+            max_sockets: config.max_sockets,
+            full_log: LogThrottle::new(std::time::Duration::from_secs(10)),
             max_sockets_per_uid: config.max_sockets_per_uid,
             limiter: FailureLimiter::new(config.auth_failures_per_minute),
             real_ip_header: config
@@ -136,18 +142,50 @@ fn check_uid(uid: &str) -> Result<&str, ApiError> {
 /// Backends authenticate with `?password=` (the seed's way) or `Authorization: Bearer`, which
 /// keeps the password out of URLs and proxy logs.
 /// An address that failed too often is refused before its password is even looked at.
+///
+/// A refused password is logged at info with the address and path (never what was given), and
+/// the failure that locks an address out at warn; the refusals during a lockout only at debug,
+/// since that is where a guesser's flood goes.
 fn check_password(state: &AppState, params: &Params, req: &Req) -> Result<(), ApiError> {
     let ip = state.client_ip(req);
     if let Some(ip) = ip {
-        state.limiter.check(ip).map_err(ApiError::TooManyFailures)?;
+        state.limiter.check(ip).map_err(|wait| {
+            log::debug!(
+                "{} refused for {ip}: locked out for {} s more",
+                req.path,
+                wait.as_secs()
+            );
+            ApiError::TooManyFailures(wait)
+        })?;
     }
-    match params.password.as_deref().or_else(|| bearer(&req.headers)) {
+    let given = params.password.as_deref().or_else(|| bearer(&req.headers));
+    match given {
         Some(given) if state.auth.check_password(given) => Ok(()),
         _ => {
-            if let Some(ip) = ip {
-                state.limiter.failed(ip);
+            let client = Client(ip);
+            let what = if given.is_some() { "wrong" } else { "no" };
+            log::info!("{} refused for {client}: {what} password", req.path);
+            if let Some(wait) = ip.and_then(|ip| state.limiter.failed(ip)) {
+                log::warn!(
+                    "{client} locked out of the password endpoints for {} s after {} failed \
+                     passwords within a minute (429 until then)",
+                    wait.as_secs().max(1),
+                    state.limiter.per_minute()
+                );
             }
             Err(ApiError::BadPassword)
+        }
+    }
+}
+
+/// A client address for a log line.
+struct Client(Option<IpAddr>);
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ip) => write!(f, "{ip}"),
+            None => f.write_str("an unknown address"),
         }
     }
 }
@@ -176,6 +214,8 @@ fn authorized(state: &AppState, req: &Req, allow: &'static str) -> Result<Params
 /// What every handler looks at.
 struct Req {
     method: Method,
+    /// Path only: the query carries passwords and keys and is never logged.
+    path: String,
     query: String,
     headers: HeaderMap,
     peer: Option<SocketAddr>,
@@ -223,15 +263,19 @@ pub fn routes(
     let state = warp::any().map(move || state.clone());
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     let common = warp::method()
+        .and(warp::path::full())
         .and(query)
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<PeerAddr>())
-        .map(|method, query, headers, peer: Option<PeerAddr>| Req {
-            method,
-            query,
-            headers,
-            peer: peer.map(|p| p.0),
-        })
+        .map(
+            |method, path: FullPath, query, headers, peer: Option<PeerAddr>| Req {
+                method,
+                path: path.as_str().to_owned(),
+                query,
+                headers,
+                peer: peer.map(|p| p.0),
+            },
+        )
         .and(state);
 
     let access_route = warp::path!("access")
@@ -314,6 +358,7 @@ mod tests {
         }
         Req {
             method: Method::GET,
+            path: "/access".into(),
             query: String::new(),
             headers,
             peer: Some("127.0.0.1:5555".parse().unwrap()),

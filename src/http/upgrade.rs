@@ -14,7 +14,7 @@ use warp::http::header::{self, HeaderMap, HeaderValue};
 use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 
-use super::{ApiError, AppState, Params, Req};
+use super::{ApiError, AppState, Client, Params, Req};
 use crate::protocol::native;
 use crate::registry::Subscription;
 use crate::wire::Proto;
@@ -34,6 +34,11 @@ pub(super) async fn upgrade(
             .iter()
             .any(|a| origin.as_bytes().eq_ignore_ascii_case(a.as_bytes()))
         {
+            let shown = String::from_utf8_lossy(&origin.as_bytes()[..origin.len().min(100)]);
+            log::info!(
+                "socket refused for {}: origin {shown:?} is not in allowed_origins",
+                Client(state.client_ip(req))
+            );
             return Err(ApiError::OriginRefused);
         }
     }
@@ -42,7 +47,11 @@ pub(super) async fn upgrade(
     let topics = state
         .auth
         .verify(uid, params.access_key.as_deref().unwrap_or(""))
-        .map_err(ApiError::AccessKey)?;
+        .map_err(|e| {
+            // Routine (an expired key before the page fetches a new one): debug only.
+            log::debug!("socket refused for {}: {e}", Client(state.client_ip(req)));
+            ApiError::AccessKey(e)
+        })?;
     let proto = match params.proto.as_deref() {
         None | Some("1") => Proto::Seed,
         Some("2") => Proto::Resumable,
@@ -69,10 +78,25 @@ pub(super) async fn upgrade(
         .socket_slots
         .clone()
         .try_acquire_owned()
-        .map_err(|_| ApiError::ServerFull)?;
+        .map_err(|_| {
+            if let Some(held_back) = state.full_log.allow() {
+                log::warn!(
+                    "socket refused for {}: max_sockets ({}) are open (503; {held_back} more \
+                     refused since the last such line, which comes at most every 10 s)",
+                    Client(state.client_ip(req)),
+                    state.max_sockets
+                );
+            }
+            ApiError::ServerFull
+        })?;
     // Per uid the count is checked, then joined: concurrent upgrades of one uid may pass the
     // check together, so this limit can be overshot by a few (the total above cannot).
     if state.hub.registry().sockets_of(uid) >= state.max_sockets_per_uid {
+        log::info!(
+            "socket refused for {}: its uid has max_sockets_per_uid ({}) open (429)",
+            Client(state.client_ip(req)),
+            state.max_sockets_per_uid
+        );
         return Err(ApiError::TooManySockets(state.max_sockets_per_uid));
     }
 
