@@ -1,5 +1,7 @@
-//! `conf.yaml`: the seed's two keys (`addr`, `password`) plus optional tuning, each with a
-//! documented default. [`Config::load`] parses and validates; every error names the field.
+//! `conf.yaml`: the seed's two keys (`addr`, `password`) plus optional settings. Their defaults
+//! are written once, in [`Config::new`] (serde fills absent keys from it; a unit test holds the
+//! shipped `conf.yaml` and the README's table to the same values). [`Config::load`] parses and
+//! validates; every error is one line in plain words naming the key and its line.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -40,7 +42,8 @@ pub enum ConfigError {
         /// What is wrong, naming the key.
         message: String,
     },
-    /// A field parsed but its value is not usable.
+    /// A field's value is not usable ([`Config::validate`]); from a file, it comes wrapped in
+    /// `Parse` with the path and line.
     #[error("`{field}` {reason}")]
     Invalid {
         /// The offending field.
@@ -77,7 +80,7 @@ pub struct Config {
     pub heartbeat_interval_secs: f64,
     /// Frames queued per socket before it counts as a slow reader and is closed (code 4008).
     pub send_queue_frames: usize,
-    /// Largest `/push` body in bytes (413 above it).
+    /// Largest `/push`, `/publish` or `/broadcast` body in bytes (413 above it).
     pub max_body_bytes: usize,
     /// Largest message a client may send on its socket (close code 1009 above it).
     pub max_client_frame_bytes: usize,
@@ -112,7 +115,8 @@ pub struct Config {
     pub allowed_origins: Option<Vec<String>>,
     /// Seconds allowed for a client to send its request headers.
     pub header_read_timeout_secs: f64,
-    /// Seconds to wait, on SIGTERM/SIGINT, for sockets to close and requests to finish.
+    /// Seconds to wait, on SIGTERM/SIGINT: half for requests in flight to finish, half for
+    /// sockets to flush their queues and close.
     pub shutdown_timeout_secs: f64,
     /// Listen backlog: how many not-yet-accepted connections the kernel queues (capped by
     /// `net.core.somaxconn`). Large, so a burst of reconnects after a restart is not refused.

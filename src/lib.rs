@@ -2,11 +2,14 @@
 //! WebSocket that uid has open receives it as `{"topic","number","contents"}`.
 //!
 //! How a push flows through the modules (`ARCHITECTURE.md` draws it):
-//! - [`config`]: `conf.yaml`, validated, every error naming its field.
-//! - [`server`]: binds the listener (large backlog) and runs the accept loop.
-//! - [`http`]: warp routes. `GET /access` signs a key with [`auth`]; `GET /ws` checks the key,
-//!   connects the socket to the [`hub`] and upgrades, handing it to a [`protocol`];
-//!   `POST /push` parses the body and asks the hub to publish it.
+//! - [`config`]: `conf.yaml`, its defaults, and validation in plain words naming the key.
+//! - [`server`]: binds the listener (large backlog) and runs the accept loop, tagging each
+//!   request with its peer address.
+//! - [`http`]: warp routes. Backend endpoints check the password ([`auth`]) behind the
+//!   per-address lockout ([`limits`]). `GET /access` signs a key; `GET /ws` checks the key and
+//!   the limits (a `max_sockets` permit held for the socket's life), connects the socket to the
+//!   [`hub`] and upgrades, handing it to a [`protocol`]; `POST /push`, `/publish` and
+//!   `/broadcast` parse the body and ask the hub to publish it; `/online` and `/stats` read it.
 //! - [`hub`]: the two verbs every protocol uses, `connect` and `publish`, over this node's
 //!   [`registry`] (streams → local sockets, each with a bounded [`outbox`]) and the [`broker`]
 //!   (numbering, history, presence and delivery across nodes: in memory, or Redis).
@@ -14,7 +17,8 @@
 //!   closes with a documented code ([`wire::CloseReason`]).
 //! - [`wire`]: every encoding, serialized once per message.
 //!
-//! [`run`] ties them together and is what both `main` and the integration tests call.
+//! [`run`] validates the config, ties the modules together, and is what both `main` and the
+//! integration tests call.
 
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
