@@ -3,7 +3,8 @@
 // pointed at push-serve. Usage:
 //   php examples/backend.php access UID        prints the access key for UID (hand it to the page)
 //   php examples/backend.php push UID          pushes the seed's info_update example to UID
-// Environment: PUSH_HOST (default localhost:8080), PUSH_PASSWORD (default abc123, as conf.yaml).
+// Environment: PUSH_SERVE_PASSWORD (required: the backends' password from conf.yaml),
+// PUSH_HOST (default localhost:8080).
 
 //场景， 会员资料更新后
 function httpPostRaw($url, $data){
@@ -28,7 +29,11 @@ function httpPostRaw($url, $data){
 }
 
 $domain = getenv('PUSH_HOST') ?: 'localhost:8080';
-$password = getenv('PUSH_PASSWORD') ?: 'abc123';
+$password = getenv('PUSH_SERVE_PASSWORD');
+if ($password === false || $password === '') {
+    fwrite(STDERR, "set PUSH_SERVE_PASSWORD to the password in push-serve's conf.yaml\n");
+    exit(2);
+}
 $action = $argv[1] ?? '';
 $uid = $argv[2] ?? '';
 if ($uid === '' || !in_array($action, ['access', 'push'], true)) {

@@ -1,18 +1,26 @@
-//! `conf.yaml`: the seed's two keys (`addr`, `password`) plus optional tuning, each with a
-//! documented default. [`Config::load`] parses and validates; every error names the field.
+//! `conf.yaml`: the seed's two keys (`addr`, `password`) plus optional settings. Their defaults
+//! are written once, in [`Config::new`] (serde fills absent keys from it; a unit test holds the
+//! shipped `conf.yaml` and the README's table to the same values). [`Config::load`] parses and
+//! validates; every error is one line in plain words naming the key and its line.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_yaml::Value;
 
 /// Longest accepted uid, in bytes. Uids are map keys and part of every access key's MAC input;
 /// a bound keeps a hostile query from costing memory.
 pub const MAX_UID_BYTES: usize = 256;
 
-/// Why a configuration could not be used. Each message names the field, so an operator can fix
-/// `conf.yaml` from the one line `push-serve` prints before exiting.
+/// The password of the shipped `conf.yaml` and the README's examples. It is public, so
+/// [`Config::validate`] refuses it on any address but loopback.
+pub const SAMPLE_PASSWORD: &str = "abc123";
+
+/// Why a configuration could not be used. Each message is one line in plain words that names
+/// the key (and, from a file, its line), so an operator can fix `conf.yaml` from the line
+/// `push-serve` prints before exiting.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
@@ -23,16 +31,20 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The YAML did not parse or a field had the wrong type (serde names the field).
-    #[error("config file {path}: {message}")]
+    /// Something in a config file: not YAML, an unknown key, a value of the wrong kind or out
+    /// of range.
+    #[error("config file {path}{}: {message}", at_line(.line))]
     Parse {
         /// The path that was read.
         path: String,
-        /// serde_yaml's description, which names the field and its line.
+        /// The line the problem is on, when it is known.
+        line: Option<usize>,
+        /// What is wrong, naming the key.
         message: String,
     },
-    /// A field parsed but its value is not usable.
-    #[error("config field `{field}`: {reason}")]
+    /// A field's value is not usable ([`Config::validate`]); from a file, it comes wrapped in
+    /// `Parse` with the path and line.
+    #[error("`{field}` {reason}")]
     Invalid {
         /// The offending field.
         field: &'static str,
@@ -41,201 +53,136 @@ pub enum ConfigError {
     },
 }
 
+fn at_line(line: &Option<usize>) -> String {
+    line.map(|l| format!(", line {l}")).unwrap_or_default()
+}
+
 /// The daemon's settings. Only `addr` and `password` are required, as in the seed service.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+///
+/// A key absent from the file takes its value from [`Config::new`], the one place defaults are
+/// written (a new field needs a line there, nothing more).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default = "Config::unset")]
 pub struct Config {
-    /// Listen address, e.g. `0.0.0.0:8080`.
+    /// Listen address, e.g. `127.0.0.1:8080`.
     pub addr: String,
-    /// Shared secret of the business backends: required on `/access` and `/push`.
-    #[serde(deserialize_with = "scalar_string")]
+    /// Shared secret of the business backends: required on every backend endpoint (`/access`,
+    /// `/push`, `/publish`, `/broadcast`, `/online`, `/stats`). YAML text taken as written;
+    /// see [`Config::parse`] for numbers.
     pub password: String,
     /// Key for signing access keys. Defaults to one derived from `password`, so keys survive a
     /// restart; set it to rotate keys without changing the password (or vice versa).
-    #[serde(default, deserialize_with = "optional_scalar_string")]
     pub secret: Option<String>,
     /// Seconds an access key stays valid for opening sockets (a socket already open is not cut).
-    #[serde(default = "defaults::access_key_ttl_secs")]
     pub access_key_ttl_secs: u64,
     /// Seconds between server pings; a socket that has sent nothing (no pong, no frame) for a
     /// whole interval after a ping is closed.
-    #[serde(default = "defaults::heartbeat_interval_secs")]
     pub heartbeat_interval_secs: f64,
     /// Frames queued per socket before it counts as a slow reader and is closed (code 4008).
-    #[serde(default = "defaults::send_queue_frames")]
     pub send_queue_frames: usize,
     /// Bytes queued per socket before it counts as a slow reader (4008); a single frame larger
     /// than this is still sent to a socket whose queue is empty.
-    #[serde(default = "defaults::send_queue_bytes")]
     pub send_queue_bytes: usize,
-    /// Largest `/push` body in bytes (413 above it).
-    #[serde(default = "defaults::max_body_bytes")]
+    /// Largest `/push`, `/publish` or `/broadcast` body in bytes (413 above it).
     pub max_body_bytes: usize,
     /// Largest message a client may send on its socket (close code 1009 above it).
-    #[serde(default = "defaults::max_client_frame_bytes")]
     pub max_client_frame_bytes: usize,
     /// Messages kept per stream (a uid's, a topic's, broadcast) for resuming sockets; 0 turns
     /// history and resume off.
-    #[serde(default = "defaults::history_size")]
     pub history_size: usize,
     /// Seconds a message is kept for resuming sockets.
-    #[serde(default = "defaults::history_ttl_secs")]
     pub history_ttl_secs: f64,
     /// Bytes of history kept over all streams, a hard bound: past it a stream drops its own
     /// oldest messages, then keeps no new ones until older history expires.
-    #[serde(default = "defaults::history_max_bytes")]
     pub history_max_bytes: usize,
     /// Most topics one access key may grant.
-    #[serde(default = "defaults::max_topics_per_key")]
     pub max_topics_per_key: usize,
     /// Most uids one `/push` may name.
-    #[serde(default = "defaults::max_uids_per_push")]
     pub max_uids_per_push: usize,
     /// Most sockets open at once; further upgrades get 503.
-    #[serde(default = "defaults::max_sockets")]
     pub max_sockets: usize,
     /// Most sockets one uid may have open; further upgrades for it get 429.
-    #[serde(default = "defaults::max_sockets_per_uid")]
     pub max_sockets_per_uid: usize,
     /// Failed password attempts allowed per client address per minute before that address
     /// gets 429 on `/access`, `/push` and the other backend endpoints; 0 turns it off.
-    #[serde(default = "defaults::auth_failures_per_minute")]
     pub auth_failures_per_minute: u32,
     /// Header carrying the client address when push-serve sits behind a reverse proxy
-    /// (e.g. `X-Forwarded-For`, first entry used); unset: the TCP peer address.
-    #[serde(default)]
+    /// (e.g. `X-Forwarded-For`); unset: the TCP peer address. See `trusted_proxies`.
     pub real_ip_header: Option<String>,
+    /// How many reverse proxies in front of push-serve append to `real_ip_header`. The client
+    /// address is that many entries from the right: entries further left were written by the
+    /// client and prove nothing.
+    pub trusted_proxies: usize,
     /// Page origins allowed to open sockets (e.g. `https://shop.example.com`). Unset: any. A
     /// request without `Origin` (not a browser) is always allowed; others get 403.
-    #[serde(default)]
     pub allowed_origins: Option<Vec<String>>,
     /// Seconds allowed for a client to send its request headers.
-    #[serde(default = "defaults::header_read_timeout_secs")]
     pub header_read_timeout_secs: f64,
-    /// Seconds to wait, on SIGTERM/SIGINT, for sockets to close and requests to finish.
-    #[serde(default = "defaults::shutdown_timeout_secs")]
+    /// Seconds to wait, on SIGTERM/SIGINT: half for requests in flight to finish, half for
+    /// sockets to flush their queues and close.
     pub shutdown_timeout_secs: f64,
     /// Listen backlog: how many not-yet-accepted connections the kernel queues (capped by
     /// `net.core.somaxconn`). Large, so a burst of reconnects after a restart is not refused.
-    #[serde(default = "defaults::listen_backlog")]
     pub listen_backlog: u32,
+    /// How log lines are written on stderr: `text` for people, `json` for log collectors.
+    pub log_format: LogFormat,
     /// Redis shared by the nodes of a cluster, e.g. `redis://127.0.0.1:6379/0`. Unset: this
     /// process is the whole service (streams, history and presence in memory).
-    #[serde(default)]
     pub redis_url: Option<String>,
     /// Prefix of every Redis key and channel, so several deployments can share one Redis.
-    #[serde(default = "defaults::redis_prefix")]
     pub redis_prefix: String,
 }
 
-/// Accepts `password: abc123` and also `password: 123123` (YAML reads the latter as a number;
-/// the seed's Go service took it as the string, so we do too).
-fn scalar_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    scalar(d, "password")
-}
-
-fn optional_scalar_string<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<String>, D::Error> {
-    scalar(d, "secret").map(Some)
-}
-
-fn scalar<'de, D: serde::Deserializer<'de>>(d: D, field: &str) -> Result<String, D::Error> {
-    match serde_yaml::Value::deserialize(d)? {
-        serde_yaml::Value::String(s) => Ok(s),
-        serde_yaml::Value::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
-        _ => Err(serde::de::Error::custom(format!(
-            "`{field}` must be a string (put quotes around it)"
-        ))),
-    }
-}
-
-mod defaults {
-    pub fn access_key_ttl_secs() -> u64 {
-        3600
-    }
-    pub fn heartbeat_interval_secs() -> f64 {
-        25.0
-    }
-    pub fn send_queue_frames() -> usize {
-        256
-    }
-    pub fn send_queue_bytes() -> usize {
-        4 << 20
-    }
-    pub fn max_body_bytes() -> usize {
-        1 << 20
-    }
-    pub fn max_client_frame_bytes() -> usize {
-        64 << 10
-    }
-    pub fn history_size() -> usize {
-        100
-    }
-    pub fn history_ttl_secs() -> f64 {
-        300.0
-    }
-    pub fn history_max_bytes() -> usize {
-        64 << 20
-    }
-    pub fn max_topics_per_key() -> usize {
-        64
-    }
-    pub fn max_uids_per_push() -> usize {
-        1000
-    }
-    pub fn max_sockets() -> usize {
-        1_000_000
-    }
-    pub fn max_sockets_per_uid() -> usize {
-        64
-    }
-    pub fn auth_failures_per_minute() -> u32 {
-        30
-    }
-    pub fn header_read_timeout_secs() -> f64 {
-        10.0
-    }
-    pub fn shutdown_timeout_secs() -> f64 {
-        10.0
-    }
-    pub fn listen_backlog() -> u32 {
-        4096
-    }
-    pub fn redis_prefix() -> String {
-        "push-serve".into()
-    }
+/// The shape of a log line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `[2026-05-01T12:00:00Z INFO  push_serve::http] …`, env_logger's own format.
+    #[default]
+    Text,
+    /// One JSON object per line: `{"time","level","target","message"}`.
+    Json,
 }
 
 impl Config {
     /// A config with every optional field at its default; tests and embedders start here.
+    /// These are the defaults the README's table and the shipped `conf.yaml` document (a unit
+    /// test compares them).
     pub fn new(addr: impl Into<String>, password: impl Into<String>) -> Config {
         Config {
             addr: addr.into(),
             password: password.into(),
             secret: None,
-            access_key_ttl_secs: defaults::access_key_ttl_secs(),
-            heartbeat_interval_secs: defaults::heartbeat_interval_secs(),
-            send_queue_frames: defaults::send_queue_frames(),
-            send_queue_bytes: defaults::send_queue_bytes(),
-            max_body_bytes: defaults::max_body_bytes(),
-            max_client_frame_bytes: defaults::max_client_frame_bytes(),
-            history_size: defaults::history_size(),
-            history_ttl_secs: defaults::history_ttl_secs(),
-            history_max_bytes: defaults::history_max_bytes(),
-            max_topics_per_key: defaults::max_topics_per_key(),
-            max_uids_per_push: defaults::max_uids_per_push(),
-            max_sockets: defaults::max_sockets(),
-            max_sockets_per_uid: defaults::max_sockets_per_uid(),
-            auth_failures_per_minute: defaults::auth_failures_per_minute(),
+            access_key_ttl_secs: 3600,
+            heartbeat_interval_secs: 25.0,
+            send_queue_frames: 256,
+            send_queue_bytes: 4 << 20,
+            max_body_bytes: 1 << 20,
+            max_client_frame_bytes: 64 << 10,
+            history_size: 100,
+            history_ttl_secs: 300.0,
+            history_max_bytes: 64 << 20,
+            max_topics_per_key: 64,
+            max_uids_per_push: 1000,
+            max_sockets: 1_000_000,
+            max_sockets_per_uid: 64,
+            auth_failures_per_minute: 30,
             real_ip_header: None,
+            trusted_proxies: 1,
             allowed_origins: None,
-            header_read_timeout_secs: defaults::header_read_timeout_secs(),
-            shutdown_timeout_secs: defaults::shutdown_timeout_secs(),
-            listen_backlog: defaults::listen_backlog(),
+            header_read_timeout_secs: 10.0,
+            shutdown_timeout_secs: 10.0,
+            listen_backlog: 4096,
+            log_format: LogFormat::Text,
             redis_url: None,
-            redis_prefix: defaults::redis_prefix(),
+            redis_prefix: "push-serve".into(),
         }
+    }
+
+    /// What serde starts from: the defaults, with the two required keys empty so that
+    /// [`Config::validate`] reports them missing.
+    fn unset() -> Config {
+        Config::new("", "")
     }
 
     /// Reads and validates a YAML file.
@@ -248,12 +195,41 @@ impl Config {
     }
 
     /// Parses and validates YAML text; `origin` names the source in errors.
+    ///
+    /// `password` and `secret` are taken as the text written, so `password: 123123` is the
+    /// string `123123` (the seed's habit). A value YAML itself reads as something else
+    /// (`0x1F` is 31, `1e3` is 1000, `true`, `null`) must be quoted: other tools reading the same
+    /// file would otherwise disagree with push-serve about the password.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+        let in_file = |line: Option<usize>, message: String| ConfigError::Parse {
             path: origin.to_string(),
-            message: e.to_string(),
+            line,
+            message,
+        };
+        let config: Config = serde_yaml::from_str(text).map_err(|e| {
+            let (line, message) = explain(&e, text);
+            in_file(line, message)
         })?;
-        config.validate()?;
+        // It parsed as a Config just above, so it parses as YAML.
+        let values: Value = serde_yaml::from_str(text).unwrap_or(Value::Null);
+        for (key, written) in [
+            ("password", Some(config.password.as_str())),
+            ("secret", config.secret.as_deref()),
+        ] {
+            if !read_as_written(values.get(key), written) {
+                return Err(in_file(
+                    line_of(text, key),
+                    format!(
+                        "`{key}` must be text, but YAML reads this value as a number, \
+                         true/false or null: put it in quotes"
+                    ),
+                ));
+            }
+        }
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid { field, .. } => in_file(line_of(text, field), e.to_string()),
+            e => e,
+        })?;
         Ok(config)
     }
 
@@ -265,113 +241,80 @@ impl Config {
                 reason: reason.into(),
             }
         }
-        fn secs(field: &'static str, v: f64, min: f64, max: f64) -> Result<(), ConfigError> {
-            if v.is_finite() && v >= min && v <= max {
-                Ok(())
-            } else {
-                Err(invalid(
-                    field,
-                    format!("must be between {min} and {max} seconds, got {v}"),
-                ))
-            }
+        if self.addr.is_empty() {
+            return Err(invalid(
+                "addr",
+                "is required: the address to listen on, e.g. 127.0.0.1:8080",
+            ));
         }
-        self.socket_addr()?;
+        let addr = self.socket_addr()?;
         if self.password.is_empty() {
-            return Err(invalid("password", "must not be empty"));
+            return Err(invalid(
+                "password",
+                "is required and must not be empty: the backends' password",
+            ));
+        }
+        if self.password == SAMPLE_PASSWORD && !addr.ip().is_loopback() {
+            return Err(invalid(
+                "password",
+                format!(
+                    "is still the published sample `{SAMPLE_PASSWORD}` and addr {addr} is \
+                     reachable from other machines: set a password of your own in the config \
+                     file (e.g. the output of `openssl rand -hex 24`), or listen on 127.0.0.1"
+                ),
+            ));
         }
         if matches!(&self.secret, Some(s) if s.is_empty()) {
             return Err(invalid(
                 "secret",
-                "must not be empty when set (omit it to derive one from password)",
+                "must not be empty when set (leave it out to derive one from password)",
             ));
         }
-        if self.access_key_ttl_secs == 0 || self.access_key_ttl_secs > 366 * 24 * 3600 {
-            return Err(invalid(
-                "access_key_ttl_secs",
-                "must be between 1 and 31622400 (a year)",
-            ));
-        }
-        secs(
-            "heartbeat_interval_secs",
-            self.heartbeat_interval_secs,
-            0.01,
-            3600.0,
-        )?;
-        secs(
-            "header_read_timeout_secs",
-            self.header_read_timeout_secs,
-            0.01,
-            3600.0,
-        )?;
-        secs(
-            "shutdown_timeout_secs",
-            self.shutdown_timeout_secs,
-            0.0,
-            3600.0,
-        )?;
-        if self.send_queue_frames == 0 || self.send_queue_frames > 1 << 20 {
-            return Err(invalid(
-                "send_queue_frames",
-                "must be between 1 and 1048576",
-            ));
-        }
-        if self.send_queue_bytes < 1024 || self.send_queue_bytes > 1 << 30 {
-            return Err(invalid(
-                "send_queue_bytes",
-                "must be between 1024 and 1073741824",
-            ));
-        }
-        if self.max_body_bytes < 64 || self.max_body_bytes > 1 << 30 {
-            return Err(invalid(
-                "max_body_bytes",
-                "must be between 64 and 1073741824",
-            ));
-        }
-        if self.max_client_frame_bytes < 125 || self.max_client_frame_bytes > 1 << 30 {
-            return Err(invalid(
-                "max_client_frame_bytes",
-                "must be between 125 and 1073741824",
-            ));
-        }
-        if self.history_size > 1 << 20 {
-            return Err(invalid(
-                "history_size",
-                "must be at most 1048576 (0 turns history off)",
-            ));
-        }
-        secs(
-            "history_ttl_secs",
-            self.history_ttl_secs,
-            0.001,
-            7.0 * 24.0 * 3600.0,
-        )?;
-        if self.history_max_bytes > 1 << 40 {
-            return Err(invalid("history_max_bytes", "must be at most 1 TiB"));
-        }
-        if self.max_topics_per_key == 0 || self.max_topics_per_key > 10_000 {
-            return Err(invalid("max_topics_per_key", "must be between 1 and 10000"));
-        }
-        if self.max_uids_per_push == 0 || self.max_uids_per_push > 1_000_000 {
-            return Err(invalid(
-                "max_uids_per_push",
-                "must be between 1 and 1000000",
-            ));
-        }
-        if self.max_sockets == 0 {
-            return Err(invalid("max_sockets", "must be at least 1"));
-        }
-        if self.max_sockets_per_uid == 0 {
-            return Err(invalid("max_sockets_per_uid", "must be at least 1"));
+        for (key, value) in [
+            ("access_key_ttl_secs", self.access_key_ttl_secs as f64),
+            ("heartbeat_interval_secs", self.heartbeat_interval_secs),
+            ("send_queue_frames", self.send_queue_frames as f64),
+            ("send_queue_bytes", self.send_queue_bytes as f64),
+            ("max_body_bytes", self.max_body_bytes as f64),
+            ("max_client_frame_bytes", self.max_client_frame_bytes as f64),
+            ("history_size", self.history_size as f64),
+            ("history_ttl_secs", self.history_ttl_secs),
+            ("history_max_bytes", self.history_max_bytes as f64),
+            ("max_topics_per_key", self.max_topics_per_key as f64),
+            ("max_uids_per_push", self.max_uids_per_push as f64),
+            ("max_sockets", self.max_sockets as f64),
+            ("max_sockets_per_uid", self.max_sockets_per_uid as f64),
+            (
+                "auth_failures_per_minute",
+                f64::from(self.auth_failures_per_minute),
+            ),
+            ("header_read_timeout_secs", self.header_read_timeout_secs),
+            ("shutdown_timeout_secs", self.shutdown_timeout_secs),
+            ("listen_backlog", f64::from(self.listen_backlog)),
+            ("trusted_proxies", self.trusted_proxies as f64),
+        ] {
+            let range = Range::of(key).expect("every numeric setting has a range");
+            if !range.contains(value) {
+                return Err(invalid(range.key, format!("{}, got {value}", range.rule())));
+            }
         }
         if let Some(h) = &self.real_ip_header {
             if warp::http::HeaderName::from_bytes(h.as_bytes()).is_err() {
                 return Err(invalid(
                     "real_ip_header",
-                    format!("`{h}` is not a header name"),
+                    format!("must be a header name such as X-Forwarded-For, got `{h}`"),
                 ));
             }
         }
         if let Some(origins) = &self.allowed_origins {
+            if origins.is_empty() {
+                return Err(invalid(
+                    "allowed_origins",
+                    "is an empty list, which would refuse every browser's socket: list your \
+                     pages' origins, e.g. [\"https://shop.example.com\"], or leave the key out \
+                     to allow any origin",
+                ));
+            }
             if let Some(bad) = origins
                 .iter()
                 .find(|o| !(o.starts_with("http://") || o.starts_with("https://")))
@@ -382,15 +325,12 @@ impl Config {
                 ));
             }
         }
-        if self.listen_backlog == 0 || self.listen_backlog > 65535 {
-            return Err(invalid("listen_backlog", "must be between 1 and 65535"));
-        }
         if let Some(url) = &self.redis_url {
             if !url.starts_with("redis://") {
                 return Err(invalid(
                     "redis_url",
-                    "must be a redis:// URL such as redis://127.0.0.1:6379/0 (for TLS, \
-                     connect through a local stunnel or spiped)",
+                    "must be a redis:// URL such as redis://127.0.0.1:6379/0 (for TLS, connect \
+                     through a local stunnel or spiped)",
                 ));
             }
             if let Err(e) = redis::Client::open(url.as_str()) {
@@ -412,12 +352,20 @@ impl Config {
         Ok(())
     }
 
+    /// How much one socket may have queued before it counts as a slow reader.
+    pub fn queue_limit(&self) -> crate::outbox::QueueLimit {
+        crate::outbox::QueueLimit {
+            frames: self.send_queue_frames,
+            bytes: self.send_queue_bytes,
+        }
+    }
+
     /// `addr` as a socket address.
     pub fn socket_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.addr.parse().map_err(|_| ConfigError::Invalid {
             field: "addr",
             reason: format!(
-                "`{}` is not an IP:port address such as 0.0.0.0:8080",
+                "must be an IP:port address such as 127.0.0.1:8080, got `{}`",
                 self.addr
             ),
         })
@@ -431,14 +379,6 @@ impl Config {
     /// `heartbeat_interval_secs` as a Duration.
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_secs_f64(self.heartbeat_interval_secs)
-    }
-
-    /// How much one socket may have queued before it counts as a slow reader.
-    pub fn queue_limit(&self) -> crate::outbox::QueueLimit {
-        crate::outbox::QueueLimit {
-            frames: self.send_queue_frames,
-            bytes: self.send_queue_bytes,
-        }
     }
 
     /// History settings for the hub.
@@ -461,18 +401,460 @@ impl Config {
     }
 }
 
+/// The range a numeric setting accepts. [`Config::validate`] checks values against it and a
+/// value of the wrong type (`send_queue_frames: many`) is described with it, so both errors
+/// tell the operator the same thing.
+struct Range {
+    key: &'static str,
+    /// Whole numbers only (the field is an integer).
+    whole: bool,
+    /// What the number counts, for the message ("seconds", "bytes"); may be empty.
+    unit: &'static str,
+    min: f64,
+    max: f64,
+    /// Said after the range, e.g. what 0 means.
+    note: &'static str,
+}
+
+const fn whole(key: &'static str, unit: &'static str, min: u64, max: u64) -> Range {
+    Range {
+        key,
+        whole: true,
+        unit,
+        min: min as f64,
+        max: max as f64,
+        note: "",
+    }
+}
+
+const fn seconds(key: &'static str, min: f64, max: f64) -> Range {
+    Range {
+        key,
+        whole: false,
+        unit: "seconds",
+        min,
+        max,
+        note: "",
+    }
+}
+
+const fn noted(range: Range, note: &'static str) -> Range {
+    Range { note, ..range }
+}
+
+const RANGES: &[Range] = &[
+    noted(
+        whole("access_key_ttl_secs", "seconds", 1, 366 * 24 * 3600),
+        "a year",
+    ),
+    seconds("heartbeat_interval_secs", 0.01, 3600.0),
+    whole("send_queue_frames", "frames", 1, 1 << 20),
+    whole("send_queue_bytes", "bytes", 1024, 1 << 30),
+    whole("max_body_bytes", "bytes", 64, 1 << 30),
+    whole("max_client_frame_bytes", "bytes", 125, 1 << 30),
+    noted(
+        whole("history_size", "messages", 0, 1 << 20),
+        "0 turns history off",
+    ),
+    seconds("history_ttl_secs", 0.001, 7.0 * 24.0 * 3600.0),
+    noted(whole("history_max_bytes", "bytes", 0, 1 << 40), "1 TiB"),
+    whole("max_topics_per_key", "", 1, 10_000),
+    whole("max_uids_per_push", "", 1, 1_000_000),
+    whole("max_sockets", "", 1, 1 << 30),
+    whole("max_sockets_per_uid", "", 1, 1 << 30),
+    noted(
+        whole("auth_failures_per_minute", "", 0, 1_000_000),
+        "0 turns the lockout off",
+    ),
+    seconds("header_read_timeout_secs", 0.01, 3600.0),
+    seconds("shutdown_timeout_secs", 0.0, 3600.0),
+    whole("listen_backlog", "", 1, 65535),
+    whole("trusted_proxies", "", 1, 16),
+];
+
+impl Range {
+    fn of(key: &str) -> Option<&'static Range> {
+        RANGES.iter().find(|r| r.key == key)
+    }
+
+    fn contains(&self, v: f64) -> bool {
+        v.is_finite() && v >= self.min && v <= self.max && (!self.whole || v.fract() == 0.0)
+    }
+
+    /// "must be a whole number of seconds from 1 to 31622400 (a year)"
+    fn rule(&self) -> String {
+        let kind = if self.whole {
+            "a whole number"
+        } else {
+            "a number"
+        };
+        let unit = if self.unit.is_empty() {
+            String::new()
+        } else {
+            format!(" of {}", self.unit)
+        };
+        let note = if self.note.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", self.note)
+        };
+        format!(
+            "must be {kind}{unit} from {} to {}{note}",
+            self.min, self.max
+        )
+    }
+}
+
+/// The keys a config file may have, as serde's derive lists them for [`Config`] (so a new field
+/// is known here without a second list to keep).
+pub fn known_keys() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+
+    /// A deserializer that only records the field names `Config` asks for, then stops.
+    struct FieldNames;
+    #[derive(Debug)]
+    struct Found(&'static [&'static str]);
+    impl std::fmt::Display for Found {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("field names")
+        }
+    }
+    impl std::error::Error for Found {}
+    impl de::Error for Found {
+        fn custom<T: std::fmt::Display>(_: T) -> Found {
+            Found(&[])
+        }
+    }
+    impl<'de> de::Deserializer<'de> for FieldNames {
+        type Error = Found;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Found> {
+            Err(Found(&[]))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Found> {
+            Err(Found(fields))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+    match Config::deserialize(FieldNames) {
+        Err(Found(fields)) => fields,
+        Ok(_) => &[],
+    }
+}
+
+/// The known key nearest to a misspelt one, if it is near enough to be what was meant.
+fn closest_key(unknown: &str) -> Option<&'static str> {
+    let (distance, key) = known_keys()
+        .iter()
+        .map(|k| (edit_distance(unknown, k), *k))
+        .min()?;
+    (distance <= unknown.len().max(key.len()) / 2).then_some(key)
+}
+
+/// Levenshtein distance over bytes (keys are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// The 1-based line where `key:` is set, if it is written as a block mapping key.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|line| {
+            line.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with(':'))
+        })
+        .map(|i| i + 1)
+}
+
+/// Whether YAML reads `value` as the text push-serve took (`written`): any string, plain decimal
+/// digits (no leading zero, which YAML 1.1 tools read as octal), or nothing at all.
+fn read_as_written(value: Option<&Value>, written: Option<&str>) -> bool {
+    match (value, written) {
+        (None | Some(Value::String(_)), _) | (Some(Value::Null), None | Some("")) => true,
+        (Some(Value::Number(_)), Some(text)) => {
+            text.bytes().all(|b| b.is_ascii_digit()) && (text == "0" || !text.starts_with('0'))
+        }
+        _ => false,
+    }
+}
+
+/// serde_yaml's error in plain words, with the line it is on when known.
+fn explain(e: &serde_yaml::Error, text: &str) -> (Option<usize>, String) {
+    let yaml_line = e.location().map(|l| l.line());
+    let full = e.to_string();
+    // serde_yaml appends " at line L column C"; the line is reported separately.
+    let message = match full.rfind(" at line ") {
+        Some(i) if yaml_line.is_some() => &full[..i],
+        _ => full.as_str(),
+    };
+    let backticked = |prefix: &str| {
+        message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_owned)
+    };
+    if let Some(key) = backticked("unknown field `") {
+        let hint = match closest_key(&key) {
+            Some(known) => format!("did you mean `{known}`?"),
+            None => "README.md's Configuration table lists every key".to_owned(),
+        };
+        return (
+            line_of(text, &key).or(yaml_line),
+            format!("unknown key `{key}`: {hint}"),
+        );
+    }
+    if let Some(key) = backticked("duplicate field `") {
+        let last = text
+            .lines()
+            .enumerate()
+            .filter(|(_, line)| line_of(line, &key).is_some())
+            .last()
+            .map(|(i, _)| i + 1);
+        return (
+            last.or(yaml_line),
+            format!("`{key}` is set twice: keep one of the lines"),
+        );
+    }
+    // "send_queue_frames: invalid type: string \"many\", expected usize"; list elements are
+    // "allowed_origins[1]: …".
+    if let Some((path, problem)) = message.split_once(": ") {
+        let key = path.split('[').next().unwrap_or(path);
+        if let Some(&key) = known_keys().iter().find(|k| **k == key) {
+            let expected = problem.rsplit(", expected ").next().unwrap_or("");
+            let got = serde_yaml::from_str::<Value>(text)
+                .ok()
+                .and_then(|v| v.get(key).and_then(shown))
+                .filter(|_| !is_secret(key) && !path.contains('['))
+                .map(|v| format!(", got {v}"))
+                .unwrap_or_default();
+            return (
+                line_of(text, key).or(yaml_line),
+                format!("`{key}` {}{got}", requirement(key, expected)),
+            );
+        }
+    }
+    if message.contains("expected struct Config") {
+        return (
+            yaml_line,
+            "must be `key: value` lines, one setting per line (see the shipped conf.yaml)"
+                .to_owned(),
+        );
+    }
+    (yaml_line, format!("not valid YAML: {message}"))
+}
+
+fn is_secret(key: &str) -> bool {
+    matches!(key, "password" | "secret")
+}
+
+/// A scalar value as the operator wrote it, short; `None` for lists and mappings.
+fn shown(value: &Value) -> Option<String> {
+    let text = match value {
+        Value::Null => "nothing".to_owned(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) if s.chars().count() > 40 => {
+            format!("\"{}…\"", s.chars().take(40).collect::<String>())
+        }
+        Value::String(s) => format!("{s:?}"),
+        Value::Sequence(_) => "a list".to_owned(),
+        Value::Mapping(_) => "a mapping".to_owned(),
+        Value::Tagged(_) => return None,
+    };
+    Some(text)
+}
+
+/// What `key` accepts, in words: its range for numbers, else from the type serde expected.
+fn requirement(key: &str, expected: &str) -> String {
+    if let Some(range) = Range::of(key) {
+        return range.rule();
+    }
+    let words = match key {
+        "addr" => "an IP:port address such as 127.0.0.1:8080",
+        "real_ip_header" => "a header name such as X-Forwarded-For",
+        "allowed_origins" => "a list of origins such as [\"https://shop.example.com\"]",
+        _ => match expected {
+            "a string" | "a borrowed string" => "a string",
+            "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a whole number ≥ 0",
+            "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number",
+            "f32" | "f64" => "a number",
+            "a boolean" => "true or false",
+            "a sequence" => "a list",
+            other => return format!("must be {other}"),
+        },
+    };
+    format!("must be {words}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn seed_config_parses_with_defaults() {
-        let c = Config::parse("addr: 0.0.0.0:8080\npassword: abc123\n", "t").unwrap();
-        assert_eq!(c.addr, "0.0.0.0:8080");
-        assert_eq!(c.access_key_ttl_secs, 3600);
-        assert_eq!(c.listen_backlog, 4096);
+        let c = Config::parse("addr: 0.0.0.0:8080\npassword: s3cret\n", "t").unwrap();
+        assert_eq!(c, Config::new("0.0.0.0:8080", "s3cret"));
         let numeric = Config::parse("addr: 0.0.0.0:8080\npassword: 123123\n", "t").unwrap();
         assert_eq!(numeric.password, "123123");
+    }
+
+    #[test]
+    fn the_sample_password_is_refused_off_loopback() {
+        for addr in ["0.0.0.0:8080", "[::]:8080", "192.0.2.7:80"] {
+            let err = Config::new(addr, SAMPLE_PASSWORD)
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("`password` is still the published sample"),
+                "{err}"
+            );
+            assert!(err.contains("openssl rand"), "{err}");
+        }
+        for addr in ["127.0.0.1:8080", "[::1]:8080"] {
+            Config::new(addr, SAMPLE_PASSWORD).validate().unwrap();
+        }
+    }
+
+    /// The shipped conf.yaml is the documented example: every key is in it, and uncommented it
+    /// gives the defaults (keys unset by default show an example instead). The README's table
+    /// has a row for every key.
+    #[test]
+    fn shipped_conf_yaml_and_readme_list_every_key_at_its_default() {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let shipped = std::fs::read_to_string(format!("{root}/conf.yaml")).unwrap();
+        let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+        let uncommented: String = shipped
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if known_keys().iter().any(|k| line_of(rest, k).is_some()) => rest,
+                _ => line,
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let config = Config::parse(&uncommented, "conf.yaml").unwrap();
+        let defaults = serde_yaml::to_value(Config::new(&config.addr, &config.password)).unwrap();
+        let shown = serde_yaml::to_value(&config).unwrap();
+        for key in known_keys() {
+            assert!(
+                line_of(&uncommented, key).is_some(),
+                "conf.yaml lacks `{key}`"
+            );
+            if !defaults[key].is_null() {
+                assert_eq!(
+                    shown[key], defaults[key],
+                    "conf.yaml shows `{key}` off its default"
+                );
+            }
+            assert!(
+                readme.contains(&format!("| `{key}` |")),
+                "README lacks `{key}`"
+            );
+        }
+        assert!(config.socket_addr().unwrap().ip().is_loopback());
+    }
+
+    fn error(yaml: &str) -> String {
+        let yaml = format!("addr: 127.0.0.1:8080\npassword: x\n{yaml}");
+        Config::parse(&yaml, "conf.yaml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn an_unknown_key_gets_the_closest_known_one_not_the_whole_list() {
+        let err = error("heartbeat_secs: 3\n");
+        assert_eq!(
+            err,
+            "config file conf.yaml, line 3: unknown key `heartbeat_secs`: \
+             did you mean `heartbeat_interval_secs`?"
+        );
+        assert!(error("max_socket: 3\n").ends_with("did you mean `max_sockets`?"));
+        let unrelated = error("colour: blue\n");
+        assert!(unrelated.contains("unknown key `colour`"), "{unrelated}");
+        assert!(!unrelated.contains("listen_backlog"), "{unrelated}");
+    }
+
+    #[test]
+    fn type_errors_are_in_plain_words_with_the_range() {
+        let err = error("send_queue_frames: many\n");
+        assert_eq!(
+            err,
+            "config file conf.yaml, line 3: `send_queue_frames` must be a whole number of \
+             frames from 1 to 1048576, got \"many\""
+        );
+        let err = error("access_key_ttl_secs: 0\n");
+        assert!(
+            err.contains("must be a whole number of seconds from 1 to"),
+            "{err}"
+        );
+        assert!(error("history_ttl_secs: soon\n").contains("must be a number of seconds"));
+        assert!(error("max_sockets: -1\n").contains("got -1"));
+        assert!(error("secret: [a]\n").ends_with("`secret` must be a string"));
+        for yaml in [
+            "max_body_bytes: x\n",
+            "heartbeat_interval_secs: x\n",
+            "secret: [a]\n",
+        ] {
+            let err = error(yaml);
+            for rust in ["u64", "usize", "f64", "invalid type", "expected"] {
+                assert!(!err.contains(rust), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_password_yaml_reads_as_a_number_must_be_quoted() {
+        for value in ["0x1F", "1e3", "1.5", "true", "null", "~", "0o17"] {
+            let yaml = format!("addr: 127.0.0.1:8080\npassword: {value}\n");
+            let err = Config::parse(&yaml, "t").unwrap_err().to_string();
+            assert!(err.contains("put it in quotes"), "{value}: {err}");
+            if value.bytes().any(|b| b.is_ascii_digit()) {
+                assert!(
+                    !err.contains(value),
+                    "the error repeats the password: {err}"
+                );
+            }
+            let quoted = format!("addr: 127.0.0.1:8080\npassword: \"{value}\"\n");
+            assert_eq!(Config::parse(&quoted, "t").unwrap().password, value);
+        }
+        let secret = "addr: 127.0.0.1:8080\npassword: x\nsecret: 0x1F\n";
+        assert!(Config::parse(secret, "t").is_err());
+    }
+
+    #[test]
+    fn an_empty_allowed_origins_list_is_refused() {
+        let err = error("allowed_origins: []\n");
+        assert!(err.contains("would refuse every browser"), "{err}");
+        let one = "addr: 127.0.0.1:8080\npassword: x\nallowed_origins: [\"https://a.example\"]\n";
+        assert!(Config::parse(one, "t").is_ok());
+    }
+
+    #[test]
+    fn every_numeric_range_is_a_key_and_the_defaults_are_in_range() {
+        for range in RANGES {
+            assert!(known_keys().contains(&range.key), "{}", range.key);
+        }
+        Config::new("127.0.0.1:1", "x").validate().unwrap();
     }
 
     #[test]

@@ -2,11 +2,14 @@
 //! WebSocket that uid has open receives it as `{"topic","number","contents"}`.
 //!
 //! How a push flows through the modules (`ARCHITECTURE.md` draws it):
-//! - [`config`]: `conf.yaml`, validated, every error naming its field.
-//! - [`server`]: binds the listener (large backlog) and runs the accept loop.
-//! - [`http`]: warp routes. `GET /access` signs a key with [`auth`]; `GET /ws` checks the key,
-//!   connects the socket to the [`hub`] and upgrades, handing it to a [`protocol`];
-//!   `POST /push` parses the body and asks the hub to publish it.
+//! - [`config`]: `conf.yaml`, its defaults, and validation in plain words naming the key.
+//! - [`server`]: binds the listener (large backlog) and runs the accept loop, tagging each
+//!   request with its peer address.
+//! - [`http`]: warp routes. Backend endpoints check the password ([`auth`]) behind the
+//!   per-address lockout ([`limits`]). `GET /access` signs a key; `GET /ws` checks the key and
+//!   the limits (a `max_sockets` permit held for the socket's life), connects the socket to the
+//!   [`hub`] and upgrades, handing it to a [`protocol`]; `POST /push`, `/publish` and
+//!   `/broadcast` parse the body and ask the hub to publish it; `/online` and `/stats` read it.
 //! - [`hub`]: the two verbs every protocol uses, `connect` and `publish`, over this node's
 //!   [`registry`] (streams → local sockets, each with a bounded [`outbox`]) and the [`broker`]
 //!   (numbering, history, presence and delivery across nodes: in memory, or Redis).
@@ -15,7 +18,8 @@
 //!   as a `text/event-stream` response (`GET /sse`), for networks that block WebSockets.
 //! - [`wire`]: every encoding, serialized once per message.
 //!
-//! [`run`] ties them together and is what both `main` and the integration tests call.
+//! [`run`] validates the config, ties the modules together, and is what both `main` and the
+//! integration tests call.
 
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
@@ -40,7 +44,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-pub use config::Config;
+pub use config::{Config, ConfigError};
 
 /// How long a cluster node waits to join Redis before it serves anyway.
 const JOIN_WAIT: Duration = Duration::from_secs(5);
@@ -48,7 +52,15 @@ const JOIN_WAIT: Duration = Duration::from_secs(5);
 /// Serves on `listener` until `shutdown` resolves, then shuts down gracefully: stop accepting,
 /// let requests in flight finish, flush what each socket has queued, close every socket with
 /// 1001, and return within `config.shutdown_timeout_secs`.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
+///
+/// `config` is validated first (a caller may have built it in code rather than with
+/// [`Config::load`]); an unusable one is returned as the error before anything is served.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ConfigError> {
+    config.validate()?;
     let hub = Arc::new(match &config.redis_url {
         None => hub::Hub::local(config.queue_limit(), config.retention()),
         Some(url) => {
@@ -128,6 +140,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     hub.shutdown().await;
     sweeper.abort();
     log::info!("shutdown complete");
+    Ok(())
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (systemd stop).
@@ -151,5 +164,23 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config built in code skips `Config::load`; `run` must refuse it rather than panic
+    /// later (a zero heartbeat used to panic in `tokio::time::interval`).
+    #[tokio::test]
+    async fn run_refuses_an_invalid_config_instead_of_panicking() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut config = Config::new("127.0.0.1:0", "pw");
+        config.heartbeat_interval_secs = 0.0;
+        let err = run(listener, config, std::future::pending())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("heartbeat_interval_secs"), "{err}");
     }
 }

@@ -1,4 +1,5 @@
-//! Abuse limits that need state: failed password attempts per client address.
+//! Abuse limits that need state: failed password attempts per client address, and a throttle
+//! for log lines about refusals that come in floods.
 //!
 //! A client address that fails the password `per_minute` times within a minute is refused
 //! (429, with `Retry-After`) on the password-protected endpoints until that minute is over, even
@@ -8,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -60,17 +61,18 @@ impl FailureLimiter {
         }
     }
 
-    /// Records one failed attempt from `ip`.
-    pub fn failed(&self, ip: IpAddr) {
+    /// Records one failed attempt from `ip`. `Some(wait)` when this attempt locked the address
+    /// out, for `wait` (once per window, so the caller can log the lockout once).
+    pub fn failed(&self, ip: IpAddr) -> Option<Duration> {
         if self.per_minute == 0 {
-            return;
+            return None;
         }
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         if windows.len() >= MAX_TRACKED && !windows.contains_key(&ip) {
             windows.retain(|_, w| now.duration_since(w.start) < WINDOW);
             if windows.len() >= MAX_TRACKED {
-                return;
+                return None;
             }
         }
         let w = windows.entry(ip).or_insert(Window {
@@ -84,7 +86,15 @@ impl FailureLimiter {
             };
         }
         w.failures = w.failures.saturating_add(1);
+        let locked = (w.failures == self.per_minute)
+            .then(|| WINDOW.saturating_sub(now.duration_since(w.start)));
         self.tracked.store(windows.len(), Ordering::Release);
+        locked
+    }
+
+    /// The failures allowed per address per minute (0: no lockout).
+    pub fn per_minute(&self) -> u32 {
+        self.per_minute
     }
 
     /// Forgets windows that are over.
@@ -93,6 +103,51 @@ impl FailureLimiter {
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         windows.retain(|_, w| now.duration_since(w.start) < WINDOW);
         self.tracked.store(windows.len(), Ordering::Release);
+    }
+}
+
+/// Lets a log line through at most once per period. A full server refuses every reconnect of
+/// a burst; one line per period says so, with how many were not logged, instead of one each.
+pub struct LogThrottle {
+    start: Instant,
+    period_ms: u64,
+    /// Milliseconds after `start` when the next line may go out.
+    next_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogThrottle {
+    /// At most one line per `period`.
+    pub fn new(period: Duration) -> LogThrottle {
+        LogThrottle {
+            start: Instant::now(),
+            period_ms: period.as_millis() as u64,
+            next_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)` if a line may be logged now, `n` being how many were held back since the last
+    /// one; `None` (and one more held back) otherwise.
+    pub fn allow(&self) -> Option<u64> {
+        let now = self.start.elapsed().as_millis() as u64;
+        let next = self.next_ms.load(Ordering::Relaxed);
+        if now >= next
+            && self
+                .next_ms
+                .compare_exchange(
+                    next,
+                    now + self.period_ms,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
     }
 }
 
@@ -105,13 +160,25 @@ mod tests {
         let limiter = FailureLimiter::new(3);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        for _ in 0..3 {
+        for i in 1..=3 {
             assert!(limiter.check(a).is_ok());
-            limiter.failed(a);
+            // Only the failure that locks says so.
+            assert_eq!(limiter.failed(a).is_some(), i == 3);
         }
         let wait = limiter.check(a).unwrap_err();
         assert!(wait <= WINDOW && wait >= Duration::from_secs(1));
         assert!(limiter.check(b).is_ok());
         assert!(FailureLimiter::new(0).check(a).is_ok());
+    }
+
+    #[test]
+    fn the_log_throttle_lets_one_line_through_per_period_and_counts_the_rest() {
+        let throttle = LogThrottle::new(Duration::from_secs(3600));
+        assert_eq!(throttle.allow(), Some(0));
+        assert_eq!(throttle.allow(), None);
+        assert_eq!(throttle.allow(), None);
+        let every_time = LogThrottle::new(Duration::ZERO);
+        assert_eq!(every_time.allow(), Some(0));
+        assert_eq!(every_time.allow(), Some(0));
     }
 }

@@ -49,6 +49,59 @@ async fn password_guessing_is_locked_out_per_address() {
     assert_eq!(http.request("GET", &right, &backend, b"").await.status, 200);
 }
 
+/// Behind a proxy that appends to X-Forwarded-For, a guesser cannot choose its address by
+/// writing its own first entry: the lockout follows the entry the proxy wrote.
+#[tokio::test]
+async fn a_spoofed_forwarded_for_entry_does_not_dodge_the_lockout() {
+    let s = Server::start(|c| {
+        c.auth_failures_per_minute = 3;
+        c.real_ip_header = Some("X-Forwarded-For".into());
+        c.trusted_proxies = 1;
+    })
+    .await;
+    let mut http = s.http().await;
+    for i in 0..3 {
+        let spoofed = format!("198.51.100.{i}, 203.0.113.9");
+        http.request(
+            "GET",
+            "/access?uid=u&password=guess",
+            &[("X-Forwarded-For", &spoofed)],
+            b"",
+        )
+        .await
+        .assert_error(401);
+    }
+    let right = format!("/access?uid=u&password={}", enc(&s.password));
+    let fresh_spoof = [("X-Forwarded-For", "192.0.2.200, 203.0.113.9")];
+    http.request("GET", &right, &fresh_spoof, b"")
+        .await
+        .assert_error(429);
+    // The backend behind the same proxy, at its own address, is not affected.
+    let backend = [("X-Forwarded-For", "203.0.113.9, 198.51.100.7")];
+    assert_eq!(http.request("GET", &right, &backend, b"").await.status, 200);
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_matched_case_insensitively() {
+    let s = Server::start(|_| {}).await;
+    let mut http = s.http().await;
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let auth = format!("{scheme} {}", s.password);
+        let r = http
+            .request("GET", "/access?uid=u", &[("Authorization", &auth)], b"")
+            .await;
+        assert_eq!(r.status, 200, "{scheme}: {:?}", r.text());
+    }
+    http.request(
+        "GET",
+        "/access?uid=u",
+        &[("Authorization", &format!("Basic {}", s.password))],
+        b"",
+    )
+    .await
+    .assert_error(401);
+}
+
 #[tokio::test]
 async fn socket_caps_refuse_before_the_upgrade() {
     let s = Server::start(|c| {
@@ -74,6 +127,109 @@ async fn socket_caps_refuse_before_the_upgrade() {
         status(tokio_tungstenite::connect_async(s.ws_url("c", &key)).await),
         503
     );
+}
+
+/// 101, or the refusal's status.
+async fn upgrade_status(s: &Server, uid: &str, key: &str) -> (u16, Option<Ws>) {
+    match tokio_tungstenite::connect_async(s.ws_url(uid, key)).await {
+        Ok((ws, _)) => (101, Some(ws)),
+        Err(tungstenite::Error::Http(resp)) => (resp.status().as_u16(), None),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Upgrades racing on both server threads cannot pass `max_sockets` together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_sockets_holds_when_upgrades_race() {
+    let s = std::sync::Arc::new(Server::start(|c| c.max_sockets = 4).await);
+    let mut keys = Vec::new();
+    for i in 0..40 {
+        keys.push((format!("u{i}"), s.key(&format!("u{i}")).await));
+    }
+    let racers: Vec<_> = keys
+        .into_iter()
+        .map(|(uid, key)| {
+            let s = s.clone();
+            tokio::spawn(async move { upgrade_status(&s, &uid, &key).await })
+        })
+        .collect();
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            (101, ws) => open.push(ws),
+            (503, _) => refused += 1,
+            (other, _) => panic!("status {other}"),
+        }
+    }
+    assert_eq!((open.len(), refused), (4, 36));
+}
+
+/// A socket's slot comes back however the socket ends: refused after the slot was taken (429
+/// for its uid), closed by the page, or dropped by a client that vanished after the 101.
+#[tokio::test]
+async fn a_socket_slot_is_released_on_every_exit_path() {
+    let s = Server::start(|c| {
+        c.max_sockets = 2;
+        c.max_sockets_per_uid = 1;
+    })
+    .await;
+    let (ka, kb, kc) = (s.key("a").await, s.key("b").await, s.key("c").await);
+    let (status, a) = upgrade_status(&s, "a", &ka).await;
+    assert_eq!(status, 101);
+    // Refused for its uid after taking a slot: the slot is back, so b gets the second one.
+    assert_eq!(upgrade_status(&s, "a", &ka).await.0, 429);
+    let (status, _b) = upgrade_status(&s, "b", &kb).await;
+    assert_eq!(status, 101);
+    assert_eq!(upgrade_status(&s, "c", &kc).await.0, 503);
+
+    // The page closes: its slot is free once its task has ended.
+    let mut a = a.unwrap();
+    a.close(None).await.unwrap();
+    drop(a);
+    let c = until_upgraded(&s, "c", &kc).await;
+
+    // A client that takes the last slot and vanishes without a close frame.
+    drop(c);
+    let request = format!(
+        "GET /ws?uid=d&access_key={} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        enc(&s.key("d").await)
+    );
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let mut raw = TcpStream::connect(s.addr).await.unwrap();
+        raw.write_all(request.as_bytes()).await.unwrap();
+        let mut head = [0u8; 12];
+        raw.read_exact(&mut head).await.unwrap();
+        if &head == b"HTTP/1.1 101" {
+            break; // dropped here, no close frame
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "c's slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    until_upgraded(&s, "c", &kc).await;
+}
+
+/// Retries an upgrade refused with 503 until a slot frees up.
+async fn until_upgraded(s: &Server, uid: &str, key: &str) -> Ws {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match upgrade_status(s, uid, key).await {
+            (101, ws) => return ws.unwrap(),
+            (503, _) => {}
+            (other, _) => panic!("status {other}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no slot was released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

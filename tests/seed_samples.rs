@@ -13,7 +13,7 @@ fn php(server: &Server, args: &[&str]) -> String {
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/backend.php"))
         .args(args)
         .env("PUSH_HOST", server.addr.to_string())
-        .env("PUSH_PASSWORD", &server.password)
+        .env("PUSH_SERVE_PASSWORD", &server.password)
         .output()
         .expect("php runs (install php-cli and php-curl; .ci/run does)");
     assert!(

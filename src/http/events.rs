@@ -53,8 +53,9 @@ async fn respond(state: &AppState, req: &Req) -> Result<Response, ApiError> {
         .get("last-event-id")
         .and_then(|v| v.to_str().ok());
     let admission = admit(state, req, last_event_id)?;
-    check_room(
+    let slot = check_room(
         state,
+        req,
         &admission.subscription.uid,
         *state.sockets.draining.borrow(),
     )?;
@@ -68,6 +69,7 @@ async fn respond(state: &AppState, req: &Req) -> Result<Response, ApiError> {
         .await?;
     let body = sse::start(
         session,
+        slot,
         admission.since.as_ref(),
         state.sockets.clone(),
         &state.tracker,

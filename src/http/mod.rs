@@ -21,17 +21,19 @@ use std::sync::Arc;
 
 use hyper::upgrade::OnUpgrade;
 use serde::Deserialize;
+use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::task::TaskTracker;
 use warp::http::header::{self, HeaderMap, HeaderName};
 use warp::http::Method;
+use warp::path::FullPath;
 use warp::reply::Response;
 use warp::Filter;
 
 use crate::auth::Auth;
 use crate::config::{Config, MAX_UID_BYTES};
 use crate::hub::Hub;
-use crate::limits::{FailureLimiter, PeerAddr};
+use crate::limits::{FailureLimiter, LogThrottle, PeerAddr};
 use crate::protocol::native;
 use crate::protocol::SocketContext;
 
@@ -45,10 +47,17 @@ pub struct AppState {
     max_body_bytes: usize,
     max_uids_per_push: usize,
     max_topics_per_key: usize,
+    /// One permit per open socket, `max_sockets` in all. Taken before the upgrade and held by
+    /// the socket's task, so the cap holds however many upgrades race (a count checked before
+    /// joining let concurrent upgrades pass it together).
+    socket_slots: Arc<Semaphore>,
     max_sockets: usize,
+    /// The "server full" line: at most one per period while refusals last.
+    full_log: LogThrottle,
     max_sockets_per_uid: usize,
     limiter: FailureLimiter,
     real_ip_header: Option<HeaderName>,
+    trusted_proxies: usize,
     allowed_origins: Option<Vec<String>>,
     ws_config: WebSocketConfig,
     sockets: SocketContext,
@@ -73,13 +82,18 @@ impl AppState {
             max_body_bytes: config.max_body_bytes,
             max_uids_per_push: config.max_uids_per_push,
             max_topics_per_key: config.max_topics_per_key,
+            socket_slots: Arc::new(Semaphore::new(
+                config.max_sockets.min(Semaphore::MAX_PERMITS),
+            )),
             max_sockets: config.max_sockets,
+            full_log: LogThrottle::new(std::time::Duration::from_secs(10)),
             max_sockets_per_uid: config.max_sockets_per_uid,
             limiter: FailureLimiter::new(config.auth_failures_per_minute),
             real_ip_header: config
                 .real_ip_header
                 .as_deref()
                 .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+            trusted_proxies: config.trusted_proxies,
             allowed_origins: config.allowed_origins.clone(),
             ws_config: native::ws_config(config.max_client_frame_bytes),
             sockets,
@@ -90,6 +104,11 @@ impl AppState {
     /// Forgets rate-limit windows that are over; called periodically.
     pub fn sweep(&self) {
         self.limiter.sweep();
+    }
+
+    /// The address `req` comes from, as far as the configured proxies vouch for it.
+    fn client_ip(&self, req: &Req) -> Option<IpAddr> {
+        req.client_ip(self.real_ip_header.as_ref(), self.trusted_proxies)
     }
 }
 
@@ -128,25 +147,63 @@ fn check_uid(uid: &str) -> Result<&str, ApiError> {
 /// Backends authenticate with `?password=` (the seed's way) or `Authorization: Bearer`, which
 /// keeps the password out of URLs and proxy logs.
 /// An address that failed too often is refused before its password is even looked at.
+///
+/// A refused password is logged at info with the address and path (never what was given), and
+/// the failure that locks an address out at warn; the refusals during a lockout only at debug,
+/// since that is where a guesser's flood goes.
 fn check_password(state: &AppState, params: &Params, req: &Req) -> Result<(), ApiError> {
-    let ip = req.client_ip(state.real_ip_header.as_ref());
+    let ip = state.client_ip(req);
     if let Some(ip) = ip {
-        state.limiter.check(ip).map_err(ApiError::TooManyFailures)?;
+        state.limiter.check(ip).map_err(|wait| {
+            log::debug!(
+                "{} refused for {ip}: locked out for {} s more",
+                req.path,
+                wait.as_secs()
+            );
+            ApiError::TooManyFailures(wait)
+        })?;
     }
-    let bearer = req
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match params.password.as_deref().or(bearer) {
+    let given = params.password.as_deref().or_else(|| bearer(&req.headers));
+    match given {
         Some(given) if state.auth.check_password(given) => Ok(()),
         _ => {
-            if let Some(ip) = ip {
-                state.limiter.failed(ip);
+            let client = Client(ip);
+            let what = if given.is_some() { "wrong" } else { "no" };
+            log::info!("{} refused for {client}: {what} password", req.path);
+            if let Some(wait) = ip.and_then(|ip| state.limiter.failed(ip)) {
+                log::warn!(
+                    "{client} locked out of the password endpoints for {} s after {} failed \
+                     passwords within a minute (429 until then)",
+                    wait.as_secs().max(1),
+                    state.limiter.per_minute()
+                );
             }
             Err(ApiError::BadPassword)
         }
     }
+}
+
+/// A client address for a log line.
+struct Client(Option<IpAddr>);
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ip) => write!(f, "{ip}"),
+            None => f.write_str("an unknown address"),
+        }
+    }
+}
+
+/// The token of `Authorization: Bearer <token>`. The scheme is case-insensitive (RFC 9110
+/// §11.1), so `bearer` and `BEARER` from some HTTP clients work too.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Checks the method and the password, and parses the query.
@@ -162,22 +219,46 @@ fn authorized(state: &AppState, req: &Req, allow: &'static str) -> Result<Params
 /// What every handler looks at.
 struct Req {
     method: Method,
+    /// Path only: the query carries passwords and keys and is never logged.
+    path: String,
     query: String,
     headers: HeaderMap,
     peer: Option<SocketAddr>,
 }
 
 impl Req {
-    /// The client's address: the configured proxy header's first entry if set and present,
-    /// else the TCP peer.
-    fn client_ip(&self, real_ip_header: Option<&HeaderName>) -> Option<IpAddr> {
-        let forwarded = real_ip_header
-            .and_then(|h| self.headers.get(h))
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse().ok());
-        forwarded.or(self.peer.map(|p| p.ip()))
+    /// The client's address: with a proxy header configured and present, the entry
+    /// `trusted_proxies` places from its right end; else the TCP peer.
+    ///
+    /// Each proxy appends the address it was connected from, so the rightmost entries are
+    /// written by the proxies we trust and everything to their left by the client, who can put
+    /// anything there (taking the first entry let a client choose its own address, and so dodge
+    /// the password lockout or lock out someone else). Entries are split on raw bytes, so junk
+    /// a client wrote cannot hide the entries after it.
+    fn client_ip(&self, real_ip_header: Option<&HeaderName>, trusted: usize) -> Option<IpAddr> {
+        let from_proxy = real_ip_header.and_then(|h| {
+            let entries = || {
+                self.headers
+                    .get_all(h)
+                    .iter()
+                    .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            };
+            // Fewer entries than proxies: every entry was written by one of ours.
+            let skip = entries().count().saturating_sub(trusted.max(1));
+            entries().nth(skip).and_then(parse_ip)
+        });
+        from_proxy.or(self.peer.map(|p| p.ip()))
     }
+}
+
+/// An address as proxies write it: `192.0.2.7`, `2001:db8::1`, and with a port, `192.0.2.7:4711`
+/// or `[2001:db8::1]:4711`.
+fn parse_ip(entry: &[u8]) -> Option<IpAddr> {
+    let entry = std::str::from_utf8(entry).ok()?.trim();
+    entry
+        .parse()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
 }
 
 /// All routes, with a 404 envelope for anything else. Never rejects.
@@ -187,15 +268,19 @@ pub fn routes(
     let state = warp::any().map(move || state.clone());
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     let common = warp::method()
+        .and(warp::path::full())
         .and(query)
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<PeerAddr>())
-        .map(|method, query, headers, peer: Option<PeerAddr>| Req {
-            method,
-            query,
-            headers,
-            peer: peer.map(|p| p.0),
-        })
+        .map(
+            |method, path: FullPath, query, headers, peer: Option<PeerAddr>| Req {
+                method,
+                path: path.as_str().to_owned(),
+                query,
+                headers,
+                peer: peer.map(|p| p.0),
+            },
+        )
         .and(state);
 
     let access_route = warp::path!("access")
@@ -274,4 +359,77 @@ pub fn routes(
 
 fn respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(ApiError::into_response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warp::http::HeaderValue;
+
+    fn req(forwarded: &[&[u8]]) -> Req {
+        let mut headers = HeaderMap::new();
+        for v in forwarded {
+            headers.append("x-forwarded-for", HeaderValue::from_bytes(v).unwrap());
+        }
+        Req {
+            method: Method::GET,
+            path: "/access".into(),
+            query: String::new(),
+            headers,
+            peer: Some("127.0.0.1:5555".parse().unwrap()),
+        }
+    }
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn the_client_address_is_the_rightmost_entry_the_trusted_proxies_wrote() {
+        let xff = HeaderName::from_static("x-forwarded-for");
+        let h = Some(&xff);
+        // Whatever the client wrote on the left is ignored.
+        let spoofed = req(&[b"198.51.100.66, 203.0.113.9"]);
+        assert_eq!(spoofed.client_ip(h, 1), ip("203.0.113.9"));
+        // A CDN, then nginx: the CDN's entry is second from the right.
+        let two = req(&[b"6.6.6.6, 203.0.113.9, 10.0.0.2"]);
+        assert_eq!(two.client_ip(h, 2), ip("203.0.113.9"));
+        // Fewer entries than proxies: all of them are ours, the leftmost is the client.
+        assert_eq!(req(&[b"203.0.113.9"]).client_ip(h, 2), ip("203.0.113.9"));
+        // Several header lines are one list, in order.
+        let lines = req(&[b"6.6.6.6, 7.7.7.7", b"203.0.113.9"]);
+        assert_eq!(lines.client_ip(h, 1), ip("203.0.113.9"));
+        // Bytes that are not text in the client's part do not hide the proxy's entry.
+        let junk = req(&[b"\xff\xfe, 203.0.113.9"]);
+        assert_eq!(junk.client_ip(h, 1), ip("203.0.113.9"));
+        // With ports, as some proxies write them.
+        let ported = req(&[b"[2001:db8::1]:4711"]);
+        assert_eq!(ported.client_ip(h, 1), ip("2001:db8::1"));
+        assert_eq!(req(&[b"203.0.113.9:80"]).client_ip(h, 1), ip("203.0.113.9"));
+        // No header, an unreadable entry, or no header configured: the TCP peer.
+        assert_eq!(req(&[]).client_ip(h, 1), ip("127.0.0.1"));
+        assert_eq!(req(&[b"unknown"]).client_ip(h, 1), ip("127.0.0.1"));
+        assert_eq!(spoofed.client_ip(None, 1), ip("127.0.0.1"));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+            bearer(&h).map(str::to_owned)
+        };
+        for v in [
+            "Bearer pw",
+            "bearer pw",
+            "BEARER pw",
+            "Bearer   pw ",
+            " Bearer pw",
+        ] {
+            assert_eq!(with(v).as_deref(), Some("pw"), "{v:?}");
+        }
+        for v in ["Basic pw", "Bearer", "Bearer ", "Bearerpw"] {
+            assert_eq!(with(v), None, "{v:?}");
+        }
+    }
 }

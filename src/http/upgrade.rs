@@ -8,12 +8,13 @@ use std::collections::HashMap;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use warp::http::header::{self, HeaderMap, HeaderValue};
 use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 
-use super::{ApiError, AppState, Params, Req};
+use super::{ApiError, AppState, Client, Params, Req};
 use crate::protocol::native;
 use crate::registry::Subscription;
 use crate::wire::Proto;
@@ -30,8 +31,9 @@ pub(super) async fn upgrade(
     let admission = admit(state, req, None)?;
     let accept = websocket_accept(&req.headers).ok_or(ApiError::UpgradeRequired)?;
     let on_upgrade = on_upgrade.ok_or(ApiError::UpgradeRequired)?;
-    check_room(
+    let slot = check_room(
         state,
+        req,
         &admission.subscription.uid,
         *state.sockets.shutdown.borrow(),
     )?;
@@ -45,6 +47,7 @@ pub(super) async fn upgrade(
     let ctx = state.sockets.clone();
     let config = state.ws_config;
     state.tracker.spawn(async move {
+        let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = native::accept(TokioIo::new(upgraded), config).await;
@@ -82,6 +85,12 @@ pub(super) fn admit(
     last_event_id: Option<&str>,
 ) -> Result<Admission, ApiError> {
     if !origin_allowed(state, &req.headers) {
+        let origin = req.headers.get(header::ORIGIN).map_or(&[][..], |o| o.as_bytes());
+        let shown = String::from_utf8_lossy(&origin[..origin.len().min(100)]);
+        log::info!(
+            "socket refused for {}: origin {shown:?} is not in allowed_origins",
+            Client(state.client_ip(req))
+        );
         return Err(ApiError::OriginRefused);
     }
     let params = Params::parse(&req.query)?;
@@ -89,7 +98,11 @@ pub(super) fn admit(
     let topics = state
         .auth
         .verify(uid, params.access_key.as_deref().unwrap_or(""))
-        .map_err(ApiError::AccessKey)?;
+        .map_err(|e| {
+            // Routine (an expired key before the page fetches a new one): debug only.
+            log::debug!("socket refused for {}: {e}", Client(state.client_ip(req)));
+            ApiError::AccessKey(e)
+        })?;
     let proto = match params.proto.as_deref() {
         None | Some("1") => Proto::Seed,
         Some("2") => Proto::Resumable,
@@ -127,20 +140,43 @@ pub(super) fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
 }
 
 /// The last checks before joining: not shutting down (`stopping`), and room under
-/// `max_sockets` and `max_sockets_per_uid`. Soft limits: checked before the socket joins, so
-/// concurrent connects may overshoot slightly.
-pub(super) fn check_room(state: &AppState, uid: &str, stopping: bool) -> Result<(), ApiError> {
+/// `max_sockets` and `max_sockets_per_uid`. Returns the socket's slot under `max_sockets`, to
+/// be held for the socket's whole life (dropping it frees the slot, however the socket ends).
+pub(super) fn check_room(
+    state: &AppState,
+    req: &Req,
+    uid: &str,
+    stopping: bool,
+) -> Result<OwnedSemaphorePermit, ApiError> {
     if stopping {
         return Err(ApiError::ShuttingDown);
     }
-    let registry = state.hub.registry();
-    if registry.socket_count() >= state.max_sockets {
-        return Err(ApiError::ServerFull);
-    }
-    if registry.sockets_of(uid) >= state.max_sockets_per_uid {
+    let slot = state
+        .socket_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            if let Some(held_back) = state.full_log.allow() {
+                log::warn!(
+                    "socket refused for {}: max_sockets ({}) are open (503; {held_back} more \
+                     refused since the last such line, which comes at most every 10 s)",
+                    Client(state.client_ip(req)),
+                    state.max_sockets
+                );
+            }
+            ApiError::ServerFull
+        })?;
+    // Per uid the count is checked, then joined: concurrent upgrades of one uid may pass the
+    // check together, so this limit can be overshot by a few (the total above cannot).
+    if state.hub.registry().sockets_of(uid) >= state.max_sockets_per_uid {
+        log::info!(
+            "socket refused for {}: its uid has max_sockets_per_uid ({}) open (429)",
+            Client(state.client_ip(req)),
+            state.max_sockets_per_uid
+        );
         return Err(ApiError::TooManySockets(state.max_sockets_per_uid));
     }
-    Ok(())
+    Ok(slot)
 }
 
 /// The `Sec-WebSocket-Accept` value if `headers` are a valid RFC 6455 upgrade request.

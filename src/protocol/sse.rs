@@ -53,13 +53,18 @@ impl Stream for EventStream {
 /// `since` parameter or `Last-Event-ID`), which the first `id:` starts from.
 pub fn start(
     session: Session,
+    slot: impl Send + 'static,
     since: Option<&HashMap<String, String>>,
     ctx: SocketContext,
     tracker: &TaskTracker,
 ) -> EventStream {
     let (tx, rx) = mpsc::channel(1);
     let positions = Positions::new(&session, since);
-    tracker.spawn(run(session, positions, ctx, tx));
+    tracker.spawn(async move {
+        // The stream's place under `max_sockets`, freed when it ends.
+        let _slot = slot;
+        run(session, positions, ctx, tx).await
+    });
     EventStream(rx)
 }
 

@@ -74,9 +74,13 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let password = config.password.clone();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(push_serve::run(listener, config, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(async move {
+            push_serve::run(listener, config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("run accepts the test config")
+        });
         Server {
             addr,
             password,
