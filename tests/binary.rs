@@ -335,6 +335,29 @@ async fn a_wrong_password_is_logged_at_info_with_the_address_and_not_the_passwor
     }
 }
 
+#[tokio::test]
+async fn a_slow_reader_closed_with_4008_is_logged_with_its_address() {
+    let (child, server) = spawn_daemon_with("slow-log", "info", "send_queue_frames: 4\n").await;
+    let _stalled = silent_client(&server, "slow", Some(4096)).await;
+    let big = format!(r#"{{"topic":"big","contents":"{}"}}"#, "x".repeat(64 << 10));
+    let mut http = server.http().await;
+    let mut pushes = 0;
+    while http.push("slow", &server.password, &big).await.status == 200 {
+        pushes += 1;
+        assert!(pushes < 2000, "never evicted");
+    }
+    // The eviction is logged once the socket's task has closed it.
+    let log = stop_and_read_log(child);
+    let line = log
+        .lines()
+        .find(|l| l.contains("closed as a slow reader (4008)"))
+        .unwrap_or_else(|| panic!("no eviction line in:\n{log}"));
+    assert!(
+        line.contains("WARN") && line.contains("127.0.0.1"),
+        "{line}"
+    );
+}
+
 /// `RUST_LOG=inf0` used to turn every line off without a word.
 #[tokio::test]
 async fn a_misspelt_rust_log_is_reported_and_the_daemon_still_logs() {

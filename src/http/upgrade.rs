@@ -17,7 +17,7 @@ use warp::reply::Response;
 use super::{ApiError, AppState, Client, Params, Req};
 use crate::protocol::native;
 use crate::registry::Subscription;
-use crate::wire::Proto;
+use crate::wire::{CloseReason, Proto};
 
 /// Checks, joins the hub, answers 101 and spawns the socket's task.
 pub(super) async fn upgrade(
@@ -46,12 +46,19 @@ pub(super) async fn upgrade(
         .await?;
     let ctx = state.sockets.clone();
     let config = state.ws_config;
+    let client = state.client_ip(req);
     state.tracker.spawn(async move {
         let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = native::accept(TokioIo::new(upgraded), config).await;
-                native::serve(ws, session, ctx).await;
+                let closed = native::serve(ws, session, ctx).await;
+                if closed == Some(CloseReason::SlowConsumer) {
+                    log::warn!(
+                        "socket of {} closed as a slow reader (4008): its send queue was full",
+                        Client(client)
+                    );
+                }
             }
             // The connection went away before the upgrade completed; dropping the session
             // leaves the hub.
@@ -85,7 +92,10 @@ pub(super) fn admit(
     last_event_id: Option<&str>,
 ) -> Result<Admission, ApiError> {
     if !origin_allowed(state, &req.headers) {
-        let origin = req.headers.get(header::ORIGIN).map_or(&[][..], |o| o.as_bytes());
+        let origin = req
+            .headers
+            .get(header::ORIGIN)
+            .map_or(&[][..], |o| o.as_bytes());
         let shown = String::from_utf8_lossy(&origin[..origin.len().min(100)]);
         log::info!(
             "socket refused for {}: origin {shown:?} is not in allowed_origins",

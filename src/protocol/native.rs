@@ -55,7 +55,7 @@ where
 }
 
 /// Serves a socket that already joined the hub as `session`, until it closes; leaves the
-/// registry on the way out.
+/// registry on the way out. Returns why it closed (`None`: the connection was lost).
 ///
 /// A plain `fn` returning an `async move` block rather than an `async fn`: an `async fn` keeps
 /// both its argument and its moved copy of the ~300-byte WebSocket in the future, and this
@@ -65,7 +65,7 @@ pub fn serve<S>(
     mut ws: Socket<S>,
     mut session: Session,
     mut ctx: SocketContext,
-) -> impl std::future::Future<Output = ()>
+) -> impl std::future::Future<Output = Option<CloseReason>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -91,6 +91,10 @@ where
         // Boxed: the closing steps run once, so their state should not sit in every idle
         // socket's task for its whole life.
         Box::pin(finish(ws, outbox, ended)).await;
+        match ended {
+            Ended::Close(reason) => Some(reason),
+            Ended::Lost => None,
+        }
     }
 }
 
@@ -116,6 +120,7 @@ where
 }
 
 /// Why the loop ended: either a reason we tell the client, or the connection is already gone.
+#[derive(Clone, Copy)]
 enum Ended {
     Close(CloseReason),
     Lost,

@@ -425,3 +425,33 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Performs the WebSocket handshake by hand and then never reads or answers anything: a
+/// half-open or frozen client.
+pub async fn silent_client(s: &Server, uid: &str, recv_buffer: Option<u32>) -> TcpStream {
+    let key = s.key(uid).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
+    let mut stream = socket.connect(s.addr).await.unwrap();
+    let req = format!(
+        "GET /ws?uid={}&access_key={} HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        enc(uid),
+        enc(&key)
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream
+}
