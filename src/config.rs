@@ -115,6 +115,10 @@ pub struct Config {
     /// `net.core.somaxconn`). Large, so a burst of reconnects after a restart is not refused.
     #[serde(default = "defaults::listen_backlog")]
     pub listen_backlog: u32,
+    /// A second listen address serving `/metrics`, `/health` and `/ready` *without* the
+    /// password (for a scraper on a private network); unset: `/metrics` only on `addr`, with it.
+    #[serde(default)]
+    pub metrics_addr: Option<String>,
 }
 
 /// Accepts `password: abc123` and also `password: 123123` (YAML reads the latter as a number;
@@ -215,6 +219,7 @@ impl Config {
             header_read_timeout_secs: defaults::header_read_timeout_secs(),
             shutdown_timeout_secs: defaults::shutdown_timeout_secs(),
             listen_backlog: defaults::listen_backlog(),
+            metrics_addr: None,
         }
     }
 
@@ -359,6 +364,7 @@ impl Config {
         if self.listen_backlog == 0 || self.listen_backlog > 65535 {
             return Err(invalid("listen_backlog", "must be between 1 and 65535"));
         }
+        self.metrics_socket_addr()?;
         Ok(())
     }
 
@@ -370,6 +376,17 @@ impl Config {
                 "`{}` is not an IP:port address such as 0.0.0.0:8080",
                 self.addr
             ),
+        })
+    }
+
+    /// `metrics_addr` as a socket address, if set.
+    pub fn metrics_socket_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let Some(addr) = &self.metrics_addr else {
+            return Ok(None);
+        };
+        addr.parse().map(Some).map_err(|_| ConfigError::Invalid {
+            field: "metrics_addr",
+            reason: format!("`{addr}` is not an IP:port address such as 127.0.0.1:9090"),
         })
     }
 
@@ -433,6 +450,10 @@ mod tests {
             ("addr: 127.0.0.1:1\n", "password"),
             ("addr: 127.0.0.1:1\npassword: x\npasword: y\n", "pasword"),
             ("addr: 127.0.0.1:1\npassword: [1]\n", "password"),
+            (
+                "addr: 127.0.0.1:1\npassword: x\nmetrics_addr: localhost\n",
+                "`metrics_addr`",
+            ),
         ];
         for (yaml, field) in cases {
             let err = Config::parse(yaml, "t").unwrap_err().to_string();

@@ -13,6 +13,7 @@
 //! - [`protocol::native`]: one task per socket writes its queue, answers/sends pings, and
 //!   closes with a documented code ([`wire::CloseReason`]).
 //! - [`wire`]: every encoding, serialized once per message.
+//! - [`metrics`]: counters and latency histograms for `/metrics` (Prometheus).
 //!
 //! [`run`] ties them together and is what both `main` and the integration tests call.
 
@@ -25,6 +26,7 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod limits;
+pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod registry;
@@ -44,7 +46,23 @@ pub use config::Config;
 /// Serves on `listener` until `shutdown` resolves, then shuts down gracefully: stop accepting,
 /// let requests in flight finish, flush what each socket has queued, close every socket with
 /// 1001, and return within `config.shutdown_timeout_secs`.
+///
+/// Like `addr`, `metrics_addr` is the caller's to bind: see [`run_with_metrics`].
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
+    run_with_metrics(listener, None, config, shutdown).await
+}
+
+/// [`run`], also serving `/metrics`, `/health` and `/ready` without a password on
+/// `metrics_listener` (bound to `metrics_addr`) until `run` returns, so a scraper sees the
+/// shutdown through.
+pub async fn run_with_metrics(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) {
+    // Made first: a cluster broker reports its calls to it (`Metrics::broker_call`).
+    let metrics = Arc::new(metrics::Metrics::new());
     let hub = Arc::new(hub::Hub::local(
         config.send_queue_frames,
         config.retention(),
@@ -55,6 +73,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         hub: hub.clone(),
         heartbeat: config.heartbeat_interval(),
         shutdown: stopping,
+        metrics: metrics.clone(),
     };
     let state = Arc::new(http::AppState::new(
         &config,
@@ -62,9 +81,10 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         sockets,
         tracker.clone(),
     ));
-    // Expired history, forgotten streams and finished rate-limit windows go periodically.
+    // Expired history, forgotten streams, finished rate-limit windows and buffered histogram
+    // values go periodically.
     let sweeper = tokio::spawn({
-        let (hub, state) = (hub.clone(), state.clone());
+        let (hub, state, metrics) = (hub.clone(), state.clone(), metrics.clone());
         let period = Duration::from_secs_f64((config.history_ttl_secs / 4.0).clamp(0.05, 5.0));
         async move {
             let mut tick = tokio::time::interval(period);
@@ -72,18 +92,33 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
                 tick.tick().await;
                 hub.sweep();
                 state.sweep();
+                metrics.upkeep();
             }
         }
+    });
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_server = metrics_listener.map(|listener| {
+        tokio::spawn(server::serve(
+            listener,
+            http::metrics_routes(state.clone()),
+            config.header_read_timeout(),
+            async {
+                let _ = metrics_stopped.await;
+            },
+            // Nothing to wait for but a scrape in flight.
+            Duration::from_secs(1),
+        ))
     });
 
     // Half the budget for HTTP requests in flight, half for sockets to flush and close.
     let phase = config.shutdown_timeout() / 2;
     server::serve(
         listener,
-        http::routes(state),
+        http::routes(state.clone()),
         config.header_read_timeout(),
         async {
             shutdown.await;
+            state.stop_accepting();
             log::info!("shutting down: {} sockets open", hub.socket_count());
         },
         phase,
@@ -99,6 +134,10 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         );
     }
     sweeper.abort();
+    let _ = stop_metrics.send(());
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
+    }
     log::info!("shutdown complete");
 }
 

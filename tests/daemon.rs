@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 
@@ -96,36 +96,6 @@ async fn duplicated_query_parameter_is_a_400() {
         .get(&format!("/access?uid={long}&password={}", enc(&s.password)))
         .await;
     r.assert_error(400);
-}
-
-/// Performs the WebSocket handshake by hand and then never reads or answers anything: a
-/// half-open or frozen client.
-async fn silent_client(s: &Server, uid: &str, recv_buffer: Option<u32>) -> TcpStream {
-    let key = s.key(uid).await;
-    let socket = TcpSocket::new_v4().unwrap();
-    if let Some(size) = recv_buffer {
-        socket.set_recv_buffer_size(size).unwrap();
-    }
-    let mut stream = socket.connect(s.addr).await.unwrap();
-    let req = format!(
-        "GET /ws?uid={}&access_key={} HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        enc(uid),
-        enc(&key)
-    );
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8];
-        stream.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    stream
 }
 
 #[tokio::test]

@@ -571,6 +571,7 @@ pub fn http(data: &[u8]) {
                 hub: hub.clone(),
                 heartbeat: config.heartbeat_interval(),
                 shutdown: stopping,
+                metrics: Default::default(),
             };
             let state = Arc::new(AppState::new(
                 &config,
@@ -824,6 +825,7 @@ pub fn ws_frames(data: &[u8]) {
                 hub: hub.clone(),
                 heartbeat: HEARTBEAT,
                 shutdown: stopping,
+                metrics: Default::default(),
             };
             let (client, server) = tokio::io::duplex(DUPLEX_BYTES);
             let ws = WebSocketStream::from_raw_socket(

@@ -91,7 +91,7 @@ pub enum ApiError {
     MethodNotAllowed(&'static str),
     /// No such path.
     #[error(
-        "not found: the endpoints are /access, /ws, /push, /publish, /broadcast, /online, /stats"
+        "not found: the endpoints are /access, /ws, /push, /publish, /broadcast, /online, /stats, /health, /ready, /metrics"
     )]
     NotFound,
 }

@@ -1,18 +1,21 @@
 //! The HTTP surface as warp filters: `/access` ([`access`]), `/ws` ([`upgrade`]), `/push`,
-//! `/publish`, `/broadcast` ([`publish`]), `/online`, `/stats` ([`query`]); every failure is an
-//! [`ApiError`] turned into the JSON envelope in one place ([`error`]).
+//! `/publish`, `/broadcast` ([`publish`]), `/online`, `/stats` ([`query`]), `/health`,
+//! `/ready`, `/metrics` ([`ops`]); every failure is an [`ApiError`] turned into the JSON
+//! envelope in one place ([`error`]). Every request is counted by endpoint and status.
 //!
 //! Routes are matched on path only; each handler checks its own method, so a wrong method is a
 //! 405 and an unknown path a 404, both with the envelope, and no warp rejection ever escapes.
 
 mod access;
 pub mod error;
+mod ops;
 mod publish;
 mod query;
 mod upgrade;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use hyper::upgrade::OnUpgrade;
@@ -28,6 +31,7 @@ use crate::auth::Auth;
 use crate::config::{Config, MAX_UID_BYTES};
 use crate::hub::Hub;
 use crate::limits::{FailureLimiter, PeerAddr};
+use crate::metrics::{Credential, Endpoint, Metrics};
 use crate::protocol::native::{self, SocketContext};
 
 pub use error::{ApiError, STORED_HEADER, USER_OFFLINE};
@@ -48,6 +52,9 @@ pub struct AppState {
     ws_config: WebSocketConfig,
     sockets: SocketContext,
     tracker: TaskTracker,
+    metrics: Arc<Metrics>,
+    /// False once shutdown has begun: `/ready` answers 503.
+    accepting: AtomicBool,
 }
 
 impl AppState {
@@ -77,9 +84,16 @@ impl AppState {
                 .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
             allowed_origins: config.allowed_origins.clone(),
             ws_config: native::ws_config(config.max_client_frame_bytes),
+            metrics: sockets.metrics.clone(),
             sockets,
             tracker,
+            accepting: AtomicBool::new(true),
         }
+    }
+
+    /// Shutdown has begun: from now on `/ready` says 503, so a load balancer stops sending.
+    pub fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::Relaxed);
     }
 
     /// Forgets rate-limit windows that are over; called periodically.
@@ -136,19 +150,31 @@ fn check_password(state: &AppState, params: &Params, req: &Req) -> Result<(), Ap
     match params.password.as_deref().or(bearer) {
         Some(given) if state.auth.check_password(given) => Ok(()),
         _ => {
+            state.metrics.auth_failed(Credential::Password);
             if let Some(ip) = ip {
                 state.limiter.failed(ip);
+                // Checked only after a failure, and an address already locked out never gets
+                // here: so this counts each lockout once.
+                if state.limiter.check(ip).is_err() {
+                    state.metrics.locked_out();
+                }
             }
             Err(ApiError::BadPassword)
         }
     }
 }
 
-/// Checks the method and the password, and parses the query.
-fn authorized(state: &AppState, req: &Req, allow: &'static str) -> Result<Params, ApiError> {
+/// 405 unless the request's method is in `allow` (comma-separated).
+fn allowed(req: &Req, allow: &'static str) -> Result<(), ApiError> {
     if !allow.split(", ").any(|m| m == req.method.as_str()) {
         return Err(ApiError::MethodNotAllowed(allow));
     }
+    Ok(())
+}
+
+/// Checks the method and the password, and parses the query.
+fn authorized(state: &AppState, req: &Req, allow: &'static str) -> Result<Params, ApiError> {
+    allowed(req, allow)?;
     let params = Params::parse(&req.query)?;
     check_password(state, &params, req)?;
     Ok(params)
@@ -175,13 +201,14 @@ impl Req {
     }
 }
 
-/// All routes, with a 404 envelope for anything else. Never rejects.
-pub fn routes(
+/// Every request's method, query, headers and peer, with the shared state.
+fn request(
     state: Arc<AppState>,
-) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+) -> impl Filter<Extract = (Req, Arc<AppState>), Error = Infallible> + Clone + Send + Sync + 'static
+{
     let state = warp::any().map(move || state.clone());
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
-    let common = warp::method()
+    warp::method()
         .and(query)
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<PeerAddr>())
@@ -191,7 +218,34 @@ pub fn routes(
             headers,
             peer: peer.map(|p| p.0),
         })
-        .and(state);
+        .and(state)
+}
+
+/// All routes, with a 404 envelope for anything else. Never rejects.
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    all_routes(state, true)
+}
+
+/// The routes of the separate `metrics_addr` listener: `/metrics`, `/health` and `/ready`,
+/// without a password (that listener is meant for a private network); 404 for anything else.
+/// Never rejects.
+pub fn metrics_routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    all_routes(state, false)
+}
+
+/// Both listeners' routes: one filter *type*, so that the server (hyper's connection machinery
+/// included) is compiled once, not once per listener; `public` decides at run time what is
+/// served.
+fn all_routes(
+    state: Arc<AppState>,
+    public: bool,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let metrics = state.metrics.clone();
+    let common = request(state);
 
     let access_route = warp::path!("access")
         .and(common.clone())
@@ -221,14 +275,24 @@ pub fn routes(
         |req: Req, state: Arc<AppState>| async move { respond(query::stats(&state, &req).await) },
     );
     let ws_route = warp::path!("ws")
-        .and(common)
+        .and(common.clone())
         .and(warp::ext::optional::<OnUpgrade>())
         .then(|req: Req, state: Arc<AppState>, on_upgrade| async move {
             respond(upgrade::upgrade(&state, &req, on_upgrade).await)
         });
     let not_found_route = warp::any().map(|| ApiError::NotFound.into_response());
 
-    access_route
+    // The API proper is not served on the metrics listener.
+    let api_here = warp::any()
+        .and_then(move || async move {
+            if public {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one();
+    let api = access_route
         .or(push_route)
         .unify()
         .or(publish_route)
@@ -240,21 +304,42 @@ pub fn routes(
         .or(stats_route)
         .unify()
         .or(ws_route)
+        .unify();
+    let guard = if public {
+        ops::Guard::Password
+    } else {
+        ops::Guard::Open
+    };
+
+    // Boxed: off the push path, and erasing its type keeps the route chain's type (spelt out in
+    // every symbol of the server that is generic over it) from growing by a third.
+    let ops = ops::routes(common, guard).boxed();
+
+    api_here
+        .and(api)
+        .or(ops)
         .unify()
         .or(not_found_route)
         .unify()
-        // Path and status only: query strings carry passwords and access keys.
-        .with(warp::log::custom(|info| {
-            log::debug!(
-                target: "push_serve::http",
-                "{} {} {} {:?}",
-                info.method(),
-                info.path(),
-                info.status().as_u16(),
-                info.elapsed()
-            )
-        }))
+        .with(counted(metrics))
         .map(warp::Reply::into_response)
+}
+
+/// Counts every request by endpoint and status, and logs it at `debug`: path and status only,
+/// never the query string (it carries passwords and access keys).
+fn counted(metrics: Arc<Metrics>) -> warp::log::Log<impl Fn(warp::log::Info<'_>) + Clone> {
+    warp::log::custom(move |info| {
+        let status = info.status().as_u16();
+        metrics.request(Endpoint::of_path(info.path()), status);
+        log::debug!(
+            target: "push_serve::http",
+            "{} {} {} {:?}",
+            info.method(),
+            info.path(),
+            status,
+            info.elapsed()
+        )
+    })
 }
 
 fn respond(result: Result<Response, ApiError>) -> Response {

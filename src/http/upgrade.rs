@@ -15,6 +15,7 @@ use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 
 use super::{ApiError, AppState, Params, Req};
+use crate::metrics::Credential;
 use crate::protocol::native;
 use crate::registry::Subscription;
 use crate::wire::Proto;
@@ -42,7 +43,10 @@ pub(super) async fn upgrade(
     let topics = state
         .auth
         .verify(uid, params.access_key.as_deref().unwrap_or(""))
-        .map_err(ApiError::AccessKey)?;
+        .map_err(|e| {
+            state.metrics.auth_failed(Credential::AccessKey);
+            ApiError::AccessKey(e)
+        })?;
     let proto = match params.proto.as_deref() {
         None | Some("1") => Proto::Seed,
         Some("2") => Proto::Resumable,
@@ -79,6 +83,7 @@ pub(super) async fn upgrade(
     // Joined before the 101 is written: once the page sees its socket open, a push for its uid
     // finds it (frames queued meanwhile wait in its outbox), and the resume replay is taken now.
     let session = state.hub.connect(subscription, resume.as_ref()).await?;
+    state.metrics.socket_connected();
     let ctx = state.sockets.clone();
     let config = state.ws_config;
     state.tracker.spawn(async move {
@@ -94,7 +99,10 @@ pub(super) async fn upgrade(
             }
             // The connection went away before the upgrade completed; dropping the session
             // leaves the hub.
-            Err(e) => log::debug!("upgrade failed: {e}"),
+            Err(e) => {
+                log::debug!("upgrade failed: {e}");
+                ctx.metrics.socket_closed(None);
+            }
         }
     });
 

@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::hub::{Hub, Session};
+use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::wire::{CloseReason, Frame};
 
@@ -50,6 +51,8 @@ pub struct SocketContext {
     pub heartbeat: Duration,
     /// Flips to `true` when the server shuts down.
     pub shutdown: watch::Receiver<bool>,
+    /// Where the socket's end (its close code) is counted.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Serves a socket that already joined the hub as `session`, until it closes; leaves the
@@ -85,6 +88,10 @@ where
         .await;
         let outbox = session.membership.outbox().clone();
         log::debug!("socket {} closed: {ended:?}", session.membership.id());
+        ctx.metrics.socket_closed(match ended {
+            Ended::Close(reason) => Some(reason.code()),
+            Ended::Lost => None,
+        });
         drop(session);
         // Boxed: the closing steps run once, so their state should not sit in every idle
         // socket's task for its whole life.

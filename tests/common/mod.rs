@@ -30,6 +30,8 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct Server {
     pub addr: SocketAddr,
     pub password: String,
+    /// The password-free `/metrics` listener, if started with one.
+    pub metrics_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -52,6 +54,7 @@ impl Server {
         Server {
             addr,
             password: password.into(),
+            metrics_addr: None,
             stop: None,
             task: None,
         }
@@ -59,19 +62,38 @@ impl Server {
 
     /// In-process push-serve on 127.0.0.1:0 with `tweak` applied to the default config.
     pub async fn start(tweak: impl FnOnce(&mut Config)) -> Server {
+        Server::start_inner(tweak, false).await
+    }
+
+    /// Like [`Server::start`], also serving `/metrics` without a password on a second
+    /// loopback port ([`Server::metrics_addr`]), as `metrics_addr` does.
+    pub async fn start_with_metrics_listener(tweak: impl FnOnce(&mut Config)) -> Server {
+        Server::start_inner(tweak, true).await
+    }
+
+    async fn start_inner(tweak: impl FnOnce(&mut Config), metrics_listener: bool) -> Server {
         let mut config = Config::new("127.0.0.1:0", PASSWORD);
         tweak(&mut config);
         config.validate().expect("test config is valid");
         let listener = push_serve::server::bind(config.socket_addr().unwrap(), 1024).unwrap();
         let addr = listener.local_addr().unwrap();
+        let metrics = metrics_listener
+            .then(|| push_serve::server::bind("127.0.0.1:0".parse().unwrap(), 64).unwrap());
+        let metrics_addr = metrics.as_ref().map(|l| l.local_addr().unwrap());
         let password = config.password.clone();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(push_serve::run(listener, config, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(push_serve::run_with_metrics(
+            listener,
+            metrics,
+            config,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Server {
             addr,
             password,
+            metrics_addr,
             stop: Some(stop),
             task: Some(task),
         }
@@ -81,11 +103,16 @@ impl Server {
         self.task.is_none()
     }
 
-    /// Triggers a graceful shutdown and waits for `run` to return.
-    pub async fn shutdown(&mut self) {
+    /// Triggers a graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// Triggers a graceful shutdown and waits for `run` to return.
+    pub async fn shutdown(&mut self) {
+        self.begin_shutdown();
         if let Some(task) = self.task.take() {
             tokio::time::timeout(PATIENCE * 3, task)
                 .await
@@ -162,6 +189,37 @@ impl Drop for Server {
             let _ = stop.send(());
         }
     }
+}
+
+/// A raw WebSocket client that never reads (until the test does): upgraded by hand over a TCP
+/// socket whose receive buffer is `recv_buffer` bytes if given, so the kernel cannot absorb
+/// megabytes for it.
+pub async fn silent_client(s: &Server, uid: &str, recv_buffer: Option<u32>) -> TcpStream {
+    let key = s.key(uid).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
+    let mut stream = socket.connect(s.addr).await.unwrap();
+    let req = format!(
+        "GET /ws?uid={}&access_key={} HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        enc(uid),
+        enc(&key)
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream
 }
 
 /// Percent-encodes a query value.
