@@ -13,7 +13,8 @@
 //! - [`protocol::native`]: one task per socket writes its queue, answers/sends pings, and
 //!   closes with a documented code ([`wire::CloseReason`]).
 //! - [`wire`]: every encoding, serialized once per message.
-//! - [`metrics`]: counters and latency histograms for `/metrics` (Prometheus).
+//! - [`metrics`]: counters and latency histograms for `/metrics` (Prometheus), and the recent
+//!   history behind the admin page.
 //!
 //! [`run`] ties them together and is what both `main` and the integration tests call.
 
@@ -96,6 +97,19 @@ pub async fn run_with_metrics(
             }
         }
     });
+    // The admin page's charts: one sample a second.
+    let sampler = tokio::spawn({
+        let (hub, metrics) = (hub.clone(), metrics.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let registry = hub.registry();
+                metrics.sample(registry.socket_count(), registry.deliveries());
+            }
+        }
+    });
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_server = metrics_listener.map(|listener| {
         tokio::spawn(server::serve(
@@ -134,6 +148,7 @@ pub async fn run_with_metrics(
         );
     }
     sweeper.abort();
+    sampler.abort();
     let _ = stop_metrics.send(());
     if let Some(metrics_server) = metrics_server {
         let _ = metrics_server.await;

@@ -1,4 +1,5 @@
-//! What an operator watches: the Prometheus metrics behind `/metrics`.
+//! What an operator watches: the Prometheus metrics behind `/metrics`, and the short history
+//! the admin page draws (one sample of sockets and traffic a second, recent refusals).
 //!
 //! Each server owns one [`Metrics`]: a `metrics-exporter-prometheus` recorder that is *not*
 //! installed as the process's global recorder, so two servers in one process (the tests) count
@@ -19,15 +20,18 @@
 //! Histograms are buffered by the exporter until they are rendered; [`Metrics::upkeep`] (from
 //! `run`'s periodic sweep) also drains them, so memory stays bounded when nobody scrapes.
 
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ::metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
     with_local_recorder, Counter, Gauge, Histogram, Unit,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use serde::Serialize;
 
 /// Histogram buckets, in seconds: 50 µs to 5 s. A push is queued in microseconds; a cluster
 /// broker's round trip takes a fraction of a millisecond to milliseconds.
@@ -35,6 +39,13 @@ const BUCKETS: [f64; 16] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0,
 ];
+
+/// Samples kept for the admin page's charts: five minutes at one a second.
+pub const SAMPLES: usize = 300;
+/// Refusals kept for the admin page.
+pub const REFUSALS: usize = 100;
+/// Longest refusal reason kept, in bytes.
+const REASON_MAX: usize = 160;
 
 /// A timestamp for latency on the push path. quanta reads the CPU's time-stamp counter (about
 /// 10 ns, against 40-70 ns for `std::time::Instant::now()` on the build machine) and falls back
@@ -69,12 +80,14 @@ pub enum Endpoint {
     Ready,
     /// `/metrics`
     Metrics,
+    /// `/admin` and its JSON under `/admin/`
+    Admin,
     /// Anything else (404).
     Other,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 11] = [
+    const ALL: [Endpoint; 12] = [
         Endpoint::Access,
         Endpoint::Ws,
         Endpoint::Push,
@@ -85,6 +98,7 @@ impl Endpoint {
         Endpoint::Health,
         Endpoint::Ready,
         Endpoint::Metrics,
+        Endpoint::Admin,
         Endpoint::Other,
     ];
 
@@ -101,6 +115,7 @@ impl Endpoint {
             "/health" => Endpoint::Health,
             "/ready" => Endpoint::Ready,
             "/metrics" => Endpoint::Metrics,
+            "/admin" | "/admin/series" | "/admin/refusals" => Endpoint::Admin,
             _ => Endpoint::Other,
         }
     }
@@ -118,6 +133,7 @@ impl Endpoint {
             Endpoint::Health => "health",
             Endpoint::Ready => "ready",
             Endpoint::Metrics => "metrics",
+            Endpoint::Admin => "admin",
             Endpoint::Other => "other",
         }
     }
@@ -168,10 +184,50 @@ pub enum Credential {
 /// connection that ended without a close frame counts as `lost`.
 const CLOSE_CODES: [u16; 7] = [1000, 1001, 1002, 1009, 4000, 4008, 4010];
 
-/// This server's metrics. See the module doc.
+/// One point of the admin page's charts.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Sample {
+    /// Unix time, milliseconds.
+    pub t: u64,
+    /// Sockets open.
+    pub sockets: u64,
+    /// Messages published since start (one per stream a publish went to).
+    pub messages: u64,
+    /// Frames queued to sockets since start.
+    pub deliveries: u64,
+}
+
+/// A refused request, as the admin page lists it. Never holds a query string, a header, a
+/// password or an access key: only the status, the stable reason code and text, the endpoint
+/// and the client's address.
+#[derive(Debug, Clone, Serialize)]
+pub struct Refusal {
+    /// Unix time, milliseconds.
+    pub t: u64,
+    /// HTTP status.
+    pub status: u16,
+    /// Stable reason code ([`crate::http::ApiError::code`]).
+    pub reason: &'static str,
+    /// The reason text the client got (cut to 160 bytes).
+    pub detail: String,
+    /// The endpoint asked.
+    pub endpoint: &'static str,
+    /// The client's address (the proxy header's, if configured), if known.
+    pub client: Option<IpAddr>,
+}
+
+#[derive(Default)]
+struct Refusals {
+    recent: VecDeque<Refusal>,
+    /// Since start, by reason code (a fixed, small set of keys).
+    counts: HashMap<&'static str, u64>,
+}
+
+/// This server's metrics and recent history. See the module doc.
 pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
+    started: std::time::Instant,
 
     connects: Counter,
     /// By [`CLOSE_CODES`] index, then `lost`.
@@ -184,8 +240,8 @@ pub struct Metrics {
     lockouts: Counter,
     /// Latency by publish kind: accepted → body read, parsed → queued, accepted → queued.
     stages: Vec<[Histogram; 3]>,
-    /// Messages published by publish kind, copied to `published` when rendered (one atomic
-    /// add per publish, like the other figures kept outside the exporter).
+    /// Messages published by publish kind: kept here (the admin page reads them) and copied
+    /// to `published` when rendered.
     messages: [AtomicU64; 3],
     published: Vec<Counter>,
 
@@ -196,6 +252,10 @@ pub struct Metrics {
     history_bytes: Gauge,
     broker_ready: Gauge,
     tasks: Gauge,
+
+    // Held for a push or a copy; never across an await.
+    series: Mutex<VecDeque<Sample>>,
+    refusals: Mutex<Refusals>,
 }
 
 impl Default for Metrics {
@@ -221,6 +281,7 @@ impl Metrics {
             gauge!("push_serve_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             Metrics {
                 handle,
+                started: std::time::Instant::now(),
                 connects: counter!("push_serve_socket_connects_total"),
                 closes: CLOSE_CODES
                     .iter()
@@ -255,6 +316,8 @@ impl Metrics {
                 history_bytes: gauge!("push_serve_history_bytes"),
                 broker_ready: gauge!("push_serve_broker_ready"),
                 tasks: gauge!("push_serve_runtime_tasks"),
+                series: Mutex::new(VecDeque::with_capacity(SAMPLES)),
+                refusals: Mutex::default(),
                 recorder: recorder.clone(),
             }
         })
@@ -349,10 +412,87 @@ impl Metrics {
         });
     }
 
+    /// Remembers a refused request for the admin page (the last [`REFUSALS`]).
+    pub fn refused(
+        &self,
+        status: u16,
+        reason: &'static str,
+        detail: &str,
+        endpoint: Endpoint,
+        client: Option<IpAddr>,
+    ) {
+        let mut end = detail.len().min(REASON_MAX);
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        let refusal = Refusal {
+            t: unix_ms(),
+            status,
+            reason,
+            detail: detail[..end].to_string(),
+            endpoint: endpoint.label(),
+            client,
+        };
+        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        *refusals.counts.entry(reason).or_default() += 1;
+        if refusals.recent.len() == REFUSALS {
+            refusals.recent.pop_front();
+        }
+        refusals.recent.push_back(refusal);
+    }
+
+    /// The refusals kept, oldest first, and counts by reason since start.
+    pub fn refusals(&self) -> (Vec<Refusal>, HashMap<&'static str, u64>) {
+        let refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        (
+            refusals.recent.iter().cloned().collect(),
+            refusals.counts.clone(),
+        )
+    }
+
+    /// Messages published since start, over all endpoints.
+    pub fn messages(&self) -> u64 {
+        self.messages
+            .iter()
+            .map(|m| m.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// The current figures as a sample (not kept).
+    pub fn now(&self, sockets: usize, deliveries: u64) -> Sample {
+        Sample {
+            t: unix_ms(),
+            sockets: sockets as u64,
+            messages: self.messages(),
+            deliveries,
+        }
+    }
+
+    /// Keeps one sample for the admin page's charts (called once a second).
+    pub fn sample(&self, sockets: usize, deliveries: u64) {
+        let sample = self.now(sockets, deliveries);
+        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        if series.len() == SAMPLES {
+            series.pop_front();
+        }
+        series.push_back(sample);
+    }
+
     /// Drains the histogram values buffered since the last call into their buckets; called
     /// periodically so that they do not pile up between scrapes (or without any).
     pub fn upkeep(&self) {
         self.handle.run_upkeep();
+    }
+
+    /// The samples kept, oldest first.
+    pub fn series(&self) -> Vec<Sample> {
+        let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        series.iter().copied().collect()
+    }
+
+    /// Seconds since this server started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// The Prometheus text exposition of everything, with the figures owned elsewhere as of
@@ -458,6 +598,12 @@ fn describe() {
     );
 }
 
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,5 +654,28 @@ mod tests {
         assert!(tb.contains("push_serve_socket_connects_total 0"), "{tb}");
         assert!(ta.contains(r#"push_serve_http_requests_total{endpoint="push",status="200"} 1"#));
         assert!(!tb.contains("push_serve_http_requests_total{"));
+    }
+
+    #[test]
+    fn refusals_are_bounded_and_counted_by_reason() {
+        let m = Metrics::new();
+        for i in 0..REFUSALS + 5 {
+            m.refused(401, "bad_password", &"é".repeat(i), Endpoint::Push, None);
+        }
+        let (recent, counts) = m.refusals();
+        assert_eq!(recent.len(), REFUSALS);
+        assert_eq!(counts["bad_password"], (REFUSALS + 5) as u64);
+        assert!(recent.iter().all(|r| r.detail.len() <= REASON_MAX));
+    }
+
+    #[test]
+    fn series_keeps_the_last_five_minutes() {
+        let m = Metrics::new();
+        for i in 0..SAMPLES + 3 {
+            m.sample(i, i as u64);
+        }
+        let series = m.series();
+        assert_eq!(series.len(), SAMPLES);
+        assert_eq!(series[0].sockets, 3);
     }
 }

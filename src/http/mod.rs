@@ -1,12 +1,14 @@
 //! The HTTP surface as warp filters: `/access` ([`access`]), `/ws` ([`upgrade`]), `/push`,
 //! `/publish`, `/broadcast` ([`publish`]), `/online`, `/stats` ([`query`]), `/health`,
-//! `/ready`, `/metrics` ([`ops`]); every failure is an [`ApiError`] turned into the JSON
-//! envelope in one place ([`error`]). Every request is counted by endpoint and status.
+//! `/ready`, `/metrics` ([`ops`]), `/admin` ([`admin`]); every failure is an [`ApiError`]
+//! turned into the JSON envelope in one place ([`error`]). Every request is counted by endpoint
+//! and status, and every refusal but "user offline" is remembered for the admin page.
 //!
 //! Routes are matched on path only; each handler checks its own method, so a wrong method is a
 //! 405 and an unknown path a 404, both with the envelope, and no warp rejection ever escapes.
 
 mod access;
+mod admin;
 pub mod error;
 mod ops;
 mod publish;
@@ -247,38 +249,52 @@ fn all_routes(
     let metrics = state.metrics.clone();
     let common = request(state);
 
-    let access_route = warp::path!("access")
-        .and(common.clone())
-        .map(|req: Req, state: Arc<AppState>| respond(access::access(&state, &req)));
+    let access_route =
+        warp::path!("access")
+            .and(common.clone())
+            .map(|req: Req, state: Arc<AppState>| {
+                let result = access::access(&state, &req);
+                respond(&state, &req, Endpoint::Access, result)
+            });
     let push_route = warp::path!("push")
         .and(common.clone())
         .and(warp::body::stream())
         .then(|req: Req, state: Arc<AppState>, body| async move {
-            respond(publish::push(&state, &req, body).await)
+            let result = publish::push(&state, &req, body).await;
+            respond(&state, &req, Endpoint::Push, result)
         });
     let publish_route = warp::path!("publish")
         .and(common.clone())
         .and(warp::body::stream())
         .then(|req: Req, state: Arc<AppState>, body| async move {
-            respond(publish::publish(&state, &req, body, publish::Target::Topic).await)
+            let result = publish::publish(&state, &req, body, publish::Target::Topic).await;
+            respond(&state, &req, Endpoint::Publish, result)
         });
     let broadcast_route = warp::path!("broadcast")
         .and(common.clone())
         .and(warp::body::stream())
         .then(|req: Req, state: Arc<AppState>, body| async move {
-            respond(publish::publish(&state, &req, body, publish::Target::Everyone).await)
+            let result = publish::publish(&state, &req, body, publish::Target::Everyone).await;
+            respond(&state, &req, Endpoint::Broadcast, result)
         });
     let online_route = warp::path!("online").and(common.clone()).then(
-        |req: Req, state: Arc<AppState>| async move { respond(query::online(&state, &req).await) },
+        |req: Req, state: Arc<AppState>| async move {
+            let result = query::online(&state, &req).await;
+            respond(&state, &req, Endpoint::Online, result)
+        },
     );
     let stats_route = warp::path!("stats").and(common.clone()).then(
-        |req: Req, state: Arc<AppState>| async move { respond(query::stats(&state, &req).await) },
+        |req: Req, state: Arc<AppState>| async move {
+            let result = query::stats(&state, &req).await;
+            respond(&state, &req, Endpoint::Stats, result)
+        },
     );
     let ws_route = warp::path!("ws")
         .and(common.clone())
         .and(warp::ext::optional::<OnUpgrade>())
         .then(|req: Req, state: Arc<AppState>, on_upgrade| async move {
-            respond(upgrade::upgrade(&state, &req, on_upgrade).await)
+            let result = upgrade::upgrade(&state, &req, on_upgrade).await;
+            respond(&state, &req, Endpoint::Ws, result)
         });
     let not_found_route = warp::any().map(|| ApiError::NotFound.into_response());
 
@@ -304,6 +320,10 @@ fn all_routes(
         .or(stats_route)
         .unify()
         .or(ws_route)
+        .unify()
+        // Boxed, like the ops routes below: off the push path, and its type stays out of
+        // every symbol of the server.
+        .or(admin::routes(common.clone()).boxed())
         .unify();
     let guard = if public {
         ops::Guard::Password
@@ -342,6 +362,25 @@ fn counted(metrics: Arc<Metrics>) -> warp::log::Log<impl Fn(warp::log::Info<'_>)
     })
 }
 
-fn respond(result: Result<Response, ApiError>) -> Response {
-    result.unwrap_or_else(ApiError::into_response)
+/// The reply for `result`; a refusal is also remembered for the admin page, with the client's
+/// address (never the query or headers). "User offline" is a normal outcome of `/push`, not a
+/// refusal, so it is not kept (it would crowd out everything else).
+fn respond(
+    state: &AppState,
+    req: &Req,
+    endpoint: Endpoint,
+    result: Result<Response, ApiError>,
+) -> Response {
+    result.unwrap_or_else(|e| {
+        if !matches!(e, ApiError::Offline { .. }) {
+            state.metrics.refused(
+                e.status().as_u16(),
+                e.code(),
+                &e.to_string(),
+                endpoint,
+                req.client_ip(state.real_ip_header.as_ref()),
+            );
+        }
+        e.into_response()
+    })
 }

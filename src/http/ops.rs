@@ -12,7 +12,7 @@ use warp::Filter;
 
 use super::error::envelope;
 use super::{allowed, authorized, respond, ApiError, AppState, Req};
-use crate::metrics::Scraped;
+use crate::metrics::{Endpoint, Scraped};
 
 /// The Prometheus text exposition format's content type.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -35,6 +35,8 @@ pub(super) fn routes(
         + 'static,
     guard: Guard,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    // Neither a liveness nor a readiness answer is a refusal to remember: a probe polling a
+    // draining server would crowd out everything else on the admin page.
     let health = warp::path!("health")
         .and(common.clone())
         .map(|req: Req, _: Arc<AppState>| health(&req).unwrap_or_else(ApiError::into_response));
@@ -45,7 +47,10 @@ pub(super) fn routes(
         });
     let metrics = warp::path!("metrics")
         .and(common)
-        .map(move |req: Req, state: Arc<AppState>| respond(metrics(&state, &req, guard)));
+        .map(move |req: Req, state: Arc<AppState>| {
+            let result = metrics(&state, &req, guard);
+            respond(&state, &req, Endpoint::Metrics, result)
+        });
     health.or(ready).unify().or(metrics).unify()
 }
 
