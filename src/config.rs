@@ -131,6 +131,9 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Prefix of every Redis key and channel, so several deployments can share one Redis.
     pub redis_prefix: String,
+    /// A second listen address serving `/metrics`, `/health` and `/ready` *without* the
+    /// password (for a scraper on a private network); unset: `/metrics` only on `addr`, with it.
+    pub metrics_addr: Option<String>,
 }
 
 /// The shape of a log line.
@@ -176,6 +179,7 @@ impl Config {
             log_format: LogFormat::Text,
             redis_url: None,
             redis_prefix: "push-serve".into(),
+            metrics_addr: None,
         }
     }
 
@@ -349,6 +353,7 @@ impl Config {
                 "must be 1 to 64 of A-Z a-z 0-9 _ - . :",
             ));
         }
+        self.metrics_socket_addr()?;
         Ok(())
     }
 
@@ -368,6 +373,17 @@ impl Config {
                 "must be an IP:port address such as 127.0.0.1:8080, got `{}`",
                 self.addr
             ),
+        })
+    }
+
+    /// `metrics_addr` as a socket address, if set.
+    pub fn metrics_socket_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let Some(addr) = &self.metrics_addr else {
+            return Ok(None);
+        };
+        addr.parse().map(Some).map_err(|_| ConfigError::Invalid {
+            field: "metrics_addr",
+            reason: format!("`{addr}` is not an IP:port address such as 127.0.0.1:9090"),
         })
     }
 
@@ -873,6 +889,10 @@ mod tests {
             ("addr: 127.0.0.1:1\n", "password"),
             ("addr: 127.0.0.1:1\npassword: x\npasword: y\n", "pasword"),
             ("addr: 127.0.0.1:1\npassword: [1]\n", "password"),
+            (
+                "addr: 127.0.0.1:1\npassword: x\nmetrics_addr: localhost\n",
+                "`metrics_addr`",
+            ),
         ];
         for (yaml, field) in cases {
             let err = Config::parse(yaml, "t").unwrap_err().to_string();

@@ -17,6 +17,8 @@
 //!   closes with a documented code ([`wire::CloseReason`]). [`protocol::sse`] does the same
 //!   as a `text/event-stream` response (`GET /sse`), for networks that block WebSockets.
 //! - [`wire`]: every encoding, serialized once per message.
+//! - [`metrics`]: counters and latency histograms for `/metrics` (Prometheus), and the recent
+//!   history behind the admin page.
 //!
 //! [`run`] validates the config, ties the modules together, and is what both `main` and the
 //! integration tests call.
@@ -30,6 +32,7 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod limits;
+pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod registry;
@@ -55,12 +58,27 @@ const JOIN_WAIT: Duration = Duration::from_secs(5);
 ///
 /// `config` is validated first (a caller may have built it in code rather than with
 /// [`Config::load`]); an unusable one is returned as the error before anything is served.
+/// Like `addr`, `metrics_addr` is the caller's to bind: see [`run_with_metrics`].
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ConfigError> {
+    run_with_metrics(listener, None, config, shutdown).await
+}
+
+/// [`run`], also serving `/metrics`, `/health` and `/ready` without a password on
+/// `metrics_listener` (bound to `metrics_addr`) until `run` returns, so a scraper sees the
+/// shutdown through.
+pub async fn run_with_metrics(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ConfigError> {
     config.validate()?;
+    // Made first: a cluster broker reports its calls to it (`Metrics::broker_call`).
+    let metrics = Arc::new(metrics::Metrics::new());
     let hub = Arc::new(match &config.redis_url {
         None => hub::Hub::local(config.queue_limit(), config.retention()),
         Some(url) => {
@@ -93,6 +111,7 @@ pub async fn run(
         heartbeat: config.heartbeat_interval(),
         shutdown: stopping,
         draining,
+        metrics: metrics.clone(),
     };
     let state = Arc::new(http::AppState::new(
         &config,
@@ -100,9 +119,10 @@ pub async fn run(
         sockets,
         tracker.clone(),
     ));
-    // Expired history, forgotten streams and finished rate-limit windows go periodically.
+    // Expired history, forgotten streams, finished rate-limit windows and buffered histogram
+    // values go periodically.
     let sweeper = tokio::spawn({
-        let (hub, state) = (hub.clone(), state.clone());
+        let (hub, state, metrics) = (hub.clone(), state.clone(), metrics.clone());
         let period = Duration::from_secs_f64((config.history_ttl_secs / 4.0).clamp(0.05, 5.0));
         async move {
             let mut tick = tokio::time::interval(period);
@@ -110,19 +130,47 @@ pub async fn run(
                 tick.tick().await;
                 hub.sweep();
                 state.sweep();
+                metrics.upkeep();
             }
         }
+    });
+    // The admin page's charts: one sample a second.
+    let sampler = tokio::spawn({
+        let (hub, metrics) = (hub.clone(), metrics.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let registry = hub.registry();
+                metrics.sample(registry.socket_count(), registry.deliveries());
+            }
+        }
+    });
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_server = metrics_listener.map(|listener| {
+        tokio::spawn(server::serve(
+            listener,
+            http::metrics_routes(state.clone()),
+            config.header_read_timeout(),
+            async {
+                let _ = metrics_stopped.await;
+            },
+            // Nothing to wait for but a scrape in flight.
+            Duration::from_secs(1),
+        ))
     });
 
     // Half the budget for HTTP requests in flight, half for sockets to flush and close.
     let phase = config.shutdown_timeout() / 2;
     server::serve(
         listener,
-        http::routes(state),
+        http::routes(state.clone()),
         config.header_read_timeout(),
         async {
             shutdown.await;
             let _ = stop_accepting.send(true);
+            state.stop_accepting();
             log::info!("shutting down: {} sockets open", hub.socket_count());
         },
         phase,
@@ -139,6 +187,11 @@ pub async fn run(
     }
     hub.shutdown().await;
     sweeper.abort();
+    sampler.abort();
+    let _ = stop_metrics.send(());
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
+    }
     log::info!("shutdown complete");
     Ok(())
 }

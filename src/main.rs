@@ -85,7 +85,27 @@ fn main() -> ExitCode {
             env!("CARGO_PKG_VERSION"),
             addr
         );
-        match push_serve::run(listener, config, push_serve::shutdown_signal()).await {
+        let metrics_listener = match config.metrics_socket_addr().expect("validated") {
+            None => None,
+            Some(addr) => match server::bind(addr, 128) {
+                Ok(l) => {
+                    log::info!("metrics (no password) on http://{addr}/metrics");
+                    Some(l)
+                }
+                Err(e) => {
+                    eprintln!("push-serve: cannot listen on metrics_addr {addr}: {e}");
+                    return ExitCode::from(1);
+                }
+            },
+        };
+        match push_serve::run_with_metrics(
+            listener,
+            metrics_listener,
+            config,
+            push_serve::shutdown_signal(),
+        )
+        .await
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("push-serve: {e}");

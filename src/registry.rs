@@ -214,6 +214,10 @@ pub struct Registry {
     queue: QueueLimit,
     next_id: AtomicU64,
     sockets: AtomicUsize,
+    /// Frames queued since start, added once per delivery call (not per socket).
+    delivered: AtomicU64,
+    /// Sockets evicted as slow readers since start.
+    evicted: AtomicU64,
     observer: OnceLock<Arc<dyn Observer>>,
 }
 
@@ -226,6 +230,8 @@ impl Registry {
             queue,
             next_id: AtomicU64::new(1),
             sockets: AtomicUsize::new(0),
+            delivered: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
             observer: OnceLock::new(),
         }
     }
@@ -344,6 +350,7 @@ impl Registry {
                 sockets += self.deliver_here(stream, key, pos, &mut frames);
             }
         }
+        self.delivered.fetch_add(sockets as u64, Ordering::Relaxed);
         if keep_numbered {
             frames.get(Proto::Resumable);
         }
@@ -389,7 +396,10 @@ impl Registry {
                 }
                 // Slow reader: cut loose (its task is woken to close it) so it cannot hold
                 // memory or delay anyone.
-                Pushed::Evicted => false,
+                Pushed::Evicted => {
+                    self.evicted.fetch_add(1, Ordering::Relaxed);
+                    false
+                }
                 // It left (or is leaving) this stream.
                 Pushed::Closed => false,
             }
@@ -470,6 +480,16 @@ impl Registry {
     /// Live sockets on this node.
     pub fn socket_count(&self) -> usize {
         self.sockets.load(Ordering::Relaxed)
+    }
+
+    /// Frames queued to sockets here since start.
+    pub fn deliveries(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Sockets evicted here as slow readers since start.
+    pub fn evictions(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 
     /// Counts over all streams here: (uids with a socket, topics with a follower).

@@ -3,7 +3,9 @@
 //! - run.mjs: reconnects through cut connections, resumes with no loss or duplicate, refreshes
 //!   an expired key, dispatches topics, never keeps a stale socket after stop()/start(), and
 //!   falls back to /sse behind a proxy that refuses WebSocket upgrades;
-//! - example.mjs: examples/page.html served by examples/backend.py, as a person would use it.
+//! - example.mjs: examples/page.html served by examples/backend.py, as a person would use it;
+//! - admin.mjs: the admin page signs in, follows a test page's socket, pushes from its form to
+//!   that socket, lists refusals, and takes a screenshot.
 //!
 //! `.ci/run` installs chromium and the npm package.
 
@@ -89,6 +91,25 @@ async fn example_page_connects_through_its_backend_and_shows_pushes() {
         "example page: ok",
     )
     .await;
+}
+
+/// The screenshot goes to the test's scratch directory, or where `PUSH_SERVE_ADMIN_SCREENSHOT`
+/// says (`PUSH_SERVE_ADMIN_SCREENSHOT=$PWD/docs/admin.png cargo test --test browser admin`
+/// refreshes the README's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_page_signs_in_follows_sockets_and_pushes_from_its_form() {
+    let s = Server::start(|_| {}).await;
+    let screenshot = std::env::var("PUSH_SERVE_ADMIN_SCREENSHOT")
+        .unwrap_or_else(|_| concat!(env!("CARGO_TARGET_TMPDIR"), "/admin.png").to_string());
+    let _ = std::fs::remove_file(&screenshot);
+    node(
+        "admin.mjs",
+        vec![s.addr.to_string(), s.password.clone(), screenshot.clone()],
+        "admin page: ok",
+    )
+    .await;
+    let png = std::fs::read(&screenshot).expect("a screenshot was taken");
+    assert!(png.starts_with(b"\x89PNG"));
 }
 
 /// The backend process, stopped however the test ends.

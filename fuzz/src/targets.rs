@@ -572,6 +572,7 @@ pub fn http(data: &[u8]) {
                 heartbeat: config.heartbeat_interval(),
                 shutdown: stopping.clone(),
                 draining: stopping,
+                metrics: Default::default(),
             };
             let state = Arc::new(AppState::new(
                 &config,
@@ -830,6 +831,7 @@ pub fn ws_frames(data: &[u8]) {
                 heartbeat: HEARTBEAT,
                 shutdown: stopping.clone(),
                 draining: stopping,
+                metrics: Default::default(),
             };
             let (client, server) = tokio::io::duplex(DUPLEX_BYTES);
             let ws = native::accept(server, ws_config(FRAME_LIMIT)).await;

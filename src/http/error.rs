@@ -91,7 +91,7 @@ pub enum ApiError {
     MethodNotAllowed(&'static str),
     /// No such path.
     #[error(
-        "not found: the endpoints are /access, /ws, /sse, /push, /publish, /broadcast, /online, /stats, /push-serve.js"
+        "not found: the endpoints are /access, /ws, /sse, /push, /publish, /broadcast, /online, /stats, /health, /ready, /metrics, /admin, /push-serve.js"
     )]
     NotFound,
 }
@@ -122,6 +122,35 @@ impl ApiError {
             }
             ApiError::OriginRefused => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// A stable, machine-readable name for this failure (the admin page groups refusals by it).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadQuery(_) => "bad_query",
+            ApiError::MissingUid => "missing_uid",
+            ApiError::UidTooLong => "uid_too_long",
+            ApiError::BadPassword => "bad_password",
+            ApiError::AccessKey(_) => "bad_access_key",
+            ApiError::BodyTooLarge(_) => "body_too_large",
+            ApiError::BadBody(_) => "bad_body",
+            ApiError::BodyRead => "body_read",
+            ApiError::Offline { .. } => "offline",
+            ApiError::TooManyUids(_) => "too_many_uids",
+            ApiError::InvalidTopic => "invalid_topic",
+            ApiError::TooManyTopics(_) => "too_many_topics",
+            ApiError::BadResume(_) => "bad_resume",
+            ApiError::BadIdempotencyKey => "bad_idempotency_key",
+            ApiError::UpgradeRequired => "upgrade_required",
+            ApiError::ShuttingDown => "shutting_down",
+            ApiError::ServerFull => "server_full",
+            ApiError::Unavailable => "unavailable",
+            ApiError::TooManySockets(_) => "too_many_sockets",
+            ApiError::TooManyFailures(_) => "locked_out",
+            ApiError::OriginRefused => "origin_refused",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::NotFound => "not_found",
         }
     }
 

@@ -1,22 +1,27 @@
 //! The HTTP surface as warp filters: `/access` ([`access`]), `/ws` ([`upgrade`]), `/sse`
 //! ([`events`]), `/push`,
 //! `/publish`, `/broadcast` ([`publish`]), `/online`, `/stats` ([`query`]), `/push-serve.js`
-//! ([`client`]); every failure is an [`ApiError`] turned into the JSON envelope in one place
-//! ([`error`]).
+//! ([`client`]), `/health`, `/ready`, `/metrics` ([`ops`]), `/admin` ([`admin`]); every
+//! failure is an [`ApiError`] turned into the JSON envelope in one place ([`error`]). Every
+//! request is counted by endpoint and status, and every refusal but "user offline" is
+//! remembered for the admin page.
 //!
 //! Routes are matched on path only; each handler checks its own method, so a wrong method is a
 //! 405 and an unknown path a 404, both with the envelope, and no warp rejection ever escapes.
 
 mod access;
+mod admin;
 pub mod client;
 pub mod error;
 mod events;
+mod ops;
 mod publish;
 mod query;
 mod upgrade;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use hyper::upgrade::OnUpgrade;
@@ -34,6 +39,7 @@ use crate::auth::Auth;
 use crate::config::{Config, MAX_UID_BYTES};
 use crate::hub::Hub;
 use crate::limits::{FailureLimiter, LogThrottle, PeerAddr};
+use crate::metrics::{Credential, Endpoint, Metrics};
 use crate::protocol::native;
 use crate::protocol::SocketContext;
 
@@ -62,6 +68,9 @@ pub struct AppState {
     ws_config: WebSocketConfig,
     sockets: SocketContext,
     tracker: TaskTracker,
+    metrics: Arc<Metrics>,
+    /// False once shutdown has begun: `/ready` answers 503.
+    accepting: AtomicBool,
 }
 
 impl AppState {
@@ -96,9 +105,16 @@ impl AppState {
             trusted_proxies: config.trusted_proxies,
             allowed_origins: config.allowed_origins.clone(),
             ws_config: native::ws_config(config.max_client_frame_bytes),
+            metrics: sockets.metrics.clone(),
             sockets,
             tracker,
+            accepting: AtomicBool::new(true),
         }
+    }
+
+    /// Shutdown has begun: from now on `/ready` says 503, so a load balancer stops sending.
+    pub fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::Relaxed);
     }
 
     /// Forgets rate-limit windows that are over; called periodically.
@@ -170,7 +186,9 @@ fn check_password(state: &AppState, params: &Params, req: &Req) -> Result<(), Ap
             let client = Client(ip);
             let what = if given.is_some() { "wrong" } else { "no" };
             log::info!("{} refused for {client}: {what} password", req.path);
+            state.metrics.auth_failed(Credential::Password);
             if let Some(wait) = ip.and_then(|ip| state.limiter.failed(ip)) {
+                state.metrics.locked_out();
                 log::warn!(
                     "{client} locked out of the password endpoints for {} s after {} failed \
                      passwords within a minute (429 until then)",
@@ -206,11 +224,17 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Checks the method and the password, and parses the query.
-fn authorized(state: &AppState, req: &Req, allow: &'static str) -> Result<Params, ApiError> {
+/// 405 unless the request's method is in `allow` (comma-separated).
+fn allowed(req: &Req, allow: &'static str) -> Result<(), ApiError> {
     if !allow.split(", ").any(|m| m == req.method.as_str()) {
         return Err(ApiError::MethodNotAllowed(allow));
     }
+    Ok(())
+}
+
+/// Checks the method and the password, and parses the query.
+fn authorized(state: &AppState, req: &Req, allow: &'static str) -> Result<Params, ApiError> {
+    allowed(req, allow)?;
     let params = Params::parse(&req.query)?;
     check_password(state, &params, req)?;
     Ok(params)
@@ -261,13 +285,14 @@ fn parse_ip(entry: &[u8]) -> Option<IpAddr> {
         .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
 }
 
-/// All routes, with a 404 envelope for anything else. Never rejects.
-pub fn routes(
+/// Every request's method, path, query, headers and peer, with the shared state.
+fn request(
     state: Arc<AppState>,
-) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+) -> impl Filter<Extract = (Req, Arc<AppState>), Error = Infallible> + Clone + Send + Sync + 'static
+{
     let state = warp::any().map(move || state.clone());
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
-    let common = warp::method()
+    warp::method()
         .and(warp::path::full())
         .and(query)
         .and(warp::header::headers_cloned())
@@ -281,50 +306,105 @@ pub fn routes(
                 peer: peer.map(|p| p.0),
             },
         )
-        .and(state);
+        .and(state)
+}
 
-    let access_route = warp::path!("access")
-        .and(common.clone())
-        .map(|req: Req, state: Arc<AppState>| respond(access::access(&state, &req)));
+/// All routes, with a 404 envelope for anything else. Never rejects.
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    all_routes(state, true)
+}
+
+/// The routes of the separate `metrics_addr` listener: `/metrics`, `/health` and `/ready`,
+/// without a password (that listener is meant for a private network); 404 for anything else.
+/// Never rejects.
+pub fn metrics_routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    all_routes(state, false)
+}
+
+/// Both listeners' routes: one filter *type*, so that the server (hyper's connection machinery
+/// included) is compiled once, not once per listener; `public` decides at run time what is
+/// served.
+fn all_routes(
+    state: Arc<AppState>,
+    public: bool,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let metrics = state.metrics.clone();
+    let common = request(state);
+
+    let access_route =
+        warp::path!("access")
+            .and(common.clone())
+            .map(|req: Req, state: Arc<AppState>| {
+                let result = access::access(&state, &req);
+                respond(&state, &req, Endpoint::Access, result)
+            });
     let push_route = warp::path!("push")
         .and(common.clone())
         .and(warp::body::stream())
         .then(|req: Req, state: Arc<AppState>, body| async move {
-            respond(publish::push(&state, &req, body).await)
+            let result = publish::push(&state, &req, body).await;
+            respond(&state, &req, Endpoint::Push, result)
         });
     let publish_route = warp::path!("publish")
         .and(common.clone())
         .and(warp::body::stream())
         .then(|req: Req, state: Arc<AppState>, body| async move {
-            respond(publish::publish(&state, &req, body, publish::Target::Topic).await)
+            let result = publish::publish(&state, &req, body, publish::Target::Topic).await;
+            respond(&state, &req, Endpoint::Publish, result)
         });
     let broadcast_route = warp::path!("broadcast")
         .and(common.clone())
         .and(warp::body::stream())
         .then(|req: Req, state: Arc<AppState>, body| async move {
-            respond(publish::publish(&state, &req, body, publish::Target::Everyone).await)
+            let result = publish::publish(&state, &req, body, publish::Target::Everyone).await;
+            respond(&state, &req, Endpoint::Broadcast, result)
         });
     let online_route = warp::path!("online").and(common.clone()).then(
-        |req: Req, state: Arc<AppState>| async move { respond(query::online(&state, &req).await) },
+        |req: Req, state: Arc<AppState>| async move {
+            let result = query::online(&state, &req).await;
+            respond(&state, &req, Endpoint::Online, result)
+        },
     );
     let stats_route = warp::path!("stats").and(common.clone()).then(
-        |req: Req, state: Arc<AppState>| async move { respond(query::stats(&state, &req).await) },
+        |req: Req, state: Arc<AppState>| async move {
+            let result = query::stats(&state, &req).await;
+            respond(&state, &req, Endpoint::Stats, result)
+        },
     );
     let ws_route = warp::path!("ws")
         .and(common.clone())
         .and(warp::ext::optional::<OnUpgrade>())
         .then(|req: Req, state: Arc<AppState>, on_upgrade| async move {
-            respond(upgrade::upgrade(&state, &req, on_upgrade).await)
+            let result = upgrade::upgrade(&state, &req, on_upgrade).await;
+            respond(&state, &req, Endpoint::Ws, result)
         });
     let sse_route = warp::path!("sse")
         .and(common.clone())
         .then(|req: Req, state: Arc<AppState>| async move { events::events(&state, &req).await });
-    let client_route = warp::path!("push-serve.js")
-        .and(common)
-        .map(|req: Req, _state: Arc<AppState>| respond(client::client_js(&req)));
+    let client_route =
+        warp::path!("push-serve.js")
+            .and(common.clone())
+            .map(|req: Req, state: Arc<AppState>| {
+                let result = client::client_js(&req);
+                respond(&state, &req, Endpoint::Other, result)
+            });
     let not_found_route = warp::any().map(|| ApiError::NotFound.into_response());
 
-    access_route
+    // The API proper is not served on the metrics listener.
+    let api_here = warp::any()
+        .and_then(move || async move {
+            if public {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one();
+    let api = access_route
         .or(push_route)
         .unify()
         .or(publish_route)
@@ -341,24 +421,68 @@ pub fn routes(
         .unify()
         .or(client_route)
         .unify()
+        // Boxed, like the ops routes below: off the push path, and its type stays out of
+        // every symbol of the server.
+        .or(admin::routes(common.clone()).boxed())
+        .unify();
+    let guard = if public {
+        ops::Guard::Password
+    } else {
+        ops::Guard::Open
+    };
+
+    // Boxed: off the push path, and erasing its type keeps the route chain's type (spelt out in
+    // every symbol of the server that is generic over it) from growing by a third.
+    let ops = ops::routes(common, guard).boxed();
+
+    api_here
+        .and(api)
+        .or(ops)
+        .unify()
         .or(not_found_route)
         .unify()
-        // Path and status only: query strings carry passwords and access keys.
-        .with(warp::log::custom(|info| {
-            log::debug!(
-                target: "push_serve::http",
-                "{} {} {} {:?}",
-                info.method(),
-                info.path(),
-                info.status().as_u16(),
-                info.elapsed()
-            )
-        }))
+        .with(counted(metrics))
         .map(warp::Reply::into_response)
 }
 
-fn respond(result: Result<Response, ApiError>) -> Response {
-    result.unwrap_or_else(ApiError::into_response)
+/// Counts every request by endpoint and status, and logs it at `debug`: path and status only,
+/// never the query string (it carries passwords and access keys).
+fn counted(metrics: Arc<Metrics>) -> warp::log::Log<impl Fn(warp::log::Info<'_>) + Clone> {
+    warp::log::custom(move |info| {
+        let status = info.status().as_u16();
+        metrics.request(Endpoint::of_path(info.path()), status);
+        log::debug!(
+            target: "push_serve::http",
+            "{} {} {} {:?}",
+            info.method(),
+            info.path(),
+            status,
+            info.elapsed()
+        )
+    })
+}
+
+/// The reply for `result`; a refusal is also remembered for the admin page, with the client's
+/// address (never the query or headers). "User offline" is a normal outcome of `/push`, not a
+/// refusal, so it is not kept (it would crowd out everything else).
+fn respond(
+    state: &AppState,
+    req: &Req,
+    endpoint: Endpoint,
+    result: Result<Response, ApiError>,
+) -> Response {
+    result.unwrap_or_else(|e| {
+        if !matches!(e, ApiError::Offline { .. }) {
+            state.metrics.refused(
+                e.status().as_u16(),
+                e.code(),
+                &e.to_string(),
+                endpoint,
+                state.client_ip(req),
+            );
+        }
+        e.into_response()
+    })
 }
 
 #[cfg(test)]

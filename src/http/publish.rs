@@ -11,6 +11,7 @@ use super::error::envelope;
 use super::{authorized, check_uid, ApiError, AppState, Params, Req, STORED_HEADER};
 use crate::auth::valid_topic;
 use crate::broker::Published;
+use crate::metrics::{self, PublishKind};
 use crate::wire::{PushBody, StreamKey};
 
 /// Reply text of a successful push, as in the seed.
@@ -69,6 +70,7 @@ where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
+    let accepted = metrics::now();
     let (params, idem, body) = authorized_body(state, req, body).await?;
     let push = parse_body(&body)?;
     let mut uids: Vec<&str> = Vec::new();
@@ -87,6 +89,7 @@ where
         return Err(ApiError::TooManyUids(state.max_uids_per_push));
     }
     let msg = push.message();
+    let parsed = metrics::now();
     let keys: Vec<StreamKey> = uids.iter().map(|&u| StreamKey::User(u.into())).collect();
     let results: Vec<Published> = if let [key] = &keys[..] {
         vec![state.hub.publish(key, msg, idem.as_deref()).await?]
@@ -102,6 +105,14 @@ where
             .into_iter()
             .collect::<Result<_, _>>()?
     };
+    // A repeat (same Idempotency-Key) sent nothing.
+    state.metrics.published(
+        PublishKind::Push,
+        results.iter().filter(|p| !p.repeated).count(),
+        accepted,
+        parsed,
+        metrics::now(),
+    );
     let sockets: usize = results.iter().map(|p| p.sockets).sum();
     let stored = results
         .iter()
@@ -138,17 +149,26 @@ where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
+    let accepted = metrics::now();
     let (_, idem, body) = authorized_body(state, req, body).await?;
     let msg = parse_body(&body)?;
-    let key = match target {
+    let (key, kind) = match target {
         Target::Topic if !valid_topic(&msg.topic) => return Err(ApiError::InvalidTopic),
-        Target::Topic => StreamKey::Topic(msg.topic.as_str().into()),
-        Target::Everyone => StreamKey::Broadcast,
+        Target::Topic => (
+            StreamKey::Topic(msg.topic.as_str().into()),
+            PublishKind::Publish,
+        ),
+        Target::Everyone => (StreamKey::Broadcast, PublishKind::Broadcast),
     };
+    let parsed = metrics::now();
     let published = state
         .hub
         .publish(&key, msg.message(), idem.as_deref())
         .await?;
+    let sent = usize::from(!published.repeated);
+    state
+        .metrics
+        .published(kind, sent, accepted, parsed, metrics::now());
     Ok(success(published.sockets, published.repeated))
 }
 

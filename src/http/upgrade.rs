@@ -15,6 +15,7 @@ use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 
 use super::{ApiError, AppState, Client, Params, Req};
+use crate::metrics::Credential;
 use crate::protocol::native;
 use crate::registry::Subscription;
 use crate::wire::{CloseReason, Proto};
@@ -44,6 +45,7 @@ pub(super) async fn upgrade(
         .hub
         .connect(admission.subscription, admission.since.as_ref())
         .await?;
+    state.metrics.socket_connected();
     let ctx = state.sockets.clone();
     let config = state.ws_config;
     let client = state.client_ip(req);
@@ -62,7 +64,10 @@ pub(super) async fn upgrade(
             }
             // The connection went away before the upgrade completed; dropping the session
             // leaves the hub.
-            Err(e) => log::debug!("upgrade failed: {e}"),
+            Err(e) => {
+                log::debug!("upgrade failed: {e}");
+                ctx.metrics.socket_closed(None);
+            }
         }
     });
 
@@ -111,6 +116,7 @@ pub(super) fn admit(
         .map_err(|e| {
             // Routine (an expired key before the page fetches a new one): debug only.
             log::debug!("socket refused for {}: {e}", Client(state.client_ip(req)));
+            state.metrics.auth_failed(Credential::AccessKey);
             ApiError::AccessKey(e)
         })?;
     let proto = match params.proto.as_deref() {

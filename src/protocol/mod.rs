@@ -31,4 +31,6 @@ pub struct SocketContext {
     /// Flips to `true` as soon as the server stops accepting. An SSE stream is itself a request
     /// in flight, which the server waits for before `shutdown`, so it ends here.
     pub draining: watch::Receiver<bool>,
+    /// Where the socket's end (its close code) is counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }

@@ -87,6 +87,10 @@ where
         .await;
         let outbox = session.membership.outbox().clone();
         log::debug!("socket {} closed: {ended:?}", session.membership.id());
+        ctx.metrics.socket_closed(match ended {
+            Ended::Close(reason) => Some(reason.code()),
+            Ended::Lost => None,
+        });
         drop(session);
         // Boxed: the closing steps run once, so their state should not sit in every idle
         // socket's task for its whole life.

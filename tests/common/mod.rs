@@ -32,6 +32,8 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct Server {
     pub addr: SocketAddr,
     pub password: String,
+    /// The password-free `/metrics` listener, if started with one.
+    pub metrics_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -54,6 +56,7 @@ impl Server {
         Server {
             addr,
             password: password.into(),
+            metrics_addr: None,
             stop: None,
             task: None,
         }
@@ -63,6 +66,16 @@ impl Server {
     /// With `PUSH_SERVE_TEST_REDIS=redis://…` set, every such server is a cluster node on that
     /// Redis (each under its own key prefix), so the whole suite runs against the Redis broker.
     pub async fn start(tweak: impl FnOnce(&mut Config)) -> Server {
+        Server::start_inner(tweak, false).await
+    }
+
+    /// Like [`Server::start`], also serving `/metrics` without a password on a second
+    /// loopback port ([`Server::metrics_addr`]), as `metrics_addr` does.
+    pub async fn start_with_metrics_listener(tweak: impl FnOnce(&mut Config)) -> Server {
+        Server::start_inner(tweak, true).await
+    }
+
+    async fn start_inner(tweak: impl FnOnce(&mut Config), metrics_listener: bool) -> Server {
         let mut config = Config::new("127.0.0.1:0", PASSWORD);
         if let Ok(url) = std::env::var("PUSH_SERVE_TEST_REDIS") {
             config.redis_url = Some(url);
@@ -72,10 +85,13 @@ impl Server {
         config.validate().expect("test config is valid");
         let listener = push_serve::server::bind(config.socket_addr().unwrap(), 1024).unwrap();
         let addr = listener.local_addr().unwrap();
+        let metrics = metrics_listener
+            .then(|| push_serve::server::bind("127.0.0.1:0".parse().unwrap(), 64).unwrap());
+        let metrics_addr = metrics.as_ref().map(|l| l.local_addr().unwrap());
         let password = config.password.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            push_serve::run(listener, config, async {
+            push_serve::run_with_metrics(listener, metrics, config, async {
                 let _ = stopped.await;
             })
             .await
@@ -84,6 +100,7 @@ impl Server {
         Server {
             addr,
             password,
+            metrics_addr,
             stop: Some(stop),
             task: Some(task),
         }
@@ -93,11 +110,16 @@ impl Server {
         self.task.is_none()
     }
 
-    /// Triggers a graceful shutdown and waits for `run` to return.
-    pub async fn shutdown(&mut self) {
+    /// Triggers a graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// Triggers a graceful shutdown and waits for `run` to return.
+    pub async fn shutdown(&mut self) {
+        self.begin_shutdown();
         if let Some(task) = self.task.take() {
             tokio::time::timeout(PATIENCE * 3, task)
                 .await
