@@ -88,6 +88,7 @@ pub async fn run_with_metrics(
                 &config.redis_prefix,
                 registry.clone(),
                 config.retention(),
+                metrics.clone(),
             )
             .expect("redis_url was validated");
             hub::Hub::new(registry, broker)

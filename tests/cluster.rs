@@ -90,6 +90,20 @@ async fn push_publish_and_broadcast_reach_sockets_on_every_node_in_seed_frames()
     })
     .await;
 
+    // Each Redis call is timed on /metrics.
+    let auth = format!("Bearer {}", a.password);
+    let metrics = a
+        .http()
+        .await
+        .request("GET", "/metrics", &[("Authorization", &auth)], b"")
+        .await
+        .text();
+    let calls = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"push_serve_broker_call_seconds_count{op="publish"}"#))
+        .unwrap_or_else(|| panic!("no publish timing in:\n{metrics}"));
+    assert!(calls.ends_with(" 2"), "{calls}");
+
     // Offline everywhere: the seed's 404, and the message kept for resuming pages.
     let r = b.push("nobody", &body("t", "1")).await;
     assert_eq!(r.assert_error(404), "此用户不在线");

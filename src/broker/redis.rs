@@ -53,6 +53,7 @@ use super::{
     plan_replay, Attach, Attached, BoxFuture, Broker, BrokerError, ClusterView, Published, Replay,
     Retention,
 };
+use crate::metrics::Metrics;
 use crate::registry::{Observer, Registry};
 use crate::wire::{self, Message, Position, StreamKey};
 
@@ -163,6 +164,7 @@ impl Outage {
 /// What the tasks and the broker share.
 struct Shared {
     registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
     keys: Keys,
     retention: Retention,
     outage: Outage,
@@ -178,6 +180,20 @@ struct Shared {
 }
 
 impl Shared {
+    /// Runs Redis call `op` with [`CALL_TIMEOUT`], and reports its time and outcome to
+    /// `/metrics` (`push_serve_broker_call_seconds`, `push_serve_broker_errors_total`).
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, BrokerError> {
+        let started = Instant::now();
+        let result = bounded(call).await;
+        self.metrics
+            .broker_call(op, started.elapsed(), result.is_ok());
+        result
+    }
+
     fn node(&self) -> Option<Arc<str>> {
         self.node.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -257,6 +273,7 @@ impl RedisBroker {
         prefix: &str,
         registry: Arc<Registry>,
         retention: Retention,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<RedisBroker>, BrokerError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let config = ConnectionManagerConfig::new()
@@ -269,6 +286,7 @@ impl RedisBroker {
             ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
         let shared = Arc::new(Shared {
             registry: registry.clone(),
+            metrics,
             keys: Keys {
                 prefix: prefix.into(),
             },
@@ -327,7 +345,11 @@ impl RedisBroker {
             .arg(keys.channel_prefix())
             .arg(IDEMPOTENCY_TTL_SECS);
         let mut conn = self.conn.clone();
-        let reply: String = match bounded(call.invoke_async(&mut conn)).await {
+        let reply: String = match self
+            .shared
+            .call("publish", call.invoke_async(&mut conn))
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 self.shared.outage.failed("publish", &e);
@@ -392,7 +414,10 @@ impl RedisBroker {
                 call.arg(since).arg(now[i].seq);
             }
             let mut conn = self.conn.clone();
-            let reply: Vec<Value> = bounded(call.invoke_async(&mut conn)).await?;
+            let reply: Vec<Value> = self
+                .shared
+                .call("replay", call.invoke_async(&mut conn))
+                .await?;
             for (&i, value) in resumed.iter().zip(reply) {
                 let replay =
                     replay_from(value, streams[i].key, streams[i].since.flatten(), now[i])?;
@@ -501,7 +526,10 @@ impl Broker for RedisBroker {
             let mut call = ONLINE.key(keys.meta(&StreamKey::User(uid.into())));
             call.arg(keys.alive_prefix());
             let mut conn = self.conn.clone();
-            let n: u64 = bounded(call.invoke_async(&mut conn)).await?;
+            let n: u64 = self
+                .shared
+                .call("online", call.invoke_async(&mut conn))
+                .await?;
             Ok(n as usize)
         })
     }
@@ -512,7 +540,10 @@ impl Broker for RedisBroker {
             let mut call = NODES.key(keys.nodes());
             call.arg(keys.alive_prefix());
             let mut conn = self.conn.clone();
-            let reply: Vec<String> = bounded(call.invoke_async(&mut conn)).await?;
+            let reply: Vec<String> = self
+                .shared
+                .call("nodes", call.invoke_async(&mut conn))
+                .await?;
             // Other nodes' figures are as of their last heartbeat; this node's are live.
             let me = self.shared.node();
             let registry = &self.shared.registry;
@@ -741,7 +772,10 @@ impl PresenceWriter {
                 call.key(k.meta(key)).key(k.hist(key));
                 call.arg(self.shared.registry.followers(key));
             }
-            let reply: Vec<String> = bounded(call.invoke_async(&mut self.conn)).await?;
+            let reply: Vec<String> = self
+                .shared
+                .call("presence", call.invoke_async(&mut self.conn))
+                .await?;
             positions.extend(reply.iter().map(|p| {
                 parse_position(p).unwrap_or(Position {
                     generation: 0,
@@ -785,7 +819,7 @@ impl PresenceWriter {
     /// connect.
     async fn incarnate(&mut self, id: Arc<str>) {
         let old = self.node.take();
-        let boot = match bounded(read_boot(&mut self.conn)).await {
+        let boot = match self.shared.call("info", read_boot(&mut self.conn)).await {
             Ok(boot) => boot,
             Err(e) => {
                 self.shared.outage.failed("INFO", &e);
@@ -872,7 +906,11 @@ impl PresenceWriter {
             .arg(format!("{}{node}", k.channel_prefix()))
             .arg("ping")
             .ignore();
-        if let Err(e) = bounded(pipe.query_async::<()>(&mut self.conn)).await {
+        if let Err(e) = self
+            .shared
+            .call("heartbeat", pipe.query_async::<()>(&mut self.conn))
+            .await
+        {
             // Others may soon take this node for dead: join again rather than risk it.
             self.shared.outage.failed("heartbeat", &e);
             self.node = None;
@@ -891,7 +929,10 @@ impl PresenceWriter {
             .arg(k.nodes())
             .arg(node)
             .ignore();
-        let _ = bounded(pipe.query_async::<()>(&mut self.conn)).await;
+        let _ = self
+            .shared
+            .call("forget", pipe.query_async::<()>(&mut self.conn))
+            .await;
     }
 
     /// Shutting down: this node's counts are gone from every stream it had, and so is it.
