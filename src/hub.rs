@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::broker::local::LocalBroker;
-use crate::broker::{Attach, Broker, BrokerError, ClusterView, Published, Retention};
+use crate::broker::{Attach, Attached, Broker, BrokerError, ClusterView, Published, Retention};
 use crate::outbox::QueueLimit;
 use crate::registry::{Membership, Registry, Subscription};
 use crate::wire::{self, Frame, Message, Position, Proto, StreamKey};
@@ -106,6 +106,40 @@ impl Hub {
         })
     }
 
+    /// Makes a connected socket follow `key` too (a room the server moved it into, a channel
+    /// it subscribed to), in the same order as [`Hub::connect`]: join, then attach, then set
+    /// the stream's floor. With `since`, the answer carries what it missed there. `Ok(None)`:
+    /// it already follows `key`, or it needs no positions (a seed socket). On error it does not
+    /// follow `key`.
+    pub async fn follow(
+        &self,
+        session: &mut Session,
+        key: StreamKey,
+        since: Option<Option<Position>>,
+    ) -> Result<Option<Attached>, BrokerError> {
+        let Some(slot) = session.membership.follow(key.clone()) else {
+            return Ok(None);
+        };
+        let positions = session.membership.subscription().proto == Proto::Resumable;
+        let attach = [Attach { key: &key, since }];
+        match self.broker.attach(&attach, positions).await {
+            Ok(Some(mut attached)) => {
+                let attached = attached.remove(0);
+                self.registry.note_position(&key, attached.position);
+                session
+                    .membership
+                    .outbox()
+                    .set_floor(slot, attached.position.seq);
+                Ok(Some(attached))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                session.membership.unfollow(&key);
+                Err(e)
+            }
+        }
+    }
+
     /// Publishes `msg` to stream `key` on every node.
     pub async fn publish(
         &self,
@@ -140,5 +174,84 @@ impl Hub {
     pub fn sweep(&self) {
         self.broker.sweep();
         self.registry.sweep();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::Retention;
+    use serde_json::value::RawValue;
+    use std::time::Duration;
+
+    fn hub() -> Hub {
+        let queue = QueueLimit {
+            frames: 16,
+            bytes: 1 << 20,
+        };
+        let retention = Retention {
+            history_size: 10,
+            history_ttl: Duration::from_secs(60),
+            max_bytes: 1 << 20,
+        };
+        Hub::local(queue, retention)
+    }
+
+    async fn publish(hub: &Hub, key: &StreamKey, n: u32) {
+        let raw = RawValue::from_string(n.to_string()).unwrap();
+        hub.publish(key, Message::new("t", &raw), None)
+            .await
+            .unwrap();
+    }
+
+    fn texts(session: &Session) -> Vec<String> {
+        std::iter::from_fn(|| session.membership.outbox().pop())
+            .map(|f| f.to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_socket_follows_and_leaves_a_room_after_joining() {
+        let hub = hub();
+        let room = StreamKey::Topic("room:1".into());
+        let sub = Subscription {
+            uid: "a".into(),
+            topics: vec![],
+            proto: Proto::Resumable,
+        };
+        let mut session = hub.connect(sub, None).await.unwrap();
+        publish(&hub, &room, 1).await;
+        assert!(texts(&session).is_empty(), "not in the room yet");
+        // Joining from position 0 replays what the room kept, then live messages follow.
+        let since = Some(Some(Position {
+            generation: 0,
+            seq: 0,
+        }));
+        let attached = hub.follow(&mut session, room.clone(), since).await.unwrap();
+        let attached = attached.expect("a resumable socket gets positions");
+        assert_eq!(attached.position.seq, 1);
+        assert_eq!(attached.replay.unwrap().frames.len(), 1);
+        assert!(hub
+            .follow(&mut session, room.clone(), None)
+            .await
+            .unwrap()
+            .is_none());
+        publish(&hub, &room, 2).await;
+        assert_eq!(
+            texts(&session),
+            [r#"{"topic":"t","number":2,"contents":2,"stream":"topic:room:1"}"#]
+        );
+        assert_eq!(hub.registry().followers(&room), 1);
+        assert!(session.membership.unfollow(&room));
+        assert!(!session.membership.unfollow(&room));
+        publish(&hub, &room, 3).await;
+        assert!(texts(&session).is_empty());
+        assert_eq!(hub.registry().followers(&room), 0);
+        // Leaving the hub leaves every stream, followed ones included.
+        hub.follow(&mut session, room.clone(), None).await.unwrap();
+        assert_eq!(hub.registry().followers(&room), 1);
+        drop(session);
+        assert_eq!(hub.registry().followers(&room), 0);
+        assert_eq!(hub.socket_count(), 0);
     }
 }

@@ -59,6 +59,15 @@ struct State {
     closed: bool,
 }
 
+impl State {
+    fn drop_below_floors(&mut self) {
+        let floors = &self.floors;
+        self.frames
+            .retain(|q| q.seq == 0 || floors.get(usize::from(q.slot)).is_none_or(|&f| q.seq > f));
+        self.bytes = self.frames.iter().map(|q| q.frame.len()).sum();
+    }
+}
+
 /// A socket's queue of frames to write, shared by the registry (producer) and the socket task.
 #[derive(Default)]
 pub struct Outbox {
@@ -111,11 +120,19 @@ impl Outbox {
     /// below it are dropped, and later pushes of them ignored.
     pub fn set_floors(&self, floors: Vec<u64>) {
         let mut state = self.state();
-        state
-            .frames
-            .retain(|q| floors.get(usize::from(q.slot)).is_none_or(|&f| q.seq > f));
-        state.bytes = state.frames.iter().map(|q| q.frame.len()).sum();
         state.floors = floors;
+        state.drop_below_floors();
+    }
+
+    /// [`Outbox::set_floors`] for one stream slot (a stream followed after joining).
+    pub fn set_floor(&self, slot: u16, seq: u64) {
+        let mut state = self.state();
+        let slot = usize::from(slot);
+        if state.floors.len() <= slot {
+            state.floors.resize(slot + 1, 0);
+        }
+        state.floors[slot] = seq;
+        state.drop_below_floors();
     }
 
     /// The next frame to write, if any.

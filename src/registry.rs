@@ -151,6 +151,9 @@ pub struct Membership {
     id: SocketId,
     outbox: Arc<Outbox>,
     sub: Subscription,
+    /// Streams followed after joining ([`Membership::follow`]), by slot after the
+    /// subscription's own; `None` where one was left again.
+    extra: Vec<Option<StreamKey>>,
 }
 
 impl Membership {
@@ -167,6 +170,53 @@ impl Membership {
     /// What the socket follows.
     pub fn subscription(&self) -> &Subscription {
         &self.sub
+    }
+
+    /// Every stream the socket follows now, with its slot.
+    pub fn streams(&self) -> impl Iterator<Item = (u16, StreamKey)> + '_ {
+        let base = self.sub.keys().count();
+        self.sub
+            .keys()
+            .enumerate()
+            .chain(
+                self.extra
+                    .iter()
+                    .enumerate()
+                    .filter_map(move |(i, k)| k.clone().map(|k| (base + i, k))),
+            )
+            .map(|(slot, key)| (slot as u16, key))
+    }
+
+    /// Starts following `key` too (a room the server moved the socket into, a channel the
+    /// page subscribed to): from now on every message delivered to it on this node reaches
+    /// the socket. Returns the stream's slot, or `None` if the socket already follows it.
+    pub fn follow(&mut self, key: StreamKey) -> Option<u16> {
+        if self.streams().any(|(_, k)| k == key) {
+            return None;
+        }
+        let base = self.sub.keys().count();
+        let i = match self.extra.iter().position(Option::is_none) {
+            Some(free) => free,
+            None => {
+                self.extra.push(None);
+                self.extra.len() - 1
+            }
+        };
+        let slot = (base + i) as u16;
+        self.registry.add_peer(self, &key, slot);
+        self.extra[i] = Some(key);
+        Some(slot)
+    }
+
+    /// Stops following `key`, one the socket followed with [`Membership::follow`]; `false` if
+    /// it did not. A frame of it already queued is still written.
+    pub fn unfollow(&mut self, key: &StreamKey) -> bool {
+        let Some(i) = self.extra.iter().position(|k| k.as_ref() == Some(key)) else {
+            return false;
+        };
+        self.extra[i] = None;
+        self.registry.remove_peer(self, key);
+        true
     }
 }
 
@@ -299,6 +349,40 @@ impl Registry {
             id,
             outbox,
             sub,
+            extra: Vec::new(),
+        }
+    }
+
+    /// Adds socket `m` to one more stream, as `slot`.
+    fn add_peer(&self, m: &Membership, key: &StreamKey, slot: u16) {
+        let mut shard = self.lock(Registry::home(key, &m.sub.uid));
+        shard.entry(key.clone()).or_default().peers.push(Peer {
+            id: m.id,
+            proto: m.sub.proto,
+            slot,
+            outbox: m.outbox.clone(),
+        });
+    }
+
+    /// Takes socket `m` off one stream and tells the observer.
+    fn remove_peer(&self, m: &Membership, key: &StreamKey) {
+        {
+            let mut shard = self.lock(Registry::home(key, &m.sub.uid));
+            let Some(stream) = shard.get_mut(key) else {
+                return;
+            };
+            if stream.peers.len() > EAGER_REMOVAL_MAX {
+                // Its outbox still takes frames, so lazy removal cannot tell it left: scan.
+                stream.peers.retain(|p| p.id != m.id);
+            } else {
+                stream.remove_peer(m.id);
+            }
+            if stream.peers.is_empty() {
+                shard.remove(key);
+            }
+        }
+        if let Some(observer) = self.observer.get() {
+            observer.left(key);
         }
     }
 
@@ -307,20 +391,8 @@ impl Registry {
     /// shutting-down socket still writes them).
     fn leave(&self, m: &Membership) {
         m.outbox.detach();
-        for key in m.sub.keys() {
-            {
-                let mut shard = self.lock(Registry::home(&key, &m.sub.uid));
-                let Some(stream) = shard.get_mut(&key) else {
-                    continue;
-                };
-                stream.remove_peer(m.id);
-                if stream.peers.is_empty() {
-                    shard.remove(&key);
-                }
-            }
-            if let Some(observer) = self.observer.get() {
-                observer.left(&key);
-            }
+        for (_, key) in m.streams() {
+            self.remove_peer(m, &key);
         }
         self.sockets.fetch_sub(1, Ordering::Relaxed);
     }
