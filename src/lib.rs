@@ -44,7 +44,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 pub use config::{Config, ConfigError};
@@ -104,20 +103,17 @@ pub async fn run_with_metrics(
     if !hub.broker().is_ready() {
         log::warn!("serving before joining the cluster: sockets and publishes get 503 until redis is reachable");
     }
-    let (stop_sockets, stopping) = watch::channel(false);
-    let (stop_accepting, draining) = watch::channel(false);
     let tracker = TaskTracker::new();
-    let sockets = protocol::SocketContext {
-        hub: hub.clone(),
-        heartbeat: config.heartbeat_interval(),
-        shutdown: stopping,
-        draining,
-        metrics: metrics.clone(),
-    };
+    let sockets = Arc::new(protocol::SocketContext::new(
+        hub.clone(),
+        config.heartbeat_interval(),
+        protocol::native::ws_config(config.max_client_frame_bytes),
+        metrics.clone(),
+    ));
     let state = Arc::new(http::AppState::new(
         &config,
         hub.clone(),
-        sockets,
+        sockets.clone(),
         tracker.clone(),
     ));
     // Expired history, forgotten streams, finished rate-limit windows and buffered histogram
@@ -170,7 +166,7 @@ pub async fn run_with_metrics(
         config.header_read_timeout(),
         async {
             shutdown.await;
-            let _ = stop_accepting.send(true);
+            sockets.begin_draining();
             state.stop_accepting();
             log::info!("shutting down: {} sockets open", hub.socket_count());
         },
@@ -178,7 +174,7 @@ pub async fn run_with_metrics(
     )
     .await;
 
-    let _ = stop_sockets.send(true);
+    sockets.shut_down();
     tracker.close();
     if tokio::time::timeout(phase, tracker.wait()).await.is_err() {
         log::warn!(

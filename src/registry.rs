@@ -44,6 +44,9 @@ const EAGER_REMOVAL_MAX: usize = 64;
 /// Identifies one registered socket.
 pub type SocketId = u64;
 
+/// Handles one kind of cluster-wide command on this node (see [`Registry::on_command`]).
+pub type CommandHandler = Box<dyn Fn(&Registry, &[u8]) + Send + Sync>;
+
 /// Told when a socket leaves a stream, so a broker can keep what it publishes about this node
 /// (Redis presence) in step. Called with no registry lock held.
 pub trait Observer: Send + Sync {
@@ -154,6 +157,8 @@ pub struct Membership {
     /// Streams followed after joining ([`Membership::follow`]), by slot after the
     /// subscription's own; `None` where one was left again.
     extra: Vec<Option<StreamKey>>,
+    /// Left already ([`Membership::leave`]); dropping it then does nothing more.
+    left: bool,
 }
 
 impl Membership {
@@ -220,9 +225,20 @@ impl Membership {
     }
 }
 
+impl Membership {
+    /// Leaves every stream now (a closing socket stops taking frames before it flushes what it
+    /// has). Dropping the membership does the same if this was not called.
+    pub fn leave(&mut self) {
+        if !self.left {
+            self.left = true;
+            self.registry.leave(self);
+        }
+    }
+}
+
 impl Drop for Membership {
     fn drop(&mut self) {
-        self.registry.leave(self);
+        self.leave();
     }
 }
 
@@ -269,6 +285,8 @@ pub struct Registry {
     /// Sockets evicted as slow readers since start.
     evicted: AtomicU64,
     observer: OnceLock<Arc<dyn Observer>>,
+    /// Handlers of cluster-wide commands, by kind; registered at start, read per command.
+    commands: std::sync::RwLock<HashMap<String, CommandHandler>>,
 }
 
 impl Registry {
@@ -283,7 +301,49 @@ impl Registry {
             delivered: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
             observer: OnceLock::new(),
+            commands: Default::default(),
         }
+    }
+
+    /// Registers what this node does on a cluster-wide command of `kind` (sent with
+    /// [`Broker::command`](crate::broker::Broker::command), run on every node, this one too).
+    pub fn on_command(
+        &self,
+        kind: &str,
+        handler: impl Fn(&Registry, &[u8]) + Send + Sync + 'static,
+    ) {
+        self.commands
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(kind.to_owned(), Box::new(handler));
+    }
+
+    /// Runs a cluster-wide command, `<kind>\n<payload>`, on this node; unknown kinds (a newer
+    /// node's) are ignored.
+    pub fn command(&self, bytes: &[u8]) {
+        let Some(split) = bytes.iter().position(|&b| b == b'\n') else {
+            log::debug!("ignored a command without a kind");
+            return;
+        };
+        let kind = String::from_utf8_lossy(&bytes[..split]);
+        let commands = self.commands.read().unwrap_or_else(|p| p.into_inner());
+        match commands.get(kind.as_ref()) {
+            Some(handler) => handler(self, &bytes[split + 1..]),
+            None => log::debug!("ignored a command of unknown kind {kind:?}"),
+        }
+    }
+
+    /// Makes every socket here following `key` close with `reason` (a user's connections
+    /// terminated by the backend, say).
+    pub fn evict(&self, key: &StreamKey, reason: CloseReason) -> usize {
+        self.each(key, |stream| {
+            for peer in &stream.peers {
+                peer.outbox.evict(reason);
+            }
+            stream.peers.len()
+        })
+        .into_iter()
+        .sum()
     }
 
     /// Sets who is told about leaves (once; later calls are ignored).
@@ -350,6 +410,7 @@ impl Registry {
             outbox,
             sub,
             extra: Vec::new(),
+            left: false,
         }
     }
 

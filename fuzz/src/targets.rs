@@ -30,7 +30,6 @@ use push_serve::wire::{self, Proto, StreamKey};
 use serde_json::value::RawValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
-use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -565,19 +564,21 @@ pub fn http(data: &[u8]) {
                 ),
                 false => None,
             };
-            let (stop, stopping) = watch::channel(case.shutting_down);
             let tracker = TaskTracker::new();
-            let sockets = SocketContext {
-                hub: hub.clone(),
-                heartbeat: config.heartbeat_interval(),
-                shutdown: stopping.clone(),
-                draining: stopping,
-                metrics: Default::default(),
-            };
+            let sockets = Arc::new(SocketContext::new(
+                hub.clone(),
+                config.heartbeat_interval(),
+                ws_config(config.max_client_frame_bytes),
+                Default::default(),
+            ));
+            if case.shutting_down {
+                sockets.begin_draining();
+                sockets.shut_down();
+            }
             let state = Arc::new(AppState::new(
                 &config,
                 hub.clone(),
-                sockets,
+                sockets.clone(),
                 tracker.clone(),
             ));
             let service = TowerToHyperService::new(warp::service(routes(state)));
@@ -622,7 +623,6 @@ pub fn http(data: &[u8]) {
                 .expect("socket tasks end when the upgrade fails");
             drop(alice);
             assert_eq!(hub.socket_count(), 0, "a socket outlived its request");
-            drop(stop);
         })
     });
 }
@@ -825,14 +825,13 @@ pub fn ws_frames(data: &[u8]) {
                 bytes: 1 << 20,
             };
             let hub = Arc::new(Hub::local(queue, retention));
-            let (stop, stopping) = watch::channel(false);
-            let ctx = SocketContext {
-                hub: hub.clone(),
-                heartbeat: HEARTBEAT,
-                shutdown: stopping.clone(),
-                draining: stopping,
-                metrics: Default::default(),
-            };
+            let ctx = Arc::new(SocketContext::new(
+                hub.clone(),
+                HEARTBEAT,
+                ws_config(FRAME_LIMIT),
+                Default::default(),
+            ));
+            let stop = ctx.clone();
             let (client, server) = tokio::io::duplex(DUPLEX_BYTES);
             let ws = native::accept(server, ws_config(FRAME_LIMIT)).await;
             let (mut client_rd, mut client_wr) = tokio::io::split(client);
@@ -866,7 +865,7 @@ pub fn ws_frames(data: &[u8]) {
                     tokio::task::yield_now().await;
                 }
                 if shutdown_after {
-                    let _ = stop.send(true);
+                    stop.shut_down();
                 }
                 if client_closes {
                     let _ = client_wr.shutdown().await;
@@ -890,7 +889,7 @@ pub fn ws_frames(data: &[u8]) {
                      (closes: {client_closes}, reads: {client_reads})"
                 )
             });
-            drop((client_wr, client_rd, stop));
+            drop((client_wr, client_rd));
             assert_eq!(hub.socket_count(), 0, "socket left in the hub");
             assert_eq!(
                 hub.registry().followers(&user),

@@ -57,7 +57,7 @@ async fn respond(state: &AppState, req: &Req) -> Result<Response, ApiError> {
         state,
         req,
         &admission.subscription.uid,
-        *state.sockets.draining.borrow(),
+        state.sockets.is_draining(),
     )?;
     if req.method == Method::HEAD {
         return Ok(stream_response(Response::new(Default::default())));

@@ -27,7 +27,6 @@ use std::sync::Arc;
 use hyper::upgrade::OnUpgrade;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::task::TaskTracker;
 use warp::http::header::{self, HeaderMap, HeaderName};
 use warp::http::Method;
@@ -40,7 +39,6 @@ use crate::config::{Config, MAX_UID_BYTES};
 use crate::hub::Hub;
 use crate::limits::{FailureLimiter, LogThrottle, PeerAddr};
 use crate::metrics::{Credential, Endpoint, Metrics};
-use crate::protocol::native;
 use crate::protocol::SocketContext;
 
 pub use error::{ApiError, STORED_HEADER, USER_OFFLINE};
@@ -65,8 +63,7 @@ pub struct AppState {
     real_ip_header: Option<HeaderName>,
     trusted_proxies: usize,
     allowed_origins: Option<Vec<String>>,
-    ws_config: WebSocketConfig,
-    sockets: SocketContext,
+    sockets: Arc<SocketContext>,
     tracker: TaskTracker,
     metrics: Arc<Metrics>,
     /// False once shutdown has begun: `/ready` answers 503.
@@ -78,7 +75,7 @@ impl AppState {
     pub fn new(
         config: &Config,
         hub: Arc<Hub>,
-        sockets: SocketContext,
+        sockets: Arc<SocketContext>,
         tracker: TaskTracker,
     ) -> AppState {
         AppState {
@@ -104,7 +101,6 @@ impl AppState {
                 .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
             trusted_proxies: config.trusted_proxies,
             allowed_origins: config.allowed_origins.clone(),
-            ws_config: native::ws_config(config.max_client_frame_bytes),
             metrics: sockets.metrics.clone(),
             sockets,
             tracker,

@@ -70,7 +70,7 @@ fn health(req: &Req) -> Result<Response, ApiError> {
 /// shutdown has begun, or while a cluster store is unreachable.
 fn ready(state: &AppState, req: &Req) -> Result<Response, ApiError> {
     allowed(req, "GET, HEAD")?;
-    if !state.accepting.load(Ordering::Relaxed) || *state.sockets.shutdown.borrow() {
+    if !state.accepting.load(Ordering::Relaxed) || state.sockets.is_shutting_down() {
         return Err(ApiError::ShuttingDown);
     }
     if !state.hub.broker().is_ready() {

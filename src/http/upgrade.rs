@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use warp::http::header::{self, HeaderMap, HeaderValue};
@@ -36,7 +35,7 @@ pub(super) async fn upgrade(
         state,
         req,
         &admission.subscription.uid,
-        *state.sockets.shutdown.borrow(),
+        state.sockets.is_shutting_down(),
     )?;
 
     // Joined before the 101 is written: once the page sees its socket open, a push for its uid
@@ -47,27 +46,15 @@ pub(super) async fn upgrade(
         .await?;
     state.metrics.socket_connected();
     let ctx = state.sockets.clone();
-    let config = state.ws_config;
     let client = state.client_ip(req);
     state.tracker.spawn(async move {
         let _slot = slot;
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = native::accept(TokioIo::new(upgraded), config).await;
-                let closed = native::serve(ws, session, ctx).await;
-                if closed == Some(CloseReason::SlowConsumer) {
-                    log::warn!(
-                        "socket of {} closed as a slow reader (4008): its send queue was full",
-                        Client(client)
-                    );
-                }
-            }
-            // The connection went away before the upgrade completed; dropping the session
-            // leaves the hub.
-            Err(e) => {
-                log::debug!("upgrade failed: {e}");
-                ctx.metrics.socket_closed(None);
-            }
+        let closed = native::upgraded(on_upgrade, session, ctx).await;
+        if closed == Some(CloseReason::SlowConsumer) {
+            log::warn!(
+                "socket of {} closed as a slow reader (4008): its send queue was full",
+                Client(client)
+            );
         }
     });
 

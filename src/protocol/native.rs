@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
@@ -54,64 +56,98 @@ where
     WebSocketStream::from_raw_socket(CloseWatch::new(io), Role::Server, Some(config)).await
 }
 
-/// Serves a socket that already joined the hub as `session`, until it closes; leaves the
-/// registry on the way out. Returns why it closed (`None`: the connection was lost).
+/// The task of a socket that joined the hub as `session` and whose `101` is on its way: waits
+/// for the upgrade, then [`serve_in_place`]. Returns why it closed (`None`: the connection was
+/// lost, or the upgrade never completed).
 ///
-/// A plain `fn` returning an `async move` block rather than an `async fn`: an `async fn` keeps
-/// both its argument and its moved copy of the ~300-byte WebSocket in the future, and this
-/// future lives as long as the socket, once per socket.
+/// A plain `fn` returning an `async move` block, and everything used in place: this future
+/// lives as long as the socket, once per socket, and a value moved into a nested future (or an
+/// `async fn`'s argument) is a second copy in it for the socket's whole life.
 #[allow(clippy::manual_async_fn)]
-pub fn serve<S>(
+pub fn upgraded(
+    on_upgrade: OnUpgrade,
+    mut session: Session,
+    ctx: Arc<SocketContext>,
+) -> impl std::future::Future<Output = Option<CloseReason>> {
+    async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            // The connection went away before the upgrade completed; dropping the session
+            // leaves the hub.
+            Err(e) => {
+                log::debug!("upgrade failed: {e}");
+                ctx.metrics.socket_closed(None);
+                return None;
+            }
+        };
+        let mut ws = accept(TokioIo::new(upgraded), ctx.ws_config).await;
+        serve_in_place(&mut ws, &mut session, &ctx).await
+    }
+}
+
+/// Serves an upgraded socket that joined the hub as `session` (by value: tests and fuzzing).
+pub async fn serve<S>(
     mut ws: Socket<S>,
     mut session: Session,
-    mut ctx: SocketContext,
-) -> impl std::future::Future<Output = Option<CloseReason>>
+    ctx: Arc<SocketContext>,
+) -> Option<CloseReason>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // Fields are used in place, not destructured into locals: a local that lives across an
-    // await is a second copy in every idle socket's future.
-    async move {
-        log::debug!(
-            "socket {} opened ({} live)",
-            session.membership.id(),
-            ctx.hub.socket_count()
-        );
-        let ended = drive(
-            &mut ws,
-            std::mem::take(&mut session.preamble),
-            session.membership.outbox(),
-            ctx.heartbeat,
-            &mut ctx.shutdown,
-        )
-        .await;
-        let outbox = session.membership.outbox().clone();
-        log::debug!("socket {} closed: {ended:?}", session.membership.id());
-        ctx.metrics.socket_closed(match ended {
-            Ended::Close(reason) => Some(reason.code()),
-            Ended::Lost => None,
-        });
-        drop(session);
-        // Boxed: the closing steps run once, so their state should not sit in every idle
-        // socket's task for its whole life.
-        Box::pin(finish(ws, outbox, ended)).await;
-        match ended {
-            Ended::Close(reason) => Some(reason),
-            Ended::Lost => None,
-        }
+    serve_in_place(&mut ws, &mut session, &ctx).await
+}
+
+/// Serves an upgraded socket until it closes, for whatever reason; leaves the registry on the
+/// way out, then closes (flushing its queue first on shutdown). Returns why it closed (`None`:
+/// the connection was lost).
+pub async fn serve_in_place<S>(
+    ws: &mut Socket<S>,
+    session: &mut Session,
+    ctx: &SocketContext,
+) -> Option<CloseReason>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    log::debug!(
+        "socket {} opened ({} live)",
+        session.membership.id(),
+        ctx.hub.socket_count()
+    );
+    let mut shutdown = ctx.shutdown();
+    let ended = drive(
+        ws,
+        std::mem::take(&mut session.preamble),
+        session.membership.outbox(),
+        ctx.heartbeat,
+        &mut shutdown,
+    )
+    .await;
+    log::debug!("socket {} closed: {ended:?}", session.membership.id());
+    ctx.metrics.socket_closed(match ended {
+        Ended::Close(reason) => Some(reason.code()),
+        Ended::Lost => None,
+    });
+    // Leaving first: from here on nothing new is queued, so what is flushed below is all.
+    session.membership.leave();
+    // Boxed: the closing steps run once, so their state should not sit in every idle socket's
+    // task for its whole life.
+    Box::pin(finish(ws, session.membership.outbox(), ended)).await;
+    match ended {
+        Ended::Close(reason) => Some(reason),
+        Ended::Lost => None,
     }
 }
 
 /// The one cleanup path: on shutdown, write what was queued (pushes already answered with
 /// success); then the close handshake, bounded in time.
-async fn finish<S>(mut ws: Socket<S>, outbox: Arc<Outbox>, ended: Ended)
+async fn finish<S>(ws: &mut Socket<S>, outbox: &Outbox, ended: Ended)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     if matches!(ended, Ended::Close(CloseReason::ServerShutdown)) {
         let flush = async {
             while let Some(first) = outbox.pop() {
-                write_batch(&mut ws, first, &outbox, usize::MAX).await?;
+                write_batch(ws, first, outbox, usize::MAX).await?;
             }
             Ok::<_, WsError>(())
         };
@@ -120,7 +156,7 @@ where
         }
     }
     outbox.close();
-    close(&mut ws, ended).await;
+    close(ws, ended).await;
 }
 
 /// Why the loop ended: either a reason we tell the client, or the connection is already gone.

@@ -23,12 +23,13 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::Stream;
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tokio_util::task::TaskTracker;
 
@@ -55,7 +56,7 @@ pub fn start(
     session: Session,
     slot: impl Send + 'static,
     since: Option<&HashMap<String, String>>,
-    ctx: SocketContext,
+    ctx: Arc<SocketContext>,
     tracker: &TaskTracker,
 ) -> EventStream {
     let (tx, rx) = mpsc::channel(1);
@@ -78,9 +79,10 @@ enum Ended {
 async fn run(
     mut session: Session,
     mut positions: Option<Positions>,
-    mut ctx: SocketContext,
+    ctx: Arc<SocketContext>,
     tx: mpsc::Sender<Bytes>,
 ) {
+    let mut draining = ctx.draining();
     let outbox = session.membership.outbox().clone();
     let id = session.membership.id();
     log::debug!("event stream {id} opened");
@@ -88,7 +90,8 @@ async fn run(
         std::mem::take(&mut session.preamble),
         &outbox,
         positions.as_mut(),
-        &mut ctx,
+        &ctx,
+        &mut draining,
         &tx,
     )
     .await;
@@ -117,10 +120,11 @@ async fn drive(
     preamble: Vec<Frame>,
     outbox: &Outbox,
     mut positions: Option<&mut Positions>,
-    ctx: &mut SocketContext,
+    ctx: &SocketContext,
+    draining: &mut watch::Receiver<bool>,
     tx: &mpsc::Sender<Bytes>,
 ) -> Ended {
-    if *ctx.draining.borrow() {
+    if *draining.borrow() {
         return Ended::Close(CloseReason::ServerShutdown);
     }
     // A first chunk at once, so the browser sees the stream open (`onopen`) without waiting
@@ -129,7 +133,7 @@ async fn drive(
     for frame in &preamble {
         event(&mut chunk, frame, positions.as_deref_mut(), None);
     }
-    if let Some(ended) = send(chunk.split().freeze(), tx, outbox, ctx).await {
+    if let Some(ended) = send(chunk.split().freeze(), tx, outbox, ctx, draining).await {
         return ended;
     }
     let mut tick = interval_at(Instant::now() + ctx.heartbeat, ctx.heartbeat);
@@ -148,7 +152,7 @@ async fn drive(
             }
         }
         if !chunk.is_empty() {
-            if let Some(ended) = send(chunk.split().freeze(), tx, outbox, ctx).await {
+            if let Some(ended) = send(chunk.split().freeze(), tx, outbox, ctx, draining).await {
                 return ended;
             }
             continue;
@@ -158,13 +162,13 @@ async fn drive(
         }
         tokio::select! {
             biased;
-            _ = ctx.draining.changed() => return Ended::Close(CloseReason::ServerShutdown),
+            _ = draining.changed() => return Ended::Close(CloseReason::ServerShutdown),
             _ = tx.closed() => return Ended::Lost,
             // A frame was queued, or we were evicted: both are handled at the top.
             _ = outbox.ready() => continue,
             _ = tick.tick() => {
                 let beat = Bytes::from_static(b": heartbeat\n\n");
-                if let Some(ended) = send(beat, tx, outbox, ctx).await {
+                if let Some(ended) = send(beat, tx, outbox, ctx, draining).await {
                     return ended;
                 }
             }
@@ -179,7 +183,8 @@ async fn send(
     chunk: Bytes,
     tx: &mpsc::Sender<Bytes>,
     outbox: &Outbox,
-    ctx: &mut SocketContext,
+    ctx: &SocketContext,
+    draining: &mut watch::Receiver<bool>,
 ) -> Option<Ended> {
     let sent = tx.send(chunk);
     let mut sent = std::pin::pin!(sent);
@@ -189,7 +194,7 @@ async fn send(
             biased;
             result = &mut sent => return result.err().map(|_| Ended::Lost),
             _ = &mut stuck => return Some(Ended::Close(CloseReason::HeartbeatTimeout)),
-            _ = ctx.draining.changed() => return Some(Ended::Close(CloseReason::ServerShutdown)),
+            _ = draining.changed() => return Some(Ended::Close(CloseReason::ServerShutdown)),
             _ = outbox.ready() => if let Some(reason) = outbox.evicted() {
                 return Some(Ended::Close(reason));
             },
