@@ -62,7 +62,8 @@
   }
 
   /** Calls fn(contents, frame) for each message whose topic is `topic` ("*": every message).
-   *  Also "open", "close" (with the CloseEvent), "_gap" (with the gap's details). */
+   *  Also "open", "close" (with the CloseEvent), "_gap" (with the gap's details), and
+   *  "disconnected" (the backend closed this user's sockets with 4011: the client stops). */
   PushServe.prototype.on = function (topic, fn) {
     (this.handlers[topic] = this.handlers[topic] || []).push(fn);
     return this;
@@ -181,6 +182,12 @@
       if (self.conn !== conn) return;
       self.conn = null;
       self.emit("close", e);
+      if (e.code === 4011) {
+        // The backend disconnected this user (a logout, a ban): stay disconnected.
+        self.stopped = true;
+        self.emit("disconnected", e);
+        return;
+      }
       if (opened) return self.retry();
       self.failedOpens++;
       if (sse) {

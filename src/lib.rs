@@ -103,6 +103,8 @@ pub async fn run_with_metrics(
     if !hub.broker().is_ready() {
         log::warn!("serving before joining the cluster: sockets and publishes get 503 until redis is reachable");
     }
+    hub.registry()
+        .on_command(http::disconnect::COMMAND, http::disconnect::on_command);
     let tracker = TaskTracker::new();
     let sockets = Arc::new(protocol::SocketContext::new(
         hub.clone(),

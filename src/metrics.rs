@@ -82,12 +82,18 @@ pub enum Endpoint {
     Metrics,
     /// `/admin` and its JSON under `/admin/`
     Admin,
+    /// `/sse`
+    Sse,
+    /// `/push-serve.js`
+    Client,
+    /// `/disconnect`
+    Disconnect,
     /// Anything else (404).
     Other,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 12] = [
+    const ALL: [Endpoint; 15] = [
         Endpoint::Access,
         Endpoint::Ws,
         Endpoint::Push,
@@ -99,6 +105,9 @@ impl Endpoint {
         Endpoint::Ready,
         Endpoint::Metrics,
         Endpoint::Admin,
+        Endpoint::Sse,
+        Endpoint::Client,
+        Endpoint::Disconnect,
         Endpoint::Other,
     ];
 
@@ -116,6 +125,9 @@ impl Endpoint {
             "/ready" => Endpoint::Ready,
             "/metrics" => Endpoint::Metrics,
             "/admin" | "/admin/series" | "/admin/refusals" => Endpoint::Admin,
+            "/sse" => Endpoint::Sse,
+            "/push-serve.js" => Endpoint::Client,
+            "/disconnect" => Endpoint::Disconnect,
             _ => Endpoint::Other,
         }
     }
@@ -134,6 +146,9 @@ impl Endpoint {
             Endpoint::Ready => "ready",
             Endpoint::Metrics => "metrics",
             Endpoint::Admin => "admin",
+            Endpoint::Sse => "sse",
+            Endpoint::Client => "push-serve.js",
+            Endpoint::Disconnect => "disconnect",
             Endpoint::Other => "other",
         }
     }

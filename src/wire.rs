@@ -278,6 +278,9 @@ pub enum CloseReason {
     /// while its Redis subscription was down, or Redis lost the stream): 4010. A resumable
     /// page reconnects with its positions and gets exactly what it missed, or a `_gap`.
     Resync,
+    /// The backend disconnected this uid (`POST /disconnect`: a logout, a ban): 4011. The
+    /// page should not reconnect by itself.
+    Disconnected,
 }
 
 impl CloseReason {
@@ -292,6 +295,7 @@ impl CloseReason {
             CloseReason::HeartbeatTimeout => 4000,
             CloseReason::SlowConsumer => 4008,
             CloseReason::Resync => 4010,
+            CloseReason::Disconnected => 4011,
         }
     }
 
@@ -306,6 +310,7 @@ impl CloseReason {
             CloseReason::HeartbeatTimeout => "heartbeat timeout",
             CloseReason::SlowConsumer => "send queue full: client reads too slowly",
             CloseReason::Resync => "stream position lost on this node: reconnect to resume",
+            CloseReason::Disconnected => "disconnected by the backend: do not reconnect",
         }
     }
 

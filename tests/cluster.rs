@@ -373,3 +373,28 @@ async fn an_idempotency_key_makes_a_retry_safe() {
     assert_eq!(bad["topic"], "error");
     push(&a, "", "9").await.assert_error(400);
 }
+
+#[tokio::test]
+async fn disconnect_reaches_the_uids_sockets_on_every_node() {
+    let redis = redis_or_skip!();
+    let a = node(&redis, |_| {}).await;
+    let b = node(&redis, |_| {}).await;
+    let mut on_a = a.connect("kim").await;
+    let mut on_b = b.connect("kim").await;
+    let mut bystander = b.connect("lee").await;
+    let r = post(&a, "/disconnect?uid=kim", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["number"], 2, "sockets on both nodes");
+    for ws in [&mut on_a, &mut on_b] {
+        assert_eq!(close_code(ws).await, Some(4011.into()));
+    }
+    eventually("kim offline everywhere", || async {
+        online(&a, "kim").await == 0
+    })
+    .await;
+    assert_eq!(a.push("lee", &body("t", "1")).await.status, 200);
+    assert_eq!(
+        next_text(&mut bystander).await,
+        r#"{"topic":"t","number":1,"contents":1}"#
+    );
+}

@@ -493,3 +493,42 @@ async fn ten_thousand_messages_survive_repeated_two_second_outages() {
     assert_eq!(state.received.len(), TOTAL as usize);
     assert_eq!(state.received, expected, "every message once, in order");
 }
+
+#[tokio::test]
+async fn disconnect_closes_every_socket_of_a_uid_with_4011_and_no_one_else() {
+    let s = Server::start(|_| {}).await;
+    let mut tab1 = s.connect("dan").await;
+    let mut tab2 = s.connect("dan").await;
+    let mut other = s.connect("eve").await;
+    let r = post(&s, "/disconnect?uid=dan", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["number"], 2);
+    for ws in [&mut tab1, &mut tab2] {
+        assert_eq!(close_code(ws).await, Some(4011.into()));
+    }
+    eventually("dan offline", || async { s.sockets_of("dan").await == 0 }).await;
+    // Eve is untouched.
+    let r = s.push("eve", &body("t", "1")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        next_text(&mut other).await,
+        r#"{"topic":"t","number":1,"contents":1}"#
+    );
+    // The backend's password is required; a uid too.
+    let r = s
+        .http()
+        .await
+        .request("POST", "/disconnect?uid=dan&password=nope", &[], b"")
+        .await;
+    r.assert_error(401);
+    post(&s, "/disconnect", "").await.assert_error(400);
+    let r = s
+        .http()
+        .await
+        .get(&format!(
+            "/disconnect?uid=dan&password={}",
+            enc(&s.password)
+        ))
+        .await;
+    r.assert_error(405);
+}

@@ -276,6 +276,19 @@ impl Broker for LocalBroker {
         self.history_bytes.load(Ordering::Relaxed)
     }
 
+    fn command<'a>(
+        &'a self,
+        kind: &'a str,
+        payload: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        let mut bytes = Vec::with_capacity(kind.len() + 1 + payload.len());
+        bytes.extend_from_slice(kind.as_bytes());
+        bytes.push(b'\n');
+        bytes.extend_from_slice(payload);
+        self.registry.command(&bytes);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     fn is_ready(&self) -> bool {
         true
     }

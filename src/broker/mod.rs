@@ -155,6 +155,21 @@ pub trait Broker: Send + Sync + 'static {
     /// Periodic housekeeping: expired history, forgotten streams.
     fn sweep(&self);
 
+    /// Runs a command on every node (this one too): `kind` names the handler registered with
+    /// [`Registry::on_command`](crate::registry::Registry::on_command), `payload` is its input.
+    /// Ok once it is on its way to every node (delivery is at most once, in send order).
+    fn command<'a>(
+        &'a self,
+        kind: &'a str,
+        payload: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// The cluster's Redis, for features that keep shared state of their own next to the
+    /// broker's (`None` for a single node: such state lives in memory).
+    fn redis(&self) -> Option<redis::RedisHandle> {
+        None
+    }
+
     /// After every socket closed: tell the other nodes this one is gone, stop background work.
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(std::future::ready(()))

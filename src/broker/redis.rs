@@ -129,6 +129,10 @@ impl Keys {
     fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)
     }
+    /// The channel every node subscribes to for cluster-wide commands.
+    fn control(&self) -> String {
+        format!("{}:control", self.prefix)
+    }
 }
 
 /// Logs an outage once, and its end once.
@@ -253,6 +257,33 @@ impl Observer for PresenceObserver {
         if self.tx.try_send(Op::Left(key.clone())).is_err() {
             self.dirty.store(true, Ordering::Relaxed);
         }
+    }
+}
+
+/// What a feature with shared state of its own (presence members, receipts, documents) needs
+/// to keep it in the cluster's Redis: a connection (multiplexed, reconnecting) and the key
+/// prefix. Calls made through [`RedisHandle::call`] are bounded and counted like the broker's.
+#[derive(Clone)]
+pub struct RedisHandle {
+    /// A clone of the broker's command connection.
+    pub conn: ConnectionManager,
+    shared: Arc<Shared>,
+}
+
+impl RedisHandle {
+    /// The deployment's key prefix (`redis_prefix`); a feature's keys start with
+    /// `<prefix>:<feature>:`.
+    pub fn prefix(&self) -> &str {
+        &self.shared.keys.prefix
+    }
+
+    /// Runs Redis call `op` with the broker's bound (1.5 s), counted on `/metrics`.
+    pub async fn call<T>(
+        &self,
+        op: &'static str,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, BrokerError> {
+        self.shared.call(op, call).await
     }
 }
 
@@ -572,6 +603,33 @@ impl Broker for RedisBroker {
         0
     }
 
+    fn redis(&self) -> Option<RedisHandle> {
+        Some(RedisHandle {
+            conn: self.conn.clone(),
+            shared: self.shared.clone(),
+        })
+    }
+
+    fn command<'a>(
+        &'a self,
+        kind: &'a str,
+        payload: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let mut bytes = Vec::with_capacity(kind.len() + 1 + payload.len());
+            bytes.extend_from_slice(kind.as_bytes());
+            bytes.push(b'\n');
+            bytes.extend_from_slice(payload);
+            let mut conn = self.conn.clone();
+            let mut publish = redis::cmd("PUBLISH");
+            publish.arg(self.shared.keys.control()).arg(bytes);
+            self.shared
+                .call("command", publish.query_async::<u64>(&mut conn))
+                .await?;
+            Ok(())
+        })
+    }
+
     fn is_ready(&self) -> bool {
         self.shared.node().is_some()
     }
@@ -607,9 +665,11 @@ async fn subscribe_loop(shared: Arc<Shared>, client: redis::Client, presence: mp
         let _ = futures_util::FutureExt::now_or_never(shared.reincarnate.notified());
         let id: Arc<str> = random_hex().into();
         let channel = format!("{channel_prefix}{id}");
+        let control = shared.keys.control();
         let subscribed = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
+            pubsub.subscribe(&control).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
         let pubsub = match tokio::time::timeout(CALL_TIMEOUT, subscribed).await {
@@ -635,6 +695,9 @@ async fn subscribe_loop(shared: Arc<Shared>, client: redis::Client, presence: mp
         let lost = loop {
             tokio::select! {
                 msg = tokio::time::timeout(WATCHDOG, messages.next()) => match msg {
+                    Ok(Some(msg)) if msg.get_channel_name() == control => {
+                        shared.registry.command(msg.get_payload_bytes());
+                    }
                     Ok(Some(msg)) => deliver(&shared.registry, msg.get_payload_bytes()),
                     Ok(None) => break Some("subscription connection closed"),
                     Err(_) => break Some("subscription silent for 15 s"),

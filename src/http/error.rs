@@ -91,7 +91,7 @@ pub enum ApiError {
     MethodNotAllowed(&'static str),
     /// No such path.
     #[error(
-        "not found: the endpoints are /access, /ws, /sse, /push, /publish, /broadcast, /online, /stats, /health, /ready, /metrics, /admin, /push-serve.js"
+        "not found: the endpoints are /access, /ws, /sse, /push, /publish, /broadcast, /online, /stats, /disconnect, /health, /ready, /metrics, /admin, /push-serve.js"
     )]
     NotFound,
 }

@@ -12,6 +12,7 @@
 mod access;
 mod admin;
 pub mod client;
+pub mod disconnect;
 pub mod error;
 mod events;
 mod ops;
@@ -378,6 +379,12 @@ fn all_routes(
             let result = upgrade::upgrade(&state, &req, on_upgrade).await;
             respond(&state, &req, Endpoint::Ws, result)
         });
+    let disconnect_route = warp::path!("disconnect").and(common.clone()).then(
+        |req: Req, state: Arc<AppState>| async move {
+            let result = disconnect::disconnect(&state, &req).await;
+            respond(&state, &req, Endpoint::Disconnect, result)
+        },
+    );
     let sse_route = warp::path!("sse")
         .and(common.clone())
         .then(|req: Req, state: Arc<AppState>| async move { events::events(&state, &req).await });
@@ -386,7 +393,7 @@ fn all_routes(
             .and(common.clone())
             .map(|req: Req, state: Arc<AppState>| {
                 let result = client::client_js(&req);
-                respond(&state, &req, Endpoint::Other, result)
+                respond(&state, &req, Endpoint::Client, result)
             });
     let not_found_route = warp::any().map(|| ApiError::NotFound.into_response());
 
@@ -412,6 +419,8 @@ fn all_routes(
         .or(stats_route)
         .unify()
         .or(ws_route)
+        .unify()
+        .or(disconnect_route)
         .unify()
         .or(sse_route)
         .unify()

@@ -1,0 +1,32 @@
+//! `POST /disconnect?uid&password`: closes every socket of a uid, on every node (a logout, a
+//! ban). The sockets close with 4011, which tells a page not to reconnect by itself; the key it
+//! holds still opens sockets until it expires, so to keep a user out, also stop giving it keys.
+
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use super::error::envelope;
+use super::{authorized, ApiError, AppState, Req};
+use crate::registry::Registry;
+use crate::wire::{CloseReason, StreamKey};
+
+/// The cluster-wide command this endpoint sends; its payload is the uid.
+pub const COMMAND: &str = "disconnect";
+
+/// What every node does on [`COMMAND`] (registered by `run`).
+pub fn on_command(registry: &Registry, payload: &[u8]) {
+    if let Ok(uid) = std::str::from_utf8(payload) {
+        let closed = registry.evict(&StreamKey::User(uid.into()), CloseReason::Disconnected);
+        log::debug!("disconnected {closed} sockets of a uid on the backend's request");
+    }
+}
+
+/// Sends the command; answers with how many sockets the uid had (over every node).
+pub(super) async fn disconnect(state: &AppState, req: &Req) -> Result<Response, ApiError> {
+    let params = authorized(state, req, "POST")?;
+    let uid = params.uid()?;
+    let had = state.hub.sockets_of(uid).await?;
+    state.hub.broker().command(COMMAND, uid.as_bytes()).await?;
+    let contents = serde_json::json!({ "uid": uid, "sockets": had });
+    Ok(envelope(StatusCode::OK, "success", had as u64, contents))
+}
