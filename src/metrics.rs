@@ -135,7 +135,7 @@ impl Endpoint {
             "/push-serve.js" => Endpoint::Client,
             "/disconnect" => Endpoint::Disconnect,
             p if p.starts_with("/app/") => Endpoint::PusherSocket,
-            p if p.starts_with("/apps/") => Endpoint::PusherApi,
+            p if p.starts_with("/apps/") || p.starts_with("/users/") => Endpoint::PusherApi,
             _ => Endpoint::Other,
         }
     }

@@ -403,15 +403,14 @@ fn all_routes(
             },
         );
     let pusher_api_route = warp::path("apps")
-        .and(warp::path::tail())
+        .or(warp::path("users"))
+        .unify()
         .and(common.clone())
         .and(warp::body::stream())
-        .then(
-            |tail: warp::path::Tail, req: Req, state: Arc<AppState>, body| async move {
-                let result = pusher::api(&state, &req, tail.as_str(), body).await;
-                respond(&state, &req, Endpoint::PusherApi, result)
-            },
-        );
+        .then(|req: Req, state: Arc<AppState>, body| async move {
+            let result = pusher::api(&state, &req, body).await;
+            respond(&state, &req, Endpoint::PusherApi, result)
+        });
     let sse_route = warp::path!("sse")
         .and(common.clone())
         .then(|req: Req, state: Arc<AppState>| async move { events::events(&state, &req).await });

@@ -3,7 +3,8 @@
 //!   (origin, upgrade headers, shutting down, the hub reachable); the Pusher refusals (unknown
 //!   key 4001, app over quota 4004, server full 4100, protocol 4007/4008) after it, as
 //!   `pusher:error` and a close with that code, which is what pusher-js acts on.
-//! - `/apps/{id}/…`: the HTTP API, signed as the SDKs sign it; a refusal has its real status.
+//! - `/apps/{id}/…` (and `/users/{id}/terminate_connections`, where the PyPI SDK posts it): the
+//!   HTTP API, signed as the SDKs sign it; a refusal has its real status.
 
 use std::sync::Arc;
 
@@ -110,20 +111,27 @@ pub(super) async fn socket(
 }
 
 /// `/apps/{id}/…`: finds the app, checks the method and the signature, runs the operation.
-pub(super) async fn api<S, B>(
-    state: &AppState,
-    req: &Req,
-    tail: &str,
-    body: S,
-) -> Result<Response, ApiError>
+pub(super) async fn api<S, B>(state: &AppState, req: &Req, body: S) -> Result<Response, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
     let pusher = pusher(state)?;
-    let parts: Vec<&str> = tail.split('/').collect();
-    let (app_id, rest) = match parts.split_first() {
-        Some((id, rest)) if !id.is_empty() => (*id, rest),
+    let parts: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+    let (app_id, rest) = match parts.as_slice() {
+        ["apps", id, rest @ ..] if !id.is_empty() => (*id, rest),
+        // The PyPI SDK (3.3.4) posts terminate_connections to /users/{id}/… without the
+        // /apps/{id} prefix; its signed auth_key names the app.
+        ["users", ..] => {
+            let params: Vec<(String, String)> = serde_urlencoded::from_str(&req.query)
+                .map_err(|e| ApiError::BadQuery(e.to_string()))?;
+            let key = params.iter().find(|(k, _)| k == "auth_key").map(|(_, v)| v);
+            let app = key.and_then(|k| pusher.app_by_key(k));
+            (
+                app.ok_or(ApiError::UnknownPusherApp)?.conf.id.as_str(),
+                &parts[..],
+            )
+        }
         _ => return Err(ApiError::NotFound),
     };
     let decoded: Vec<String> = rest.iter().map(|p| percent_decode(p)).collect();
