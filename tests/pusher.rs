@@ -499,3 +499,165 @@ async fn two_nodes_share_channels_presence_and_users() {
     )
     .await;
 }
+
+/// One webhook request as received: its key and signature headers and its body.
+struct Hook {
+    key: String,
+    signature: String,
+    body: String,
+}
+
+/// A webhook receiver on a loopback port: answers 200 to every request and hands it over.
+async fn webhook_receiver() -> (u16, tokio::sync::mpsc::UnboundedReceiver<Hook>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream);
+                let (mut key, mut signature, mut length) = (String::new(), String::new(), 0);
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).await.unwrap();
+                    let line = line.trim_end();
+                    if line.is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(": ") {
+                        match name.to_ascii_lowercase().as_str() {
+                            "x-pusher-key" => key = value.into(),
+                            "x-pusher-signature" => signature = value.into(),
+                            "content-length" => length = value.parse().unwrap(),
+                            _ => {}
+                        }
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).await.unwrap();
+                reader
+                    .get_mut()
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    .await
+                    .unwrap();
+                let body = String::from_utf8(body).unwrap();
+                let _ = tx.send(Hook {
+                    key,
+                    signature,
+                    body,
+                });
+            });
+        }
+    });
+    (port, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_batched_signed_and_a_dead_endpoint_harms_no_socket() {
+    use push_serve::config::PusherWebhook;
+    let (port, mut hooks) = webhook_receiver().await;
+    let dead = common::cluster::free_port();
+    let s = Server::start(|c| {
+        pusher_conf(c);
+        let app = &mut c.pusher.as_mut().unwrap().apps[0];
+        let all: Vec<String> = push_serve::config::WEBHOOK_EVENTS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        app.webhooks = vec![
+            PusherWebhook {
+                url: format!("http://127.0.0.1:{dead}/never"),
+                event_types: all.clone(),
+            },
+            PusherWebhook {
+                url: format!("http://127.0.0.1:{port}/pusher/webhook"),
+                event_types: all,
+            },
+        ];
+    })
+    .await;
+    let (mut a, sid_a) = connected(&s, KEY).await;
+    let (mut b, sid_b) = connected(&s, KEY).await;
+    subscribe(&mut a, &sid_a, "private-hooked").await;
+    subscribe(&mut b, &sid_b, "private-hooked").await;
+    send(
+        &mut a,
+        json!({"event":"client-typing","channel":"private-hooked","data":{"x":1}}),
+    )
+    .await;
+    assert_eq!(frame(&mut b).await["event"], "client-typing");
+    send(
+        &mut b,
+        json!({"event":"pusher:subscribe","data":{"channel":"cache-empty"}}),
+    )
+    .await;
+    assert_eq!(
+        frame(&mut b).await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    assert_eq!(frame(&mut b).await["event"], "pusher:cache_miss");
+    for ws in [&mut a, &mut b] {
+        send(
+            ws,
+            json!({"event":"pusher:unsubscribe","data":{"channel":"private-hooked"}}),
+        )
+        .await;
+    }
+    // Still answering: the dead endpoint's retries are off the sockets' path.
+    send(&mut a, json!({"event":"pusher:ping","data":{}})).await;
+    assert_eq!(frame(&mut a).await["event"], "pusher:pong");
+
+    let mut seen: Vec<Value> = Vec::new();
+    let wanted = [
+        "channel_occupied",
+        "client_event",
+        "cache_miss",
+        "channel_vacated",
+    ];
+    while !wanted.iter().all(|w| seen.iter().any(|e| e["name"] == *w)) {
+        let hook = tokio::time::timeout(PATIENCE, hooks.recv())
+            .await
+            .expect("a webhook in time")
+            .unwrap();
+        assert_eq!(hook.key, KEY);
+        assert_eq!(hook.signature, sign(SECRET, &hook.body));
+        if python_ready() {
+            let valid = Command::new("python3")
+                .args([
+                    "-c",
+                    "import sys, pusher\n\
+                     p = pusher.Pusher(app_id='1001', key=sys.argv[1], secret=sys.argv[2])\n\
+                     assert p.validate_webhook(sys.argv[1], sys.argv[3], sys.argv[4]) is not None",
+                    KEY,
+                    SECRET,
+                    &hook.signature,
+                    &hook.body,
+                ])
+                .status()
+                .unwrap();
+            assert!(
+                valid.success(),
+                "the PyPI SDK refused the webhook's signature"
+            );
+        }
+        let body: Value = serde_json::from_str(&hook.body).unwrap();
+        assert!(body["time_ms"].as_u64().unwrap() > 0);
+        seen.extend(body["events"].as_array().unwrap().iter().cloned());
+    }
+    let occupied: Vec<&Value> = seen
+        .iter()
+        .filter(|e| e["name"] == "channel_occupied" && e["channel"] == "private-hooked")
+        .collect();
+    assert_eq!(occupied.len(), 1, "occupied once, not per subscriber");
+    let client = seen.iter().find(|e| e["name"] == "client_event").unwrap();
+    assert_eq!(client["event"], "client-typing");
+    assert_eq!(client["socket_id"], sid_a.as_str());
+    let vacated = seen
+        .iter()
+        .find(|e| e["name"] == "channel_vacated")
+        .unwrap();
+    assert_eq!(vacated["channel"], "private-hooked");
+}

@@ -15,19 +15,20 @@
 //! - [`socket`]: one socket's task, beside (not inside) the native one.
 //! - [`api`]: the HTTP API's operations (the HTTP layer checks and routes).
 //! - [`store`]: the shared state above.
+//! - [`webhooks`]: batched, signed, retried, from bounded queues that never slow delivery.
 
 pub mod api;
 pub mod auth;
 pub mod codec;
 pub mod socket;
 pub mod store;
+pub mod webhooks;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
 
 use crate::broker::{BrokerError, Published};
 use crate::config::{PusherApp, PusherConfig};
@@ -35,11 +36,11 @@ use crate::hub::Hub;
 use crate::registry::Registry;
 use crate::wire::{CloseReason, Message, StreamKey};
 use store::{ChannelStore, MemoryStore, RedisStore};
+pub use webhooks::WebhookEvent;
+use webhooks::Webhooks;
 
 /// The cluster-wide command that closes a user's sockets; payload `<app id>\n<user id>`.
 pub const TERMINATE_COMMAND: &str = "pusher-terminate";
-/// Webhook events waiting for a sender; past it, new ones are dropped (never waited for).
-const WEBHOOK_QUEUE: usize = 4096;
 
 /// What a channel's name makes it. Prefixes, not substrings: `my-private-room` is public.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,43 +138,6 @@ impl App {
     }
 }
 
-/// What a webhook would report (the seam for webhooks: queued, bounded, not sent yet).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WebhookEvent {
-    /// A channel got its first subscriber (cluster-wide).
-    ChannelOccupied {
-        /// App id.
-        app: String,
-        /// Channel.
-        channel: String,
-    },
-    /// A channel lost its last subscriber (cluster-wide).
-    ChannelVacated {
-        /// App id.
-        app: String,
-        /// Channel.
-        channel: String,
-    },
-    /// A user joined a presence channel.
-    MemberAdded {
-        /// App id.
-        app: String,
-        /// Channel.
-        channel: String,
-        /// The member.
-        user_id: String,
-    },
-    /// A user left a presence channel.
-    MemberRemoved {
-        /// App id.
-        app: String,
-        /// Channel.
-        channel: String,
-        /// The member.
-        user_id: String,
-    },
-}
-
 /// Pusher mode's shared state: the apps, the limits, the hub and the store.
 pub struct Pusher {
     apps: Vec<Arc<App>>,
@@ -187,7 +151,7 @@ pub struct Pusher {
     pub hub: Arc<Hub>,
     /// Counts, members, cache.
     pub store: Arc<dyn ChannelStore>,
-    webhooks: Option<mpsc::Sender<WebhookEvent>>,
+    webhooks: Option<Webhooks>,
 }
 
 impl Pusher {
@@ -198,34 +162,24 @@ impl Pusher {
             Some(redis) => RedisStore::start(redis),
             None => Arc::new(MemoryStore::default()),
         };
-        let webhooks = config.apps.iter().any(|a| !a.webhooks.is_empty()).then(|| {
-            let (tx, mut rx) = mpsc::channel(WEBHOOK_QUEUE);
-            // The webhook sender comes later; until then events are taken off the queue
-            // so it never fills, and noted at debug.
-            tokio::spawn(async move {
-                while let Some(event) = rx.recv().await {
-                    log::debug!("webhook not sent (not implemented yet): {event:?}");
-                }
-            });
-            tx
-        });
-        Pusher {
-            apps: config
-                .apps
-                .iter()
-                .map(|conf| {
-                    Arc::new(App {
-                        conf: conf.clone(),
-                        sockets: AtomicUsize::new(0),
-                    })
+        let apps: Vec<Arc<App>> = config
+            .apps
+            .iter()
+            .map(|conf| {
+                Arc::new(App {
+                    conf: conf.clone(),
+                    sockets: AtomicUsize::new(0),
                 })
-                .collect(),
+            })
+            .collect();
+        Pusher {
+            webhooks: Webhooks::start(&apps),
+            apps,
             activity_timeout: Duration::from_secs(config.activity_timeout_secs),
             max_event_bytes: config.max_event_bytes,
             client_events_per_second: config.client_events_per_second,
             hub,
             store,
-            webhooks,
         }
     }
 
@@ -239,10 +193,15 @@ impl Pusher {
         self.apps.iter().find(|a| a.conf.id == id)
     }
 
+    /// Whether any app has webhooks (so events are worth building).
+    pub fn has_webhooks(&self) -> bool {
+        self.webhooks.is_some()
+    }
+
     /// Queues a webhook event, never waiting (dropped when the queue is full).
     pub fn notify(&self, event: WebhookEvent) {
-        if let Some(tx) = &self.webhooks {
-            let _ = tx.try_send(event);
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.send(event);
         }
     }
 

@@ -421,10 +421,9 @@ impl Conn<'_> {
         let store = &self.pusher.store;
         let app = conf.id.as_str();
         match store.subscribed(app, channel, 1).await {
-            Ok(true) => self.pusher.notify(WebhookEvent::ChannelOccupied {
-                app: app.into(),
-                channel: channel.into(),
-            }),
+            Ok(true) => self
+                .pusher
+                .notify(WebhookEvent::channel(app, "channel_occupied", channel)),
             Ok(false) => {}
             Err(e) => log::debug!("subscription count not updated: {e}"),
         }
@@ -450,7 +449,11 @@ impl Conn<'_> {
         if is_cache(channel) {
             replies.push(match store.cache_get(app, channel).await {
                 Ok(Some(frame)) => frame,
-                Ok(None) => codec::cache_miss(channel),
+                Ok(None) => {
+                    self.pusher
+                        .notify(WebhookEvent::channel(app, "cache_miss", channel));
+                    codec::cache_miss(channel)
+                }
                 Err(e) => {
                     log::debug!("cache read failed: {e}");
                     codec::cache_miss(channel)
@@ -500,21 +503,13 @@ impl Conn<'_> {
         if let Err(e) = sent {
             log::debug!("{event} not sent: {e}");
         }
-        let (app, channel, user_id) = (app.into(), channel.into(), member.user_id.clone());
+        let name = if event == "pusher_internal:member_added" {
+            "member_added"
+        } else {
+            "member_removed"
+        };
         self.pusher
-            .notify(if event == "pusher_internal:member_added" {
-                WebhookEvent::MemberAdded {
-                    app,
-                    channel,
-                    user_id,
-                }
-            } else {
-                WebhookEvent::MemberRemoved {
-                    app,
-                    channel,
-                    user_id,
-                }
-            });
+            .notify(WebhookEvent::member(app, name, channel, &member.user_id));
     }
 
     async fn unsubscribe(&mut self, session: &mut Session, channel: &str) {
@@ -528,10 +523,9 @@ impl Conn<'_> {
     async fn left(&mut self, channel: &str) {
         let app = self.app.conf.id.as_str();
         match self.pusher.store.subscribed(app, channel, -1).await {
-            Ok(true) => self.pusher.notify(WebhookEvent::ChannelVacated {
-                app: app.into(),
-                channel: channel.into(),
-            }),
+            Ok(true) => self
+                .pusher
+                .notify(WebhookEvent::channel(app, "channel_vacated", channel)),
             Ok(false) => {}
             Err(e) => log::debug!("subscription count not updated: {e}"),
         }
@@ -637,7 +631,19 @@ impl Conn<'_> {
             )
             .await;
         match sent {
-            Ok(_) => Vec::new(),
+            Ok(_) => {
+                if self.pusher.has_webhooks() {
+                    self.pusher.notify(WebhookEvent::client_event(
+                        &self.app.conf.id,
+                        channel,
+                        event,
+                        data.get(),
+                        &self.socket_id,
+                        user_id,
+                    ));
+                }
+                Vec::new()
+            }
             Err(e) => {
                 log::debug!("client event not sent: {e}");
                 refuse(None, "service unavailable: the event was not sent")
