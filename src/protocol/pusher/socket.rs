@@ -267,7 +267,8 @@ impl Conn<'_> {
         let timeout = self.pusher.activity_timeout;
         let hello = codec::connection_established(&self.socket_id, timeout.as_secs());
         let sent = ws.send(text_message(hello));
-        if let Some(ended) = native::guarded(sent, &outbox, &mut shutdown, ctx.heartbeat).await {
+        let greeted = Box::pin(native::guarded(sent, &outbox, &mut shutdown, ctx.heartbeat));
+        if let Some(ended) = greeted.await {
             return End::of(ended);
         }
         let mut tick = interval_at(Instant::now() + timeout, timeout);
@@ -293,7 +294,9 @@ impl Conn<'_> {
                     (heard, awaiting) = (true, false);
                     match inbound {
                         Some(Ok(WsMessage::Close(_))) => return End::Echo,
-                        Some(Ok(WsMessage::Text(text))) => match self.handle(&text, session).await {
+                        // Boxed: answering a frame runs for a moment, and its state (store
+                        // and hub calls) must not sit in every idle socket's task.
+                        Some(Ok(WsMessage::Text(text))) => match Box::pin(self.handle(&text, session)).await {
                             Ok(replies) => replies,
                             Err(end) => return end,
                         },
@@ -323,8 +326,8 @@ impl Conn<'_> {
                 }
                 ws.flush().await
             };
-            if let Some(ended) = native::guarded(sent, &outbox, &mut shutdown, ctx.heartbeat).await
-            {
+            let written = Box::pin(native::guarded(sent, &outbox, &mut shutdown, ctx.heartbeat));
+            if let Some(ended) = written.await {
                 return End::of(ended);
             }
         }
