@@ -28,12 +28,11 @@ impl Redis {
 
     /// Starts Redis with `extra` arguments (persistence settings).
     pub async fn start_with(extra: &[&str]) -> Option<Redis> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            eprintln!("skipped: redis-server is not installed (bash .ci/run installs it)");
+        if !require(
+            "a cluster test",
+            "redis-server",
+            runs("redis-server", "--version"),
+        ) {
             return None;
         }
         let port = free_port();
