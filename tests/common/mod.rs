@@ -9,6 +9,7 @@
 
 pub mod cluster;
 pub mod daemon;
+pub mod raw_ws;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -564,17 +565,43 @@ pub async fn close_code(ws: &mut Ws) -> Option<CloseCode> {
 }
 
 /// Waits until `cond` holds, polling; panics after [`PATIENCE`].
-pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+pub async fn eventually<F, Fut>(what: &str, cond: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+    eventually_within(what, PATIENCE, cond).await
+}
+
+/// [`eventually`] with its own bound.
+pub async fn eventually_within<F, Fut>(what: &str, within: Duration, cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    assert!(
+        wait_until(within, cond).await,
+        "timed out waiting for {what}"
+    );
+}
+
+/// Waits until `cond` holds or `within` has passed; whether it held. The one place tests poll:
+/// for what only a query shows (a count in `/stats`, a key expiring in Redis), asked again
+/// every 20 ms. Anything that announces itself (a frame, a log line, a reply) is awaited
+/// instead.
+pub async fn wait_until<F, Fut>(within: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
