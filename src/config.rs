@@ -75,6 +75,10 @@ pub struct Config {
     pub secret: Option<String>,
     /// Seconds an access key stays valid for opening sockets (a socket already open is not cut).
     pub access_key_ttl_secs: u64,
+    /// After a reload changes the signing material (`secret`, or `password` without one): for
+    /// how many seconds keys signed with the previous material still open sockets. 0: refused
+    /// at once.
+    pub secret_overlap_secs: u64,
     /// Seconds between server pings; a socket that has sent nothing (no pong, no frame) for a
     /// whole interval after a ping is closed.
     pub heartbeat_interval_secs: f64,
@@ -126,6 +130,10 @@ pub struct Config {
     pub listen_backlog: u32,
     /// How log lines are written on stderr: `text` for people, `json` for log collectors.
     pub log_format: LogFormat,
+    /// What is logged, as `RUST_LOG` spells it (`info`, `debug`, `info,push_serve::http=debug`).
+    /// Unset: `RUST_LOG`, or `info`. When set it wins over `RUST_LOG`, so that a reload can
+    /// change it.
+    pub log_level: Option<String>,
     /// Redis shared by the nodes of a cluster, e.g. `redis://127.0.0.1:6379/0`. Unset: this
     /// process is the whole service (streams, history and presence in memory).
     pub redis_url: Option<String>,
@@ -367,6 +375,39 @@ impl PusherApp {
     }
 }
 
+/// How a running daemon takes a changed setting when it reloads its config file (SIGHUP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reload {
+    /// Applied at once, without dropping a socket.
+    Live,
+    /// Only a restart applies it: the listeners, the cluster's Redis, and what every socket
+    /// or stream was built with (queues, history).
+    Restart,
+}
+
+impl Reload {
+    /// How `key` is taken on a reload.
+    pub fn of(key: &str) -> Reload {
+        match key {
+            "addr"
+            | "metrics_addr"
+            | "listen_backlog"
+            | "header_read_timeout_secs"
+            | "shutdown_timeout_secs"
+            | "redis_url"
+            | "redis_prefix"
+            | "send_queue_frames"
+            | "send_queue_bytes"
+            | "history_size"
+            | "history_ttl_secs"
+            | "history_max_bytes"
+            // Apps, secrets and webhooks are built into the Pusher state at start.
+            | "pusher" => Reload::Restart,
+            _ => Reload::Live,
+        }
+    }
+}
+
 /// The shape of a log line.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -388,6 +429,7 @@ impl Config {
             password: password.into(),
             secret: None,
             access_key_ttl_secs: 3600,
+            secret_overlap_secs: 3600,
             heartbeat_interval_secs: 25.0,
             send_queue_frames: 256,
             send_queue_bytes: 4 << 20,
@@ -408,6 +450,7 @@ impl Config {
             shutdown_timeout_secs: 10.0,
             listen_backlog: 4096,
             log_format: LogFormat::Text,
+            log_level: None,
             redis_url: None,
             redis_prefix: "push-serve".into(),
             metrics_addr: None,
@@ -511,6 +554,7 @@ impl Config {
         }
         for (key, value) in [
             ("access_key_ttl_secs", self.access_key_ttl_secs as f64),
+            ("secret_overlap_secs", self.secret_overlap_secs as f64),
             ("heartbeat_interval_secs", self.heartbeat_interval_secs),
             ("send_queue_frames", self.send_queue_frames as f64),
             ("send_queue_bytes", self.send_queue_bytes as f64),
@@ -592,7 +636,49 @@ impl Config {
         if let Some(pusher) = &self.pusher {
             pusher.validate()?;
         }
+        if let Some(level) = &self.log_level {
+            if let Err(problem) = crate::logging::check_spec(level) {
+                return Err(invalid("log_level", problem));
+            }
+        }
         Ok(())
+    }
+
+    /// The settings that differ between `self` (running) and `next` (a reloaded file), by key,
+    /// each with how the running daemon takes it.
+    pub fn changes(&self, next: &Config) -> Vec<(&'static str, Reload)> {
+        let (old, new) = match (serde_yaml::to_value(self), serde_yaml::to_value(next)) {
+            (Ok(old), Ok(new)) => (old, new),
+            _ => return Vec::new(),
+        };
+        known_keys()
+            .iter()
+            .filter(|key| old.get(key) != new.get(key))
+            .map(|&key| (key, Reload::of(key)))
+            .collect()
+    }
+
+    /// `self` with every setting that applies live taken from `next`: what a running daemon
+    /// runs with after reloading `next`. Settings that need a restart keep their running value.
+    pub fn merged(&self, next: &Config) -> Config {
+        let mut old = match serde_yaml::to_value(self) {
+            Ok(Value::Mapping(m)) => m,
+            _ => return self.clone(),
+        };
+        let Ok(Value::Mapping(new)) = serde_yaml::to_value(next) else {
+            return self.clone();
+        };
+        for (key, value) in new {
+            if key.as_str().is_some_and(|k| Reload::of(k) == Reload::Live) {
+                old.insert(key, value);
+            }
+        }
+        serde_yaml::from_value(Value::Mapping(old)).unwrap_or_else(|_| self.clone())
+    }
+
+    /// `secret_overlap_secs` as a Duration.
+    pub fn secret_overlap(&self) -> Duration {
+        Duration::from_secs(self.secret_overlap_secs)
     }
 
     /// How much one socket may have queued before it counts as a slow reader.
@@ -700,6 +786,10 @@ const RANGES: &[Range] = &[
     noted(
         whole("access_key_ttl_secs", "seconds", 1, 366 * 24 * 3600),
         "a year",
+    ),
+    noted(
+        whole("secret_overlap_secs", "seconds", 0, 366 * 24 * 3600),
+        "0 refuses keys of a replaced secret at once",
     ),
     seconds("heartbeat_interval_secs", 0.01, 3600.0),
     whole("send_queue_frames", "frames", 1, 1 << 20),
@@ -960,6 +1050,7 @@ fn requirement(key: &str, expected: &str) -> String {
         "addr" => "an IP:port address such as 127.0.0.1:8080",
         "real_ip_header" => "a header name such as X-Forwarded-For",
         "allowed_origins" => "a list of origins such as [\"https://shop.example.com\"]",
+        "log_level" => "a level such as info or debug",
         _ => match expected {
             "a string" | "a borrowed string" => "a string",
             "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a whole number ≥ 0",
@@ -1172,6 +1263,46 @@ mod tests {
     fn error_or_config(yaml: &str) -> Result<Config, String> {
         let yaml = format!("addr: 127.0.0.1:8080\npassword: x\n{yaml}");
         Config::parse(&yaml, "conf.yaml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_reload_applies_live_settings_and_keeps_the_rest_until_a_restart() {
+        let running = Config::new("127.0.0.1:8080", "old");
+        let mut next = Config::new("127.0.0.1:9090", "new");
+        next.max_sockets = 5;
+        next.history_size = 7;
+        next.log_level = Some("debug".into());
+        let mut changes = running.changes(&next);
+        changes.sort();
+        assert_eq!(
+            changes,
+            [
+                ("addr", Reload::Restart),
+                ("history_size", Reload::Restart),
+                ("log_level", Reload::Live),
+                ("max_sockets", Reload::Live),
+                ("password", Reload::Live),
+            ]
+        );
+        let merged = running.merged(&next);
+        assert_eq!(merged.addr, "127.0.0.1:8080");
+        assert_eq!(merged.history_size, 100);
+        assert_eq!(merged.password, "new");
+        assert_eq!(merged.max_sockets, 5);
+        assert_eq!(merged.log_level.as_deref(), Some("debug"));
+        assert!(merged.changes(&merged).is_empty());
+        // Every key is one or the other, and the listeners are never live.
+        for key in known_keys() {
+            let _ = Reload::of(key);
+        }
+        assert_eq!(Reload::of("metrics_addr"), Reload::Restart);
+    }
+
+    #[test]
+    fn a_log_level_that_is_not_one_is_refused() {
+        assert!(error("log_level: inf0\n").contains("`log_level`"));
+        let ok = "addr: 127.0.0.1:8080\npassword: x\nlog_level: info,push_serve::http=debug\n";
+        assert!(Config::parse(ok, "t").is_ok());
     }
 
     #[test]

@@ -20,6 +20,10 @@
 //! - [`metrics`]: counters and latency histograms for `/metrics` (Prometheus), and the recent
 //!   history behind the admin page.
 //!
+//! - [`reload`]: a new config applied to the running server (SIGHUP in `main`): what can
+//!   change live does, the rest is logged as needing a restart; [`logging`] is the logger
+//!   whose level and format a reload changes.
+//!
 //! [`run`] validates the config, ties the modules together, and is what both `main` and the
 //! integration tests call.
 
@@ -32,10 +36,12 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod registry;
+pub mod reload;
 pub mod server;
 pub mod wire;
 
@@ -73,6 +79,19 @@ pub async fn run_with_metrics(
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ConfigError> {
+    let (_reloader, reloads) = reload::channel();
+    run_reloadable(listener, metrics_listener, config, reloads, shutdown).await
+}
+
+/// [`run_with_metrics`], also applying every config sent through the [`reload::Reloader`]
+/// paired with `reloads` (what `main` does on SIGHUP) while it serves.
+pub async fn run_reloadable(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    config: Config,
+    reloads: reload::Reloads,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ConfigError> {
     config.validate()?;
@@ -150,6 +169,14 @@ pub async fn run_with_metrics(
             }
         }
     });
+    let reloader = tokio::spawn(reload::serve(
+        reloads,
+        config.clone(),
+        reload::Targets {
+            state: state.clone(),
+            sockets: sockets.clone(),
+        },
+    ));
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_server = metrics_listener.map(|listener| {
         tokio::spawn(server::serve(
@@ -191,6 +218,7 @@ pub async fn run_with_metrics(
     hub.shutdown().await;
     sweeper.abort();
     sampler.abort();
+    reloader.abort();
     let _ = stop_metrics.send(());
     if let Some(metrics_server) = metrics_server {
         let _ = metrics_server.await;

@@ -403,27 +403,26 @@ async fn run(tool: &str, script: &str, args: Vec<String>, ok: &str) {
 }
 
 fn node_ready() -> bool {
-    let ok = Command::new("node").arg("--version").output().is_ok()
-        && std::path::Path::new(DIR)
-            .join("node_modules/pusher-js")
-            .exists();
-    if !ok {
-        eprintln!("skipped: node or tests/pusher/node_modules is missing (npm ci --prefix tests/pusher; .ci/run does it)");
-    }
-    ok
+    require("pusher", "node", runs("node", "--version"))
+        && require(
+            "pusher",
+            "tests/pusher/node_modules (npm ci --prefix tests/pusher)",
+            std::path::Path::new(DIR)
+                .join("node_modules/pusher-js")
+                .exists(),
+        )
 }
 
 fn python_ready() -> bool {
-    let ok = Command::new("python3")
+    let has_sdk = Command::new("python3")
         .args(["-c", "import pusher"])
         .output()
         .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!(
-            "skipped: the PyPI pusher package is missing (pip install pusher; .ci/run does it)"
-        );
-    }
-    ok
+    require(
+        "pusher",
+        "the PyPI pusher package (pip install pusher)",
+        has_sdk,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,11 +24,10 @@ mod upgrade;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use hyper::upgrade::OnUpgrade;
 use serde::Deserialize;
-use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use warp::http::header::{self, HeaderMap, HeaderName};
 use warp::http::Method;
@@ -39,7 +38,7 @@ use warp::Filter;
 use crate::auth::Auth;
 use crate::config::{Config, MAX_UID_BYTES};
 use crate::hub::Hub;
-use crate::limits::{FailureLimiter, LogThrottle, PeerAddr};
+use crate::limits::{FailureLimiter, LogThrottle, PeerAddr, SocketSlots};
 use crate::metrics::{Credential, Endpoint, Metrics};
 use crate::protocol::SocketContext;
 
@@ -48,23 +47,16 @@ pub use publish::PUSH_OK;
 
 /// Everything the handlers share.
 pub struct AppState {
-    auth: Auth,
+    /// What a config reload may change, swapped whole ([`AppState::reconfigure`]).
+    settings: RwLock<Arc<Settings>>,
     hub: Arc<Hub>,
-    max_body_bytes: usize,
-    max_uids_per_push: usize,
-    max_topics_per_key: usize,
-    /// One permit per open socket, `max_sockets` in all. Taken before the upgrade and held by
+    /// One slot per open socket, `max_sockets` in all. Taken before the upgrade and held by
     /// the socket's task, so the cap holds however many upgrades race (a count checked before
     /// joining let concurrent upgrades pass it together).
-    socket_slots: Arc<Semaphore>,
-    max_sockets: usize,
+    socket_slots: Arc<SocketSlots>,
     /// The "server full" line: at most one per period while refusals last.
     full_log: LogThrottle,
-    max_sockets_per_uid: usize,
     limiter: FailureLimiter,
-    real_ip_header: Option<HeaderName>,
-    trusted_proxies: usize,
-    allowed_origins: Option<Vec<String>>,
     sockets: Arc<SocketContext>,
     tracker: TaskTracker,
     metrics: Arc<Metrics>,
@@ -72,6 +64,45 @@ pub struct AppState {
     pusher: Option<Arc<crate::protocol::pusher::Pusher>>,
     /// False once shutdown has begun: `/ready` answers 503.
     accepting: AtomicBool,
+}
+
+/// The handlers' settings that a config reload changes while the server runs. A request reads
+/// them once ([`AppState::settings`]) and so sees one consistent set.
+pub(crate) struct Settings {
+    auth: Auth,
+    max_body_bytes: usize,
+    max_uids_per_push: usize,
+    max_topics_per_key: usize,
+    max_sockets_per_uid: usize,
+    real_ip_header: Option<HeaderName>,
+    trusted_proxies: usize,
+    allowed_origins: Option<Vec<String>>,
+}
+
+impl Settings {
+    fn new(config: &Config, auth: Auth) -> Settings {
+        Settings {
+            auth,
+            max_body_bytes: config.max_body_bytes,
+            max_uids_per_push: config.max_uids_per_push,
+            max_topics_per_key: config.max_topics_per_key,
+            max_sockets_per_uid: config.max_sockets_per_uid,
+            real_ip_header: config
+                .real_ip_header
+                .as_deref()
+                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+            trusted_proxies: config.trusted_proxies,
+            allowed_origins: config.allowed_origins.clone(),
+        }
+    }
+}
+
+fn auth_of(config: &Config) -> Auth {
+    Auth::new(
+        config.key_material(),
+        &config.password,
+        config.access_key_ttl_secs,
+    )
 }
 
 impl AppState {
@@ -87,34 +118,41 @@ impl AppState {
             .as_ref()
             .map(|p| Arc::new(crate::protocol::pusher::Pusher::new(p, hub.clone())));
         AppState {
-            auth: Auth::new(
-                config.key_material(),
-                &config.password,
-                config.access_key_ttl_secs,
-            ),
+            settings: RwLock::new(Arc::new(Settings::new(config, auth_of(config)))),
             hub,
-            max_body_bytes: config.max_body_bytes,
-            max_uids_per_push: config.max_uids_per_push,
-            max_topics_per_key: config.max_topics_per_key,
-            socket_slots: Arc::new(Semaphore::new(
-                config.max_sockets.min(Semaphore::MAX_PERMITS),
-            )),
-            max_sockets: config.max_sockets,
+            socket_slots: Arc::new(SocketSlots::new(config.max_sockets)),
             full_log: LogThrottle::new(std::time::Duration::from_secs(10)),
-            max_sockets_per_uid: config.max_sockets_per_uid,
             limiter: FailureLimiter::new(config.auth_failures_per_minute),
-            real_ip_header: config
-                .real_ip_header
-                .as_deref()
-                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
-            trusted_proxies: config.trusted_proxies,
-            allowed_origins: config.allowed_origins.clone(),
             metrics: sockets.metrics.clone(),
             pusher,
             sockets,
             tracker,
             accepting: AtomicBool::new(true),
         }
+    }
+
+    /// Applies a reloaded config's settings to the requests that come next: password and
+    /// access keys (keys signed with a replaced secret keep verifying for
+    /// `secret_overlap_secs`), limits, origins and the client-address header. Sockets already
+    /// open are not touched, even if they are now over a lowered limit.
+    pub fn reconfigure(&self, config: &Config) {
+        let auth = self
+            .settings()
+            .auth
+            .rotated(auth_of(config), config.secret_overlap());
+        let next = Arc::new(Settings::new(config, auth));
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = next;
+        self.socket_slots.set_max(config.max_sockets);
+        self.limiter.set_per_minute(config.auth_failures_per_minute);
+    }
+
+    /// The settings in force now.
+    pub(crate) fn settings(&self) -> Arc<Settings> {
+        // Held for a pointer copy only; writers come with a reload.
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Shutdown has begun: from now on `/ready` says 503, so a load balancer stops sending.
@@ -129,7 +167,8 @@ impl AppState {
 
     /// The address `req` comes from, as far as the configured proxies vouch for it.
     fn client_ip(&self, req: &Req) -> Option<IpAddr> {
-        req.client_ip(self.real_ip_header.as_ref(), self.trusted_proxies)
+        let settings = self.settings();
+        req.client_ip(settings.real_ip_header.as_ref(), settings.trusted_proxies)
     }
 }
 
@@ -186,7 +225,7 @@ fn check_password(state: &AppState, params: &Params, req: &Req) -> Result<(), Ap
     }
     let given = params.password.as_deref().or_else(|| bearer(&req.headers));
     match given {
-        Some(given) if state.auth.check_password(given) => Ok(()),
+        Some(given) if state.settings().auth.check_password(given) => Ok(()),
         _ => {
             let client = Client(ip);
             let what = if given.is_some() { "wrong" } else { "no" };

@@ -35,7 +35,7 @@ where
 {
     let params = authorized(state, req, "POST")?;
     let idem = idempotency_key(&req.headers)?;
-    let body = read_body(body, &req.headers, state.max_body_bytes).await?;
+    let body = read_body(body, &req.headers, state.settings().max_body_bytes).await?;
     Ok((params, idem, body))
 }
 
@@ -85,8 +85,9 @@ where
     }
     uids.sort_unstable();
     uids.dedup();
-    if uids.len() > state.max_uids_per_push {
-        return Err(ApiError::TooManyUids(state.max_uids_per_push));
+    let max_uids = state.settings().max_uids_per_push;
+    if uids.len() > max_uids {
+        return Err(ApiError::TooManyUids(max_uids));
     }
     let msg = push.message();
     let parsed = metrics::now();

@@ -18,6 +18,7 @@ use warp::reply::Response;
 use super::publish::read_body;
 use super::upgrade::{origin_allowed, websocket_accept};
 use super::{ApiError, AppState, Client, Req};
+use crate::limits::SocketSlots;
 use crate::metrics::Credential;
 use crate::protocol::pusher::socket::{self, Refusal};
 use crate::protocol::pusher::{api, auth, Pusher};
@@ -64,11 +65,7 @@ pub(super) async fn socket(
             Some(_) => return Err(Refusal::BAD_PROTOCOL),
         }
         let slot = app.admit().ok_or(Refusal::APP_FULL)?;
-        let server_slot = state
-            .socket_slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Refusal::SERVER_FULL)?;
+        let server_slot = SocketSlots::take(&state.socket_slots).ok_or(Refusal::SERVER_FULL)?;
         Ok((slot, server_slot))
     }
     .await;
@@ -148,7 +145,7 @@ where
         .app_by_id(app_id)
         .ok_or(ApiError::UnknownPusherApp)?
         .clone();
-    let body = read_body(body, &req.headers, state.max_body_bytes).await?;
+    let body = read_body(body, &req.headers, state.settings().max_body_bytes).await?;
     let params: Vec<(String, String)> =
         serde_urlencoded::from_str(&req.query).map_err(|e| ApiError::BadQuery(e.to_string()))?;
     let now = std::time::SystemTime::now()

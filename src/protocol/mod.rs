@@ -12,6 +12,7 @@ pub mod native;
 pub mod pusher;
 pub mod sse;
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,14 +27,20 @@ use crate::metrics::Metrics;
 pub struct SocketContext {
     /// The hub the socket joined (for its counters).
     pub hub: Arc<Hub>,
-    /// Ping period (WebSocket) or comment heartbeat period (SSE); also how long a ping may go
-    /// unanswered, or a write stay stuck.
-    pub heartbeat: Duration,
-    /// tungstenite settings for a WebSocket.
-    pub ws_config: WebSocketConfig,
+    /// Ping period (WebSocket) or comment heartbeat period (SSE), in nanoseconds; also how
+    /// long a ping may go unanswered, or a write stay stuck. A reload may change it.
+    heartbeat_nanos: AtomicU64,
+    /// tungstenite settings for a WebSocket, but for the message size limit, which is
+    /// `max_client_frame` (a reload may change it for sockets opened afterwards).
+    ws_config: WebSocketConfig,
+    max_client_frame: AtomicUsize,
     /// Where the socket's end (its close code) is counted.
     pub metrics: Arc<Metrics>,
+    /// `true` once sockets shut down. Also bumped, still `false`, when the heartbeat period
+    /// changes: every task already watches this channel, so a reload reaches open sockets
+    /// without a byte more per socket.
     shutdown: watch::Sender<bool>,
+    /// `true` once the server stops accepting; bumped like `shutdown` (SSE streams watch it).
     draining: watch::Sender<bool>,
 }
 
@@ -45,18 +52,53 @@ impl SocketContext {
         ws_config: WebSocketConfig,
         metrics: Arc<Metrics>,
     ) -> SocketContext {
+        let max_client_frame = ws_config.max_message_size.unwrap_or(usize::MAX);
         SocketContext {
             hub,
-            heartbeat,
+            heartbeat_nanos: AtomicU64::new(nanos(heartbeat)),
             ws_config,
+            max_client_frame: AtomicUsize::new(max_client_frame),
             metrics,
             shutdown: watch::channel(false).0,
             draining: watch::channel(false).0,
         }
     }
 
+    /// The heartbeat period in force now.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_nanos(self.heartbeat_nanos.load(Ordering::Relaxed))
+    }
+
+    /// Changes the heartbeat period of every socket, open ones included: each restarts its
+    /// heartbeat with the new period (and a fresh random phase) when woken by this.
+    pub fn set_heartbeat(&self, heartbeat: Duration) {
+        if self
+            .heartbeat_nanos
+            .swap(nanos(heartbeat), Ordering::Relaxed)
+            != nanos(heartbeat)
+        {
+            // Wakes every task once; the value stays what it is (a shutdown under way stays).
+            self.shutdown.send_modify(|_| {});
+            self.draining.send_modify(|_| {});
+        }
+    }
+
+    /// tungstenite settings for a socket opening now.
+    pub fn ws_config(&self) -> WebSocketConfig {
+        let max = self.max_client_frame.load(Ordering::Relaxed);
+        self.ws_config
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max))
+    }
+
+    /// Changes the largest message a page may send, for sockets opened from now on.
+    pub fn set_max_client_frame_bytes(&self, max: usize) {
+        self.max_client_frame.store(max, Ordering::Relaxed);
+    }
+
     /// Flips to `true` when the server shuts down its sockets, after requests in flight were
-    /// answered (so pushes they made are written first). Each task takes its own receiver.
+    /// answered (so pushes they made are written first). Each task takes its own receiver. A
+    /// change that leaves it `false` means the heartbeat period changed.
     pub fn shutdown(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
     }
@@ -86,4 +128,8 @@ impl SocketContext {
     pub fn shut_down(&self) {
         self.shutdown.send_replace(true);
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

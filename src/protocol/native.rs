@@ -80,7 +80,7 @@ pub fn upgraded(
                 return None;
             }
         };
-        let mut ws = accept(TokioIo::new(upgraded), ctx.ws_config).await;
+        let mut ws = accept(TokioIo::new(upgraded), ctx.ws_config()).await;
         serve_in_place(&mut ws, &mut session, &ctx).await
     }
 }
@@ -118,7 +118,7 @@ where
         ws,
         std::mem::take(&mut session.preamble),
         session.membership.outbox(),
-        ctx.heartbeat,
+        ctx,
         &mut shutdown,
     )
     .await;
@@ -179,12 +179,13 @@ async fn drive<S>(
     ws: &mut WebSocketStream<S>,
     preamble: Vec<Frame>,
     outbox: &Outbox,
-    heartbeat: Duration,
+    ctx: &SocketContext,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Ended
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut heartbeat = ctx.heartbeat();
     if *shutdown.borrow() {
         return Ended::Close(CloseReason::ServerShutdown);
     }
@@ -201,10 +202,7 @@ where
             return ended;
         }
     }
-    // A random phase spreads the pings of thousands of sockets opened together.
-    let phase = heartbeat.mul_f64(rand::rng().random_range(0.5..1.0));
-    let mut tick = interval_at(Instant::now() + phase, heartbeat);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut tick = heartbeat_tick(heartbeat);
     let mut awaiting_pong = false;
 
     loop {
@@ -226,7 +224,17 @@ where
         }
         tokio::select! {
             biased;
-            _ = shutdown.changed() => return Ended::Close(CloseReason::ServerShutdown),
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() {
+                    return Ended::Close(CloseReason::ServerShutdown);
+                }
+                // The heartbeat period changed (a config reload): start over with it, giving
+                // the page a whole new period to answer.
+                heartbeat = ctx.heartbeat();
+                tick = heartbeat_tick(heartbeat);
+                awaiting_pong = false;
+                continue;
+            }
             // A frame was queued, or we were evicted: both are handled at the top.
             _ = outbox.ready() => continue,
             inbound = ws.next() => {
@@ -260,6 +268,15 @@ where
     }
 }
 
+/// The ping timer: the first ping after a random phase, which spreads the pings of thousands of
+/// sockets opened (or given a new period) together.
+fn heartbeat_tick(heartbeat: Duration) -> tokio::time::Interval {
+    let phase = heartbeat.mul_f64(rand::rng().random_range(0.5..1.0));
+    let mut tick = interval_at(Instant::now() + phase, heartbeat);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick
+}
+
 /// Runs a write to completion unless the server shuts down, the socket is evicted, or the write
 /// stays stuck for `limit` (one heartbeat interval: a client that reads nothing for that long is
 /// as dead as one that answers no ping), so a client that stops reading can never pin its task,
@@ -282,7 +299,10 @@ where
             biased;
             result = &mut sent => return result.err().map(|_| Ended::Lost),
             _ = &mut stuck => return Some(Ended::Close(CloseReason::HeartbeatTimeout)),
-            _ = shutdown.changed() => return Some(Ended::Close(CloseReason::ServerShutdown)),
+            // `false`: only the heartbeat period changed; this write keeps its own limit.
+            _ = shutdown.changed() => if *shutdown.borrow() {
+                return Some(Ended::Close(CloseReason::ServerShutdown));
+            },
             // Also woken by newly queued frames: those wait for the caller's next drain.
             _ = outbox.ready() => if let Some(reason) = outbox.evicted() {
                 return Some(Ended::Close(reason));

@@ -267,7 +267,12 @@ impl Conn<'_> {
         let timeout = self.pusher.activity_timeout;
         let hello = codec::connection_established(&self.socket_id, timeout.as_secs());
         let sent = ws.send(text_message(hello));
-        let greeted = Box::pin(native::guarded(sent, &outbox, &mut shutdown, ctx.heartbeat));
+        let greeted = Box::pin(native::guarded(
+            sent,
+            &outbox,
+            &mut shutdown,
+            ctx.heartbeat(),
+        ));
         if let Some(ended) = greeted.await {
             return End::of(ended);
         }
@@ -284,7 +289,7 @@ impl Conn<'_> {
                     batch,
                     &outbox,
                     &mut shutdown,
-                    ctx.heartbeat,
+                    ctx.heartbeat(),
                 ));
                 if let Some(ended) = written.await {
                     return End::of(ended);
@@ -295,7 +300,14 @@ impl Conn<'_> {
             }
             let replies = tokio::select! {
                 biased;
-                _ = shutdown.changed() => return End::of(Ended::Close(CloseReason::ServerShutdown)),
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        return End::of(Ended::Close(CloseReason::ServerShutdown));
+                    }
+                    // The heartbeat period changed (a config reload): Pusher sockets keep their
+                    // activity timer; the next write's stuck limit reads the new period.
+                    continue;
+                }
                 _ = outbox.ready() => continue,
                 inbound = ws.next() => {
                     (heard, awaiting) = (true, false);
@@ -333,7 +345,12 @@ impl Conn<'_> {
                 }
                 ws.flush().await
             };
-            let written = Box::pin(native::guarded(sent, &outbox, &mut shutdown, ctx.heartbeat));
+            let written = Box::pin(native::guarded(
+                sent,
+                &outbox,
+                &mut shutdown,
+                ctx.heartbeat(),
+            ));
             if let Some(ended) = written.await {
                 return End::of(ended);
             }
