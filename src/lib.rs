@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, PusherApp, PusherConfig};
 
 /// How long a cluster node waits to join Redis before it serves anyway.
 const JOIN_WAIT: Duration = Duration::from_secs(5);
@@ -124,6 +124,10 @@ pub async fn run_reloadable(
     }
     hub.registry()
         .on_command(http::disconnect::COMMAND, http::disconnect::on_command);
+    hub.registry().on_command(
+        protocol::pusher::TERMINATE_COMMAND,
+        protocol::pusher::on_terminate,
+    );
     let tracker = TaskTracker::new();
     let sockets = Arc::new(protocol::SocketContext::new(
         hub.clone(),

@@ -88,12 +88,16 @@ pub enum Endpoint {
     Client,
     /// `/disconnect`
     Disconnect,
+    /// Pusher-compatible mode: `/app/{key}` sockets
+    PusherSocket,
+    /// Pusher-compatible mode: the HTTP API under `/apps/`
+    PusherApi,
     /// Anything else (404).
     Other,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 15] = [
+    const ALL: [Endpoint; 17] = [
         Endpoint::Access,
         Endpoint::Ws,
         Endpoint::Push,
@@ -108,6 +112,8 @@ impl Endpoint {
         Endpoint::Sse,
         Endpoint::Client,
         Endpoint::Disconnect,
+        Endpoint::PusherSocket,
+        Endpoint::PusherApi,
         Endpoint::Other,
     ];
 
@@ -128,6 +134,8 @@ impl Endpoint {
             "/sse" => Endpoint::Sse,
             "/push-serve.js" => Endpoint::Client,
             "/disconnect" => Endpoint::Disconnect,
+            p if p.starts_with("/app/") => Endpoint::PusherSocket,
+            p if p.starts_with("/apps/") || p.starts_with("/users/") => Endpoint::PusherApi,
             _ => Endpoint::Other,
         }
     }
@@ -149,6 +157,8 @@ impl Endpoint {
             Endpoint::Sse => "sse",
             Endpoint::Client => "push-serve.js",
             Endpoint::Disconnect => "disconnect",
+            Endpoint::PusherSocket => "pusher_socket",
+            Endpoint::PusherApi => "pusher_api",
             Endpoint::Other => "other",
         }
     }

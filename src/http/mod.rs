@@ -17,6 +17,7 @@ pub mod error;
 mod events;
 mod ops;
 mod publish;
+mod pusher;
 mod query;
 mod upgrade;
 
@@ -59,6 +60,8 @@ pub struct AppState {
     sockets: Arc<SocketContext>,
     tracker: TaskTracker,
     metrics: Arc<Metrics>,
+    /// Pusher-compatible mode, when configured.
+    pusher: Option<Arc<crate::protocol::pusher::Pusher>>,
     /// False once shutdown has begun: `/ready` answers 503.
     accepting: AtomicBool,
 }
@@ -110,6 +113,10 @@ impl AppState {
         sockets: Arc<SocketContext>,
         tracker: TaskTracker,
     ) -> AppState {
+        let pusher = config
+            .pusher
+            .as_ref()
+            .map(|p| Arc::new(crate::protocol::pusher::Pusher::new(p, hub.clone())));
         AppState {
             settings: RwLock::new(Arc::new(Settings::new(config, auth_of(config)))),
             hub,
@@ -117,6 +124,7 @@ impl AppState {
             full_log: LogThrottle::new(std::time::Duration::from_secs(10)),
             limiter: FailureLimiter::new(config.auth_failures_per_minute),
             metrics: sockets.metrics.clone(),
+            pusher,
             sockets,
             tracker,
             accepting: AtomicBool::new(true),
@@ -424,6 +432,24 @@ fn all_routes(
             respond(&state, &req, Endpoint::Disconnect, result)
         },
     );
+    let pusher_socket_route = warp::path!("app" / String)
+        .and(common.clone())
+        .and(warp::ext::optional::<OnUpgrade>())
+        .then(
+            |key: String, req: Req, state: Arc<AppState>, on_upgrade| async move {
+                let result = pusher::socket(&state, &req, &key, on_upgrade).await;
+                respond(&state, &req, Endpoint::PusherSocket, result)
+            },
+        );
+    let pusher_api_route = warp::path("apps")
+        .or(warp::path("users"))
+        .unify()
+        .and(common.clone())
+        .and(warp::body::stream())
+        .then(|req: Req, state: Arc<AppState>, body| async move {
+            let result = pusher::api(&state, &req, body).await;
+            respond(&state, &req, Endpoint::PusherApi, result)
+        });
     let sse_route = warp::path!("sse")
         .and(common.clone())
         .then(|req: Req, state: Arc<AppState>| async move { events::events(&state, &req).await });
@@ -464,6 +490,9 @@ fn all_routes(
         .or(sse_route)
         .unify()
         .or(client_route)
+        .unify()
+        // Boxed: Pusher mode is off the native push path.
+        .or(pusher_socket_route.or(pusher_api_route).unify().boxed())
         .unify()
         // Boxed, like the ops routes below: off the push path, and its type stays out of
         // every symbol of the server.

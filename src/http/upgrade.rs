@@ -183,7 +183,7 @@ pub(super) fn check_room(
 }
 
 /// The `Sec-WebSocket-Accept` value if `headers` are a valid RFC 6455 upgrade request.
-fn websocket_accept(headers: &HeaderMap) -> Option<HeaderValue> {
+pub(super) fn websocket_accept(headers: &HeaderMap) -> Option<HeaderValue> {
     let has_token = |name: header::HeaderName, token: &str| {
         headers.get_all(name).iter().any(|v| {
             v.to_str()

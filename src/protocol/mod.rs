@@ -4,10 +4,12 @@
 //! - [`native`]: a WebSocket (`/ws`), over [`close_watch`] so a failed connection still ends
 //!   with a clean close;
 //! - [`sse`]: a `text/event-stream` response (`/sse`), the fallback where WebSockets do not get
-//!   through.
+//!   through;
+//! - [`pusher`]: Pusher Channels (`/app/{key}`), for pusher-js and Laravel Echo.
 
 pub mod close_watch;
 pub mod native;
+pub mod pusher;
 pub mod sse;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

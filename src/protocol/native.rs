@@ -161,7 +161,7 @@ where
 
 /// Why the loop ended: either a reason we tell the client, or the connection is already gone.
 #[derive(Clone, Copy)]
-enum Ended {
+pub(crate) enum Ended {
     Close(CloseReason),
     Lost,
 }
@@ -281,7 +281,7 @@ fn heartbeat_tick(heartbeat: Duration) -> tokio::time::Interval {
 /// stays stuck for `limit` (one heartbeat interval: a client that reads nothing for that long is
 /// as dead as one that answers no ping), so a client that stops reading can never pin its task,
 /// even when nothing more is pushed to it. `Some` says why the socket must end.
-async fn guarded<F>(
+pub(crate) async fn guarded<F>(
     sent: F,
     outbox: &Outbox,
     shutdown: &mut watch::Receiver<bool>,
@@ -312,7 +312,7 @@ where
 }
 
 /// Writes `first` and whatever else is already queued (up to `max` frames), then flushes once.
-async fn write_batch<S>(
+pub(crate) async fn write_batch<S>(
     ws: &mut WebSocketStream<S>,
     first: Frame,
     outbox: &Outbox,
@@ -331,7 +331,7 @@ where
     ws.flush().await
 }
 
-fn classify(e: WsError) -> Ended {
+pub(crate) fn classify(e: WsError) -> Ended {
     match e {
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
             Ended::Close(CloseReason::MessageTooBig)
@@ -362,14 +362,23 @@ where
     let Ended::Close(reason) = ended else {
         return;
     };
+    let frame = (reason != CloseReason::ClientClosed).then(|| CloseFrame {
+        code: reason.close_code(),
+        reason: reason.text().into(),
+    });
+    close_handshake(ws, frame).await;
+}
+
+/// [`close`] with any close frame; `None` when the client closed first (only its echo is
+/// flushed).
+pub(crate) async fn close_handshake<S>(ws: &mut Socket<S>, frame: Option<CloseFrame>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let handshake = async {
-        if reason == CloseReason::ClientClosed {
+        let Some(frame) = frame else {
             let _ = ws.flush().await;
             return;
-        }
-        let frame = CloseFrame {
-            code: reason.close_code(),
-            reason: reason.text().into(),
         };
         if ws.close(Some(frame)).await.is_err() {
             return;

@@ -147,7 +147,7 @@ async fn redis_cmd(port: u16, args: &[&str]) -> Option<String> {
 }
 
 /// A port free a moment ago, for redis-server (which cannot report a port it chose itself).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
