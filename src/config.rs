@@ -401,7 +401,8 @@ impl Reload {
             | "history_size"
             | "history_ttl_secs"
             | "history_max_bytes"
-            // Apps, secrets and webhooks are built into the Pusher state at start.
+            // The apps, their webhooks and the protocol's limits are built into the Pusher
+            // module once, at start.
             | "pusher" => Reload::Restart,
             _ => Reload::Live,
         }
@@ -633,13 +634,13 @@ impl Config {
             ));
         }
         self.metrics_socket_addr()?;
-        if let Some(pusher) = &self.pusher {
-            pusher.validate()?;
-        }
         if let Some(level) = &self.log_level {
             if let Err(problem) = crate::logging::check_spec(level) {
                 return Err(invalid("log_level", problem));
             }
+        }
+        if let Some(pusher) = &self.pusher {
+            pusher.validate()?;
         }
         Ok(())
     }
@@ -1215,6 +1216,46 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_applies_live_settings_and_keeps_the_rest_until_a_restart() {
+        let running = Config::new("127.0.0.1:8080", "old");
+        let mut next = Config::new("127.0.0.1:9090", "new");
+        next.max_sockets = 5;
+        next.history_size = 7;
+        next.log_level = Some("debug".into());
+        let mut changes = running.changes(&next);
+        changes.sort();
+        assert_eq!(
+            changes,
+            [
+                ("addr", Reload::Restart),
+                ("history_size", Reload::Restart),
+                ("log_level", Reload::Live),
+                ("max_sockets", Reload::Live),
+                ("password", Reload::Live),
+            ]
+        );
+        let merged = running.merged(&next);
+        assert_eq!(merged.addr, "127.0.0.1:8080");
+        assert_eq!(merged.history_size, 100);
+        assert_eq!(merged.password, "new");
+        assert_eq!(merged.max_sockets, 5);
+        assert_eq!(merged.log_level.as_deref(), Some("debug"));
+        assert!(merged.changes(&merged).is_empty());
+        // Every key is one or the other, and the listeners are never live.
+        for key in known_keys() {
+            let _ = Reload::of(key);
+        }
+        assert_eq!(Reload::of("metrics_addr"), Reload::Restart);
+    }
+
+    #[test]
+    fn a_log_level_that_is_not_one_is_refused() {
+        assert!(error("log_level: inf0\n").contains("`log_level`"));
+        let ok = "addr: 127.0.0.1:8080\npassword: x\nlog_level: info,push_serve::http=debug\n";
+        assert!(Config::parse(ok, "t").is_ok());
+    }
+
+    #[test]
     fn the_pusher_section_is_off_unless_set_and_names_its_fields() {
         assert_eq!(Config::new("127.0.0.1:1", "x").pusher, None);
         let ok =
@@ -1263,46 +1304,6 @@ mod tests {
     fn error_or_config(yaml: &str) -> Result<Config, String> {
         let yaml = format!("addr: 127.0.0.1:8080\npassword: x\n{yaml}");
         Config::parse(&yaml, "conf.yaml").map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn a_reload_applies_live_settings_and_keeps_the_rest_until_a_restart() {
-        let running = Config::new("127.0.0.1:8080", "old");
-        let mut next = Config::new("127.0.0.1:9090", "new");
-        next.max_sockets = 5;
-        next.history_size = 7;
-        next.log_level = Some("debug".into());
-        let mut changes = running.changes(&next);
-        changes.sort();
-        assert_eq!(
-            changes,
-            [
-                ("addr", Reload::Restart),
-                ("history_size", Reload::Restart),
-                ("log_level", Reload::Live),
-                ("max_sockets", Reload::Live),
-                ("password", Reload::Live),
-            ]
-        );
-        let merged = running.merged(&next);
-        assert_eq!(merged.addr, "127.0.0.1:8080");
-        assert_eq!(merged.history_size, 100);
-        assert_eq!(merged.password, "new");
-        assert_eq!(merged.max_sockets, 5);
-        assert_eq!(merged.log_level.as_deref(), Some("debug"));
-        assert!(merged.changes(&merged).is_empty());
-        // Every key is one or the other, and the listeners are never live.
-        for key in known_keys() {
-            let _ = Reload::of(key);
-        }
-        assert_eq!(Reload::of("metrics_addr"), Reload::Restart);
-    }
-
-    #[test]
-    fn a_log_level_that_is_not_one_is_refused() {
-        assert!(error("log_level: inf0\n").contains("`log_level`"));
-        let ok = "addr: 127.0.0.1:8080\npassword: x\nlog_level: info,push_serve::http=debug\n";
-        assert!(Config::parse(ok, "t").is_ok());
     }
 
     #[test]

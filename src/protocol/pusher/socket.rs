@@ -300,14 +300,13 @@ impl Conn<'_> {
             }
             let replies = tokio::select! {
                 biased;
-                _ = shutdown.changed() => {
-                    if *shutdown.borrow() {
-                        return End::of(Ended::Close(CloseReason::ServerShutdown));
-                    }
-                    // The heartbeat period changed (a config reload): Pusher sockets keep their
-                    // activity timer; the next write's stuck limit reads the new period.
+                // `false`: a config reload changed the heartbeat, which this protocol's own
+                // activity timeout does not follow; keep going.
+                _ = shutdown.changed() => if *shutdown.borrow() {
+                    return End::of(Ended::Close(CloseReason::ServerShutdown));
+                } else {
                     continue;
-                }
+                },
                 _ = outbox.ready() => continue,
                 inbound = ws.next() => {
                     (heard, awaiting) = (true, false);
