@@ -2,18 +2,35 @@
 # One command for the benchmark: push-serve against the Node.js+ws and Go+gorilla peers.
 #
 #   bash bench/run.sh [full|quick|smoke] [more push-bench flags, e.g. --servers push-serve,go]
+#   bash bench/run.sh pusher [full|quick|smoke] [more push-bench pusher flags]
 #
 # full ≈ 8 minutes, quick < 1 minute, smoke a few seconds. Writes bench/results-<mode>.json
 # and bench/plot.png. Honours CARGO_TARGET_DIR. Run it on an otherwise idle machine: the
 # "other CPU%" column of every table shows how much else was running.
+#
+# `pusher` runs push-serve's Pusher-compatible mode against Soketi (bench/peers/README.md) with
+# the raw Pusher protocol and writes bench/results-pusher-<date>.json (full ≈ 6 minutes). Soketi
+# is taken from $SOKETI_DIR (default /work/soketi), installed there first if missing.
 set -euo pipefail
 mode=${1:-full}
 shift || true
-case $mode in full|quick|smoke) ;; *) echo "usage: bash bench/run.sh [full|quick|smoke]" >&2; exit 2;; esac
+pusher=0
+if [ "$mode" = pusher ]; then
+    pusher=1
+    mode=full
+    case ${1:-} in full|quick|smoke) mode=$1; shift;; esac
+fi
+case $mode in full|quick|smoke) ;; *) echo "usage: bash bench/run.sh [pusher] [full|quick|smoke]" >&2; exit 2;; esac
 cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-target}
 
-if [ ! -x bench/peers/go/push-peer-go ] || [ bench/peers/go/main.go -nt bench/peers/go/push-peer-go ] \
+if [ $pusher = 1 ]; then
+    soketi_dir=${SOKETI_DIR:-/work/soketi}
+    if [ ! -x "$soketi_dir/run.sh" ] || [ ! -d "$soketi_dir/node_modules/@soketi/soketi" ]; then
+        echo "run.sh: installing Soketi into $soketi_dir (../shared/peers/soketi/setup.sh)" >&2
+        bash ../shared/peers/soketi/setup.sh "$soketi_dir"
+    fi
+elif [ ! -x bench/peers/go/push-peer-go ] || [ bench/peers/go/main.go -nt bench/peers/go/push-peer-go ] \
     || [ ! -d bench/peers/node/node_modules/ws ]; then
     echo "run.sh: building the peers (bench/peers/setup.sh)" >&2
     bash bench/peers/setup.sh
@@ -40,8 +57,15 @@ if [ "$(nproc)" -ge 2 ] && [ "${PUSH_BENCH_PIN:-1}" = 1 ]; then
     pin=(--pin)
 fi
 
-out=bench/results-$mode.json
 status=0
+if [ $pusher = 1 ]; then
+    out=bench/results-pusher-$(date -u +%F).json
+    [ "$mode" = full ] || out=bench/results-pusher-$mode.json
+    "$target/release/push-bench" pusher --mode "$mode" --push-serve-bin "$target/release/push-serve" \
+        --soketi "$soketi_dir/run.sh" "${pin[@]}" --out "$out" "$@" || status=$?
+    exit $status
+fi
+out=bench/results-$mode.json
 "$target/release/push-bench" --mode "$mode" --push-serve-bin "$target/release/push-serve" \
     "${pin[@]}" --out "$out" "$@" || status=$?
 

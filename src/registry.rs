@@ -73,6 +73,16 @@ struct Followers {
 }
 
 impl Followers {
+    /// Adds a follower. A stream's first gets a list of one, not of four: most streams (a
+    /// uid's, a Pusher socket's own channel) have one follower per node, and every idle socket
+    /// pays for that allocation.
+    fn add(&mut self, peer: Peer) {
+        if self.peers.capacity() == 0 {
+            self.peers.reserve_exact(1);
+        }
+        self.peers.push(peer);
+    }
+
     /// Takes socket `id` (whose outbox is already detached) off this stream.
     fn remove_peer(&mut self, id: SocketId) {
         if self.peers.len() <= EAGER_REMOVAL_MAX {
@@ -222,6 +232,11 @@ impl Membership {
         let i = match self.extra.iter().position(Option::is_none) {
             Some(free) => free,
             None => {
+                // Most sockets follow one stream after joining (a Pusher socket its channel):
+                // room for one, not four, in every such socket.
+                if self.extra.capacity() == 0 {
+                    self.extra.reserve_exact(1);
+                }
                 self.extra.push(None);
                 self.extra.len() - 1
             }
@@ -426,7 +441,7 @@ impl Registry {
         let outbox = Arc::new(Outbox::default());
         for (slot, key) in sub.keys().enumerate() {
             let mut shard = self.lock(Registry::home(&key, &sub.uid));
-            shard.entry(key).or_default().peers.push(Peer {
+            shard.entry(key).or_default().add(Peer {
                 id,
                 proto: sub.proto,
                 slot: slot as u16,
@@ -447,7 +462,7 @@ impl Registry {
     /// Adds socket `m` to one more stream, as `slot`.
     fn add_peer(&self, m: &Membership, key: &StreamKey, slot: u16) {
         let mut shard = self.lock(Registry::home(key, &m.sub.uid));
-        shard.entry(key.clone()).or_default().peers.push(Peer {
+        shard.entry(key.clone()).or_default().add(Peer {
             id: m.id,
             proto: m.sub.proto,
             slot,

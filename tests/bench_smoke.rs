@@ -108,3 +108,40 @@ async fn every_scenario_produces_numbers_for_every_server() {
         }
     }
 }
+
+/// `push-bench pusher` in smoke mode against push-serve's Pusher mode: every scenario gives its
+/// numbers, every trigger is delivered. Soketi's rows too when `PUSH_BENCH_SOKETI` names the run
+/// script `../shared/peers/soketi/setup.sh DIR` installed (`DIR/run.sh`); CI does not install it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pusher_scenario_produces_numbers() {
+    use push_bench::pusher::{PusherOptions, PusherServer};
+    let mut servers = vec![PusherServer::PushServe {
+        bin: env!("CARGO_BIN_EXE_push-serve").into(),
+    }];
+    if let Some(script) = std::env::var_os("PUSH_BENCH_SOKETI") {
+        servers.push(PusherServer::Soketi {
+            run_script: script.into(),
+        });
+    }
+    let report = push_bench::pusher::run(PusherOptions {
+        mode: Mode::Smoke,
+        plan: None,
+        servers,
+        progress: false,
+        pin: false,
+    })
+    .await
+    .unwrap();
+    println!("{}", report.tables());
+    let missing = report.missing();
+    assert!(
+        missing.is_empty(),
+        "no numbers for:\n{}",
+        missing.join("\n")
+    );
+    for row in report.rows.iter().filter(|r| r.scenario != "idle-20") {
+        assert_eq!(row.metrics.get("lost").unwrap_or(0.0), 0.0, "{row:?}");
+        assert_eq!(row.metrics.get("incomplete").unwrap_or(0.0), 0.0, "{row:?}");
+        assert_eq!(row.metrics.get("not 200").unwrap_or(0.0), 0.0, "{row:?}");
+    }
+}

@@ -86,13 +86,15 @@ impl Connector {
 
     /// TCP connect + WebSocket handshake for `uid`, bounded by a timeout.
     pub async fn connect(&self, uid: &str) -> Result<Ws> {
+        let target = format!("/ws?uid={uid}&access_key={}", self.keys.key(uid));
+        self.open_path(&target).await
+    }
+
+    /// TCP connect + WebSocket handshake to `target` (path and query), bounded by a timeout.
+    pub async fn open_path(&self, target: &str) -> Result<Ws> {
         let fut = async {
             let stream = self.tcp().await?;
-            let url = format!(
-                "ws://{}/ws?uid={uid}&access_key={}",
-                self.addr,
-                self.keys.key(uid)
-            );
+            let url = format!("ws://{}{target}", self.addr);
             let (ws, _resp) =
                 tokio_tungstenite::client_async_with_config(url, stream, Some(self.config))
                     .await
@@ -138,8 +140,31 @@ pub async fn open_many(
     count: usize,
     concurrency: usize,
     uid_of: impl Fn(usize) -> String,
-    mut on_open: impl FnMut(usize, Ws),
+    on_open: impl FnMut(usize, Ws),
 ) -> OpenStats {
+    open_many_with(
+        count,
+        concurrency,
+        |i| {
+            let (c, uid) = (conn.clone(), uid_of(i));
+            async move { c.connect(&uid).await }
+        },
+        on_open,
+    )
+    .await
+}
+
+/// Opens `count` sockets with `open(i)` (handshake and whatever the protocol needs before the
+/// socket counts as open), at most `concurrency` in flight, and hands each to `on_open`.
+pub async fn open_many_with<F>(
+    count: usize,
+    concurrency: usize,
+    open: impl Fn(usize) -> F,
+    mut on_open: impl FnMut(usize, Ws),
+) -> OpenStats
+where
+    F: std::future::Future<Output = Result<Ws>> + Send + 'static,
+{
     let start = Instant::now();
     let mut stats = OpenStats {
         ok: 0,
@@ -152,12 +177,11 @@ pub async fn open_many(
     let mut next = 0;
     loop {
         while next < count && set.len() < concurrency.max(1) {
-            let c = conn.clone();
-            let uid = uid_of(next);
+            let opening = open(next);
             let i = next;
             set.spawn(async move {
                 let t = Instant::now();
-                let r = c.connect(&uid).await;
+                let r = opening.await;
                 (i, r, t.elapsed())
             });
             next += 1;
@@ -267,8 +291,14 @@ pub fn spawn_reader(mut ws: Ws, sink: Sink) -> JoinHandle<()> {
 }
 
 fn on_text(sink: &Sink, text: &str) {
+    count_frame(sink, parse_stamp(text));
+}
+
+/// Counts one received frame in `sink`: `stamp` is its `(send time, sequence)`, `None` for a
+/// frame that carried none.
+pub fn count_frame(sink: &Sink, stamp: Option<(u64, u64)>) {
     let now = now_ns();
-    let (t, seq) = match parse_stamp(text) {
+    let (t, seq) = match stamp {
         Some(v) => v,
         None => {
             if let Sink::Recv(s) = sink {

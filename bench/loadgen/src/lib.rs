@@ -26,6 +26,7 @@
 mod client;
 mod hold;
 mod keys;
+pub mod pusher;
 mod scenarios;
 mod server;
 
@@ -610,10 +611,39 @@ impl Report {
 
     /// `scenario/server: why` for every pair that has no finite primary number.
     pub fn missing(&self) -> Vec<String> {
+        missing(&self.scenarios, &self.servers, &self.rows)
+    }
+
+    /// One table per scenario, one line per server, with the ratio to push-serve.
+    pub fn tables(&self) -> String {
+        tables(&self.scenarios, &self.rows)
+    }
+}
+
+/// Sets every row's ratio to the `push-serve` row of the same scenario.
+pub(crate) fn set_ratios(scenarios: &[Scenario], rows: &mut [Row]) {
+    for sc in scenarios {
+        let base = rows
+            .iter()
+            .find(|r| r.scenario == sc.id && r.server == "push-serve" && r.ok)
+            .and_then(|r| r.value);
+        for r in rows.iter_mut().filter(|r| r.scenario == sc.id) {
+            r.ratio_to_push_serve = match (r.value, base) {
+                (Some(v), Some(b)) if b != 0.0 && r.ok => Some(v / b),
+                _ => None,
+            };
+        }
+    }
+}
+
+/// `scenario/server: why` for every pair that has no finite primary number.
+pub(crate) fn missing(scenarios: &[Scenario], servers: &[ServerRun], rows: &[Row]) -> Vec<String> {
+    let row = |sc: &str, sv: &str| rows.iter().find(|r| r.scenario == sc && r.server == sv);
+    {
         let mut out = Vec::new();
-        for sc in &self.scenarios {
-            for sv in self.servers.iter().filter(|sv| sc.applies_to(&sv.name)) {
-                match self.row(&sc.id, &sv.name) {
+        for sc in scenarios {
+            for sv in servers.iter().filter(|sv| sc.applies_to(&sv.name)) {
+                match row(&sc.id, &sv.name) {
                     Some(r) if r.ok && r.value.is_some_and(f64::is_finite) => {}
                     Some(r) => out.push(format!(
                         "{}/{}: {}",
@@ -627,12 +657,14 @@ impl Report {
         }
         out
     }
+}
 
-    /// One table per scenario, one line per server, with the ratio to push-serve.
-    pub fn tables(&self) -> String {
+/// One table per scenario, one line per server, with the ratio to push-serve.
+pub(crate) fn tables(scenarios: &[Scenario], all_rows: &[Row]) -> String {
+    {
         let mut out = String::new();
-        for sc in &self.scenarios {
-            let rows: Vec<&Row> = self.rows.iter().filter(|r| r.scenario == sc.id).collect();
+        for sc in scenarios {
+            let rows: Vec<&Row> = all_rows.iter().filter(|r| r.scenario == sc.id).collect();
             let mut cols: Vec<String> = Vec::new();
             for r in &rows {
                 for (k, _) in &r.metrics.0 {
@@ -761,7 +793,7 @@ mod secs {
     }
 }
 
-fn machine() -> Machine {
+pub(crate) fn machine() -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     Machine {
         cpus: online_cpus(),
@@ -833,18 +865,7 @@ pub async fn run(opts: Options) -> Result<Report> {
         rows.extend(got);
         servers.push(run);
     }
-    for sc in &scenarios {
-        let base = rows
-            .iter()
-            .find(|r| r.scenario == sc.id && r.server == "push-serve" && r.ok)
-            .and_then(|r| r.value);
-        for r in rows.iter_mut().filter(|r| r.scenario == sc.id) {
-            r.ratio_to_push_serve = match (r.value, base) {
-                (Some(v), Some(b)) if b != 0.0 && r.ok => Some(v / b),
-                _ => None,
-            };
-        }
-    }
+    set_ratios(&scenarios, &mut rows);
     if remove_dir
         && rows
             .iter()

@@ -5,6 +5,9 @@
 //!            [--push-serve-bin PATH] [--repo DIR] [--out results.json]
 //!            [--set plan_field=value]...   (e.g. --set unicast_duration=10)
 //! push-bench hold --addr HOST:PORT --password P --count N [--prefix P] [--concurrency C]
+//! push-bench pusher [--mode quick|full|smoke] [--servers push-serve,soketi]
+//!            [--push-serve-bin PATH] [--soketi DIR/run.sh] [--out results.json] [--pin]
+//!            [--set plan_field=value]...
 //! ```
 
 use std::path::PathBuf;
@@ -22,7 +25,12 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some("hold") {
         return hold_main(&args[1..]);
     }
-    match bench_main(&args) {
+    let result = if args.first().map(String::as_str) == Some("pusher") {
+        pusher_main(&args[1..])
+    } else {
+        bench_main(&args)
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("push-bench: {e:#}\n{USAGE}");
@@ -104,6 +112,95 @@ fn bench_main(args: &[String]) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let report = rt.block_on(push_bench::run(opts))?;
+    println!("{}", report.tables());
+    if let Some(path) = out {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("push-bench: wrote {}", path.display());
+    }
+    let missing = report.missing();
+    if missing.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("push-bench: no numbers for:\n  {}", missing.join("\n  "));
+        Ok(ExitCode::from(1))
+    }
+}
+
+const PUSHER_USAGE: &str = "usage: push-bench pusher [--mode quick|full|smoke] \
+[--servers push-serve,soketi] [--push-serve-bin PATH] [--soketi DIR/run.sh] [--out results.json] \
+[--quiet] [--pin] [--set plan_field=value]...
+  --soketi: the run script `../shared/peers/soketi/setup.sh DIR` installed (default /work/soketi/run.sh)";
+
+/// The Pusher scenario: push-serve's Pusher mode against Soketi (`push_bench::pusher`).
+fn pusher_main(args: &[String]) -> anyhow::Result<ExitCode> {
+    use push_bench::pusher::{PusherOptions, PusherPlan, PusherServer};
+    let mut mode = Mode::Quick;
+    let mut servers = "push-serve,soketi".to_string();
+    let mut bin = PathBuf::from("target/release/push-serve");
+    let mut soketi = PathBuf::from("/work/soketi/run.sh");
+    let mut out: Option<PathBuf> = None;
+    let (mut quiet, mut pin) = (false, false);
+    let mut sets: Vec<(String, String)> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        match a {
+            "--mode" => {
+                mode = value(args, &mut i, a)?
+                    .parse()
+                    .map_err(anyhow::Error::msg)?
+            }
+            "--servers" => servers = value(args, &mut i, a)?.to_string(),
+            "--push-serve-bin" => bin = value(args, &mut i, a)?.into(),
+            "--soketi" => soketi = value(args, &mut i, a)?.into(),
+            "--out" => out = Some(value(args, &mut i, a)?.into()),
+            "--quiet" => quiet = true,
+            "--pin" => pin = true,
+            "--set" => {
+                let kv = value(args, &mut i, a)?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--set wants field=value"))?;
+                sets.push((k.to_string(), v.to_string()));
+            }
+            "-h" | "--help" => {
+                println!("{PUSHER_USAGE}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            other => anyhow::bail!("unknown argument `{other}`\n{PUSHER_USAGE}"),
+        }
+        i += 1;
+    }
+    let servers = servers
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| match s {
+            "push-serve" => Ok(PusherServer::PushServe { bin: bin.clone() }),
+            "soketi" => Ok(PusherServer::Soketi {
+                run_script: soketi.clone(),
+            }),
+            other => anyhow::bail!("unknown server `{other}` (push-serve, soketi)"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut plan = PusherPlan::for_mode(mode);
+    for (k, v) in &sets {
+        plan.set(k, v)?;
+    }
+    if pin {
+        push_bench::pin_loadgen()?;
+    }
+    let opts = PusherOptions {
+        mode,
+        plan: Some(plan),
+        servers,
+        progress: !quiet,
+        pin,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(push_bench::pusher::run(opts))?;
     println!("{}", report.tables());
     if let Some(path) = out {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;

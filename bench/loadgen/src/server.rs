@@ -23,7 +23,7 @@ pub struct ServerProc {
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
@@ -45,12 +45,24 @@ impl ServerProc {
             format!("addr: \"{addr}\"\npassword: \"{password}\"\n{extra_conf}"),
         )
         .with_context(|| format!("write {}", conf.display()))?;
-        let log_path = dir.join(format!("{}.log", spec.name));
-        let log = fs::File::create(&log_path)?;
         let mut cmd = Command::new(&spec.program);
-        cmd.args(&spec.args_before_config)
-            .arg(&conf)
-            .stdin(Stdio::null())
+        cmd.args(&spec.args_before_config).arg(&conf);
+        ServerProc::launch(&spec.name, cmd, addr, dir, pin).await
+    }
+
+    /// Spawns `cmd` (which must exec the server itself, so the child's pid is the server's)
+    /// with its output in `<dir>/<name>.log`, pinned to [`SERVER_CPU`] when `pin`, and waits
+    /// until `addr` accepts TCP.
+    pub async fn launch(
+        name: &str,
+        mut cmd: Command,
+        addr: SocketAddr,
+        dir: &Path,
+        pin: bool,
+    ) -> Result<ServerProc> {
+        let log_path = dir.join(format!("{name}.log"));
+        let log = fs::File::create(&log_path)?;
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
         if pin {
@@ -60,17 +72,16 @@ impl ServerProc {
                 cmd.pre_exec(|| pin_to(&[SERVER_CPU]));
             }
         }
-        let command = format!(
-            "{} {} {}",
-            spec.program.display(),
-            spec.args_before_config.join(" "),
-            conf.display()
-        );
+        let command = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
         let child = cmd
             .spawn()
-            .with_context(|| format!("spawn {}", spec.program.display()))?;
+            .with_context(|| format!("spawn {}", cmd.get_program().to_string_lossy()))?;
         let mut server = ServerProc {
-            name: spec.name.clone(),
+            name: name.to_string(),
             addr,
             pid: child.id(),
             companions: Vec::new(),
@@ -92,7 +103,7 @@ impl ServerProc {
             }
             if Instant::now() > deadline {
                 server.stop(Duration::ZERO).await;
-                bail!("{} did not accept on {addr} within 20 s", spec.name);
+                bail!("{name} did not accept on {addr} within 20 s");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

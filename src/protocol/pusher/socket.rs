@@ -281,10 +281,17 @@ impl Conn<'_> {
         let (mut heard, mut awaiting) = (false, false);
         loop {
             while let Some(first) = outbox.pop() {
+                // Boxed like the other writes: a write in flight (its frames and its stuck-write
+                // timer) is a few hundred bytes that an idle socket's task need not carry. One
+                // allocation per batch of up to 64 frames.
                 let batch = native::write_batch(ws, first, &outbox, 64);
-                if let Some(ended) =
-                    native::guarded(batch, &outbox, &mut shutdown, ctx.heartbeat()).await
-                {
+                let written = Box::pin(native::guarded(
+                    batch,
+                    &outbox,
+                    &mut shutdown,
+                    ctx.heartbeat(),
+                ));
+                if let Some(ended) = written.await {
                     return End::of(ended);
                 }
             }
