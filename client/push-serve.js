@@ -100,10 +100,17 @@
     return this;
   };
 
-  /** Unix seconds at which a push-serve key expires (v1.<expiry>.… or v2.<expiry>.…). */
+  /** Unix seconds at which a key expires: push-serve's (v1.<expiry>.… or v2.<expiry>.…), or a
+   *  JWT's `exp` claim (header.claims.signature, base64url). 0 if it cannot be read. */
   function keyExpiry(key) {
     var parts = String(key || "").split(".");
     var t = Number(parts[1]);
+    if (parts.length === 3 && parts[0] !== "v1" && parts[0] !== "v2") {
+      try {
+        var b64 = parts[1].replace(/-/g, "+").replace(/_/g, "/");
+        t = Number(JSON.parse(atob(b64 + "===".slice((b64.length + 3) % 4))).exp);
+      } catch (e) { t = 0; }
+    }
     return isFinite(t) ? t : 0;
   }
 

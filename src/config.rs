@@ -75,6 +75,9 @@ pub struct Config {
     pub secret: Option<String>,
     /// Seconds an access key stays valid for opening sockets (a socket already open is not cut).
     pub access_key_ttl_secs: u64,
+    /// Key of the HS256 JWTs a backend may mint itself and hand to its pages as `access_key`
+    /// (claims `uid`, `exp`, optional `nbf` and `topics`). Unset: JWTs are refused.
+    pub jwt_secret: Option<String>,
     /// Seconds between server pings; a socket that has sent nothing (no pong, no frame) for a
     /// whole interval after a ping is closed.
     pub heartbeat_interval_secs: f64,
@@ -157,6 +160,7 @@ impl Config {
             password: password.into(),
             secret: None,
             access_key_ttl_secs: 3600,
+            jwt_secret: None,
             heartbeat_interval_secs: 25.0,
             send_queue_frames: 256,
             send_queue_bytes: 4 << 20,
@@ -219,6 +223,7 @@ impl Config {
         for (key, written) in [
             ("password", Some(config.password.as_str())),
             ("secret", config.secret.as_deref()),
+            ("jwt_secret", config.jwt_secret.as_deref()),
         ] {
             if !read_as_written(values.get(key), written) {
                 return Err(in_file(
@@ -272,6 +277,12 @@ impl Config {
             return Err(invalid(
                 "secret",
                 "must not be empty when set (leave it out to derive one from password)",
+            ));
+        }
+        if matches!(&self.jwt_secret, Some(s) if s.is_empty()) {
+            return Err(invalid(
+                "jwt_secret",
+                "must not be empty when set (leave it out to refuse JWT access keys)",
             ));
         }
         for (key, value) in [

@@ -80,11 +80,17 @@ impl AppState {
         tracker: TaskTracker,
     ) -> AppState {
         AppState {
-            auth: Auth::new(
-                config.key_material(),
-                &config.password,
-                config.access_key_ttl_secs,
-            ),
+            auth: {
+                let auth = Auth::new(
+                    config.key_material(),
+                    &config.password,
+                    config.access_key_ttl_secs,
+                );
+                match &config.jwt_secret {
+                    Some(secret) => auth.with_jwt(secret, config.max_topics_per_key),
+                    None => auth,
+                }
+            },
             hub,
             max_body_bytes: config.max_body_bytes,
             max_uids_per_push: config.max_uids_per_push,
