@@ -62,7 +62,8 @@
   }
 
   /** Calls fn(contents, frame) for each message whose topic is `topic` ("*": every message).
-   *  Also "open", "close" (with the CloseEvent), "_gap" (with the gap's details), and
+   *  Also "open", "close" (with the CloseEvent), "_gap" (with the gap's details), "_join" and
+   *  "_leave" ({stream, position}: the backend moved this socket into or out of a room), and
    *  "disconnected" (the backend closed this user's sockets with 4011: the client stops). */
   PushServe.prototype.on = function (topic, fn) {
     (this.handlers[topic] = this.handlers[topic] || []).push(fn);
@@ -248,6 +249,17 @@
           this.positions[name] = streams[name].split(":")[0] + ":0";
         }
       }
+      return;
+    }
+    if (frame.topic === "_join" || frame.topic === "_leave") {
+      // The backend moved this socket into a room (from `position` on) or out of one.
+      var room = frame.contents || {};
+      if (frame.topic === "_join" && room.stream && room.position) {
+        this.positions[room.stream] = room.position;
+      } else if (room.stream) {
+        delete this.positions[room.stream];
+      }
+      this.emit(frame.topic, room, frame);
       return;
     }
     if (frame.topic === "_gap") {

@@ -106,12 +106,17 @@ pub async fn run_with_metrics(
     hub.registry()
         .on_command(http::disconnect::COMMAND, http::disconnect::on_command);
     let tracker = TaskTracker::new();
-    let sockets = Arc::new(protocol::SocketContext::new(
-        hub.clone(),
-        config.heartbeat_interval(),
-        protocol::native::ws_config(config.max_client_frame_bytes),
-        metrics.clone(),
-    ));
+    hub.registry()
+        .on_command(http::rooms::COMMAND, http::rooms::on_command);
+    let sockets = Arc::new(
+        protocol::SocketContext::new(
+            hub.clone(),
+            config.heartbeat_interval(),
+            protocol::native::ws_config(config.max_client_frame_bytes),
+            metrics.clone(),
+        )
+        .with_max_rooms(config.max_topics_per_key),
+    );
     let state = Arc::new(http::AppState::new(
         &config,
         hub.clone(),

@@ -88,12 +88,16 @@ pub enum Endpoint {
     Client,
     /// `/disconnect`
     Disconnect,
+    /// `/rooms`
+    Rooms,
+    /// `/report/push/<id>`
+    Report,
     /// Anything else (404).
     Other,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 15] = [
+    const ALL: [Endpoint; 17] = [
         Endpoint::Access,
         Endpoint::Ws,
         Endpoint::Push,
@@ -108,6 +112,8 @@ impl Endpoint {
         Endpoint::Sse,
         Endpoint::Client,
         Endpoint::Disconnect,
+        Endpoint::Rooms,
+        Endpoint::Report,
         Endpoint::Other,
     ];
 
@@ -128,6 +134,8 @@ impl Endpoint {
             "/sse" => Endpoint::Sse,
             "/push-serve.js" => Endpoint::Client,
             "/disconnect" => Endpoint::Disconnect,
+            "/rooms" => Endpoint::Rooms,
+            p if p.starts_with("/report/push/") => Endpoint::Report,
             _ => Endpoint::Other,
         }
     }
@@ -149,6 +157,8 @@ impl Endpoint {
             Endpoint::Sse => "sse",
             Endpoint::Client => "push-serve.js",
             Endpoint::Disconnect => "disconnect",
+            Endpoint::Rooms => "rooms",
+            Endpoint::Report => "report",
             Endpoint::Other => "other",
         }
     }

@@ -245,6 +245,21 @@ pub fn gap(stream: &str, since: &str, next: u64) -> Frame {
     )
 }
 
+/// Tells a resumable page that the backend moved its socket into `stream` (`POST /rooms`): live
+/// messages of it after `position` follow, and the page resumes it from there like any other.
+pub fn joined(stream: &str, position: Position) -> Frame {
+    control(
+        "_join",
+        serde_json::json!({ "stream": stream, "position": position.to_string() }),
+    )
+}
+
+/// Tells a resumable page that the backend took its socket out of `stream`: nothing more of it
+/// arrives (a frame of it already queued may still come first).
+pub fn left(stream: &str) -> Frame {
+    control("_leave", serde_json::json!({ "stream": stream }))
+}
+
 fn control(topic: &str, contents: serde_json::Value) -> Frame {
     let text = serde_json::to_string(&Envelope {
         topic,

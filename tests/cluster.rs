@@ -398,3 +398,30 @@ async fn disconnect_reaches_the_uids_sockets_on_every_node() {
         r#"{"topic":"t","number":1,"contents":1}"#
     );
 }
+
+#[tokio::test]
+async fn a_room_move_reaches_the_uids_sockets_on_every_node_and_the_room_reaches_them() {
+    let redis = redis_or_skip!();
+    let a = node(&redis, |_| {}).await;
+    let b = node(&redis, |_| {}).await;
+    let key = a.key("kim").await;
+    let mut on_b = connect_v2(&b, "kim", &key).await;
+    let r = post(&a, "/rooms?uid=kim", r#"{"join":["room:5"]}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let joined: Value = serde_json::from_str(&next_text(&mut on_b).await).unwrap();
+    assert_eq!(joined["topic"], "_join", "{joined}");
+    // Node b announced its follower of the room: a publish on node a reaches it.
+    let r = post(&a, "/publish", &body("room:5", "7")).await;
+    assert_eq!(r.json()["number"], 1, "{}", r.text());
+    let frame: Value = serde_json::from_str(&next_text(&mut on_b).await).unwrap();
+    assert_eq!(frame["stream"], "topic:room:5");
+    assert_eq!(frame["contents"], 7);
+}
+
+async fn connect_v2(s: &Server, uid: &str, key: &str) -> Ws {
+    let url = format!("{}&proto=2", s.ws_url(uid, key));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let welcome: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    assert_eq!(welcome["topic"], "_welcome");
+    ws
+}

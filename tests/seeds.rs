@@ -168,3 +168,165 @@ async fn the_browser_client_reads_a_jwts_expiry() {
         "1900000123 1795376422 0"
     );
 }
+
+// --- Rooms moved by the server -------------------------------------------------------------
+
+async fn connect_v2(s: &Server, uid: &str) -> (Ws, Value) {
+    let key = s.key(uid).await;
+    let mut ws = try_connect(&format!("{}&proto=2", s.ws_url(uid, &key)))
+        .await
+        .expect("opens");
+    let welcome: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    assert_eq!(welcome["topic"], "_welcome");
+    (ws, welcome)
+}
+
+async fn next_json(ws: &mut Ws) -> Value {
+    serde_json::from_str(&next_text(ws).await).unwrap()
+}
+
+/// Publishes `contents` to `topic` until it reaches `sockets` sockets (a move reaches a socket
+/// task moments after `/rooms` answers; a seed page has no `_join` to wait for). Returns the
+/// contents of the publish that did.
+async fn publish_until(s: &Server, topic: &str, sockets: u64) -> i64 {
+    let mut n = 0;
+    loop {
+        n += 1;
+        let r = post(s, "/publish", &json!({"topic": topic, "contents": n})).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        if r.json()["number"] == sockets {
+            return n;
+        }
+        assert!(n < 500, "the move never reached {sockets} sockets");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_backend_moves_every_live_socket_of_a_uid_into_a_room_and_out() {
+    let s = Server::start(|_| {}).await;
+    let (mut page, _) = connect_v2(&s, "alice").await;
+    let mut seed = s.connect("alice").await;
+    let (mut bob, _) = connect_v2(&s, "bob").await;
+    let before = post(
+        &s,
+        "/publish",
+        &json!({"topic": "room:1", "contents": "before"}),
+    )
+    .await;
+    assert_eq!(before.json()["number"], 0);
+
+    let moved = post(&s, "/rooms?uid=alice", &json!({"join": ["room:1"]})).await;
+    assert_eq!(moved.status, 200, "{}", moved.text());
+    assert_eq!(
+        moved.json(),
+        json!({"topic": "success", "number": 2,
+               "contents": {"uid": "alice", "join": ["room:1"], "leave": [], "sockets": 2}})
+    );
+    // The proto=2 page is told where it starts: after the message published before the move.
+    let joined = next_json(&mut page).await;
+    assert_eq!(joined["topic"], "_join", "{joined}");
+    assert_eq!(joined["number"], 0);
+    assert_eq!(joined["contents"]["stream"], "topic:room:1");
+    let position = joined["contents"]["position"].as_str().unwrap().to_string();
+    assert!(position.ends_with(":1"), "{position}");
+
+    // Both of alice's sockets get the room's messages from now on; bob's does not.
+    let n = publish_until(&s, "room:1", 2).await;
+    assert_eq!(
+        next_text(&mut seed).await,
+        format!(r#"{{"topic":"room:1","number":1,"contents":{n}}}"#)
+    );
+    let mut last = 0;
+    while last < n {
+        let frame = next_json(&mut page).await;
+        assert_eq!(frame["stream"], "topic:room:1", "{frame}");
+        assert_eq!(
+            frame["number"].as_i64().unwrap(),
+            frame["contents"].as_i64().unwrap() + 1
+        );
+        last = frame["contents"].as_i64().unwrap();
+    }
+
+    // Out again: the page is told, and nothing more of the room reaches either socket.
+    let left = post(&s, "/rooms?uid=alice", &json!({"leave": ["room:1"]})).await;
+    assert_eq!(left.status, 200, "{}", left.text());
+    assert_eq!(
+        next_json(&mut page).await,
+        json!({"topic": "_leave", "number": 0, "contents": {"stream": "topic:room:1"}})
+    );
+    publish_until(&s, "room:1", 0).await;
+    // Bob never was in the room: his next frame is his own push.
+    s.push("bob", r#"{"topic":"mine","contents":0}"#).await;
+    assert_eq!(next_json(&mut bob).await["topic"], "mine");
+    // Alice's sockets go on with their own stream.
+    s.push("alice", r#"{"topic":"mine","contents":0}"#).await;
+    assert_eq!(next_json(&mut page).await["topic"], "mine");
+    let mut frame = next_text(&mut seed).await;
+    while frame.contains("room:1") {
+        frame = next_text(&mut seed).await;
+    }
+    assert_eq!(frame, r#"{"topic":"mine","number":1,"contents":0}"#);
+}
+
+#[tokio::test]
+async fn topics_of_the_key_stay_and_followers_may_be_told_who_joined() {
+    let s = Server::start(|_| {}).await;
+    let key = s
+        .http()
+        .await
+        .get(&format!(
+            "/access?uid=bob&topics=room:2&password={}",
+            enc(&s.password)
+        ))
+        .await
+        .json()["contents"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut bob = try_connect(&format!("{}&proto=2", s.ws_url("bob", &key)))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut bob).await["topic"], "_welcome");
+    // A topic of bob's key cannot be taken away by a move: no _leave, and it still arrives.
+    let r = post(&s, "/rooms?uid=bob", &json!({"leave": ["room:2"]})).await;
+    assert_eq!(r.status, 200);
+    // Alice joins room:2 with a notice: bob, a follower, is told who joined.
+    let (mut alice, _) = connect_v2(&s, "alice").await;
+    let r = post(
+        &s,
+        "/rooms?uid=alice",
+        &json!({"join": ["room:2"], "notify": true}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let notice = next_json(&mut bob).await;
+    assert_eq!(notice["topic"], "_joined", "{notice}");
+    assert_eq!(notice["contents"], json!({"uid": "alice"}));
+    assert_eq!(notice["stream"], "topic:room:2");
+    assert_eq!(next_json(&mut alice).await["topic"], "_join");
+}
+
+#[tokio::test]
+async fn bad_room_moves_get_the_envelope() {
+    let s = Server::start(|c| c.max_topics_per_key = 2).await;
+    for (target, body, status) in [
+        ("/rooms?uid=alice", json!({"join": ["a b"]}), 400),
+        ("/rooms?uid=alice", json!({"join": ["a", "b", "c"]}), 400),
+        ("/rooms?uid=alice", json!({}), 400),
+        ("/rooms?uid=alice", json!({"join": "room"}), 400),
+        ("/rooms", json!({"join": ["room"]}), 400),
+    ] {
+        post(&s, target, &body).await.assert_error(status);
+    }
+    let mut http = s.http().await;
+    http.request("POST", "/rooms?uid=alice", &[], br#"{"join":["r"]}"#)
+        .await
+        .assert_error(401);
+    http.get(&format!("/rooms?uid=alice&password={}", enc(&s.password)))
+        .await
+        .assert_error(405);
+    // A uid with no socket: nothing to move, and that is not an error.
+    let r = post(&s, "/rooms?uid=nobody", &json!({"join": ["room"]})).await;
+    assert_eq!((r.status, r.json()["number"].clone()), (200, json!(0)));
+}

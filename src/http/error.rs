@@ -62,6 +62,9 @@ pub enum ApiError {
     /// `proto` other than 2, or `since` not a JSON object of stream → position.
     #[error("bad resume parameters: {0}")]
     BadResume(&'static str),
+    /// A `/rooms` body that is not `{"join": [topics], "leave": [topics]}` with at least one.
+    #[error("body must be JSON {{\"join\": [topics], \"leave\": [topics]}} naming at least one valid topic, at most {0} in each")]
+    BadRooms(usize),
     /// An `Idempotency-Key` header that is empty, too long or not printable ASCII.
     #[error("Idempotency-Key must be 1 to 128 printable ASCII characters")]
     BadIdempotencyKey,
@@ -91,7 +94,7 @@ pub enum ApiError {
     MethodNotAllowed(&'static str),
     /// No such path.
     #[error(
-        "not found: the endpoints are /access, /ws, /sse, /push, /publish, /broadcast, /online, /stats, /disconnect, /health, /ready, /metrics, /admin, /push-serve.js"
+        "not found: the endpoints are /access, /ws, /sse, /push, /publish, /broadcast, /online, /stats, /disconnect, /rooms, /report/push/<id>, /health, /ready, /metrics, /admin, /push-serve.js"
     )]
     NotFound,
 }
@@ -109,6 +112,7 @@ impl ApiError {
             | ApiError::InvalidTopic
             | ApiError::TooManyTopics(_)
             | ApiError::BadResume(_)
+            | ApiError::BadRooms(_)
             | ApiError::BadIdempotencyKey => StatusCode::BAD_REQUEST,
             ApiError::BadPassword | ApiError::AccessKey(_) => StatusCode::UNAUTHORIZED,
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -141,6 +145,7 @@ impl ApiError {
             ApiError::InvalidTopic => "invalid_topic",
             ApiError::TooManyTopics(_) => "too_many_topics",
             ApiError::BadResume(_) => "bad_resume",
+            ApiError::BadRooms(_) => "bad_rooms",
             ApiError::BadIdempotencyKey => "bad_idempotency_key",
             ApiError::UpgradeRequired => "upgrade_required",
             ApiError::ShuttingDown => "shutting_down",

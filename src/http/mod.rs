@@ -18,6 +18,7 @@ mod events;
 mod ops;
 mod publish;
 mod query;
+pub mod rooms;
 mod upgrade;
 
 use std::convert::Infallible;
@@ -391,6 +392,13 @@ fn all_routes(
             respond(&state, &req, Endpoint::Disconnect, result)
         },
     );
+    let rooms_route = warp::path!("rooms")
+        .and(common.clone())
+        .and(warp::body::stream())
+        .then(|req: Req, state: Arc<AppState>, body| async move {
+            let result = rooms::rooms(&state, &req, body).await;
+            respond(&state, &req, Endpoint::Rooms, result)
+        });
     let sse_route = warp::path!("sse")
         .and(common.clone())
         .then(|req: Req, state: Arc<AppState>| async move { events::events(&state, &req).await });
@@ -427,6 +435,8 @@ fn all_routes(
         .or(ws_route)
         .unify()
         .or(disconnect_route)
+        .unify()
+        .or(rooms_route)
         .unify()
         .or(sse_route)
         .unify()

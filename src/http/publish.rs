@@ -174,7 +174,11 @@ where
 
 /// Collects the body, refusing (413) as soon as it is known to exceed `limit`, so an oversized
 /// upload costs at most `limit` bytes of memory.
-async fn read_body<S, B>(body: S, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError>
+pub(super) async fn read_body<S, B>(
+    body: S,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,

@@ -16,8 +16,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::hub::Hub;
+use crate::hub::{Hub, Session};
 use crate::metrics::Metrics;
+use crate::outbox::Control;
+use crate::wire::{self, Frame, Position, Proto};
 
 /// What every socket task shares, whatever its protocol: one per server, behind an `Arc`, so a
 /// socket's task holds one pointer to it (an idle socket's memory is mostly its task).
@@ -31,6 +33,9 @@ pub struct SocketContext {
     pub ws_config: WebSocketConfig,
     /// Where the socket's end (its close code) is counted.
     pub metrics: Arc<Metrics>,
+    /// Most streams a socket follows besides those of its key (rooms the backend moved it
+    /// into); further moves into rooms are ignored.
+    pub max_rooms: usize,
     shutdown: watch::Sender<bool>,
     draining: watch::Sender<bool>,
 }
@@ -48,9 +53,16 @@ impl SocketContext {
             heartbeat,
             ws_config,
             metrics,
+            max_rooms: 64,
             shutdown: watch::channel(false).0,
             draining: watch::channel(false).0,
         }
+    }
+
+    /// The same context, letting a socket follow at most `max_rooms` rooms.
+    pub fn with_max_rooms(mut self, max_rooms: usize) -> SocketContext {
+        self.max_rooms = max_rooms;
+        self
     }
 
     /// Flips to `true` when the server shuts down its sockets, after requests in flight were
@@ -84,4 +96,84 @@ impl SocketContext {
     pub fn shut_down(&self) {
         self.shutdown.send_replace(true);
     }
+}
+
+/// A room move a socket's task carried out, to tell the page.
+pub struct Moved {
+    /// `_join` or `_leave`, for a resumable page (a seed page is told nothing).
+    pub frame: Frame,
+    /// The stream's slot among the socket's streams.
+    pub slot: u16,
+    /// The stream's name as the page sees it (`topic:<name>`).
+    pub stream: String,
+    /// Where the page starts in a stream it joined; `None` for a stream it left.
+    pub position: Option<Position>,
+}
+
+/// Carries out the instructions a socket's task found in its outbox: follows the streams it
+/// was moved into (at most [`SocketContext::max_rooms`] besides its key's) and leaves those it
+/// was moved out of. Returns what a resumable page must be told, in order, before anything
+/// else is written to it: its live frames of a joined stream come after the `_join`.
+pub async fn apply_controls(session: &mut Session, ctx: &SocketContext) -> Vec<Moved> {
+    let mut moved = Vec::new();
+    let Some(controls) = session.membership.outbox().take_controls() else {
+        return moved;
+    };
+    let resumable = session.membership.subscription().proto == Proto::Resumable;
+    let slot_of = |session: &Session, key: &crate::wire::StreamKey| {
+        session
+            .membership
+            .streams()
+            .find(|(_, k)| k == key)
+            .map(|(slot, _)| slot)
+    };
+    for control in controls {
+        match control {
+            Control::Follow(key) => {
+                let own = session.membership.subscription().keys().count();
+                let rooms = session.membership.streams().count() - own;
+                if rooms >= ctx.max_rooms && slot_of(session, &key).is_none() {
+                    log::debug!(
+                        "socket {} not moved into {}: it follows max_topics_per_key rooms",
+                        session.membership.id(),
+                        key.name()
+                    );
+                    continue;
+                }
+                match ctx.hub.follow(session, key.clone(), None).await {
+                    Ok(Some(attached)) if resumable => {
+                        let Some(slot) = slot_of(session, &key) else {
+                            continue;
+                        };
+                        let stream = key.name();
+                        moved.push(Moved {
+                            frame: wire::joined(&stream, attached.position),
+                            slot,
+                            stream,
+                            position: Some(attached.position),
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(e) => log::warn!(
+                        "socket {} not moved into {}: {e}",
+                        session.membership.id(),
+                        key.name()
+                    ),
+                }
+            }
+            Control::Unfollow(key) => {
+                let slot = slot_of(session, &key);
+                if session.membership.unfollow(&key) && resumable {
+                    let stream = key.name();
+                    moved.push(Moved {
+                        frame: wire::left(&stream),
+                        slot: slot.expect("it followed the stream"),
+                        stream,
+                        position: None,
+                    });
+                }
+            }
+        }
+    }
+    moved
 }

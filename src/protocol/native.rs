@@ -114,14 +114,7 @@ where
         ctx.hub.socket_count()
     );
     let mut shutdown = ctx.shutdown();
-    let ended = drive(
-        ws,
-        std::mem::take(&mut session.preamble),
-        session.membership.outbox(),
-        ctx.heartbeat,
-        &mut shutdown,
-    )
-    .await;
+    let ended = drive(ws, session, ctx, &mut shutdown).await;
     log::debug!("socket {} closed: {ended:?}", session.membership.id());
     ctx.metrics.socket_closed(match ended {
         Ended::Close(reason) => Some(reason.code()),
@@ -177,14 +170,17 @@ impl std::fmt::Debug for Ended {
 
 async fn drive<S>(
     ws: &mut WebSocketStream<S>,
-    preamble: Vec<Frame>,
-    outbox: &Outbox,
-    heartbeat: Duration,
+    session: &mut Session,
+    ctx: &SocketContext,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Ended
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let preamble = std::mem::take(&mut session.preamble);
+    let outbox = session.membership.outbox().clone();
+    let outbox = &*outbox;
+    let heartbeat = ctx.heartbeat;
     if *shutdown.borrow() {
         return Ended::Close(CloseReason::ServerShutdown);
     }
@@ -223,6 +219,21 @@ where
         }
         if let Some(reason) = outbox.evicted() {
             return Ended::Close(reason);
+        }
+        if outbox.has_controls() {
+            // Boxed: rare, and its state (a broker attach) would otherwise sit in every idle
+            // socket's task.
+            let moved = Box::pin(super::apply_controls(session, ctx)).await;
+            let told = async {
+                for m in moved {
+                    ws.feed(Message::Text((*m.frame).clone())).await?;
+                }
+                ws.flush().await
+            };
+            if let Some(ended) = guarded(told, outbox, shutdown, heartbeat).await {
+                return ended;
+            }
+            continue;
         }
         tokio::select! {
             biased;

@@ -87,7 +87,7 @@ async fn run(
     let id = session.membership.id();
     log::debug!("event stream {id} opened");
     let ended = drive(
-        std::mem::take(&mut session.preamble),
+        &mut session,
         &outbox,
         positions.as_mut(),
         &ctx,
@@ -117,13 +117,14 @@ async fn run(
 }
 
 async fn drive(
-    preamble: Vec<Frame>,
+    session: &mut Session,
     outbox: &Outbox,
     mut positions: Option<&mut Positions>,
     ctx: &SocketContext,
     draining: &mut watch::Receiver<bool>,
     tx: &mpsc::Sender<Bytes>,
 ) -> Ended {
+    let preamble = std::mem::take(&mut session.preamble);
     if *draining.borrow() {
         return Ended::Close(CloseReason::ServerShutdown);
     }
@@ -159,6 +160,16 @@ async fn drive(
         }
         if let Some(reason) = outbox.evicted() {
             return Ended::Close(reason);
+        }
+        if outbox.has_controls() {
+            // Boxed, as on a WebSocket: rare, and large.
+            for m in Box::pin(super::apply_controls(session, ctx)).await {
+                if let Some(positions) = positions.as_deref_mut() {
+                    positions.moved(usize::from(m.slot), m.stream, m.position);
+                }
+                event(&mut chunk, &m.frame, positions.as_deref_mut(), None);
+            }
+            continue;
         }
         tokio::select! {
             biased;
@@ -278,6 +289,16 @@ impl Positions {
             })
             .collect();
         Some(Positions { names, at })
+    }
+
+    /// The socket joined (`position` set) or left stream `name` in `slot` after it opened.
+    fn moved(&mut self, slot: usize, name: String, position: Option<Position>) {
+        if self.names.len() <= slot {
+            self.names.resize(slot + 1, String::new());
+            self.at.resize(slot + 1, None);
+        }
+        self.names[slot] = name;
+        self.at[slot] = position;
     }
 
     /// A live frame: number `seq` of the stream in `slot`.
