@@ -102,6 +102,11 @@ pub struct Config {
     pub max_topics_per_key: usize,
     /// Most uids one `/push` may name.
     pub max_uids_per_push: usize,
+    /// Seconds a delivery report (`"receipt": true`) is kept, and its acks counted.
+    pub receipt_ttl_secs: u64,
+    /// Most delivery reports kept at once on a single node (the oldest go first); with
+    /// `redis_url` they live in Redis, bounded by `receipt_ttl_secs`.
+    pub receipt_max: usize,
     /// Most sockets open at once; further upgrades get 503.
     pub max_sockets: usize,
     /// Most sockets one uid may have open; further upgrades for it get 429.
@@ -171,6 +176,8 @@ impl Config {
             history_max_bytes: 64 << 20,
             max_topics_per_key: 64,
             max_uids_per_push: 1000,
+            receipt_ttl_secs: 3600,
+            receipt_max: 100_000,
             max_sockets: 1_000_000,
             max_sockets_per_uid: 64,
             auth_failures_per_minute: 30,
@@ -297,6 +304,8 @@ impl Config {
             ("history_max_bytes", self.history_max_bytes as f64),
             ("max_topics_per_key", self.max_topics_per_key as f64),
             ("max_uids_per_push", self.max_uids_per_push as f64),
+            ("receipt_ttl_secs", self.receipt_ttl_secs as f64),
+            ("receipt_max", self.receipt_max as f64),
             ("max_sockets", self.max_sockets as f64),
             ("max_sockets_per_uid", self.max_sockets_per_uid as f64),
             (
@@ -417,6 +426,11 @@ impl Config {
         }
     }
 
+    /// `receipt_ttl_secs` as a Duration.
+    pub fn receipt_ttl(&self) -> Duration {
+        Duration::from_secs(self.receipt_ttl_secs)
+    }
+
     /// `header_read_timeout_secs` as a Duration.
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.header_read_timeout_secs)
@@ -487,6 +501,11 @@ const RANGES: &[Range] = &[
     noted(whole("history_max_bytes", "bytes", 0, 1 << 40), "1 TiB"),
     whole("max_topics_per_key", "", 1, 10_000),
     whole("max_uids_per_push", "", 1, 1_000_000),
+    noted(
+        whole("receipt_ttl_secs", "seconds", 1, 30 * 24 * 3600),
+        "30 days",
+    ),
+    whole("receipt_max", "reports", 1, 100_000_000),
     whole("max_sockets", "", 1, 1 << 30),
     whole("max_sockets_per_uid", "", 1, 1 << 30),
     noted(

@@ -35,6 +35,7 @@ pub mod limits;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;
+pub mod receipts;
 pub mod registry;
 pub mod server;
 pub mod wire;
@@ -108,6 +109,10 @@ pub async fn run_with_metrics(
     let tracker = TaskTracker::new();
     hub.registry()
         .on_command(http::rooms::COMMAND, http::rooms::on_command);
+    let receipts = Arc::new(match hub.broker().redis() {
+        Some(redis) => receipts::Receipts::redis(redis, config.receipt_ttl()),
+        None => receipts::Receipts::memory(config.receipt_ttl(), config.receipt_max),
+    });
     let sockets = Arc::new(
         protocol::SocketContext::new(
             hub.clone(),
@@ -115,7 +120,8 @@ pub async fn run_with_metrics(
             protocol::native::ws_config(config.max_client_frame_bytes),
             metrics.clone(),
         )
-        .with_max_rooms(config.max_topics_per_key),
+        .with_max_rooms(config.max_topics_per_key)
+        .with_receipts(receipts.clone()),
     );
     let state = Arc::new(http::AppState::new(
         &config,
@@ -127,6 +133,7 @@ pub async fn run_with_metrics(
     // values go periodically.
     let sweeper = tokio::spawn({
         let (hub, state, metrics) = (hub.clone(), state.clone(), metrics.clone());
+        let receipts = receipts.clone();
         let period = Duration::from_secs_f64((config.history_ttl_secs / 4.0).clamp(0.05, 5.0));
         async move {
             let mut tick = tokio::time::interval(period);
@@ -134,6 +141,7 @@ pub async fn run_with_metrics(
                 tick.tick().await;
                 hub.sweep();
                 state.sweep();
+                receipts.sweep();
                 metrics.upkeep();
             }
         }

@@ -187,7 +187,8 @@ impl PublishKind {
         PublishKind::Broadcast,
     ];
 
-    fn label(self) -> &'static str {
+    /// Its label value (also the endpoint's name).
+    pub fn label(self) -> &'static str {
         match self {
             PublishKind::Push => "push",
             PublishKind::Publish => "publish",

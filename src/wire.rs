@@ -115,7 +115,14 @@ pub struct Message<'a> {
     pub topic: &'a str,
     /// Valid JSON text.
     contents: &'a str,
+    /// The message's id when the backend asked for delivery receipts: numbered frames carry
+    /// it, and a page acks it (`{"ack": id}`). At most [`MAX_MESSAGE_ID_BYTES`] of
+    /// `[0-9a-f]`.
+    pub id: Option<&'a str>,
 }
+
+/// Longest message id (ids are hex, 32 characters).
+pub const MAX_MESSAGE_ID_BYTES: usize = 64;
 
 impl<'a> Message<'a> {
     /// A message whose contents were parsed as JSON.
@@ -123,6 +130,15 @@ impl<'a> Message<'a> {
         Message {
             topic,
             contents: contents.get(),
+            id: None,
+        }
+    }
+
+    /// The same message, carrying receipt id `id`.
+    pub fn with_id(self, id: &'a str) -> Message<'a> {
+        Message {
+            id: Some(id),
+            ..self
         }
     }
 
@@ -131,19 +147,27 @@ impl<'a> Message<'a> {
         self.contents
     }
 
-    /// The seed's frame: `{"topic","number":1,"contents"}`.
+    /// The seed's frame: `{"topic","number":1,"contents"}` (never an id: a seed page cannot
+    /// ack, and sees exactly the seed's bytes).
     pub fn seed_frame(&self) -> Frame {
-        frame_text(self.topic, 1, self.contents, None)
+        frame_text(self.topic, 1, self.contents, None, None)
     }
 
     /// A frame for a resumable socket: the seed's three fields, `number` being the message's
-    /// sequence in its stream, plus `stream` (`user`, `broadcast`, `topic:<name>`).
+    /// sequence in its stream, plus `stream` (`user`, `broadcast`, `topic:<name>`), plus `id`
+    /// when it asks for a receipt.
     pub fn stream_frame(&self, seq: u64, stream: &str) -> Frame {
-        frame_text(self.topic, seq, self.contents, Some(stream))
+        frame_text(self.topic, seq, self.contents, Some(stream), self.id)
     }
 }
 
-fn frame_text(topic: &str, number: u64, contents: &str, stream: Option<&str>) -> Frame {
+fn frame_text(
+    topic: &str,
+    number: u64,
+    contents: &str,
+    stream: Option<&str>,
+    id: Option<&str>,
+) -> Frame {
     // Writing a &str as JSON cannot fail.
     let json = |s: &str| serde_json::to_string(s).expect("string serializes");
     let mut out = String::with_capacity(contents.len() + topic.len() + 64);
@@ -157,16 +181,27 @@ fn frame_text(topic: &str, number: u64, contents: &str, stream: Option<&str>) ->
         out.push_str(",\"stream\":");
         out.push_str(&json(stream));
     }
+    if let Some(id) = id {
+        out.push_str(",\"id\":");
+        out.push_str(&json(id));
+    }
     out.push('}');
     Arc::new(Utf8Bytes::from(out))
 }
 
 /// A message and its stream as bytes: `<id len>:<stream id><topic len>:<topic><contents>`
-/// (lengths in decimal bytes). What a cluster broker stores and sends between nodes; the
-/// frames are built from it on the node that delivers, once per message.
+/// (lengths in decimal bytes), preceded by `i<len>:<message id>` when the message carries a
+/// receipt id (a plain payload starts with a digit). What a cluster broker stores and sends
+/// between nodes; the frames are built from it on the node that delivers, once per message.
 pub fn encode_payload(key: &StreamKey, msg: &Message<'_>) -> Vec<u8> {
     let id = key.id();
     let mut out = Vec::with_capacity(id.len() + msg.topic.len() + msg.contents.len() + 12);
+    if let Some(message_id) = msg.id {
+        out.push(b'i');
+        out.extend_from_slice(message_id.len().to_string().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(message_id.as_bytes());
+    }
     for part in [id.as_str(), msg.topic] {
         out.extend_from_slice(part.len().to_string().as_bytes());
         out.push(b':');
@@ -188,11 +223,51 @@ pub fn decode_payload(bytes: &[u8]) -> Option<(StreamKey, Message<'_>)> {
         }
         Some((std::str::from_utf8(&rest[..len]).ok()?, &rest[len..]))
     }
+    let (message_id, bytes) = match bytes.strip_prefix(b"i") {
+        Some(rest) => {
+            let (message_id, rest) = part(rest)?;
+            if !valid_message_id(message_id) {
+                return None;
+            }
+            (Some(message_id), rest)
+        }
+        None => (None, bytes),
+    };
     let (id, rest) = part(bytes)?;
     let (topic, rest) = part(rest)?;
     let contents = std::str::from_utf8(rest).ok()?;
     let raw: &RawValue = serde_json::from_str(contents).ok()?;
-    Some((StreamKey::from_id(id)?, Message::new(topic, raw)))
+    let msg = Message::new(topic, raw);
+    Some((
+        StreamKey::from_id(id)?,
+        match message_id {
+            Some(message_id) => msg.with_id(message_id),
+            None => msg,
+        },
+    ))
+}
+
+/// Whether `id` can be a message id: 1 to [`MAX_MESSAGE_ID_BYTES`] of lowercase hex.
+pub fn valid_message_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_MESSAGE_ID_BYTES
+        && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The message id a page acknowledges with a text frame `{"ack": "<id>"}`; `None` for any
+/// other frame (which is ignored, as every page frame was before receipts).
+pub fn ack_of(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Ack {
+        ack: String,
+    }
+    serde_json::from_str::<Ack>(text).ok().map(|a| a.ack)
+}
+
+/// Tells a page its ack was refused: the id is unknown (expired, or never issued) or the
+/// message was not for this socket. Nothing was counted.
+pub fn nack(id: &str, reason: &str) -> Frame {
+    control("_nack", serde_json::json!({ "id": id, "reason": reason }))
 }
 
 /// The seed's envelope, used for HTTP replies.
@@ -217,6 +292,10 @@ pub struct PushBody<'a> {
     /// `/push` only: more uids to push to, besides (or instead of) the query's `uid`.
     #[serde(default)]
     pub uids: Option<Vec<String>>,
+    /// Ask for delivery receipts: the message gets an id that `proto=2` pages ack, and a
+    /// report (`/report/push/<id>`).
+    #[serde(default)]
+    pub receipt: bool,
 }
 
 impl PushBody<'_> {
@@ -374,8 +453,22 @@ mod tests {
             assert_eq!(m.topic, "to:pic");
             assert_eq!(m.contents(), raw.get());
         }
+        let msg = Message::new("t", &raw).with_id("00ff");
+        let bytes = encode_payload(&StreamKey::Broadcast, &msg);
+        let (_, m) = decode_payload(&bytes).unwrap();
+        assert_eq!(m.id, Some("00ff"));
+        assert!(m
+            .stream_frame(3, "broadcast")
+            .ends_with(r#""stream":"broadcast","id":"00ff"}"#));
+        assert_eq!(
+            m.seed_frame().as_str(),
+            r#"{"topic":"t","number":1,"contents":{"a":[1,"x:y"]}}"#
+        );
         for bad in [
-            &b""[..],
+            &b"i2:0g1:b1:t1"[..],
+            b"i0:1:b1:t1",
+            b"i99:1:b1:t1",
+            b"",
             b"3:u:a",
             b"99:u:a1:t1",
             b"3:u:a1:tnot json",

@@ -425,3 +425,49 @@ async fn connect_v2(s: &Server, uid: &str, key: &str) -> Ws {
     assert_eq!(welcome["topic"], "_welcome");
     ws
 }
+
+#[tokio::test]
+async fn receipts_are_cluster_wide_an_ack_on_one_node_counts_in_the_report_on_another() {
+    let redis = redis_or_skip!();
+    let a = node(&redis, |_| {}).await;
+    let b = node(&redis, |_| {}).await;
+    let key = a.key("kim").await;
+    let mut on_b = connect_v2(&b, "kim", &key).await;
+    let r = post(
+        &a,
+        "/push?uid=kim",
+        r#"{"topic":"t","contents":1,"receipt":true,"uids":["lee"]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["contents"]["id"].as_str().unwrap().to_string();
+    let frame: Value = serde_json::from_str(&next_text(&mut on_b).await).unwrap();
+    assert_eq!(
+        frame["id"],
+        id.as_str(),
+        "the id crosses nodes in the payload"
+    );
+    use futures_util::SinkExt;
+    let ack = format!(r#"{{"ack":"{id}"}}"#);
+    on_b.send(tokio_tungstenite::tungstenite::Message::Text(ack.into()))
+        .await
+        .unwrap();
+    let report_on_a = format!("/report/push/{id}?uids=1&password={}", enc(&a.password));
+    eventually("the ack on node b to count on node a", || {
+        let target = report_on_a.clone();
+        let a = &a;
+        async move { a.http().await.get(&target).await.json()["number"] == 1 }
+    })
+    .await;
+    let report = a.http().await.get(&report_on_a).await.json();
+    assert_eq!(report["contents"]["ack_uids"], serde_json::json!(["kim"]));
+    assert_eq!(report["contents"]["offline"], serde_json::json!(["lee"]));
+    assert_eq!(report["contents"]["sockets"], 1);
+    // An unknown id is refused on node b too.
+    let bad = r#"{"ack":"00000000000000000000000000000000"}"#;
+    on_b.send(tokio_tungstenite::tungstenite::Message::Text(bad.into()))
+        .await
+        .unwrap();
+    let nack: Value = serde_json::from_str(&next_text(&mut on_b).await).unwrap();
+    assert_eq!(nack["topic"], "_nack");
+}

@@ -330,3 +330,232 @@ async fn bad_room_moves_get_the_envelope() {
     let r = post(&s, "/rooms?uid=nobody", &json!({"join": ["room"]})).await;
     assert_eq!((r.status, r.json()["number"].clone()), (200, json!(0)));
 }
+
+// --- Delivery receipts and push reports ----------------------------------------------------
+
+async fn get(s: &Server, target: &str) -> Reply {
+    let sep = if target.contains('?') { '&' } else { '?' };
+    let target = format!("{target}{sep}password={}", enc(&s.password));
+    s.http().await.get(&target).await
+}
+
+async fn send(ws: &mut Ws, text: String) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(text.into()))
+        .await
+        .unwrap();
+}
+
+/// Waits until the report of `id` shows `acks` acks, and returns it.
+async fn report_with_acks(s: &Server, id: &str, acks: u64) -> Value {
+    let target = format!("/report/push/{id}?uids=1");
+    let mut last = Value::Null;
+    for _ in 0..500 {
+        let r = get(s, &target).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        last = r.json();
+        if last["number"] == acks {
+            return last;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the report never showed {acks} acks: {last}");
+}
+
+#[tokio::test]
+async fn pages_ack_a_push_with_a_receipt_and_the_report_counts_them() {
+    let s = Server::start(|_| {}).await;
+    let (mut first, _) = connect_v2(&s, "alice").await;
+    let (mut second, _) = connect_v2(&s, "alice").await;
+    let mut seed = s.connect("alice").await;
+    let body =
+        json!({"topic": "order", "contents": {"id": 7}, "uids": ["alice", "bob"], "receipt": true});
+    let r = post(&s, "/push", &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let reply = r.json();
+    let id = reply["contents"]["id"].as_str().unwrap().to_string();
+    assert_eq!(r.header("x-push-id"), Some(id.as_str()));
+    assert_eq!(reply["number"], 3);
+    assert_eq!(reply["contents"]["sockets"], 3);
+    assert_eq!(reply["contents"]["expect_acks"], 3);
+    // proto=2 frames carry the id; the seed page's frame is the seed's, byte for byte.
+    for page in [&mut first, &mut second] {
+        let frame = next_json(page).await;
+        assert_eq!(frame["id"], id.as_str(), "{frame}");
+        assert_eq!(frame["contents"], json!({"id": 7}));
+    }
+    assert_eq!(
+        next_text(&mut seed).await,
+        r#"{"topic":"order","number":1,"contents":{"id":7}}"#
+    );
+    send(&mut first, json!({"ack": id}).to_string()).await;
+    // A page that acks twice counts once, and is not told off for it.
+    send(&mut second, json!({"ack": id}).to_string()).await;
+    send(&mut second, json!({"ack": id}).to_string()).await;
+    let report = report_with_acks(&s, &id, 2).await;
+    let contents = &report["contents"];
+    assert_eq!(report["topic"], "report");
+    assert_eq!(contents["id"], id.as_str());
+    assert_eq!(contents["target"], json!({"uids": ["alice", "bob"]}));
+    assert_eq!(contents["topic"], "order");
+    assert_eq!(contents["sockets"], 3);
+    assert_eq!(contents["acks"], 2);
+    assert_eq!(contents["offline"], json!(["bob"]));
+    assert_eq!(contents["ack_uids"], json!(["alice"]));
+    assert!(contents["created"].as_u64().unwrap() > 1_700_000_000);
+    // Without uids=1 the acking uids are left out.
+    let plain = get(&s, &format!("/report/push/{id}")).await.json();
+    assert!(plain["contents"].get("ack_uids").is_none(), "{plain}");
+    // The second page's repeat brought no _nack: its next frame is the next push.
+    s.push("alice", r#"{"topic":"next","contents":0}"#).await;
+    assert_eq!(next_json(&mut second).await["topic"], "next");
+}
+
+#[tokio::test]
+async fn acks_of_unknown_ids_or_of_another_uids_message_are_refused_and_count_nothing() {
+    let s = Server::start(|_| {}).await;
+    let (mut alice, _) = connect_v2(&s, "alice").await;
+    let (mut bob, _) = connect_v2(&s, "bob").await;
+    let body = json!({"topic": "t", "contents": 1, "receipt": true});
+    let r = post(&s, "/push?uid=alice", &body).await;
+    let id = r.json()["contents"]["id"].as_str().unwrap().to_string();
+    assert_eq!(next_json(&mut alice).await["id"], id.as_str());
+    // Bob acks alice's message: refused.
+    send(&mut bob, json!({"ack": id}).to_string()).await;
+    let nack = next_json(&mut bob).await;
+    assert_eq!(nack["topic"], "_nack", "{nack}");
+    assert_eq!(nack["contents"]["id"], id.as_str());
+    assert_eq!(
+        nack["contents"]["reason"],
+        "this message was not for this socket"
+    );
+    // Ids that were never issued, in the right form or not.
+    for unknown in ["0123456789abcdef0123456789abcdef", "not-an-id"] {
+        send(&mut alice, json!({"ack": unknown}).to_string()).await;
+        let nack = next_json(&mut alice).await;
+        assert_eq!(nack["topic"], "_nack");
+        assert_eq!(
+            nack["contents"],
+            json!({"id": unknown, "reason": "unknown message id (expired or never issued)"})
+        );
+    }
+    // Other page frames are still ignored.
+    send(&mut alice, "hello".into()).await;
+    send(&mut alice, json!({"ack": 5}).to_string()).await;
+    let report = get(&s, &format!("/report/push/{id}")).await.json();
+    assert_eq!(report["contents"]["acks"], 0, "{report}");
+    // A topic's message is acked by its followers only.
+    let r = post(&s, "/rooms?uid=alice", &json!({"join": ["room:3"]})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(next_json(&mut alice).await["topic"], "_join");
+    let r = post(
+        &s,
+        "/publish",
+        &json!({"topic": "room:3", "contents": 2, "receipt": true}),
+    )
+    .await;
+    assert_eq!(r.json()["contents"]["expect_acks"], 1, "{}", r.text());
+    let room_id = r.json()["contents"]["id"].as_str().unwrap().to_string();
+    assert_eq!(next_json(&mut alice).await["id"], room_id.as_str());
+    send(&mut bob, json!({"ack": room_id}).to_string()).await;
+    assert_eq!(next_json(&mut bob).await["topic"], "_nack");
+    send(&mut alice, json!({"ack": room_id}).to_string()).await;
+    let report = report_with_acks(&s, &room_id, 1).await;
+    assert_eq!(report["contents"]["target"], json!({"topic": "room:3"}));
+    assert_eq!(report["contents"]["ack_uids"], json!(["alice"]));
+}
+
+#[tokio::test]
+async fn reports_answer_offline_pushes_expire_and_refuse_bad_requests() {
+    let s = Server::start(|c| c.receipt_ttl_secs = 1).await;
+    // Nobody online: the seed's 404, with the id of a report that says who was offline.
+    let r = post(
+        &s,
+        "/push?uid=carol",
+        &json!({"topic": "t", "contents": 1, "receipt": true}),
+    )
+    .await;
+    r.assert_error(404);
+    let id = r.header("x-push-id").expect("an id on the 404").to_string();
+    let report = get(&s, &format!("/report/push/{id}")).await.json();
+    assert_eq!(report["contents"]["offline"], json!(["carol"]));
+    assert_eq!(report["contents"]["sockets"], 0);
+    // A broadcast's report.
+    let r = post(
+        &s,
+        "/broadcast",
+        &json!({"topic": "t", "contents": 1, "receipt": true}),
+    )
+    .await;
+    let broadcast = r.json()["contents"]["id"].as_str().unwrap().to_string();
+    let report = get(&s, &format!("/report/push/{broadcast}")).await.json();
+    assert_eq!(report["contents"]["target"], "broadcast");
+    // Without receipt, replies stay the seed's.
+    let r = post(&s, "/broadcast", &json!({"topic": "t", "contents": 1})).await;
+    assert_eq!(r.json()["contents"], "推送成功");
+    assert_eq!(r.header("x-push-id"), None);
+    // Bad requests.
+    get(&s, "/report/push/0123456789abcdef0123456789abcdef")
+        .await
+        .assert_error(404);
+    get(&s, "/report/push/NOT-HEX").await.assert_error(404);
+    let mut http = s.http().await;
+    http.get(&format!("/report/push/{id}"))
+        .await
+        .assert_error(401);
+    let target = format!("/report/push/{id}?password={}", enc(&s.password));
+    http.request("POST", &target, &[], b"")
+        .await
+        .assert_error(405);
+    // After receipt_ttl_secs the report is gone.
+    eventually("the report to expire", || async {
+        get(&s, &format!("/report/push/{id}")).await.status == 404
+    })
+    .await;
+}
+
+/// `examples/receipts.php`, run by the real `php`: it mints a JWT for the page, pushes with a
+/// receipt, waits for the page's ack and reads the report, and moves the page into a room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_php_example_backend_uses_jwts_receipts_reports_and_rooms() {
+    let s = Server::start(|c| c.jwt_secret = Some(JWT_SECRET.into())).await;
+    let php = |args: &[&str]| {
+        let out = std::process::Command::new("php")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/examples/receipts.php"
+            ))
+            .args(args)
+            .env("PUSH_HOST", s.addr.to_string())
+            .env("PUSH_SERVE_PASSWORD", &s.password)
+            .env("PUSH_JWT_SECRET", JWT_SECRET)
+            .output()
+            .expect("php runs (.ci/run installs php-cli and php-curl)");
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            out.status.success(),
+            "php {args:?}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let token = php(&["jwt", "buyer"]);
+    let mut page = try_connect(&format!("{}&proto=2", s.ws_url("buyer", &token)))
+        .await
+        .expect("the PHP-minted JWT opens a socket");
+    assert_eq!(next_json(&mut page).await["topic"], "_welcome");
+    let sent: Value =
+        serde_json::from_str(&php(&["push", "buyer", "order", r#"{"id":9}"#])).unwrap();
+    assert_eq!(sent["expect_acks"], 1);
+    let id = sent["id"].as_str().unwrap().to_string();
+    let frame = next_json(&mut page).await;
+    assert_eq!(frame["id"], id.as_str());
+    send(&mut page, json!({"ack": id}).to_string()).await;
+    let report: Value = serde_json::from_str(&php(&["wait", &id, "1", "10"])).unwrap();
+    assert_eq!(report["acks"], 1);
+    assert_eq!(report["ack_uids"], json!(["buyer"]));
+    let moved: Value =
+        serde_json::from_str(&php(&["rooms", "buyer", "join", "auction:9"])).unwrap();
+    assert_eq!(moved["number"], 1);
+    assert_eq!(next_json(&mut page).await["topic"], "_join");
+}

@@ -16,6 +16,10 @@ pub const USER_OFFLINE: &str = "此用户不在线";
 /// message kept in their history, for a socket that resumes within `history_ttl_secs`.
 pub const STORED_HEADER: &str = "x-push-stored";
 
+/// Response header on a publish that asked for a receipt: the message id, whose report is
+/// `/report/push/<id>` (also on `/push`'s 404, whose body stays the seed's).
+pub const ID_HEADER: &str = "x-push-id";
+
 /// Every way a request can fail, with its status and the reason shown in `contents`.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -49,7 +53,12 @@ pub enum ApiError {
     Offline {
         /// Uids whose stream kept the message.
         stored: usize,
+        /// The message id, when the backend asked for a receipt.
+        id: Option<String>,
     },
+    /// No report for this message id: expired (`receipt_ttl_secs`) or never issued.
+    #[error("no report for this message id: expired or never issued")]
+    UnknownReport,
     /// More uids in one push than `max_uids_per_push`.
     #[error("more than {0} uids in one push")]
     TooManyUids(usize),
@@ -116,7 +125,9 @@ impl ApiError {
             | ApiError::BadIdempotencyKey => StatusCode::BAD_REQUEST,
             ApiError::BadPassword | ApiError::AccessKey(_) => StatusCode::UNAUTHORIZED,
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Offline { .. } | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Offline { .. } | ApiError::NotFound | ApiError::UnknownReport => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ApiError::ShuttingDown | ApiError::ServerFull | ApiError::Unavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -141,6 +152,7 @@ impl ApiError {
             ApiError::BadBody(_) => "bad_body",
             ApiError::BodyRead => "body_read",
             ApiError::Offline { .. } => "offline",
+            ApiError::UnknownReport => "unknown_report",
             ApiError::TooManyUids(_) => "too_many_uids",
             ApiError::InvalidTopic => "invalid_topic",
             ApiError::TooManyTopics(_) => "too_many_topics",
@@ -180,8 +192,13 @@ impl ApiError {
             ApiError::Unavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            ApiError::Offline { stored } if stored > 0 => {
-                headers.insert(STORED_HEADER, HeaderValue::from(stored));
+            ApiError::Offline { stored, id } => {
+                if stored > 0 {
+                    headers.insert(STORED_HEADER, HeaderValue::from(stored));
+                }
+                if let Some(id) = id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+                    headers.insert(ID_HEADER, id);
+                }
             }
             _ => {}
         }

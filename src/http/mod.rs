@@ -144,6 +144,8 @@ struct Params {
     proto: Option<String>,
     /// `/ws?proto=2`: JSON object, stream name → last position seen.
     since: Option<String>,
+    /// `/report/push/<id>`: `1` to list the uids that acked.
+    uids: Option<String>,
 }
 
 impl Params {
@@ -399,6 +401,12 @@ fn all_routes(
             let result = rooms::rooms(&state, &req, body).await;
             respond(&state, &req, Endpoint::Rooms, result)
         });
+    let report_route = warp::path!("report" / "push" / String)
+        .and(common.clone())
+        .then(|id: String, req: Req, state: Arc<AppState>| async move {
+            let result = publish::report(&state, &req, &id).await;
+            respond(&state, &req, Endpoint::Report, result)
+        });
     let sse_route = warp::path!("sse")
         .and(common.clone())
         .then(|req: Req, state: Arc<AppState>| async move { events::events(&state, &req).await });
@@ -437,6 +445,8 @@ fn all_routes(
         .or(disconnect_route)
         .unify()
         .or(rooms_route)
+        .unify()
+        .or(report_route)
         .unify()
         .or(sse_route)
         .unify()

@@ -8,10 +8,12 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::error::envelope;
+use super::error::ID_HEADER;
 use super::{authorized, check_uid, ApiError, AppState, Params, Req, STORED_HEADER};
 use crate::auth::valid_topic;
 use crate::broker::Published;
 use crate::metrics::{self, PublishKind};
+use crate::receipts::{Receipts, Target as Recipients};
 use crate::wire::{PushBody, StreamKey};
 
 /// Reply text of a successful push, as in the seed.
@@ -54,8 +56,22 @@ fn parse_body(body: &[u8]) -> Result<PushBody<'_>, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::BadBody(e.to_string()))
 }
 
-fn success(sockets: usize, repeated: bool) -> Response {
-    let mut res = envelope(StatusCode::OK, "success", sockets as u64, PUSH_OK);
+/// The reply to a publish: the seed's, or with a receipt `{"id", "sockets", "expect_acks"}`
+/// and the id in `X-Push-Id`.
+fn success(sockets: usize, repeated: bool, receipt: Option<&str>) -> Response {
+    let mut res = match receipt {
+        None => envelope(StatusCode::OK, "success", sockets as u64, PUSH_OK),
+        Some(id) => {
+            let contents = serde_json::json!({
+                "id": id, "sockets": sockets, "expect_acks": sockets,
+            });
+            let mut res = envelope(StatusCode::OK, "success", sockets as u64, contents);
+            if let Ok(id) = HeaderValue::from_str(id) {
+                res.headers_mut().insert(ID_HEADER, id);
+            }
+            res
+        }
+    };
     if repeated {
         res.headers_mut()
             .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
@@ -88,7 +104,22 @@ where
     if uids.len() > state.max_uids_per_push {
         return Err(ApiError::TooManyUids(state.max_uids_per_push));
     }
-    let msg = push.message();
+    let receipt = match push.receipt {
+        true => Some(Receipts::new_id("push", idem.as_deref())),
+        false => None,
+    };
+    let msg = match &receipt {
+        Some(id) => {
+            let target = Recipients::Uids(uids.iter().map(|&u| u.to_owned()).collect());
+            state
+                .sockets
+                .receipts
+                .open(id, &target, &push.topic)
+                .await?;
+            push.message().with_id(id)
+        }
+        None => push.message(),
+    };
     let parsed = metrics::now();
     let keys: Vec<StreamKey> = uids.iter().map(|&u| StreamKey::User(u.into())).collect();
     let results: Vec<Published> = if let [key] = &keys[..] {
@@ -118,10 +149,27 @@ where
         .iter()
         .filter(|p| p.sockets == 0 && p.retained)
         .count();
-    if sockets == 0 {
-        return Err(ApiError::Offline { stored });
+    let repeated = results.iter().all(|p| p.repeated);
+    if let Some(id) = receipt.as_deref().filter(|_| !repeated) {
+        let offline: Vec<String> = uids
+            .iter()
+            .zip(&results)
+            .filter(|(_, p)| p.sockets == 0)
+            .map(|(&u, _)| u.to_owned())
+            .collect();
+        state
+            .sockets
+            .receipts
+            .complete(id, sockets as u64, &offline)
+            .await?;
     }
-    let mut res = success(sockets, results.iter().all(|p| p.repeated));
+    if sockets == 0 {
+        return Err(ApiError::Offline {
+            stored,
+            id: receipt,
+        });
+    }
+    let mut res = success(sockets, repeated, receipt.as_deref());
     if stored > 0 {
         res.headers_mut()
             .insert(STORED_HEADER, HeaderValue::from(stored));
@@ -160,16 +208,39 @@ where
         ),
         Target::Everyone => (StreamKey::Broadcast, PublishKind::Broadcast),
     };
+    let receipt = match msg.receipt {
+        true => Some(Receipts::new_id(kind.label(), idem.as_deref())),
+        false => None,
+    };
+    let message = match &receipt {
+        Some(id) => {
+            let target = match &key {
+                StreamKey::Topic(t) => Recipients::Topic(t.to_string()),
+                _ => Recipients::Broadcast,
+            };
+            state.sockets.receipts.open(id, &target, &msg.topic).await?;
+            msg.message().with_id(id)
+        }
+        None => msg.message(),
+    };
     let parsed = metrics::now();
-    let published = state
-        .hub
-        .publish(&key, msg.message(), idem.as_deref())
-        .await?;
+    let published = state.hub.publish(&key, message, idem.as_deref()).await?;
     let sent = usize::from(!published.repeated);
     state
         .metrics
         .published(kind, sent, accepted, parsed, metrics::now());
-    Ok(success(published.sockets, published.repeated))
+    if let Some(id) = receipt.as_deref().filter(|_| !published.repeated) {
+        state
+            .sockets
+            .receipts
+            .complete(id, published.sockets as u64, &[])
+            .await?;
+    }
+    Ok(success(
+        published.sockets,
+        published.repeated,
+        receipt.as_deref(),
+    ))
 }
 
 /// Collects the body, refusing (413) as soon as it is known to exceed `limit`, so an oversized
@@ -200,4 +271,20 @@ where
         buf.put(chunk);
     }
     Ok(buf.freeze())
+}
+
+/// `GET /report/push/<id>?password[&uids=1]`: what became of a message sent with a receipt.
+pub(super) async fn report(state: &AppState, req: &Req, id: &str) -> Result<Response, ApiError> {
+    let params = authorized(state, req, "GET")?;
+    if !crate::wire::valid_message_id(id) {
+        return Err(ApiError::UnknownReport);
+    }
+    let with_uids = matches!(params.uids.as_deref(), Some("1" | "true"));
+    let report = state
+        .sockets
+        .receipts
+        .report(id, with_uids)
+        .await?
+        .ok_or(ApiError::UnknownReport)?;
+    Ok(envelope(StatusCode::OK, "report", report.acks, report))
 }

@@ -19,7 +19,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::hub::{Hub, Session};
 use crate::metrics::Metrics;
 use crate::outbox::Control;
-use crate::wire::{self, Frame, Position, Proto};
+use crate::receipts::{Acker, Receipts};
+use crate::wire::{self, Frame, Position, Proto, StreamKey};
 
 /// What every socket task shares, whatever its protocol: one per server, behind an `Arc`, so a
 /// socket's task holds one pointer to it (an idle socket's memory is mostly its task).
@@ -36,6 +37,8 @@ pub struct SocketContext {
     /// Most streams a socket follows besides those of its key (rooms the backend moved it
     /// into); further moves into rooms are ignored.
     pub max_rooms: usize,
+    /// Delivery reports, which a page's acks count in.
+    pub receipts: Arc<Receipts>,
     shutdown: watch::Sender<bool>,
     draining: watch::Sender<bool>,
 }
@@ -54,6 +57,7 @@ impl SocketContext {
             ws_config,
             metrics,
             max_rooms: 64,
+            receipts: Arc::new(Receipts::memory(Duration::from_secs(3600), 100_000)),
             shutdown: watch::channel(false).0,
             draining: watch::channel(false).0,
         }
@@ -62,6 +66,12 @@ impl SocketContext {
     /// The same context, letting a socket follow at most `max_rooms` rooms.
     pub fn with_max_rooms(mut self, max_rooms: usize) -> SocketContext {
         self.max_rooms = max_rooms;
+        self
+    }
+
+    /// The same context, counting acks in `receipts`.
+    pub fn with_receipts(mut self, receipts: Arc<Receipts>) -> SocketContext {
+        self.receipts = receipts;
         self
     }
 
@@ -120,7 +130,7 @@ pub async fn apply_controls(session: &mut Session, ctx: &SocketContext) -> Vec<M
         return moved;
     };
     let resumable = session.membership.subscription().proto == Proto::Resumable;
-    let slot_of = |session: &Session, key: &crate::wire::StreamKey| {
+    let slot_of = |session: &Session, key: &StreamKey| {
         session
             .membership
             .streams()
@@ -176,4 +186,35 @@ pub async fn apply_controls(session: &mut Session, ctx: &SocketContext) -> Vec<M
         }
     }
     moved
+}
+
+/// Counts a page's ack of message `id` (its text frame `{"ack": id}`). Returns the `_nack` to
+/// send when it is refused: an unknown or expired id, or a message that was not for this socket
+/// (another uid's push, a topic it does not follow). A store that cannot be reached counts
+/// nothing and says nothing (the page cannot do better by retrying).
+pub async fn acknowledge(session: &Session, ctx: &SocketContext, id: &str) -> Option<Frame> {
+    if !wire::valid_message_id(id) {
+        return Some(wire::nack(
+            id,
+            "unknown message id (expired or never issued)",
+        ));
+    }
+    let follows = |topic: &str| {
+        session
+            .membership
+            .streams()
+            .any(|(_, k)| matches!(&k, StreamKey::Topic(t) if &**t == topic))
+    };
+    let acker = Acker {
+        uid: &session.membership.subscription().uid,
+        socket: ctx.receipts.socket_name(session.membership.id()),
+        follows: &follows,
+    };
+    match ctx.receipts.ack(id, &acker).await {
+        Ok(acked) => acked.refusal().map(|reason| wire::nack(id, reason)),
+        Err(e) => {
+            log::debug!("ack not counted: {e}");
+            None
+        }
+    }
 }

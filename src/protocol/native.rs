@@ -23,7 +23,7 @@ use super::close_watch::CloseWatch;
 pub use super::SocketContext;
 use crate::hub::Session;
 use crate::outbox::Outbox;
-use crate::wire::{CloseReason, Frame};
+use crate::wire::{self, CloseReason, Frame};
 
 /// Bytes tungstenite reads per syscall. Clients only send pongs and the odd small frame, and
 /// this buffer is allocated for every idle socket, so it is small (warp's default is 128 KiB);
@@ -202,6 +202,8 @@ where
     let mut tick = interval_at(Instant::now() + phase, heartbeat);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut awaiting_pong = false;
+    // A page's ack, read in the select below and counted after it.
+    let mut acked: Option<String> = None;
 
     loop {
         // Everything queued goes out before we wait again (so no wake-up is ever missed).
@@ -242,13 +244,23 @@ where
             _ = outbox.ready() => continue,
             inbound = ws.next() => {
                 match inbound {
-                    // Anything at all from the client proves it alive; contents are ignored.
+                    // Anything at all from the client proves it alive; contents are ignored,
+                    // but for acks of messages that asked for a receipt.
                     Some(Ok(Message::Close(_))) => return Ended::Close(CloseReason::ClientClosed),
-                    Some(Ok(_)) => awaiting_pong = false,
+                    Some(Ok(Message::Text(text))) => {
+                        awaiting_pong = false;
+                        acked = wire::ack_of(&text);
+                        if acked.is_none() {
+                            continue;
+                        }
+                    }
+                    Some(Ok(_)) => {
+                        awaiting_pong = false;
+                        continue;
+                    }
                     Some(Err(e)) => return classify(e),
                     None => return Ended::Lost,
                 }
-                continue;
             }
             _ = tick.tick() => {
                 if awaiting_pong {
@@ -256,6 +268,16 @@ where
                 }
                 awaiting_pong = true;
             }
+        }
+        if let Some(id) = acked.take() {
+            // Boxed, like the room moves: its state (a store call) is not an idle socket's.
+            if let Some(nack) = Box::pin(super::acknowledge(session, ctx, &id)).await {
+                let told = ws.send(Message::Text((*nack).clone()));
+                if let Some(ended) = guarded(told, outbox, shutdown, heartbeat).await {
+                    return ended;
+                }
+            }
+            continue;
         }
         // Only the heartbeat branch gets here.
         if let Some(ended) = guarded(
