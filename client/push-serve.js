@@ -61,8 +61,10 @@
     return String(url).replace(/^ws(s?):/i, "http$1:").replace(/\/ws(\?|$)/, "/sse$1");
   }
 
-  /** Calls fn(contents, frame) for each message whose topic is `topic` ("*": every message).
-   *  Also "open", "close" (with the CloseEvent), "_gap" (with the gap's details), "_join" and
+  /** Calls fn(contents, frame) for each message whose topic is `topic` ("*": every message);
+   *  a message sent with a receipt is acked once they have returned.
+   *  Also "open", "close" (with the CloseEvent), "_gap" (with the gap's details), "_nack" (an
+   *  ack the server refused: {id, reason}), "_join" and
    *  "_leave" ({stream, position}: the backend moved this socket into or out of a room), and
    *  "disconnected" (the backend closed this user's sockets with 4011: the client stops). */
   PushServe.prototype.on = function (topic, fn) {
@@ -262,6 +264,11 @@
       this.emit(frame.topic, room, frame);
       return;
     }
+    if (frame.topic === "_nack") {
+      // The server refused an ack of ours (an expired id): nothing to do but tell the page.
+      this.emit("_nack", frame.contents || {}, frame);
+      return;
+    }
     if (frame.topic === "_gap") {
       var gap = frame.contents || {};
       this.emit("_gap", gap, frame);
@@ -276,6 +283,18 @@
     }
     this.emit(frame.topic, frame.contents, frame);
     this.emit("*", frame.contents, frame);
+    // The backend asked for a receipt: ack once the handlers have returned (a handler that
+    // throws is reported by emit and still counts as handled).
+    if (frame.id) this.ack(frame.id);
+  };
+
+  /** Tells the server this page handled message `id` (on a WebSocket; an event stream cannot
+   *  send, so its messages are not acked). */
+  PushServe.prototype.ack = function (id) {
+    var conn = this.conn;
+    if (conn && this.transport === "ws" && conn.readyState === 1) {
+      conn.send(JSON.stringify({ ack: id }));
+    }
   };
 
   function generation(pos) { return String(pos || "").split(":")[0]; }
