@@ -62,7 +62,8 @@
   }
 
   /** Calls fn(contents, frame) for each message whose topic is `topic` ("*": every message);
-   *  a message sent with a receipt is acked once they have returned.
+   *  a message sent with a receipt is acked once they have returned. A message kept in this
+   *  uid's offline inbox comes first when the page opens, with frame.inbox true.
    *  Also "open", "close" (with the CloseEvent), "_gap" (with the gap's details), "_nack" (an
    *  ack the server refused: {id, reason}), "_join" and
    *  "_leave" ({stream, position}: the backend moved this socket into or out of a room), and

@@ -107,6 +107,12 @@ pub struct Config {
     /// Most delivery reports kept at once on a single node (the oldest go first); with
     /// `redis_url` they live in Redis, bounded by `receipt_ttl_secs`.
     pub receipt_max: usize,
+    /// Longest a `/push` may ask to be kept in an offline uid's inbox (`"inbox": N`), seconds.
+    pub inbox_max_ttl_secs: u64,
+    /// Most messages kept in one uid's inbox; further ones are not kept (the reply says so).
+    pub inbox_max_per_uid: usize,
+    /// Most messages kept in every inbox together (on a single node, or in Redis).
+    pub inbox_max: usize,
     /// Most sockets open at once; further upgrades get 503.
     pub max_sockets: usize,
     /// Most sockets one uid may have open; further upgrades for it get 429.
@@ -178,6 +184,9 @@ impl Config {
             max_uids_per_push: 1000,
             receipt_ttl_secs: 3600,
             receipt_max: 100_000,
+            inbox_max_ttl_secs: 7 * 24 * 3600,
+            inbox_max_per_uid: 100,
+            inbox_max: 10_000,
             max_sockets: 1_000_000,
             max_sockets_per_uid: 64,
             auth_failures_per_minute: 30,
@@ -306,6 +315,9 @@ impl Config {
             ("max_uids_per_push", self.max_uids_per_push as f64),
             ("receipt_ttl_secs", self.receipt_ttl_secs as f64),
             ("receipt_max", self.receipt_max as f64),
+            ("inbox_max_ttl_secs", self.inbox_max_ttl_secs as f64),
+            ("inbox_max_per_uid", self.inbox_max_per_uid as f64),
+            ("inbox_max", self.inbox_max as f64),
             ("max_sockets", self.max_sockets as f64),
             ("max_sockets_per_uid", self.max_sockets_per_uid as f64),
             (
@@ -506,6 +518,12 @@ const RANGES: &[Range] = &[
         "30 days",
     ),
     whole("receipt_max", "reports", 1, 100_000_000),
+    noted(
+        whole("inbox_max_ttl_secs", "seconds", 1, 30 * 24 * 3600),
+        "30 days",
+    ),
+    whole("inbox_max_per_uid", "messages", 1, 1_000_000),
+    whole("inbox_max", "messages", 1, 100_000_000),
     whole("max_sockets", "", 1, 1 << 30),
     whole("max_sockets_per_uid", "", 1, 1 << 30),
     noted(

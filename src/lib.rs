@@ -31,6 +31,7 @@ pub mod broker;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod inbox;
 pub mod limits;
 pub mod metrics;
 pub mod outbox;
@@ -113,6 +114,14 @@ pub async fn run_with_metrics(
         Some(redis) => receipts::Receipts::redis(redis, config.receipt_ttl()),
         None => receipts::Receipts::memory(config.receipt_ttl(), config.receipt_max),
     });
+    let inbox_bounds = inbox::Bounds {
+        per_uid: config.inbox_max_per_uid,
+        total: config.inbox_max,
+    };
+    let inbox = Arc::new(match hub.broker().redis() {
+        Some(redis) => inbox::Inbox::redis(redis, inbox_bounds),
+        None => inbox::Inbox::memory(inbox_bounds),
+    });
     let sockets = Arc::new(
         protocol::SocketContext::new(
             hub.clone(),
@@ -121,7 +130,8 @@ pub async fn run_with_metrics(
             metrics.clone(),
         )
         .with_max_rooms(config.max_topics_per_key)
-        .with_receipts(receipts.clone()),
+        .with_receipts(receipts.clone())
+        .with_inbox(inbox.clone()),
     );
     let state = Arc::new(http::AppState::new(
         &config,
@@ -133,7 +143,7 @@ pub async fn run_with_metrics(
     // values go periodically.
     let sweeper = tokio::spawn({
         let (hub, state, metrics) = (hub.clone(), state.clone(), metrics.clone());
-        let receipts = receipts.clone();
+        let (receipts, inbox) = (receipts.clone(), inbox.clone());
         let period = Duration::from_secs_f64((config.history_ttl_secs / 4.0).clamp(0.05, 5.0));
         async move {
             let mut tick = tokio::time::interval(period);
@@ -142,6 +152,7 @@ pub async fn run_with_metrics(
                 hub.sweep();
                 state.sweep();
                 receipts.sweep();
+                inbox.sweep();
                 metrics.upkeep();
             }
         }

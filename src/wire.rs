@@ -189,6 +189,19 @@ fn frame_text(
     Arc::new(Utf8Bytes::from(out))
 }
 
+/// A message from a uid's offline inbox, for a page that opened fresh:
+/// `{"topic","number":0,"contents","id","inbox":true}`. No `stream`: it is not numbered in
+/// one, and a client must not take its `number` as a position. `None` if `contents` is not
+/// JSON (a store that was tampered with).
+pub fn inbox_frame(topic: &str, contents: &str, id: &str) -> Option<Frame> {
+    serde_json::from_str::<&RawValue>(contents).ok()?;
+    let text = frame_text(topic, 0, contents, None, Some(id));
+    let mut out = String::with_capacity(text.len() + 14);
+    out.push_str(&text[..text.len() - 1]);
+    out.push_str(",\"inbox\":true}");
+    Some(Arc::new(Utf8Bytes::from(out)))
+}
+
 /// A message and its stream as bytes: `<id len>:<stream id><topic len>:<topic><contents>`
 /// (lengths in decimal bytes), preceded by `i<len>:<message id>` when the message carries a
 /// receipt id (a plain payload starts with a digit). What a cluster broker stores and sends
@@ -296,6 +309,10 @@ pub struct PushBody<'a> {
     /// report (`/report/push/<id>`).
     #[serde(default)]
     pub receipt: bool,
+    /// `/push` only: keep the message for each uid that has no socket open, for this many
+    /// seconds or until one of its pages acks it (implies `receipt`).
+    #[serde(default)]
+    pub inbox: Option<u64>,
 }
 
 impl PushBody<'_> {

@@ -4,8 +4,9 @@
 //!   an expired key, dispatches topics, never keeps a stale socket after stop()/start(), and
 //!   falls back to /sse behind a proxy that refuses WebSocket upgrades;
 //! - example.mjs: examples/page.html served by examples/backend.py, as a person would use it;
-//! - seeds.mjs: a page connects with a JWT its backend minted, acks pushes sent with a receipt
-//!   after its handler returned, and follows a room the backend moved it into;
+//! - seeds.mjs: a page connects with a JWT its backend minted, gets its offline inbox first, acks
+//!   pushes sent with a receipt after its handler returned, and follows a room the backend moved
+//!   it into;
 //! - admin.mjs: the admin page signs in, follows a test page's socket, pushes from its form to
 //!   that socket, lists refusals, and takes a screenshot.
 //!

@@ -471,3 +471,48 @@ async fn receipts_are_cluster_wide_an_ack_on_one_node_counts_in_the_report_on_an
     let nack: Value = serde_json::from_str(&next_text(&mut on_b).await).unwrap();
     assert_eq!(nack["topic"], "_nack");
 }
+
+#[tokio::test]
+async fn the_inbox_is_cluster_wide_kept_on_one_node_read_and_acked_on_another() {
+    let redis = redis_or_skip!();
+    let a = node(&redis, |_| {}).await;
+    let b = node(&redis, |_| {}).await;
+    let r = post(
+        &a,
+        "/push?uid=nia",
+        r#"{"topic":"t","contents":{"n":1},"inbox":600}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["contents"]["inbox"]["kept"],
+        serde_json::json!(["nia"])
+    );
+    let id = r.json()["contents"]["id"].as_str().unwrap().to_string();
+    let key = b.key("nia").await;
+    let mut on_b = connect_v2(&b, "nia", &key).await;
+    let frame: Value = serde_json::from_str(&next_text(&mut on_b).await).unwrap();
+    assert_eq!(
+        (frame["id"].as_str(), frame["inbox"].as_bool()),
+        (Some(id.as_str()), Some(true))
+    );
+    use futures_util::SinkExt;
+    let ack = format!(r#"{{"ack":"{id}"}}"#);
+    on_b.send(tokio_tungstenite::tungstenite::Message::Text(ack.into()))
+        .await
+        .unwrap();
+    // Once acked on b, a fresh page on a gets nothing from the inbox: its first frame after
+    // `_welcome` is a live push.
+    eventually(
+        "the ack on node b to empty nia's inbox for node a",
+        || async {
+            let key = a.key("nia").await;
+            let mut on_a = connect_v2(&a, "nia", &key).await;
+            let r = post(&a, "/push?uid=nia", r#"{"topic":"live","contents":0}"#).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let frame: Value = serde_json::from_str(&next_text(&mut on_a).await).unwrap();
+            frame["topic"] == "live"
+        },
+    )
+    .await;
+}

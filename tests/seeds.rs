@@ -559,3 +559,205 @@ async fn the_php_example_backend_uses_jwts_receipts_reports_and_rooms() {
     assert_eq!(moved["number"], 1);
     assert_eq!(next_json(&mut page).await["topic"], "_join");
 }
+
+// --- Offline inbox ---------------------------------------------------------------------------
+
+/// Opens a fresh `proto=2` page of `uid` (no `since`) and returns it with its `_welcome`.
+async fn fresh_page(s: &Server, uid: &str) -> (Ws, Value) {
+    connect_v2(s, uid).await
+}
+
+/// The frames a page gets before a live probe pushed to its uid now: its inbox, if any.
+async fn inbox_before_probe(s: &Server, ws: &mut Ws, uid: &str) -> Vec<Value> {
+    let probe = post(
+        s,
+        &format!("/push?uid={uid}"),
+        &json!({"topic": "probe", "contents": 0}),
+    )
+    .await;
+    assert_eq!(probe.status, 200, "{}", probe.text());
+    let mut inbox = Vec::new();
+    loop {
+        let frame = next_json(ws).await;
+        if frame["topic"] == "probe" {
+            assert_eq!(frame["stream"], "user", "the probe is live: {frame}");
+            return inbox;
+        }
+        inbox.push(frame);
+    }
+}
+
+#[tokio::test]
+async fn an_offline_uids_inbox_reaches_its_fresh_pages_first_until_one_acks() {
+    let s = Server::start(|_| {}).await;
+    let (mut dave, _) = fresh_page(&s, "dave").await;
+    // dave is online and gets it live; erin is offline: it is kept for her.
+    let body =
+        json!({"topic": "order", "contents": {"n": 1}, "uids": ["dave", "erin"], "inbox": 3600});
+    let r = post(&s, "/push", &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let first = r.json()["contents"].clone();
+    assert_eq!(first["inbox"], json!({"kept": ["erin"], "full": []}));
+    assert_eq!(first["sockets"], 1);
+    let id1 = first["id"].as_str().unwrap().to_string();
+    assert_eq!(next_json(&mut dave).await["id"], id1.as_str());
+    // Only offline: the seed's 404 becomes a 200 that says it was kept.
+    let r = post(
+        &s,
+        "/push?uid=erin",
+        &json!({"topic": "order", "contents": {"n": 2}, "inbox": 60}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["number"], 0);
+    assert_eq!(r.json()["contents"]["inbox"]["kept"], json!(["erin"]));
+    let id2 = r.json()["contents"]["id"].as_str().unwrap().to_string();
+
+    // A fresh page of erin: its inbox first, oldest first, marked, then live messages.
+    let (mut a, welcome) = fresh_page(&s, "erin").await;
+    let inbox = inbox_before_probe(&s, &mut a, "erin").await;
+    assert_eq!(inbox.len(), 2, "{inbox:?}");
+    for (frame, (id, n)) in inbox.iter().zip([(&id1, 1), (&id2, 2)]) {
+        assert_eq!(frame["topic"], "order");
+        assert_eq!(frame["contents"], json!({ "n": n }));
+        assert_eq!(frame["id"], id.as_str());
+        assert_eq!(frame["inbox"], true);
+        assert_eq!(frame["number"], 0);
+        assert!(frame.get("stream").is_none(), "not a position: {frame}");
+    }
+    // A seed page cannot ack: it never gets the inbox.
+    let mut seed = s.connect("erin").await;
+    s.push("erin", r#"{"topic":"live","contents":3}"#).await;
+    assert_eq!(
+        next_text(&mut seed).await,
+        r#"{"topic":"live","number":1,"contents":3}"#
+    );
+    assert_eq!(next_json(&mut a).await["topic"], "live");
+    // A second fresh page gets the unacked messages too.
+    let (mut b, _) = fresh_page(&s, "erin").await;
+    assert_eq!(inbox_before_probe(&s, &mut b, "erin").await.len(), 2);
+    assert_eq!(next_json(&mut a).await["topic"], "probe");
+
+    // Page a acks the first: no later page of erin gets it again.
+    send(&mut a, json!({"ack": id1}).to_string()).await;
+    let report = report_with_acks(&s, &id1, 1).await;
+    assert_eq!(report["contents"]["offline"], json!(["erin"]));
+    assert_eq!(report["contents"]["ack_uids"], json!(["erin"]));
+    let (mut c, _) = fresh_page(&s, "erin").await;
+    let inbox = inbox_before_probe(&s, &mut c, "erin").await;
+    assert_eq!(inbox.len(), 1, "{inbox:?}");
+    assert_eq!(inbox[0]["id"], id2.as_str());
+    // A page that resumes (with `since`) had its inbox already: it gets none of it.
+    let since = enc(&welcome["contents"]["streams"].to_string());
+    let key = s.key("erin").await;
+    let mut resumed = try_connect(&format!("{}&proto=2&since={since}", s.ws_url("erin", &key)))
+        .await
+        .expect("resumes");
+    assert_eq!(next_json(&mut resumed).await["topic"], "_welcome");
+    // (It first replays the user stream's live messages it missed: live, probes.)
+    loop {
+        let frame = next_json(&mut resumed).await;
+        assert!(frame.get("inbox").is_none(), "{frame}");
+        if frame["topic"] == "probe" && frame["number"] == 3 {
+            break;
+        }
+    }
+    // An ack from another uid's page is refused and leaves erin's inbox as it was.
+    send(&mut dave, json!({"ack": id2}).to_string()).await;
+    let nack = next_json(&mut dave).await;
+    assert_eq!(nack["topic"], "_nack");
+    assert_eq!(
+        nack["contents"]["reason"],
+        "this message was not for this socket"
+    );
+    let (mut d, _) = fresh_page(&s, "erin").await;
+    assert_eq!(inbox_before_probe(&s, &mut d, "erin").await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_overflowing_inbox_keeps_no_more_and_bad_inbox_requests_get_the_envelope() {
+    let s = Server::start(|c| {
+        c.inbox_max_per_uid = 2;
+        c.inbox_max = 3;
+        c.inbox_max_ttl_secs = 600;
+    })
+    .await;
+    let keep = |uid: &'static str, n: u32| {
+        let s = &s;
+        async move {
+            let body = json!({"topic": "t", "contents": n, "inbox": 600});
+            let r = post(s, &format!("/push?uid={uid}"), &body).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.json()["contents"]["inbox"].clone()
+        }
+    };
+    let kept = |uid: &str| json!({"kept": [uid], "full": []});
+    let full = |uid: &str| json!({"kept": [], "full": [uid]});
+    assert_eq!(keep("frank", 1).await, kept("frank"));
+    assert_eq!(keep("frank", 2).await, kept("frank"));
+    // frank's inbox is full: the third is not kept (nothing older is dropped for it).
+    assert_eq!(keep("frank", 3).await, full("frank"));
+    assert_eq!(keep("gus", 4).await, kept("gus"));
+    // Every inbox together is full.
+    assert_eq!(keep("hank", 5).await, full("hank"));
+    let (mut frank, _) = fresh_page(&s, "frank").await;
+    let inbox = inbox_before_probe(&s, &mut frank, "frank").await;
+    let contents: Vec<&Value> = inbox.iter().map(|f| &f["contents"]).collect();
+    assert_eq!(contents, [&json!(1), &json!(2)]);
+    let (mut hank, _) = fresh_page(&s, "hank").await;
+    assert!(inbox_before_probe(&s, &mut hank, "hank").await.is_empty());
+    // An ack makes room again (for an offline uid: hank is online now and gets it live).
+    send(&mut frank, json!({"ack": inbox[0]["id"]}).to_string()).await;
+    eventually("the ack to make room in the inbox", || async {
+        let body = json!({"topic": "t", "contents": 6, "inbox": 600});
+        let r = post(&s, "/push?uid=ivan", &body).await;
+        r.json()["contents"]["inbox"]["kept"] == json!(["ivan"])
+    })
+    .await;
+
+    // Bad requests: nothing is sent or kept.
+    for (target, body) in [
+        (
+            "/push?uid=frank",
+            json!({"topic": "t", "contents": 1, "inbox": 0}),
+        ),
+        (
+            "/push?uid=frank",
+            json!({"topic": "t", "contents": 1, "inbox": 601}),
+        ),
+        (
+            "/publish",
+            json!({"topic": "t", "contents": 1, "inbox": 60}),
+        ),
+        (
+            "/broadcast",
+            json!({"topic": "t", "contents": 1, "inbox": 60}),
+        ),
+    ] {
+        let r = post(&s, target, &body).await;
+        let reason = r.assert_error(400);
+        assert!(reason.contains("inbox"), "{target} {body}: {reason}");
+    }
+    post(
+        &s,
+        "/push?uid=frank",
+        &json!({"topic": "t", "contents": 1, "inbox": "soon"}),
+    )
+    .await
+    .assert_error(400);
+}
+
+#[tokio::test]
+async fn an_inbox_message_expires_after_its_seconds() {
+    let s = Server::start(|_| {}).await;
+    let body = json!({"topic": "t", "contents": 1, "inbox": 1});
+    let r = post(&s, "/push?uid=ivy", &body).await;
+    assert_eq!(r.json()["contents"]["inbox"]["kept"], json!(["ivy"]));
+    let (mut page, _) = fresh_page(&s, "ivy").await;
+    assert_eq!(inbox_before_probe(&s, &mut page, "ivy").await.len(), 1);
+    eventually("ivy's inbox message to expire", || async {
+        let (mut page, _) = fresh_page(&s, "ivy").await;
+        inbox_before_probe(&s, &mut page, "ivy").await.is_empty()
+    })
+    .await;
+}

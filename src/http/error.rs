@@ -77,6 +77,12 @@ pub enum ApiError {
     /// An `Idempotency-Key` header that is empty, too long or not printable ASCII.
     #[error("Idempotency-Key must be 1 to 128 printable ASCII characters")]
     BadIdempotencyKey,
+    /// A `/push` whose `inbox` is not 1 to `inbox_max_ttl_secs` seconds.
+    #[error("inbox must be whole seconds from 1 to {0} (inbox_max_ttl_secs)")]
+    BadInbox(u64),
+    /// `inbox` on `/publish` or `/broadcast`: only a uid has an inbox.
+    #[error("inbox is for /push only: a message is kept for uids, not topics")]
+    InboxNotHere,
     /// `/ws` without WebSocket upgrade headers.
     #[error("this endpoint takes a WebSocket upgrade (GET with Upgrade: websocket, Sec-WebSocket-Version: 13)")]
     UpgradeRequired,
@@ -122,7 +128,9 @@ impl ApiError {
             | ApiError::TooManyTopics(_)
             | ApiError::BadResume(_)
             | ApiError::BadRooms(_)
-            | ApiError::BadIdempotencyKey => StatusCode::BAD_REQUEST,
+            | ApiError::BadIdempotencyKey
+            | ApiError::BadInbox(_)
+            | ApiError::InboxNotHere => StatusCode::BAD_REQUEST,
             ApiError::BadPassword | ApiError::AccessKey(_) => StatusCode::UNAUTHORIZED,
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Offline { .. } | ApiError::NotFound | ApiError::UnknownReport => {
@@ -159,6 +167,8 @@ impl ApiError {
             ApiError::BadResume(_) => "bad_resume",
             ApiError::BadRooms(_) => "bad_rooms",
             ApiError::BadIdempotencyKey => "bad_idempotency_key",
+            ApiError::BadInbox(_) => "bad_inbox",
+            ApiError::InboxNotHere => "inbox_not_here",
             ApiError::UpgradeRequired => "upgrade_required",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::ServerFull => "server_full",

@@ -52,6 +52,8 @@ pub struct AppState {
     hub: Arc<Hub>,
     max_body_bytes: usize,
     max_uids_per_push: usize,
+    /// Longest a push may be kept in an offline uid's inbox, seconds.
+    inbox_max_ttl_secs: u64,
     max_topics_per_key: usize,
     /// One permit per open socket, `max_sockets` in all. Taken before the upgrade and held by
     /// the socket's task, so the cap holds however many upgrades race (a count checked before
@@ -95,6 +97,7 @@ impl AppState {
             hub,
             max_body_bytes: config.max_body_bytes,
             max_uids_per_push: config.max_uids_per_push,
+            inbox_max_ttl_secs: config.inbox_max_ttl_secs,
             max_topics_per_key: config.max_topics_per_key,
             socket_slots: Arc::new(Semaphore::new(
                 config.max_sockets.min(Semaphore::MAX_PERMITS),

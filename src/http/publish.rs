@@ -7,11 +7,14 @@ use warp::http::header::{self, HeaderMap, HeaderValue};
 use warp::http::StatusCode;
 use warp::reply::Response;
 
+use std::time::Duration;
+
 use super::error::envelope;
 use super::error::ID_HEADER;
 use super::{authorized, check_uid, ApiError, AppState, Params, Req, STORED_HEADER};
 use crate::auth::valid_topic;
 use crate::broker::Published;
+use crate::inbox::Kept;
 use crate::metrics::{self, PublishKind};
 use crate::receipts::{Receipts, Target as Recipients};
 use crate::wire::{PushBody, StreamKey};
@@ -104,7 +107,14 @@ where
     if uids.len() > state.max_uids_per_push {
         return Err(ApiError::TooManyUids(state.max_uids_per_push));
     }
-    let receipt = match push.receipt {
+    let inbox_ttl = match push.inbox {
+        None => None,
+        Some(secs) if (1..=state.inbox_max_ttl_secs).contains(&secs) => {
+            Some(Duration::from_secs(secs))
+        }
+        Some(_) => return Err(ApiError::BadInbox(state.inbox_max_ttl_secs)),
+    };
+    let receipt = match push.receipt || inbox_ttl.is_some() {
         true => Some(Receipts::new_id("push", idem.as_deref())),
         false => None,
     };
@@ -163,6 +173,30 @@ where
             .complete(id, sockets as u64, &offline)
             .await?;
     }
+    if let (Some(ttl), Some(id)) = (inbox_ttl, receipt.as_deref()) {
+        // Kept for the uids that had no socket; always answered 200, saying who it was kept
+        // for (a retry with the same Idempotency-Key finds it kept already).
+        let (mut kept, mut full) = (Vec::new(), Vec::new());
+        for (&uid, _) in uids.iter().zip(&results).filter(|(_, p)| p.sockets == 0) {
+            let inbox = &state.sockets.inbox;
+            match inbox
+                .keep(uid, id, &push.topic, push.contents.get(), ttl)
+                .await?
+            {
+                Kept::Kept => kept.push(uid),
+                Kept::UidFull | Kept::Full => full.push(uid),
+            }
+        }
+        let contents = serde_json::json!({
+            "id": id, "sockets": sockets, "expect_acks": sockets,
+            "inbox": {"kept": kept, "full": full},
+        });
+        let mut res = envelope(StatusCode::OK, "success", sockets as u64, contents);
+        if let Ok(id) = HeaderValue::from_str(id) {
+            res.headers_mut().insert(ID_HEADER, id);
+        }
+        return Ok(res);
+    }
     if sockets == 0 {
         return Err(ApiError::Offline {
             stored,
@@ -208,6 +242,9 @@ where
         ),
         Target::Everyone => (StreamKey::Broadcast, PublishKind::Broadcast),
     };
+    if msg.inbox.is_some() {
+        return Err(ApiError::InboxNotHere);
+    }
     let receipt = match msg.receipt {
         true => Some(Receipts::new_id(kind.label(), idem.as_deref())),
         false => None,

@@ -17,9 +17,10 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::hub::{Hub, Session};
+use crate::inbox::{Bounds, Inbox};
 use crate::metrics::Metrics;
 use crate::outbox::Control;
-use crate::receipts::{Acker, Receipts};
+use crate::receipts::{Acked, Acker, Receipts};
 use crate::wire::{self, Frame, Position, Proto, StreamKey};
 
 /// What every socket task shares, whatever its protocol: one per server, behind an `Arc`, so a
@@ -39,6 +40,8 @@ pub struct SocketContext {
     pub max_rooms: usize,
     /// Delivery reports, which a page's acks count in.
     pub receipts: Arc<Receipts>,
+    /// Offline inboxes: a fresh page gets its uid's, an ack empties it of that message.
+    pub inbox: Arc<Inbox>,
     shutdown: watch::Sender<bool>,
     draining: watch::Sender<bool>,
 }
@@ -58,6 +61,10 @@ impl SocketContext {
             metrics,
             max_rooms: 64,
             receipts: Arc::new(Receipts::memory(Duration::from_secs(3600), 100_000)),
+            inbox: Arc::new(Inbox::memory(Bounds {
+                per_uid: 100,
+                total: 10_000,
+            })),
             shutdown: watch::channel(false).0,
             draining: watch::channel(false).0,
         }
@@ -66,6 +73,12 @@ impl SocketContext {
     /// The same context, letting a socket follow at most `max_rooms` rooms.
     pub fn with_max_rooms(mut self, max_rooms: usize) -> SocketContext {
         self.max_rooms = max_rooms;
+        self
+    }
+
+    /// The same context, with offline inboxes in `inbox`.
+    pub fn with_inbox(mut self, inbox: Arc<Inbox>) -> SocketContext {
+        self.inbox = inbox;
         self
     }
 
@@ -210,7 +223,17 @@ pub async fn acknowledge(session: &Session, ctx: &SocketContext, id: &str) -> Op
         socket: ctx.receipts.socket_name(session.membership.id()),
         follows: &follows,
     };
+    // An ack by any page of the uid takes the message out of its inbox, for all its pages
+    // (even once its report expired: an inbox may outlive it).
+    let unboxed = match ctx.inbox.remove(acker.uid, id).await {
+        Ok(removed) => removed,
+        Err(e) => {
+            log::debug!("ack not taken out of the inbox: {e}");
+            false
+        }
+    };
     match ctx.receipts.ack(id, &acker).await {
+        Ok(Acked::Unknown) if unboxed => None,
         Ok(acked) => acked.refusal().map(|reason| wire::nack(id, reason)),
         Err(e) => {
             log::debug!("ack not counted: {e}");

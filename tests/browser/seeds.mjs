@@ -1,6 +1,7 @@
 // client/push-serve.js in headless Chromium with what issue 13 added: a page connecting with a
 // JWT its backend minted (no call to push-serve), acking a push sent with a receipt after its
-// handler returned (even one that throws), and following a room the backend moved it into.
+// handler returned (even one that throws), getting a message kept in its offline inbox first
+// (and acking it), and following a room the backend moved it into.
 // Started by tests/browser.rs as: node tests/browser/seeds.mjs HOST:PORT PASSWORD JWT_SECRET
 import { chromium } from "playwright-core";
 import http from "node:http";
@@ -60,13 +61,20 @@ try {
     minted++;
     return mintJwt({ uid: 71, exp: Math.floor(Date.now() / 1000) + 600, app: "shop" });
   });
+  // Offline inbox: a push kept for uid 71 before its page opens; the fresh page gets it first.
+  const boxed = await request("POST", "/push?uid=71", { topic: "order", contents: { n: 0 }, inbox: 600 });
+  if (boxed.status !== 200 || JSON.stringify(boxed.json.contents.inbox.kept) !== '["71"]') {
+    throw new Error(`push with inbox: ${JSON.stringify(boxed)}`);
+  }
   await page.setContent("<!doctype html><title>push-serve seeds test</title><body></body>");
   await page.addScriptTag({ url: `http://${host}:${port}/push-serve.js` });
   await page.evaluate((url) => {
     window.orders = []; window.joins = []; window.bids = []; window.nacks = [];
     const push = new PushServe({ url, uid: "71", getAccessKey: () => window.backendJwt(), minDelay: 100, maxDelay: 500 });
-    push.on("order", (contents) => {
+    window.inboxed = [];
+    push.on("order", (contents, frame) => {
       window.orders.push(contents);
+      if (frame.inbox) window.inboxed.push(contents.n);
       if (contents.n === 1) throw new Error("a handler that throws still counts as handled");
     });
     push.on("_join", (room) => window.joins.push(room));
@@ -77,8 +85,8 @@ try {
   }, `ws://${host}:${port}/ws`);
   await until("the page to connect with its JWT", async () => (await request("GET", "/online?uid=71")).json.number === 1);
 
-  // Receipts: two pushes; the page acks each once its handler returned.
-  const ids = [];
+  // Receipts: the inbox message, then two pushes; the page acks each once its handler returned.
+  const ids = [boxed.json.contents.id];
   for (const n of [1, 2]) {
     const r = await request("POST", "/push?uid=71", { topic: "order", contents: { n }, receipt: true });
     if (r.status !== 200 || r.json.contents.expect_acks !== 1) throw new Error(`push with receipt: ${JSON.stringify(r)}`);
@@ -100,11 +108,12 @@ try {
   await until("the room's message", () => page.evaluate(() => window.bids.length === 1));
 
   const seen = await page.evaluate(() => ({
-    orders: window.orders, joins: window.joins, bids: window.bids, nacks: window.nacks,
+    orders: window.orders, inboxed: window.inboxed, joins: window.joins, bids: window.bids, nacks: window.nacks,
     positions: window.push.positions,
   }));
   console.log(JSON.stringify({ minted, thrown, ...seen }));
-  if (JSON.stringify(seen.orders) !== '[{"n":1},{"n":2}]') failure = `orders ${JSON.stringify(seen.orders)}`;
+  if (JSON.stringify(seen.orders) !== '[{"n":0},{"n":1},{"n":2}]') failure = `orders ${JSON.stringify(seen.orders)}`;
+  else if (JSON.stringify(seen.inboxed) !== "[0]") failure = `inbox ${JSON.stringify(seen.inboxed)}`;
   else if (!thrown.some((t) => t.includes("still counts"))) failure = `the handler's error was not reported: ${JSON.stringify(thrown)}`;
   else if (seen.nacks.length) failure = `nacks ${JSON.stringify(seen.nacks)}`;
   else if (seen.joins[0].stream !== "topic:auction:1" || !seen.positions["topic:auction:1"]) failure = `room ${JSON.stringify(seen)}`;
