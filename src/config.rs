@@ -113,6 +113,18 @@ pub struct Config {
     pub inbox_max_per_uid: usize,
     /// Most messages kept in every inbox together (on a single node, or in Redis).
     pub inbox_max: usize,
+    /// Where events (a uid online/offline, a socket's connect/disconnect) are POSTed; unset:
+    /// no callbacks.
+    pub callback_url: Option<String>,
+    /// HMAC-SHA256 key of the callbacks' `X-Push-Signature` (required with `callback_url`).
+    pub callback_secret: Option<String>,
+    /// Also POST every socket's connect and disconnect, not only a uid's online and offline.
+    pub callback_sockets: bool,
+    /// How long a uid's last socket may be closed before it counts as offline (a reload within
+    /// it is neither offline nor online).
+    pub callback_grace_secs: f64,
+    /// Callback events waiting to be sent at most; further ones are dropped (counted).
+    pub callback_queue: usize,
     /// Most sockets open at once; further upgrades get 503.
     pub max_sockets: usize,
     /// Most sockets one uid may have open; further upgrades for it get 429.
@@ -187,6 +199,11 @@ impl Config {
             inbox_max_ttl_secs: 7 * 24 * 3600,
             inbox_max_per_uid: 100,
             inbox_max: 10_000,
+            callback_url: None,
+            callback_secret: None,
+            callback_sockets: false,
+            callback_grace_secs: 5.0,
+            callback_queue: 10_000,
             max_sockets: 1_000_000,
             max_sockets_per_uid: 64,
             auth_failures_per_minute: 30,
@@ -240,6 +257,7 @@ impl Config {
             ("password", Some(config.password.as_str())),
             ("secret", config.secret.as_deref()),
             ("jwt_secret", config.jwt_secret.as_deref()),
+            ("callback_secret", config.callback_secret.as_deref()),
         ] {
             if !read_as_written(values.get(key), written) {
                 return Err(in_file(
@@ -318,6 +336,8 @@ impl Config {
             ("inbox_max_ttl_secs", self.inbox_max_ttl_secs as f64),
             ("inbox_max_per_uid", self.inbox_max_per_uid as f64),
             ("inbox_max", self.inbox_max as f64),
+            ("callback_grace_secs", self.callback_grace_secs),
+            ("callback_queue", self.callback_queue as f64),
             ("max_sockets", self.max_sockets as f64),
             ("max_sockets_per_uid", self.max_sockets_per_uid as f64),
             (
@@ -358,6 +378,26 @@ impl Config {
                 return Err(invalid(
                     "allowed_origins",
                     format!("`{bad}` is not an origin such as https://shop.example.com"),
+                ));
+            }
+        }
+        if let Some(url) = &self.callback_url {
+            let usable = url.starts_with("http://")
+                && url
+                    .parse::<warp::http::Uri>()
+                    .is_ok_and(|u| u.host().is_some());
+            if !usable {
+                return Err(invalid(
+                    "callback_url",
+                    "must be an http:// URL such as http://127.0.0.1:8000/push-events (for \
+                     https, point it at a local proxy)",
+                ));
+            }
+            if self.callback_secret.as_deref().is_none_or(str::is_empty) {
+                return Err(invalid(
+                    "callback_secret",
+                    "is required with callback_url: the key the callbacks are signed with \
+                     (e.g. the output of `openssl rand -hex 24`)",
                 ));
             }
         }
@@ -524,6 +564,8 @@ const RANGES: &[Range] = &[
     ),
     whole("inbox_max_per_uid", "messages", 1, 1_000_000),
     whole("inbox_max", "messages", 1, 100_000_000),
+    seconds("callback_grace_secs", 0.0, 3600.0),
+    whole("callback_queue", "events", 1, 10_000_000),
     whole("max_sockets", "", 1, 1 << 30),
     whole("max_sockets_per_uid", "", 1, 1 << 30),
     noted(
@@ -729,7 +771,7 @@ fn explain(e: &serde_yaml::Error, text: &str) -> (Option<usize>, String) {
 }
 
 fn is_secret(key: &str) -> bool {
-    matches!(key, "password" | "secret")
+    matches!(key, "password" | "secret" | "callback_secret")
 }
 
 /// A scalar value as the operator wrote it, short; `None` for lists and mappings.

@@ -28,6 +28,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod callbacks;
 pub mod config;
 pub mod http;
 pub mod hub;
@@ -131,7 +132,8 @@ pub async fn run_with_metrics(
         )
         .with_max_rooms(config.max_topics_per_key)
         .with_receipts(receipts.clone())
-        .with_inbox(inbox.clone()),
+        .with_inbox(inbox.clone())
+        .with_callbacks(callbacks(&config, &hub, &metrics)),
     );
     let state = Arc::new(http::AppState::new(
         &config,
@@ -241,6 +243,29 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
+}
+
+/// The callbacks `config` asks for (none without `callback_url`).
+fn callbacks(
+    config: &Config,
+    hub: &Arc<hub::Hub>,
+    metrics: &Arc<metrics::Metrics>,
+) -> callbacks::Callbacks {
+    let (Some(url), Some(secret)) = (&config.callback_url, &config.callback_secret) else {
+        return callbacks::Callbacks::off();
+    };
+    let Ok(url) = url.parse() else {
+        // validate() checked it.
+        return callbacks::Callbacks::off();
+    };
+    let settings = callbacks::Settings {
+        url,
+        secret: secret.clone(),
+        sockets: config.callback_sockets,
+        grace: Duration::from_secs_f64(config.callback_grace_secs),
+        queue: config.callback_queue,
+    };
+    callbacks::Callbacks::start(settings, hub.clone(), metrics.clone())
 }
 
 #[cfg(test)]

@@ -415,6 +415,14 @@ impl Metrics {
         total.record(queued.duration_since(accepted));
     }
 
+    /// A callback event to the business server was `sent`, `failed` (every attempt) or
+    /// `dropped` (its queue was full): `push_serve_callbacks_total{outcome}`.
+    pub fn callback(&self, outcome: &'static str) {
+        with_local_recorder(&*self.recorder, || {
+            counter!("push_serve_callbacks_total", "outcome" => outcome).increment(1);
+        });
+    }
+
     /// **The cluster broker's hook.** A broker that talks to a store (Redis) reports each call
     /// here: `op` names it (`"publish"`, `"attach"`, `"sockets_of"`, `"presence"`,
     /// `"subscribe"`…; a small fixed set, since each becomes a series), `elapsed` is the round
@@ -557,6 +565,11 @@ pub struct Scraped {
 
 /// HELP lines (and units) for every metric.
 fn describe() {
+    describe_counter!(
+        "push_serve_callbacks_total",
+        "Callback events to the business server by outcome: sent, failed (every attempt), \
+         dropped (queue full)"
+    );
     describe_gauge!(
         "push_serve_build_info",
         "Always 1; the version label says which push-serve this is"

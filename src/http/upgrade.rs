@@ -55,9 +55,13 @@ pub(super) async fn upgrade(
     state.metrics.socket_connected();
     let ctx = state.sockets.clone();
     let client = state.client_ip(req);
+    let socket = session.membership.id();
+    ctx.callbacks.connected(&uid, socket);
     state.tracker.spawn(async move {
         let _slot = slot;
+        let callbacks = ctx.callbacks.clone();
         let closed = native::upgraded(on_upgrade, session, ctx).await;
+        callbacks.disconnected(&uid, socket, closed.map(CloseReason::code));
         if closed == Some(CloseReason::SlowConsumer) {
             log::warn!(
                 "socket of {} closed as a slow reader (4008): its send queue was full",

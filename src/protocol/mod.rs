@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::callbacks::Callbacks;
 use crate::hub::{Hub, Session};
 use crate::inbox::{Bounds, Inbox};
 use crate::metrics::Metrics;
@@ -42,6 +43,8 @@ pub struct SocketContext {
     pub receipts: Arc<Receipts>,
     /// Offline inboxes: a fresh page gets its uid's, an ack empties it of that message.
     pub inbox: Arc<Inbox>,
+    /// Events for the business server: a uid online/offline, a socket's connect/disconnect.
+    pub callbacks: Callbacks,
     shutdown: watch::Sender<bool>,
     draining: watch::Sender<bool>,
 }
@@ -65,6 +68,7 @@ impl SocketContext {
                 per_uid: 100,
                 total: 10_000,
             })),
+            callbacks: Callbacks::off(),
             shutdown: watch::channel(false).0,
             draining: watch::channel(false).0,
         }
@@ -79,6 +83,12 @@ impl SocketContext {
     /// The same context, with offline inboxes in `inbox`.
     pub fn with_inbox(mut self, inbox: Arc<Inbox>) -> SocketContext {
         self.inbox = inbox;
+        self
+    }
+
+    /// The same context, telling the business server through `callbacks`.
+    pub fn with_callbacks(mut self, callbacks: Callbacks) -> SocketContext {
+        self.callbacks = callbacks;
         self
     }
 

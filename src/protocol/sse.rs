@@ -61,10 +61,17 @@ pub fn start(
 ) -> EventStream {
     let (tx, rx) = mpsc::channel(1);
     let positions = Positions::new(&session, since);
+    let (uid, socket) = (
+        session.membership.subscription().uid.clone(),
+        session.membership.id(),
+    );
+    ctx.callbacks.connected(&uid, socket);
     tracker.spawn(async move {
         // The stream's place under `max_sockets`, freed when it ends.
         let _slot = slot;
-        run(session, positions, ctx, tx).await
+        let callbacks = ctx.callbacks.clone();
+        let code = run(session, positions, ctx, tx).await;
+        callbacks.disconnected(&uid, socket, code);
     });
     EventStream(rx)
 }
@@ -81,7 +88,7 @@ async fn run(
     mut positions: Option<Positions>,
     ctx: Arc<SocketContext>,
     tx: mpsc::Sender<Bytes>,
-) {
+) -> Option<u16> {
     let mut draining = ctx.draining();
     let outbox = session.membership.outbox().clone();
     let id = session.membership.id();
@@ -99,7 +106,7 @@ async fn run(
     // Leaving first: from here on nothing new is queued, so what is drained below is all.
     drop(session);
     let Ended::Close(reason) = ended else {
-        return;
+        return None;
     };
     let mut chunk = BytesMut::new();
     if reason == CloseReason::ServerShutdown {
@@ -114,6 +121,7 @@ async fn run(
     chunk.put_slice(info.to_string().as_bytes());
     chunk.put_slice(b"\n\n");
     let _ = tokio::time::timeout(ctx.heartbeat, tx.send(chunk.freeze())).await;
+    Some(reason.code())
 }
 
 async fn drive(
