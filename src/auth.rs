@@ -14,6 +14,10 @@
 //! A page may also present a JWT its backend minted itself (seed 000's subscriber tokens), when
 //! `jwt_secret` is set: HS256 only, checked here with the same HMAC-SHA256 and constant-time
 //! comparison as our own keys ([`Auth::verify`] tells the two apart by their `v1.`/`v2.` prefix).
+//! When the signing material changes while the daemon runs (a config reload that rotates
+//! `secret`, or `password` when no `secret` is set), keys signed with the material it replaced
+//! keep opening sockets for an overlap window ([`Auth::rotated`]), so pages holding a key
+//! issued a moment before the rotation are not all refused at once.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -60,6 +64,9 @@ const MAX_JWT_BYTES: usize = 8192;
 /// Clock skew allowed for a JWT's `nbf` (a backend whose clock runs a little ahead mints a
 /// token that is "not yet valid" here for a moment). `exp` gets none, like our own keys.
 const JWT_NBF_LEEWAY_SECS: u64 = 60;
+/// Most signing keys a rotation keeps accepting besides the current one: several rotations
+/// within one overlap window keep the latest few, not an unbounded list.
+const MAX_PREVIOUS_KEYS: usize = 4;
 
 /// Issues and verifies access keys, and checks the backend password.
 #[derive(Clone)]
@@ -68,6 +75,9 @@ pub struct Auth {
     password_digest: [u8; 32],
     ttl_secs: u64,
     jwt: Option<JwtKey>,
+    /// Signing keys replaced by a rotation, newest first, each with the unix second until which
+    /// keys it signed still verify.
+    previous: Vec<([u8; 32], u64)>,
 }
 
 /// The `jwt_secret` and what a token may grant.
@@ -119,6 +129,7 @@ impl std::fmt::Debug for Auth {
         // Never print key material, even in a debug dump.
         f.debug_struct("Auth")
             .field("ttl_secs", &self.ttl_secs)
+            .field("previous_keys", &self.previous.len())
             .finish_non_exhaustive()
     }
 }
@@ -135,7 +146,40 @@ impl Auth {
             password_digest: Sha256::digest(password.as_bytes()).into(),
             ttl_secs,
             jwt: None,
+            previous: Vec::new(),
         }
+    }
+
+    /// `next`, the settings a reload brings, taking over from `self`. If the signing key
+    /// changed, keys `self` signed keep verifying for `overlap` from now (and still only until
+    /// their own expiry); keys of earlier rotations keep what is left of their windows. The
+    /// password is `next`'s alone from now on: the overlap is for keys already in pages' hands.
+    pub fn rotated(&self, next: Auth, overlap: std::time::Duration) -> Auth {
+        self.rotated_at(next, overlap, now_secs())
+    }
+
+    fn rotated_at(&self, mut next: Auth, overlap: std::time::Duration, now: u64) -> Auth {
+        let mut previous = Vec::new();
+        if next.signing_key != self.signing_key && !overlap.is_zero() {
+            // Rounded up: a window of 0.5 s still accepts the key during the current second.
+            let until = now.saturating_add(overlap.as_secs_f64().ceil() as u64);
+            previous.push((self.signing_key, until));
+        }
+        previous.extend(
+            self.previous
+                .iter()
+                .filter(|(key, until)| *until > now && *key != next.signing_key)
+                .copied(),
+        );
+        previous.truncate(MAX_PREVIOUS_KEYS);
+        next.previous = previous;
+        next
+    }
+
+    /// Whether keys signed with material other than the current one are still accepted.
+    pub fn in_overlap(&self) -> bool {
+        let now = now_secs();
+        self.previous.iter().any(|(_, until)| *until > now)
     }
 
     /// Also accepts JWTs signed (HS256) with `secret`, granting at most `max_topics` topics.
@@ -218,8 +262,17 @@ impl Auth {
         }
         let expiry: u64 = expiry.parse().map_err(|_| KeyError::Invalid)?;
         let given = decode_hex::<MAC_BYTES>(mac_hex).ok_or(KeyError::Invalid)?;
-        let expected = self.mac(uid, expiry, topics);
-        if !bool::from(given.ct_eq(&expected[..MAC_BYTES])) {
+        let signed_by = |signing_key: &[u8; 32]| {
+            let expected = mac(signing_key, uid, expiry, topics);
+            bool::from(given.ct_eq(&expected[..MAC_BYTES]))
+        };
+        // The current key, then those a rotation replaced, while their overlap lasts.
+        let genuine = signed_by(&self.signing_key)
+            || self
+                .previous
+                .iter()
+                .any(|(key, until)| *until > now && signed_by(key));
+        if !genuine {
             return Err(KeyError::Invalid);
         }
         if expiry <= now {
@@ -237,26 +290,29 @@ impl Auth {
     }
 
     fn mac(&self, uid: &str, expiry: u64, topics: Option<&str>) -> [u8; 32] {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.signing_key)
-            .expect("HMAC takes a key of any length");
-        mac.update(
-            if topics.is_some() {
-                TOPICS_KEY_VERSION
-            } else {
-                KEY_VERSION
-            }
-            .as_bytes(),
-        );
-        mac.update(b"\n");
-        mac.update(uid.as_bytes());
-        mac.update(b"\n");
-        mac.update(expiry.to_string().as_bytes());
-        if let Some(topics) = topics {
-            mac.update(b"\n");
-            mac.update(topics.as_bytes());
-        }
-        mac.finalize().into_bytes().into()
+        mac(&self.signing_key, uid, expiry, topics)
     }
+}
+
+/// HMAC-SHA256 of a key's fields under `signing_key`.
+fn mac(signing_key: &[u8; 32], uid: &str, expiry: u64, topics: Option<&str>) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(signing_key)
+        .expect("HMAC takes a key of any length");
+    let version = if topics.is_some() {
+        TOPICS_KEY_VERSION
+    } else {
+        KEY_VERSION
+    };
+    mac.update(version.as_bytes());
+    mac.update(b"\n");
+    mac.update(uid.as_bytes());
+    mac.update(b"\n");
+    mac.update(expiry.to_string().as_bytes());
+    if let Some(topics) = topics {
+        mac.update(b"\n");
+        mac.update(topics.as_bytes());
+    }
+    mac.finalize().into_bytes().into()
 }
 
 /// Checks a JWT access key: three base64url parts, header `alg` HS256 exactly (so `none` and
@@ -364,6 +420,7 @@ fn now_secs() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn auth() -> Auth {
         Auth::new("abc123", "abc123", 60)
@@ -524,6 +581,69 @@ mod tests {
             );
         }
         assert_eq!(a.verify_at("alice", &good, 0), Ok(vec![]));
+    }
+
+    #[test]
+    fn keys_of_the_replaced_secret_verify_during_the_overlap_only() {
+        let old = Auth::new("old secret", "old password", 600);
+        let key = old.issue_at("alice", 5000);
+        let new = old.rotated_at(
+            Auth::new("new secret", "new password", 600),
+            Duration::from_secs(60),
+            1000,
+        );
+        // Within the window: the old key opens sockets, for its uid only.
+        assert_eq!(new.verify_at("alice", &key, 1059), Ok(vec![]));
+        assert_eq!(new.verify_at("bob", &key, 1059), Err(KeyError::Invalid));
+        // Past it, invalid (not "expired": the key itself had time left).
+        assert_eq!(new.verify_at("alice", &key, 1060), Err(KeyError::Invalid));
+        // A key's own expiry still holds within the window.
+        let short = old.issue_at("alice", 1010);
+        assert_eq!(new.verify_at("alice", &short, 1020), Err(KeyError::Expired));
+        // The password is the new one alone.
+        assert!(new.check_password("new password") && !new.check_password("old password"));
+        // New keys are signed with the new secret.
+        let fresh = new.issue_at("alice", 5000);
+        assert_eq!(
+            Auth::new("new secret", "x", 1).verify_at("alice", &fresh, 1000),
+            Ok(vec![])
+        );
+
+        // No overlap: refused at once.
+        let strict = old.rotated_at(Auth::new("new secret", "p", 600), Duration::ZERO, 1000);
+        assert_eq!(
+            strict.verify_at("alice", &key, 1000),
+            Err(KeyError::Invalid)
+        );
+        // A reload that keeps the secret opens no window (and closes none).
+        let same = new.rotated_at(
+            Auth::new("new secret", "other", 600),
+            Duration::from_secs(60),
+            1010,
+        );
+        assert_eq!(same.verify_at("alice", &key, 1059), Ok(vec![]));
+        assert_eq!(same.previous.len(), 1);
+        // Rotating back to the old secret makes its keys current again, without a window entry.
+        let back = new.rotated_at(
+            Auth::new("old secret", "p", 600),
+            Duration::from_secs(60),
+            1010,
+        );
+        assert_eq!(back.verify_at("alice", &key, 4999), Ok(vec![]));
+        assert!(back.previous.iter().all(|(k, _)| *k != old.signing_key));
+    }
+
+    #[test]
+    fn rotations_keep_a_bounded_number_of_previous_keys() {
+        let mut auth = Auth::new("s0", "p", 600);
+        for i in 1..=10 {
+            auth = auth.rotated_at(
+                Auth::new(&format!("s{i}"), "p", 600),
+                Duration::from_secs(60),
+                1000,
+            );
+        }
+        assert_eq!(auth.previous.len(), MAX_PREVIOUS_KEYS);
     }
 
     #[test]

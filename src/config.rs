@@ -78,6 +78,10 @@ pub struct Config {
     /// Key of the HS256 JWTs a backend may mint itself and hand to its pages as `access_key`
     /// (claims `uid`, `exp`, optional `nbf` and `topics`). Unset: JWTs are refused.
     pub jwt_secret: Option<String>,
+    /// After a reload changes the signing material (`secret`, or `password` without one): for
+    /// how many seconds keys signed with the previous material still open sockets. 0: refused
+    /// at once.
+    pub secret_overlap_secs: u64,
     /// Seconds between server pings; a socket that has sent nothing (no pong, no frame) for a
     /// whole interval after a ping is closed.
     pub heartbeat_interval_secs: f64,
@@ -152,6 +156,10 @@ pub struct Config {
     pub listen_backlog: u32,
     /// How log lines are written on stderr: `text` for people, `json` for log collectors.
     pub log_format: LogFormat,
+    /// What is logged, as `RUST_LOG` spells it (`info`, `debug`, `info,push_serve::http=debug`).
+    /// Unset: `RUST_LOG`, or `info`. When set it wins over `RUST_LOG`, so that a reload can
+    /// change it.
+    pub log_level: Option<String>,
     /// Redis shared by the nodes of a cluster, e.g. `redis://127.0.0.1:6379/0`. Unset: this
     /// process is the whole service (streams, history and presence in memory).
     pub redis_url: Option<String>,
@@ -160,6 +168,271 @@ pub struct Config {
     /// A second listen address serving `/metrics`, `/health` and `/ready` *without* the
     /// password (for a scraper on a private network); unset: `/metrics` only on `addr`, with it.
     pub metrics_addr: Option<String>,
+    /// Pusher-compatible mode (`/app/{key}` sockets, `/apps/{id}/…` HTTP API) for the apps
+    /// listed; unset: off, and those paths are 404.
+    pub pusher: Option<PusherConfig>,
+}
+
+/// The `pusher:` section: the apps pusher-js and the Pusher server SDKs connect to, and the
+/// protocol's limits. Defaults are written once, in [`PusherConfig::new`] and
+/// [`PusherApp::new`].
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default = "PusherConfig::new")]
+pub struct PusherConfig {
+    /// The apps served; at least one.
+    pub apps: Vec<PusherApp>,
+    /// Seconds of silence after which a socket is pinged (`activity_timeout` in
+    /// `pusher:connection_established`); a socket silent for as long again is closed (4201).
+    pub activity_timeout_secs: u64,
+    /// Largest event `data` in bytes, for client events and the HTTP API (Pusher's is 10 KB).
+    pub max_event_bytes: usize,
+    /// Client events (`client-*`) one socket may send per second; over it they are refused
+    /// with `pusher:error` 4301 (Pusher's documented limit is 10).
+    pub client_events_per_second: u32,
+}
+
+/// One app: its credentials and per-app switches.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default = "PusherApp::unset")]
+pub struct PusherApp {
+    /// The app id of the HTTP API's paths (`/apps/{id}/events`).
+    pub id: String,
+    /// The public key pages connect with (`/app/{key}`).
+    pub key: String,
+    /// Signs channel auth, user sign-in and HTTP API requests; never leaves the server.
+    pub secret: String,
+    /// Whether sockets may send `client-*` events on private and presence channels.
+    pub enable_client_messages: bool,
+    /// Most sockets this app may have open on this node (4004 above); unset: only
+    /// `max_sockets` bounds it.
+    pub max_connections: Option<usize>,
+    /// Where to send this app's webhooks.
+    pub webhooks: Vec<PusherWebhook>,
+}
+
+/// A webhook target.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PusherWebhook {
+    /// `http://` URL that receives the batched events.
+    pub url: String,
+    /// Which events it gets (see [`WEBHOOK_EVENTS`]).
+    pub event_types: Vec<String>,
+}
+
+/// The webhook event types Pusher defines.
+pub const WEBHOOK_EVENTS: &[&str] = &[
+    "channel_occupied",
+    "channel_vacated",
+    "member_added",
+    "member_removed",
+    "client_event",
+    "cache_miss",
+];
+
+impl PusherConfig {
+    /// The section with its defaults and no app (validation asks for one).
+    pub fn new() -> PusherConfig {
+        PusherConfig {
+            apps: Vec::new(),
+            activity_timeout_secs: 120,
+            max_event_bytes: 10 * 1024,
+            client_events_per_second: 10,
+        }
+    }
+
+    /// The app pages connect to with `key`.
+    pub fn app_by_key(&self, key: &str) -> Option<&PusherApp> {
+        self.apps.iter().find(|a| a.key == key)
+    }
+
+    /// The app of the HTTP API's path.
+    pub fn app_by_id(&self, id: &str) -> Option<&PusherApp> {
+        self.apps.iter().find(|a| a.id == id)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &'static str, reason: String| ConfigError::Invalid { field, reason };
+        if self.apps.is_empty() {
+            return Err(invalid(
+                "pusher.apps",
+                "must list at least one app (id, key, secret); leave `pusher` out to turn \
+                 Pusher mode off"
+                    .into(),
+            ));
+        }
+        for (field, value, min, max) in [
+            (
+                "pusher.activity_timeout_secs",
+                self.activity_timeout_secs as f64,
+                1.0,
+                3600.0,
+            ),
+            (
+                "pusher.max_event_bytes",
+                self.max_event_bytes as f64,
+                64.0,
+                (1u64 << 30) as f64,
+            ),
+            (
+                "pusher.client_events_per_second",
+                f64::from(self.client_events_per_second),
+                1.0,
+                1e6,
+            ),
+        ] {
+            if !(min..=max).contains(&value) {
+                return Err(invalid(
+                    field,
+                    format!("must be a whole number from {min} to {max}, got {value}"),
+                ));
+            }
+        }
+        // App ids and keys appear in paths and in the stream ids nodes share: a plain charset.
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        };
+        for (i, app) in self.apps.iter().enumerate() {
+            let n = i + 1;
+            if !plain(&app.id) {
+                return Err(invalid(
+                    "pusher.apps.id",
+                    format!("of app {n} must be 1 to 64 of A-Z a-z 0-9 _ - ."),
+                ));
+            }
+            if !plain(&app.key) {
+                return Err(invalid(
+                    "pusher.apps.key",
+                    format!(
+                        "of app {n} (id {}) must be 1 to 64 of A-Z a-z 0-9 _ - .",
+                        app.id
+                    ),
+                ));
+            }
+            if app.secret.is_empty() {
+                return Err(invalid(
+                    "pusher.apps.secret",
+                    format!(
+                        "of app {n} (id {}) is required and must not be empty",
+                        app.id
+                    ),
+                ));
+            }
+            if app.max_connections == Some(0) {
+                return Err(invalid(
+                    "pusher.apps.max_connections",
+                    format!(
+                        "of app {n} (id {}) must be at least 1 (leave it out for no limit)",
+                        app.id
+                    ),
+                ));
+            }
+            if self.apps[..i].iter().any(|a| a.id == app.id) {
+                return Err(invalid(
+                    "pusher.apps.id",
+                    format!("`{}` is used by two apps", app.id),
+                ));
+            }
+            if self.apps[..i].iter().any(|a| a.key == app.key) {
+                return Err(invalid(
+                    "pusher.apps.key",
+                    format!("of app {n} (id {}) is used by another app", app.id),
+                ));
+            }
+            for hook in &app.webhooks {
+                if !hook.url.starts_with("http://") || hook.url.len() <= "http://".len() {
+                    return Err(invalid(
+                        "pusher.apps.webhooks.url",
+                        format!(
+                            "of app {n} (id {}) must be an http:// URL (for HTTPS, send it \
+                             through a local TLS proxy)",
+                            app.id
+                        ),
+                    ));
+                }
+                if let Some(bad) = hook
+                    .event_types
+                    .iter()
+                    .find(|t| !WEBHOOK_EVENTS.contains(&t.as_str()))
+                {
+                    return Err(invalid(
+                        "pusher.apps.webhooks.event_types",
+                        format!(
+                            "of app {n} (id {}): `{bad}` is not one of {}",
+                            app.id,
+                            WEBHOOK_EVENTS.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for PusherConfig {
+    fn default() -> PusherConfig {
+        PusherConfig::new()
+    }
+}
+
+impl PusherApp {
+    /// An app with these credentials and every switch at its default.
+    pub fn new(
+        id: impl Into<String>,
+        key: impl Into<String>,
+        secret: impl Into<String>,
+    ) -> PusherApp {
+        PusherApp {
+            id: id.into(),
+            key: key.into(),
+            secret: secret.into(),
+            enable_client_messages: false,
+            max_connections: None,
+            webhooks: Vec::new(),
+        }
+    }
+
+    fn unset() -> PusherApp {
+        PusherApp::new("", "", "")
+    }
+}
+
+/// How a running daemon takes a changed setting when it reloads its config file (SIGHUP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reload {
+    /// Applied at once, without dropping a socket.
+    Live,
+    /// Only a restart applies it: the listeners, the cluster's Redis, and what every socket
+    /// or stream was built with (queues, history).
+    Restart,
+}
+
+impl Reload {
+    /// How `key` is taken on a reload.
+    pub fn of(key: &str) -> Reload {
+        match key {
+            "addr"
+            | "metrics_addr"
+            | "listen_backlog"
+            | "header_read_timeout_secs"
+            | "shutdown_timeout_secs"
+            | "redis_url"
+            | "redis_prefix"
+            | "send_queue_frames"
+            | "send_queue_bytes"
+            | "history_size"
+            | "history_ttl_secs"
+            | "history_max_bytes"
+            // The apps, their webhooks and the protocol's limits are built into the Pusher
+            // module once, at start.
+            | "pusher" => Reload::Restart,
+            _ => Reload::Live,
+        }
+    }
 }
 
 /// The shape of a log line.
@@ -184,6 +457,7 @@ impl Config {
             secret: None,
             access_key_ttl_secs: 3600,
             jwt_secret: None,
+            secret_overlap_secs: 3600,
             heartbeat_interval_secs: 25.0,
             send_queue_frames: 256,
             send_queue_bytes: 4 << 20,
@@ -214,9 +488,11 @@ impl Config {
             shutdown_timeout_secs: 10.0,
             listen_backlog: 4096,
             log_format: LogFormat::Text,
+            log_level: None,
             redis_url: None,
             redis_prefix: "push-serve".into(),
             metrics_addr: None,
+            pusher: None,
         }
     }
 
@@ -270,7 +546,10 @@ impl Config {
             }
         }
         config.validate().map_err(|e| match e {
-            ConfigError::Invalid { field, .. } => in_file(line_of(text, field), e.to_string()),
+            ConfigError::Invalid { field, .. } => {
+                let top = field.split('.').next().unwrap_or(field);
+                in_file(line_of(text, top), e.to_string())
+            }
             e => e,
         })?;
         Ok(config)
@@ -321,6 +600,7 @@ impl Config {
         }
         for (key, value) in [
             ("access_key_ttl_secs", self.access_key_ttl_secs as f64),
+            ("secret_overlap_secs", self.secret_overlap_secs as f64),
             ("heartbeat_interval_secs", self.heartbeat_interval_secs),
             ("send_queue_frames", self.send_queue_frames as f64),
             ("send_queue_bytes", self.send_queue_bytes as f64),
@@ -426,7 +706,52 @@ impl Config {
             ));
         }
         self.metrics_socket_addr()?;
+        if let Some(level) = &self.log_level {
+            if let Err(problem) = crate::logging::check_spec(level) {
+                return Err(invalid("log_level", problem));
+            }
+        }
+        if let Some(pusher) = &self.pusher {
+            pusher.validate()?;
+        }
         Ok(())
+    }
+
+    /// The settings that differ between `self` (running) and `next` (a reloaded file), by key,
+    /// each with how the running daemon takes it.
+    pub fn changes(&self, next: &Config) -> Vec<(&'static str, Reload)> {
+        let (old, new) = match (serde_yaml::to_value(self), serde_yaml::to_value(next)) {
+            (Ok(old), Ok(new)) => (old, new),
+            _ => return Vec::new(),
+        };
+        known_keys()
+            .iter()
+            .filter(|key| old.get(key) != new.get(key))
+            .map(|&key| (key, Reload::of(key)))
+            .collect()
+    }
+
+    /// `self` with every setting that applies live taken from `next`: what a running daemon
+    /// runs with after reloading `next`. Settings that need a restart keep their running value.
+    pub fn merged(&self, next: &Config) -> Config {
+        let mut old = match serde_yaml::to_value(self) {
+            Ok(Value::Mapping(m)) => m,
+            _ => return self.clone(),
+        };
+        let Ok(Value::Mapping(new)) = serde_yaml::to_value(next) else {
+            return self.clone();
+        };
+        for (key, value) in new {
+            if key.as_str().is_some_and(|k| Reload::of(k) == Reload::Live) {
+                old.insert(key, value);
+            }
+        }
+        serde_yaml::from_value(Value::Mapping(old)).unwrap_or_else(|_| self.clone())
+    }
+
+    /// `secret_overlap_secs` as a Duration.
+    pub fn secret_overlap(&self) -> Duration {
+        Duration::from_secs(self.secret_overlap_secs)
     }
 
     /// How much one socket may have queued before it counts as a slow reader.
@@ -539,6 +864,10 @@ const RANGES: &[Range] = &[
     noted(
         whole("access_key_ttl_secs", "seconds", 1, 366 * 24 * 3600),
         "a year",
+    ),
+    noted(
+        whole("secret_overlap_secs", "seconds", 0, 366 * 24 * 3600),
+        "0 refuses keys of a replaced secret at once",
     ),
     seconds("heartbeat_interval_secs", 0.01, 3600.0),
     whole("send_queue_frames", "frames", 1, 1 << 20),
@@ -746,6 +1075,18 @@ fn explain(e: &serde_yaml::Error, text: &str) -> (Option<usize>, String) {
     // "allowed_origins[1]: …".
     if let Some((path, problem)) = message.split_once(": ") {
         let key = path.split('[').next().unwrap_or(path);
+        // A nested section's field (`pusher.apps[0].secret`): name the whole path.
+        if let Some((top, _)) = key.split_once('.') {
+            if known_keys().contains(&top) {
+                let problem = problem
+                    .replace("unknown field", "unknown key")
+                    .replace("invalid type: ", "");
+                return (
+                    line_of(text, top).or(yaml_line),
+                    format!("`{path}`: {problem}"),
+                );
+            }
+        }
         if let Some(&key) = known_keys().iter().find(|k| **k == key) {
             let expected = problem.rsplit(", expected ").next().unwrap_or("");
             let got = serde_yaml::from_str::<Value>(text)
@@ -800,6 +1141,7 @@ fn requirement(key: &str, expected: &str) -> String {
         "addr" => "an IP:port address such as 127.0.0.1:8080",
         "real_ip_header" => "a header name such as X-Forwarded-For",
         "allowed_origins" => "a list of origins such as [\"https://shop.example.com\"]",
+        "log_level" => "a level such as info or debug",
         _ => match expected {
             "a string" | "a borrowed string" => "a string",
             "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a whole number ≥ 0",
@@ -961,6 +1303,97 @@ mod tests {
             assert!(known_keys().contains(&range.key), "{}", range.key);
         }
         Config::new("127.0.0.1:1", "x").validate().unwrap();
+    }
+
+    #[test]
+    fn a_reload_applies_live_settings_and_keeps_the_rest_until_a_restart() {
+        let running = Config::new("127.0.0.1:8080", "old");
+        let mut next = Config::new("127.0.0.1:9090", "new");
+        next.max_sockets = 5;
+        next.history_size = 7;
+        next.log_level = Some("debug".into());
+        let mut changes = running.changes(&next);
+        changes.sort();
+        assert_eq!(
+            changes,
+            [
+                ("addr", Reload::Restart),
+                ("history_size", Reload::Restart),
+                ("log_level", Reload::Live),
+                ("max_sockets", Reload::Live),
+                ("password", Reload::Live),
+            ]
+        );
+        let merged = running.merged(&next);
+        assert_eq!(merged.addr, "127.0.0.1:8080");
+        assert_eq!(merged.history_size, 100);
+        assert_eq!(merged.password, "new");
+        assert_eq!(merged.max_sockets, 5);
+        assert_eq!(merged.log_level.as_deref(), Some("debug"));
+        assert!(merged.changes(&merged).is_empty());
+        // Every key is one or the other, and the listeners are never live.
+        for key in known_keys() {
+            let _ = Reload::of(key);
+        }
+        assert_eq!(Reload::of("metrics_addr"), Reload::Restart);
+    }
+
+    #[test]
+    fn a_log_level_that_is_not_one_is_refused() {
+        assert!(error("log_level: inf0\n").contains("`log_level`"));
+        let ok = "addr: 127.0.0.1:8080\npassword: x\nlog_level: info,push_serve::http=debug\n";
+        assert!(Config::parse(ok, "t").is_ok());
+    }
+
+    #[test]
+    fn the_pusher_section_is_off_unless_set_and_names_its_fields() {
+        assert_eq!(Config::new("127.0.0.1:1", "x").pusher, None);
+        let ok =
+            error_or_config("pusher:\n  apps:\n    - id: \"1\"\n      key: k\n      secret: s\n")
+                .unwrap();
+        let pusher = ok.pusher.unwrap();
+        assert_eq!(pusher.activity_timeout_secs, 120);
+        assert_eq!(pusher.apps[0], PusherApp::new("1", "k", "s"));
+        for (yaml, named) in [
+            ("pusher:\n  apps: []\n", "`pusher.apps`"),
+            (
+                "pusher:\n  apps:\n    - id: a\n      key: k\n",
+                "`pusher.apps.secret`",
+            ),
+            (
+                "pusher:\n  apps:\n    - id: a b\n      key: k\n      secret: s\n",
+                "`pusher.apps.id`",
+            ),
+            (
+                "pusher:\n  apps:\n    - {id: a, key: k, secret: s}\n    - {id: b, key: k, secret: t}\n",
+                "`pusher.apps.key`",
+            ),
+            (
+                "pusher:\n  apps:\n    - {id: a, key: k, secret: s, colour: red}\n",
+                "`pusher.apps[0]`: unknown key `colour`",
+            ),
+            (
+                "pusher:\n  apps:\n    - id: a\n      key: k\n      secret: s\n      webhooks:\n        - {url: 'ftp://x', event_types: []}\n",
+                "`pusher.apps.webhooks.url`",
+            ),
+            (
+                "pusher:\n  apps:\n    - id: a\n      key: k\n      secret: s\n      webhooks:\n        - {url: 'http://x', event_types: [nope]}\n",
+                "`nope` is not one of",
+            ),
+            (
+                "pusher:\n  max_event_bytes: 1\n  apps: [{id: a, key: k, secret: s}]\n",
+                "`pusher.max_event_bytes`",
+            ),
+        ] {
+            let err = error_or_config(yaml).unwrap_err();
+            assert!(err.contains(named), "{yaml:?} gave {err:?}");
+            assert!(err.contains("line 3"), "{err}");
+        }
+    }
+
+    fn error_or_config(yaml: &str) -> Result<Config, String> {
+        let yaml = format!("addr: 127.0.0.1:8080\npassword: x\n{yaml}");
+        Config::parse(&yaml, "conf.yaml").map_err(|e| e.to_string())
     }
 
     #[test]

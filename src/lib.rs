@@ -20,6 +20,10 @@
 //! - [`metrics`]: counters and latency histograms for `/metrics` (Prometheus), and the recent
 //!   history behind the admin page.
 //!
+//! - [`reload`]: a new config applied to the running server (SIGHUP in `main`): what can
+//!   change live does, the rest is logged as needing a restart; [`logging`] is the logger
+//!   whose level and format a reload changes.
+//!
 //! [`run`] validates the config, ties the modules together, and is what both `main` and the
 //! integration tests call.
 
@@ -34,11 +38,13 @@ pub mod http;
 pub mod hub;
 pub mod inbox;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod receipts;
 pub mod registry;
+pub mod reload;
 pub mod server;
 pub mod wire;
 
@@ -49,7 +55,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, PusherApp, PusherConfig};
 
 /// How long a cluster node waits to join Redis before it serves anyway.
 const JOIN_WAIT: Duration = Duration::from_secs(5);
@@ -76,6 +82,19 @@ pub async fn run_with_metrics(
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ConfigError> {
+    let (_reloader, reloads) = reload::channel();
+    run_reloadable(listener, metrics_listener, config, reloads, shutdown).await
+}
+
+/// [`run_with_metrics`], also applying every config sent through the [`reload::Reloader`]
+/// paired with `reloads` (what `main` does on SIGHUP) while it serves.
+pub async fn run_reloadable(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    config: Config,
+    reloads: reload::Reloads,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ConfigError> {
     config.validate()?;
@@ -108,6 +127,10 @@ pub async fn run_with_metrics(
     }
     hub.registry()
         .on_command(http::disconnect::COMMAND, http::disconnect::on_command);
+    hub.registry().on_command(
+        protocol::pusher::TERMINATE_COMMAND,
+        protocol::pusher::on_terminate,
+    );
     let tracker = TaskTracker::new();
     hub.registry()
         .on_command(http::rooms::COMMAND, http::rooms::on_command);
@@ -172,6 +195,14 @@ pub async fn run_with_metrics(
             }
         }
     });
+    let reloader = tokio::spawn(reload::serve(
+        reloads,
+        config.clone(),
+        reload::Targets {
+            state: state.clone(),
+            sockets: sockets.clone(),
+        },
+    ));
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_server = metrics_listener.map(|listener| {
         tokio::spawn(server::serve(
@@ -213,6 +244,7 @@ pub async fn run_with_metrics(
     hub.shutdown().await;
     sweeper.abort();
     sampler.abort();
+    reloader.abort();
     let _ = stop_metrics.send(());
     if let Some(metrics_server) = metrics_server {
         let _ = metrics_server.await;

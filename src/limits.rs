@@ -1,5 +1,6 @@
-//! Abuse limits that need state: failed password attempts per client address, and a throttle
-//! for log lines about refusals that come in floods.
+//! Abuse limits that need state: the sockets open under `max_sockets`, failed password
+//! attempts per client address, and a throttle for log lines about refusals that come in
+//! floods. Each limit can be changed while the server runs (a config reload).
 //!
 //! A client address that fails the password `per_minute` times within a minute is refused
 //! (429, with `Retry-After`) on the password-protected endpoints until that minute is over, even
@@ -9,8 +10,8 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Most client addresses tracked at once. Past it new offenders are not tracked (an attacker
@@ -22,6 +23,63 @@ const WINDOW: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
+/// The sockets open under `max_sockets`. Taking a slot checks and counts in one atomic step,
+/// so however many upgrades race, no more than `max` are ever held; lowering `max` refuses new
+/// sockets until enough of the open ones have closed (none is cut).
+#[derive(Debug)]
+pub struct SocketSlots {
+    open: AtomicUsize,
+    max: AtomicUsize,
+}
+
+/// One socket's place under `max_sockets`, given back when dropped, however the socket ends.
+/// One pointer, since every open socket holds one.
+#[derive(Debug)]
+pub struct Slot(Arc<SocketSlots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl SocketSlots {
+    /// Room for `max` sockets.
+    pub fn new(max: usize) -> SocketSlots {
+        SocketSlots {
+            open: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+        }
+    }
+
+    /// A slot, if fewer than `max` are held.
+    pub fn take(slots: &Arc<SocketSlots>) -> Option<Slot> {
+        let max = slots.max.load(Ordering::Acquire);
+        slots
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| Slot(slots.clone()))
+    }
+
+    /// Changes the cap for the slots taken from now on.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Release);
+    }
+
+    /// The cap.
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::Acquire)
+    }
+
+    /// Slots held now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
 struct Window {
     start: Instant,
     failures: u32,
@@ -29,7 +87,7 @@ struct Window {
 
 /// Counts failed password attempts per address in fixed one-minute windows.
 pub struct FailureLimiter {
-    per_minute: u32,
+    per_minute: AtomicU32,
     windows: Mutex<HashMap<IpAddr, Window>>,
     /// `windows.len()`, readable without the lock: with no address tracked (the normal case),
     /// a backend's request does not touch the shared mutex at all.
@@ -40,7 +98,7 @@ impl FailureLimiter {
     /// `per_minute` failures allowed per address per minute; 0 turns the limiter off.
     pub fn new(per_minute: u32) -> FailureLimiter {
         FailureLimiter {
-            per_minute,
+            per_minute: AtomicU32::new(per_minute),
             windows: Mutex::new(HashMap::new()),
             tracked: AtomicUsize::new(0),
         }
@@ -48,13 +106,14 @@ impl FailureLimiter {
 
     /// `Err(wait)` if `ip` is locked out for `wait` more.
     pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
-        if self.per_minute == 0 || self.tracked.load(Ordering::Acquire) == 0 {
+        let per_minute = self.per_minute();
+        if per_minute == 0 || self.tracked.load(Ordering::Acquire) == 0 {
             return Ok(());
         }
         // No await while held; sections are a lookup or an insert.
         let windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         match windows.get(&ip) {
-            Some(w) if w.failures >= self.per_minute && w.start.elapsed() < WINDOW => Err(WINDOW
+            Some(w) if w.failures >= per_minute && w.start.elapsed() < WINDOW => Err(WINDOW
                 .saturating_sub(w.start.elapsed())
                 .max(Duration::from_secs(1))),
             _ => Ok(()),
@@ -64,7 +123,8 @@ impl FailureLimiter {
     /// Records one failed attempt from `ip`. `Some(wait)` when this attempt locked the address
     /// out, for `wait` (once per window, so the caller can log the lockout once).
     pub fn failed(&self, ip: IpAddr) -> Option<Duration> {
-        if self.per_minute == 0 {
+        let per_minute = self.per_minute();
+        if per_minute == 0 {
             return None;
         }
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
@@ -86,15 +146,20 @@ impl FailureLimiter {
             };
         }
         w.failures = w.failures.saturating_add(1);
-        let locked = (w.failures == self.per_minute)
-            .then(|| WINDOW.saturating_sub(now.duration_since(w.start)));
+        let locked =
+            (w.failures == per_minute).then(|| WINDOW.saturating_sub(now.duration_since(w.start)));
         self.tracked.store(windows.len(), Ordering::Release);
         locked
     }
 
     /// The failures allowed per address per minute (0: no lockout).
     pub fn per_minute(&self) -> u32 {
-        self.per_minute
+        self.per_minute.load(Ordering::Relaxed)
+    }
+
+    /// Changes the failures allowed from now on; windows under way keep their counts.
+    pub fn set_per_minute(&self, per_minute: u32) {
+        self.per_minute.store(per_minute, Ordering::Relaxed);
     }
 
     /// Forgets windows that are over.
@@ -169,6 +234,27 @@ mod tests {
         assert!(wait <= WINDOW && wait >= Duration::from_secs(1));
         assert!(limiter.check(b).is_ok());
         assert!(FailureLimiter::new(0).check(a).is_ok());
+    }
+
+    #[test]
+    fn socket_slots_cap_what_is_held_and_a_lower_cap_waits_for_closes() {
+        let slots = Arc::new(SocketSlots::new(2));
+        let a = SocketSlots::take(&slots).unwrap();
+        let b = SocketSlots::take(&slots).unwrap();
+        assert!(SocketSlots::take(&slots).is_none());
+        drop(a);
+        let c = SocketSlots::take(&slots).unwrap();
+        // Lowered under what is open: nothing is cut, nothing new gets in.
+        slots.set_max(1);
+        assert!(SocketSlots::take(&slots).is_none());
+        drop(b);
+        assert!(SocketSlots::take(&slots).is_none());
+        drop(c);
+        let _d = SocketSlots::take(&slots).unwrap();
+        assert_eq!(slots.open(), 1);
+        slots.set_max(3);
+        let _e = SocketSlots::take(&slots).unwrap();
+        assert_eq!(slots.open(), 2);
     }
 
     #[test]

@@ -1,14 +1,10 @@
 //! `push-serve [-c PATH] [--check-config]`: load the config, raise the open-files limit, bind,
-//! serve until SIGTERM/SIGINT, exit 0 after a graceful shutdown. Everything else lives in the
-//! library.
+//! serve until SIGTERM/SIGINT, exit 0 after a graceful shutdown; on SIGHUP, read the config
+//! file again and hand it to the running server. Everything else lives in the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use std::io::Write;
-
-use log::LevelFilter;
-use push_serve::config::LogFormat;
 use push_serve::{server, Config};
 
 const HELP: &str = "\
@@ -23,8 +19,14 @@ options:
   -V, --version       print the version and exit
   -h, --help          print this help and exit
 
+signals:
+  SIGTERM, SIGINT     graceful shutdown: sockets get close code 1001, exit status 0
+  SIGHUP              read the config file again and apply what can change live; an invalid
+                      file changes nothing (the log says why and what needs a restart)
+
 environment:
-  RUST_LOG            log level: error, warn, info (default), debug, trace
+  RUST_LOG            log level: error, warn, info (default), debug, trace (the config's
+                      log_level, when set, wins)
 
 exit status: 0 after a clean shutdown, 1 when the config or the listen address is unusable,
 2 on a command-line error. README.md documents every config key.";
@@ -62,7 +64,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    init_logging(config.log_format);
+    push_serve::logging::init(config.log_level.as_deref(), config.log_format);
     raise_fd_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -72,6 +74,12 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
+        // Taken over before anything else: SIGHUP's default action ends the process.
+        let (reloader, reloads) = push_serve::reload::channel();
+        if let Err(e) = watch_sighup(path.clone(), reloader) {
+            eprintln!("push-serve: cannot handle SIGHUP: {e}");
+            return ExitCode::from(1);
+        }
         let addr = config.socket_addr().expect("validated");
         let listener = match server::bind(addr, config.listen_backlog) {
             Ok(l) => l,
@@ -80,16 +88,20 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        // The address bound, not the one asked for: with port 0 the kernel chose the port.
         log::info!(
             "push-serve {} listening on {}",
             env!("CARGO_PKG_VERSION"),
-            addr
+            listener.local_addr().unwrap_or(addr)
         );
         let metrics_listener = match config.metrics_socket_addr().expect("validated") {
             None => None,
             Some(addr) => match server::bind(addr, 128) {
                 Ok(l) => {
-                    log::info!("metrics (no password) on http://{addr}/metrics");
+                    log::info!(
+                        "metrics (no password) on http://{}/metrics",
+                        l.local_addr().unwrap_or(addr)
+                    );
                     Some(l)
                 }
                 Err(e) => {
@@ -98,10 +110,11 @@ fn main() -> ExitCode {
                 }
             },
         };
-        match push_serve::run_with_metrics(
+        match push_serve::run_reloadable(
             listener,
             metrics_listener,
             config,
+            reloads,
             push_serve::shutdown_signal(),
         )
         .await
@@ -155,96 +168,35 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     }
 }
 
-/// Logs to stderr at the level `RUST_LOG` asks for (info when unset), as text or JSON lines.
-fn init_logging(format: LogFormat) {
-    let mut builder = env_logger::Builder::new();
-    builder.filter_level(LevelFilter::Info);
-    if let Ok(spec) = std::env::var("RUST_LOG") {
-        if spec.contains('/') {
-            // A regex filter: env_logger's own reading (it warns about what it cannot parse).
-            builder = env_logger::Builder::new();
-            builder.parse_filters(&spec);
-        } else if !spec.trim().is_empty() {
-            let (directives, problem) = read_log_spec(&spec);
-            if let Some(problem) = problem {
-                eprintln!("push-serve: RUST_LOG={spec:?}: {problem}");
-            }
-            builder = env_logger::Builder::new();
-            for (target, level) in directives {
-                builder.filter(target.as_deref(), level);
+/// On every SIGHUP, reads `path` again and hands it to the server. A file that cannot be read
+/// or is invalid changes nothing; the log says why. Errors only if the signal cannot be caught.
+#[cfg(unix)]
+fn watch_sighup(path: PathBuf, reloader: push_serve::reload::Reloader) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            log::info!("SIGHUP: reading {} again", path.display());
+            let config = match Config::load(&path) {
+                Ok(config) => config,
+                Err(e) => {
+                    log::warn!("config reload refused, the running config stays in force: {e}");
+                    continue;
+                }
+            };
+            // The server logs what it applied, and what it refused.
+            if let Err(push_serve::reload::ReloadError::NotRunning) = reloader.reload(config).await
+            {
+                break;
             }
         }
-    }
-    if format == LogFormat::Json {
-        builder
-            .write_style(env_logger::WriteStyle::Never)
-            .format(|buf, record| {
-                let line = serde_json::json!({
-                    "time": buf.timestamp_millis().to_string(),
-                    "level": record.level().as_str(),
-                    "target": record.target(),
-                    "message": record.args().to_string(),
-                });
-                writeln!(buf, "{line}")
-            });
-    }
-    builder.init();
+    });
+    Ok(())
 }
 
-/// A `RUST_LOG` value's directives, and what is wrong with it, in words.
-///
-/// env_logger reads a word that is not a level as the name of a module to log in full, so a
-/// misspelt level (`RUST_LOG=inf0`) silently turned off every line of push-serve. A directive
-/// with an unknown level is dropped (as env_logger does) and said so; a value that leaves
-/// push-serve's own lines off without saying `off` gets `push_serve=info` added, and says so.
-/// A value with a regex filter (`…/pattern`) is left to env_logger.
-fn read_log_spec(spec: &str) -> (Vec<(Option<String>, LevelFilter)>, Option<String>) {
-    const LEVELS: &str = "error, warn, info, debug, trace or off";
-    let mut directives = Vec::new();
-    let mut problems = Vec::new();
-    let mut not_levels = Vec::new();
-    for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        match directive.split_once('=') {
-            Some((target, level)) => match level.trim().parse::<LevelFilter>() {
-                Ok(level) => directives.push((Some(target.trim().to_owned()), level)),
-                Err(_) => problems.push(format!(
-                    "`{}` is not a level ({LEVELS}); `{directive}` is ignored",
-                    level.trim()
-                )),
-            },
-            None => match directive.parse::<LevelFilter>() {
-                Ok(level) => directives.push((None, level)),
-                Err(_) => {
-                    not_levels.push(directive);
-                    directives.push((Some(directive.to_owned()), LevelFilter::Trace));
-                }
-            },
-        }
-    }
-    // env_logger applies the directive with the longest name that starts the target.
-    let ours = directives
-        .iter()
-        .filter(|(t, _)| t.as_deref().is_none_or(|t| "push_serve".starts_with(t)))
-        .max_by_key(|(t, _)| t.as_ref().map_or(0, String::len));
-    if ours.is_none() {
-        directives.push((Some("push_serve".to_owned()), LevelFilter::Info));
-        let why = match not_levels.as_slice() {
-            [] => "no directive covers push_serve".to_owned(),
-            words => format!(
-                "{} is not a level ({LEVELS}) but a module name",
-                words
-                    .iter()
-                    .map(|w| format!("`{w}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        };
-        problems.push(format!(
-            "{why}, so push-serve would log nothing; logging push_serve at info"
-        ));
-    }
-    let problem = (!problems.is_empty()).then(|| problems.join("; "));
-    (directives, problem)
+#[cfg(not(unix))]
+fn watch_sighup(_: PathBuf, _: push_serve::reload::Reloader) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Every socket is a file descriptor; the soft limit (often 1024) would cap the server far below
@@ -286,30 +238,5 @@ mod tests {
         assert!(parse(&["--config="]).is_err());
         assert!(parse(&["--bogus"]).is_err());
         assert_eq!(parse(&["-V"]), Ok(Command::Version));
-    }
-
-    #[test]
-    fn a_misspelt_rust_log_is_reported_and_push_serve_still_logs() {
-        let (directives, problem) = read_log_spec("inf0");
-        assert!(problem.unwrap().contains("`inf0` is not a level"));
-        assert!(directives.contains(&(Some("push_serve".into()), LevelFilter::Info)));
-
-        let (directives, problem) = read_log_spec("push_serve=verbose");
-        assert!(problem.unwrap().contains("`verbose` is not a level"));
-        assert!(directives.contains(&(Some("push_serve".into()), LevelFilter::Info)));
-
-        let (_, problem) = read_log_spec("warp=debug");
-        assert!(problem.unwrap().contains("no directive covers push_serve"));
-
-        for fine in [
-            "info",
-            "debug,hyper=warn",
-            "push_serve=trace",
-            "off",
-            "push_serve=off",
-        ] {
-            let (_, problem) = read_log_spec(fine);
-            assert_eq!(problem, None, "{fine}");
-        }
     }
 }

@@ -92,12 +92,16 @@ pub enum Endpoint {
     Rooms,
     /// `/report/push/<id>`
     Report,
+    /// Pusher-compatible mode: `/app/{key}` sockets
+    PusherSocket,
+    /// Pusher-compatible mode: the HTTP API under `/apps/`
+    PusherApi,
     /// Anything else (404).
     Other,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 17] = [
+    const ALL: [Endpoint; 19] = [
         Endpoint::Access,
         Endpoint::Ws,
         Endpoint::Push,
@@ -114,6 +118,8 @@ impl Endpoint {
         Endpoint::Disconnect,
         Endpoint::Rooms,
         Endpoint::Report,
+        Endpoint::PusherSocket,
+        Endpoint::PusherApi,
         Endpoint::Other,
     ];
 
@@ -136,6 +142,8 @@ impl Endpoint {
             "/disconnect" => Endpoint::Disconnect,
             "/rooms" => Endpoint::Rooms,
             p if p.starts_with("/report/push/") => Endpoint::Report,
+            p if p.starts_with("/app/") => Endpoint::PusherSocket,
+            p if p.starts_with("/apps/") || p.starts_with("/users/") => Endpoint::PusherApi,
             _ => Endpoint::Other,
         }
     }
@@ -159,6 +167,8 @@ impl Endpoint {
             Endpoint::Disconnect => "disconnect",
             Endpoint::Rooms => "rooms",
             Endpoint::Report => "report",
+            Endpoint::PusherSocket => "pusher_socket",
+            Endpoint::PusherApi => "pusher_api",
             Endpoint::Other => "other",
         }
     }

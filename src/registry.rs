@@ -132,14 +132,27 @@ impl Subscription {
         }
     }
 
-    /// The streams it follows, in slot order: its uid's, broadcast, then its topics.
+    /// A Pusher socket: it follows nothing until it subscribes to channels
+    /// ([`Membership::follow`]), and gets Pusher frames.
+    pub fn pusher() -> Subscription {
+        Subscription {
+            uid: String::new(),
+            topics: Vec::new(),
+            proto: Proto::Pusher,
+        }
+    }
+
+    /// The streams it follows, in slot order: its uid's, broadcast, then its topics (none for a
+    /// Pusher socket, which has no uid).
     pub fn keys(&self) -> impl Iterator<Item = StreamKey> + '_ {
-        [
-            StreamKey::User(self.uid.as_str().into()),
-            StreamKey::Broadcast,
-        ]
-        .into_iter()
-        .chain(
+        let base = match self.proto {
+            Proto::Pusher => None,
+            _ => Some([
+                StreamKey::User(self.uid.as_str().into()),
+                StreamKey::Broadcast,
+            ]),
+        };
+        base.into_iter().flatten().chain(
             self.topics
                 .iter()
                 .map(|t| StreamKey::Topic(t.as_str().into())),
@@ -165,6 +178,12 @@ impl Membership {
     /// This socket's id.
     pub fn id(&self) -> SocketId {
         self.id
+    }
+
+    /// This socket's id across the cluster, `<node>.<id>` (a Pusher `socket_id`): what a
+    /// message names to skip this socket ([`Message::except`]).
+    pub fn socket_id(&self) -> String {
+        format!("{}.{}", self.registry.node, self.id)
     }
 
     /// Live frames, in order per stream; also tells the socket task it was evicted.
@@ -249,12 +268,20 @@ struct Frames<'a> {
     key: &'a StreamKey,
     seed: Option<Frame>,
     numbered: Option<Frame>,
+    pusher: Option<Frame>,
 }
 
 impl Frames<'_> {
     fn get(&mut self, proto: Proto) -> Frame {
         match proto {
             Proto::Seed => self.seed.get_or_insert_with(|| self.msg.seed_frame()),
+            Proto::Pusher => {
+                let (msg, key) = (self.msg, self.key);
+                self.pusher.get_or_insert_with(|| match key {
+                    StreamKey::Channel { name, .. } => msg.pusher_frame(name),
+                    key => msg.pusher_frame(&key.name()),
+                })
+            }
             Proto::Resumable => {
                 let (msg, seq, key) = (self.msg, self.seq, self.key);
                 self.numbered
@@ -276,6 +303,8 @@ pub struct Delivered {
 
 /// This node's sockets by stream, with counters for logging and the stats endpoint.
 pub struct Registry {
+    /// This process's number, the first half of its sockets' [`Membership::socket_id`]s.
+    node: u32,
     shards: Box<[Mutex<Shard>]>,
     queue: QueueLimit,
     next_id: AtomicU64,
@@ -294,6 +323,7 @@ impl Registry {
     /// reader.
     pub fn new(queue: QueueLimit) -> Registry {
         Registry {
+            node: rand::random::<u32>() % 1_000_000_000,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             queue,
             next_id: AtomicU64::new(1),
@@ -490,12 +520,18 @@ impl Registry {
             key,
             seed: None,
             numbered: None,
+            pusher: None,
         };
+        // The one socket this message skips, if it is here.
+        let except = msg.except.and_then(|sid| {
+            let (node, id) = sid.split_once('.')?;
+            (node.parse() == Ok(self.node)).then(|| id.parse().ok())?
+        });
         let mut sockets = 0;
         for i in Registry::spread(key) {
             let mut shard = self.lock(i);
             if let Some(stream) = shard.get_mut(key) {
-                sockets += self.deliver_here(stream, key, pos, &mut frames);
+                sockets += self.deliver_here(stream, key, pos, &mut frames, except);
             }
         }
         self.delivered.fetch_add(sockets as u64, Ordering::Relaxed);
@@ -515,6 +551,7 @@ impl Registry {
         key: &StreamKey,
         pos: Position,
         frames: &mut Frames<'_>,
+        except: Option<SocketId>,
     ) -> usize {
         if pos.seq > 0 {
             match stream.last {
@@ -536,6 +573,9 @@ impl Registry {
         let mut sockets = 0;
         let queue = self.queue;
         stream.peers.retain(|peer| {
+            if Some(peer.id) == except {
+                return true;
+            }
             let frame = frames.get(peer.proto);
             match peer.outbox.push(frame, peer.slot, pos.seq, queue) {
                 Pushed::Queued => {
@@ -651,7 +691,7 @@ impl Registry {
                 }
                 match key {
                     StreamKey::User(_) => uids += 1,
-                    StreamKey::Topic(_) => topics += 1,
+                    StreamKey::Topic(_) | StreamKey::Channel { .. } => topics += 1,
                     StreamKey::Broadcast => {}
                 }
             }
@@ -765,6 +805,37 @@ pub(crate) mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn pusher_sockets_follow_only_their_channels_and_a_message_skips_its_sender() {
+        let r = Arc::new(Registry::new(frames(4)));
+        let channel = StreamKey::Channel {
+            app: "1".into(),
+            name: "room".into(),
+        };
+        let mut a = r.join(Subscription::pusher());
+        let mut b = r.join(Subscription::pusher());
+        assert_eq!(r.followers(&StreamKey::Broadcast), 0);
+        a.follow(channel.clone()).unwrap();
+        b.follow(channel.clone()).unwrap();
+        let c = raw(r#""hi""#);
+        let sid = a.socket_id();
+        let msg = Message::new("client-x", &c).except(Some(&sid));
+        let unnumbered = Position {
+            generation: 0,
+            seq: 0,
+        };
+        assert_eq!(r.deliver(&channel, unnumbered, &msg, false).sockets, 1);
+        assert!(a.outbox().pop().is_none());
+        assert_eq!(
+            b.outbox().pop().unwrap().as_str(),
+            r#"{"event":"client-x","channel":"room","data":"hi"}"#
+        );
+        // Another node's socket of the same number is not skipped.
+        let other = format!("{}.{}", r.node.wrapping_add(1), a.id());
+        let msg = Message::new("e", &c).except(Some(&other));
+        assert_eq!(r.deliver(&channel, unnumbered, &msg, false).sockets, 2);
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub enum Proto {
     Seed,
     /// Numbered frames with a `stream` field; resumable.
     Resumable,
+    /// Pusher Channels frames, `{"event","channel","data"}` (`/app/{key}` sockets).
+    Pusher,
 }
 
 /// Names a stream: what a message is published to.
@@ -43,6 +45,14 @@ pub enum StreamKey {
     Topic(Box<str>),
     /// Every socket (`/broadcast`).
     Broadcast,
+    /// A Pusher channel of one app: apart from native topics, and from another app's channel
+    /// of the same name. App ids hold no `:` (config checks), so the spellings below parse.
+    Channel {
+        /// The app's id.
+        app: Box<str>,
+        /// The channel's name, as pages spell it (`private-orders`).
+        name: Box<str>,
+    },
 }
 
 impl StreamKey {
@@ -53,7 +63,14 @@ impl StreamKey {
             StreamKey::User(_) => "user".into(),
             StreamKey::Topic(t) => format!("topic:{t}"),
             StreamKey::Broadcast => "broadcast".into(),
+            StreamKey::Channel { app, name } => format!("pusher:{app}:{name}"),
         }
+    }
+
+    /// Whether its messages are kept for resuming sockets. Pusher channels have no positions
+    /// (the protocol cannot resume), so keeping their messages would only cost memory.
+    pub fn keeps_history(&self) -> bool {
+        !matches!(self, StreamKey::Channel { .. })
     }
 
     /// A spelling that is unique across kinds, for storage keys: `u:<uid>`, `t:<topic>`, `b`.
@@ -62,6 +79,7 @@ impl StreamKey {
             StreamKey::User(u) => format!("u:{u}"),
             StreamKey::Topic(t) => format!("t:{t}"),
             StreamKey::Broadcast => "b".into(),
+            StreamKey::Channel { app, name } => format!("c:{app}:{name}"),
         }
     }
 
@@ -70,6 +88,10 @@ impl StreamKey {
         match id.split_once(':') {
             Some(("u", uid)) => Some(StreamKey::User(uid.into())),
             Some(("t", topic)) => Some(StreamKey::Topic(topic.into())),
+            Some(("c", rest)) => rest.split_once(':').map(|(app, name)| StreamKey::Channel {
+                app: app.into(),
+                name: name.into(),
+            }),
             None if id == "b" => Some(StreamKey::Broadcast),
             _ => None,
         }
@@ -111,18 +133,20 @@ impl fmt::Display for Position {
 /// (so integers beyond f64 and any nesting reach the page exactly as the backend sent them).
 #[derive(Debug, Clone, Copy)]
 pub struct Message<'a> {
-    /// The message's topic.
+    /// The message's topic (a Pusher event's name).
     pub topic: &'a str,
     /// Valid JSON text.
     contents: &'a str,
+    /// A socket (its `socket_id`, `<node>.<id>`) the message skips: a Pusher client event's
+    /// sender, or the `socket_id` a backend excluded.
+    pub except: Option<&'a str>,
+    /// For Pusher frames: the sender's `user_id` (client events on presence channels).
+    pub user_id: Option<&'a str>,
     /// The message's id when the backend asked for delivery receipts: numbered frames carry
     /// it, and a page acks it (`{"ack": id}`). At most [`MAX_MESSAGE_ID_BYTES`] of
     /// `[0-9a-f]`.
     pub id: Option<&'a str>,
 }
-
-/// Longest message id (ids are hex, 32 characters).
-pub const MAX_MESSAGE_ID_BYTES: usize = 64;
 
 impl<'a> Message<'a> {
     /// A message whose contents were parsed as JSON.
@@ -131,6 +155,8 @@ impl<'a> Message<'a> {
             topic,
             contents: contents.get(),
             id: None,
+            except: None,
+            user_id: None,
         }
     }
 
@@ -142,20 +168,50 @@ impl<'a> Message<'a> {
         }
     }
 
+    /// The same message, skipping socket `socket_id` wherever it is delivered.
+    pub fn except(self, socket_id: Option<&'a str>) -> Message<'a> {
+        Message {
+            except: socket_id,
+            ..self
+        }
+    }
+
+    /// The same message, its Pusher frame naming the sender's `user_id`.
+    pub fn from_user(self, user_id: Option<&'a str>) -> Message<'a> {
+        Message { user_id, ..self }
+    }
+
+    /// A Pusher frame: `{"event":topic,"channel":channel,"data":contents}` (contents verbatim:
+    /// the HTTP API's `data` is a JSON string, which pages parse), plus `user_id` if set.
+    pub fn pusher_frame(&self, channel: &str) -> Frame {
+        let json = |s: &str| serde_json::to_string(s).expect("string serializes");
+        let mut out = String::with_capacity(self.contents.len() + self.topic.len() + 64);
+        out.push_str("{\"event\":");
+        out.push_str(&json(self.topic));
+        out.push_str(",\"channel\":");
+        out.push_str(&json(channel));
+        out.push_str(",\"data\":");
+        out.push_str(self.contents);
+        if let Some(user_id) = self.user_id {
+            out.push_str(",\"user_id\":");
+            out.push_str(&json(user_id));
+        }
+        out.push('}');
+        Arc::new(Utf8Bytes::from(out))
+    }
+
     /// The contents, raw JSON text.
     pub fn contents(&self) -> &'a str {
         self.contents
     }
 
-    /// The seed's frame: `{"topic","number":1,"contents"}` (never an id: a seed page cannot
-    /// ack, and sees exactly the seed's bytes).
+    /// The seed's frame: `{"topic","number":1,"contents"}`.
     pub fn seed_frame(&self) -> Frame {
         frame_text(self.topic, 1, self.contents, None, None)
     }
 
     /// A frame for a resumable socket: the seed's three fields, `number` being the message's
-    /// sequence in its stream, plus `stream` (`user`, `broadcast`, `topic:<name>`), plus `id`
-    /// when it asks for a receipt.
+    /// sequence in its stream, plus `stream` (`user`, `broadcast`, `topic:<name>`).
     pub fn stream_frame(&self, seq: u64, stream: &str) -> Frame {
         frame_text(self.topic, seq, self.contents, Some(stream), self.id)
     }
@@ -189,31 +245,20 @@ fn frame_text(
     Arc::new(Utf8Bytes::from(out))
 }
 
-/// A message from a uid's offline inbox, for a page that opened fresh:
-/// `{"topic","number":0,"contents","id","inbox":true}`. No `stream`: it is not numbered in
-/// one, and a client must not take its `number` as a position. `None` if `contents` is not
-/// JSON (a store that was tampered with).
-pub fn inbox_frame(topic: &str, contents: &str, id: &str) -> Option<Frame> {
-    serde_json::from_str::<&RawValue>(contents).ok()?;
-    let text = frame_text(topic, 0, contents, None, Some(id));
-    let mut out = String::with_capacity(text.len() + 14);
-    out.push_str(&text[..text.len() - 1]);
-    out.push_str(",\"inbox\":true}");
-    Some(Arc::new(Utf8Bytes::from(out)))
-}
-
 /// A message and its stream as bytes: `<id len>:<stream id><topic len>:<topic><contents>`
-/// (lengths in decimal bytes), preceded by `i<len>:<message id>` when the message carries a
-/// receipt id (a plain payload starts with a digit). What a cluster broker stores and sends
+/// (lengths in decimal bytes), after `x<len>:<socket id>` when it skips a socket and
+/// `w<len>:<user id>` when it names its sender. What a cluster broker stores and sends
 /// between nodes; the frames are built from it on the node that delivers, once per message.
 pub fn encode_payload(key: &StreamKey, msg: &Message<'_>) -> Vec<u8> {
     let id = key.id();
     let mut out = Vec::with_capacity(id.len() + msg.topic.len() + msg.contents.len() + 12);
-    if let Some(message_id) = msg.id {
-        out.push(b'i');
-        out.extend_from_slice(message_id.len().to_string().as_bytes());
-        out.push(b':');
-        out.extend_from_slice(message_id.as_bytes());
+    for (tag, part) in [(b'i', msg.id), (b'x', msg.except), (b'w', msg.user_id)] {
+        if let Some(part) = part {
+            out.push(tag);
+            out.extend_from_slice(part.len().to_string().as_bytes());
+            out.push(b':');
+            out.extend_from_slice(part.as_bytes());
+        }
     }
     for part in [id.as_str(), msg.topic] {
         out.extend_from_slice(part.len().to_string().as_bytes());
@@ -236,29 +281,35 @@ pub fn decode_payload(bytes: &[u8]) -> Option<(StreamKey, Message<'_>)> {
         }
         Some((std::str::from_utf8(&rest[..len]).ok()?, &rest[len..]))
     }
-    let (message_id, bytes) = match bytes.strip_prefix(b"i") {
-        Some(rest) => {
-            let (message_id, rest) = part(rest)?;
-            if !valid_message_id(message_id) {
-                return None;
-            }
-            (Some(message_id), rest)
+    let (mut message_id, mut except, mut user_id, mut bytes) = (None, None, None, bytes);
+    if let Some(rest) = bytes.strip_prefix(b"i") {
+        let (id, rest) = part(rest)?;
+        if !valid_message_id(id) {
+            return None;
         }
-        None => (None, bytes),
-    };
+        (message_id, bytes) = (Some(id), rest);
+    }
+    if let Some(rest) = bytes.strip_prefix(b"x") {
+        let (sid, rest) = part(rest)?;
+        (except, bytes) = (Some(sid), rest);
+    }
+    if let Some(rest) = bytes.strip_prefix(b"w") {
+        let (uid, rest) = part(rest)?;
+        (user_id, bytes) = (Some(uid), rest);
+    }
     let (id, rest) = part(bytes)?;
     let (topic, rest) = part(rest)?;
     let contents = std::str::from_utf8(rest).ok()?;
     let raw: &RawValue = serde_json::from_str(contents).ok()?;
-    let msg = Message::new(topic, raw);
-    Some((
-        StreamKey::from_id(id)?,
-        match message_id {
-            Some(message_id) => msg.with_id(message_id),
-            None => msg,
-        },
-    ))
+    let mut msg = Message::new(topic, raw).except(except).from_user(user_id);
+    if let Some(message_id) = message_id {
+        msg = msg.with_id(message_id);
+    }
+    Some((StreamKey::from_id(id)?, msg))
 }
+
+/// Longest message id (ids are hex, 32 characters).
+pub const MAX_MESSAGE_ID_BYTES: usize = 64;
 
 /// Whether `id` can be a message id: 1 to [`MAX_MESSAGE_ID_BYTES`] of lowercase hex.
 pub fn valid_message_id(id: &str) -> bool {
@@ -281,6 +332,19 @@ pub fn ack_of(text: &str) -> Option<String> {
 /// message was not for this socket. Nothing was counted.
 pub fn nack(id: &str, reason: &str) -> Frame {
     control("_nack", serde_json::json!({ "id": id, "reason": reason }))
+}
+
+/// A message from a uid's offline inbox, for a page that opened fresh:
+/// `{"topic","number":0,"contents","id","inbox":true}`. No `stream`: it is not numbered in
+/// one, and a client must not take its `number` as a position. `None` if `contents` is not
+/// JSON (a store that was tampered with).
+pub fn inbox_frame(topic: &str, contents: &str, id: &str) -> Option<Frame> {
+    serde_json::from_str::<&RawValue>(contents).ok()?;
+    let text = frame_text(topic, 0, contents, None, Some(id));
+    let mut out = String::with_capacity(text.len() + 14);
+    out.push_str(&text[..text.len() - 1]);
+    out.push_str(",\"inbox\":true}");
+    Some(Arc::new(Utf8Bytes::from(out)))
 }
 
 /// The seed's envelope, used for HTTP replies.
@@ -462,13 +526,24 @@ mod tests {
             StreamKey::User("al:ice{}".into()),
             StreamKey::Topic("room:42".into()),
             StreamKey::Broadcast,
+            StreamKey::Channel {
+                app: "app-1".into(),
+                name: "presence-a:b".into(),
+            },
         ] {
-            let msg = Message::new("to:pic", &raw);
-            let bytes = encode_payload(&key, &msg);
-            let (k, m) = decode_payload(&bytes).unwrap();
-            assert_eq!(k, key);
-            assert_eq!(m.topic, "to:pic");
-            assert_eq!(m.contents(), raw.get());
+            for (except, user) in [
+                (None, None),
+                (Some("1.2"), None),
+                (Some("3.4"), Some("u:1")),
+            ] {
+                let msg = Message::new("to:pic", &raw).except(except).from_user(user);
+                let bytes = encode_payload(&key, &msg);
+                let (k, m) = decode_payload(&bytes).unwrap();
+                assert_eq!(k, key);
+                assert_eq!(m.topic, "to:pic");
+                assert_eq!(m.contents(), raw.get());
+                assert_eq!((m.except, m.user_id), (except, user));
+            }
         }
         let msg = Message::new("t", &raw).with_id("00ff");
         let bytes = encode_payload(&StreamKey::Broadcast, &msg);
@@ -485,15 +560,35 @@ mod tests {
             &b"i2:0g1:b1:t1"[..],
             b"i0:1:b1:t1",
             b"i99:1:b1:t1",
-            b"",
+            &b""[..],
             b"3:u:a",
             b"99:u:a1:t1",
             b"3:u:a1:tnot json",
             b"1:x1:t1",
             b"1:b1:t\xff",
+            b"x3:1.2",
+            b"x9:1.2",
         ] {
             assert!(decode_payload(bad).is_none(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn channels_cannot_clash_with_native_streams() {
+        let channel = StreamKey::Channel {
+            app: "1".into(),
+            name: "user".into(),
+        };
+        assert_ne!(channel.name(), StreamKey::User("x".into()).name());
+        assert_ne!(channel.id(), StreamKey::Topic("1:user".into()).id());
+        assert_eq!(StreamKey::from_id(&channel.id()), Some(channel.clone()));
+        assert!(!channel.keeps_history());
+        let raw = RawValue::from_string(r#""{\"a\":1}""#.into()).unwrap();
+        let msg = Message::new("my-event", &raw).from_user(Some("7"));
+        assert_eq!(
+            msg.pusher_frame("presence-room").as_str(),
+            r#"{"event":"my-event","channel":"presence-room","data":"{\"a\":1}","user_id":"7"}"#
+        );
     }
 
     #[test]

@@ -1,36 +1,53 @@
 //! The benchmark harness (bench/loadgen) in smoke mode against push-serve and both peers, so it
 //! cannot rot: every scenario must produce its numbers for every server that implements it.
 //! How fast anything was is the benchmark's business (BENCHMARKS.md), never asserted here.
-//! Needs the peers built (`bash bench/peers/setup.sh`; `.ci/run` does it).
+//! The peers' rows need them built (`bash bench/peers/setup.sh`; `.ci/run` does it).
 
 use std::path::Path;
 
 use push_bench::{Mode, Options, ServerSpec};
 
+mod common;
+use common::{require, runs};
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_produces_numbers_for_every_server() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for (what, path) in [
-        ("the Go peer", "bench/peers/go/push-peer-go"),
-        ("the Node peer's ws", "bench/peers/node/node_modules/ws"),
+    // The peers' rows need them built (`bash bench/peers/setup.sh`, which .ci/run runs), the
+    // cluster rows redis-server; without one, its rows are skipped with a line saying so, and
+    // push-serve's own rows still run.
+    let mut peers = Vec::new();
+    for (name, what, path) in [
+        (
+            "node",
+            "the Node peer (bench/peers/setup.sh)",
+            "bench/peers/node/node_modules/ws",
+        ),
+        (
+            "go",
+            "the Go peer (bench/peers/setup.sh)",
+            "bench/peers/go/push-peer-go",
+        ),
     ] {
-        assert!(
-            repo.join(path).exists(),
-            "{what} is missing ({path}): run `bash bench/peers/setup.sh` (.ci/run does)"
-        );
+        let here = repo.join(path).exists() && (name != "node" || runs("node", "--version"));
+        if require(
+            &format!("the benchmark smoke test's {name} rows"),
+            what,
+            here,
+        ) {
+            peers.push(name);
+        }
     }
-    // The cluster rows need redis-server (.ci/run installs it); without it, say so and skip them.
-    let with_cluster = std::process::Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !with_cluster {
-        eprintln!("skipped the push-serve-cluster rows: redis-server is not installed");
-    }
-    let mut names = vec!["push-serve", "node", "go"];
+    let with_cluster = require(
+        "the benchmark smoke test's push-serve-cluster rows",
+        "redis-server",
+        runs("redis-server", "--version"),
+    );
+    let mut names = vec!["push-serve"];
     if with_cluster {
-        names.insert(1, "push-serve-cluster");
+        names.push("push-serve-cluster");
     }
+    names.extend(&peers);
     let servers =
         ServerSpec::standard(&names, repo, Path::new(env!("CARGO_BIN_EXE_push-serve"))).unwrap();
     let mut opts = Options::new(Mode::Smoke, servers);
@@ -85,7 +102,7 @@ async fn every_scenario_produces_numbers_for_every_server() {
     }
     // The peers answer n/a, not a failure, on the push-serve-only scenarios.
     for sc in report.scenarios.iter().filter(|sc| sc.push_serve_only) {
-        for peer in ["node", "go"] {
+        for &peer in &peers {
             let row = report.row(&sc.id, peer).expect("peer row");
             assert!(!row.ok && row.value.is_none(), "{}/{peer}", sc.id);
         }

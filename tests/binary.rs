@@ -2,30 +2,12 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
+use common::daemon::{temp_config, Daemon, BIN};
 use common::*;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-
-const BIN: &str = env!("CARGO_BIN_EXE_push-serve");
-
-fn temp_config(name: &str, yaml: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("push-serve-test-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("conf.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[test]
 fn bad_config_is_one_line_naming_the_field_and_a_failure_exit() {
@@ -142,92 +124,36 @@ fn version_help_and_every_spelling_of_the_config_option() {
     }
 }
 
-/// Kills the daemon if a test fails before it exits.
-struct Child(Option<std::process::Child>);
+const PASSWORD: &str = "s3cret-Pa55word";
 
-impl Child {
-    fn proc(&mut self) -> &mut std::process::Child {
-        self.0.as_mut().expect("still running")
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.as_mut() {
-            let _ = c.kill();
-        }
-    }
-}
-
-async fn spawn_daemon(name: &str, log: &str) -> (Child, Server) {
+async fn spawn_daemon(name: &str, log: &str) -> Daemon {
     spawn_daemon_with(name, log, "").await
 }
 
 /// The daemon with `extra` appended to its config.
-async fn spawn_daemon_with(name: &str, log: &str, extra: &str) -> (Child, Server) {
-    let port = free_port();
-    let password = "s3cret-Pa55word";
-    let path = temp_config(
-        name,
-        &format!("addr: 127.0.0.1:{port}\npassword: {password}\n{extra}"),
-    );
-    let child = Command::new(BIN)
-        .args(["--config", path.to_str().unwrap()])
-        .env("RUST_LOG", log)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let server = Server::external(([127, 0, 0, 1], port).into(), password);
-    eventually("the daemon to listen", || async {
-        tokio::net::TcpStream::connect(server.addr).await.is_ok()
-    })
-    .await;
-    (Child(Some(child)), server)
-}
-
-fn sigterm(child: &mut Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.proc().id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::Output {
-    let deadline = std::time::Instant::now() + within;
-    while child.proc().try_wait().unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "daemon did not exit in {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.0.take().unwrap().wait_with_output().unwrap()
+async fn spawn_daemon_with(name: &str, log: &str, extra: &str) -> Daemon {
+    Daemon::start(name, log, PASSWORD, extra).await
 }
 
 #[tokio::test]
 async fn sigterm_closes_sockets_with_1001_and_exits_zero() {
-    let (mut child, server) = spawn_daemon("sigterm", "info").await;
+    let mut daemon = spawn_daemon("sigterm", "info").await;
+    let server = &daemon.server;
     let mut a = server.connect("u1").await;
     let mut b = server.connect("u2").await;
-    sigterm(&mut child);
+    daemon.signal("TERM");
     assert_eq!(close_code(&mut a).await, Some(CloseCode::Away));
     assert_eq!(close_code(&mut b).await, Some(CloseCode::Away));
-    let out = wait_exit(&mut child, Duration::from_secs(15));
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (status, log) = daemon.wait_exit(std::time::Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "{log}");
 }
 
 /// Passwords and keys travel in query strings; at the most verbose log level none of them may
 /// appear in the output, whatever the request.
 #[tokio::test]
 async fn secrets_never_reach_the_log() {
-    let (mut child, server) = spawn_daemon("secrets", "trace").await;
+    let daemon = spawn_daemon("secrets", "trace").await;
+    let server = daemon.server.clone_with_password(PASSWORD);
     let key = server.key("alice").await;
     let mut ws = server.connect_with_key("alice", &key).await;
     assert_eq!(
@@ -251,15 +177,11 @@ async fn secrets_never_reach_the_log() {
     .await;
     let _ =
         tokio_tungstenite::connect_async(server.ws_url("alice", "v1.99999999999.deadbeef")).await;
+    // The page vanishes; its socket's last lines are written once the server has seen it go.
+    let mark = daemon.mark();
     drop(ws);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    sigterm(&mut child);
-    let out = wait_exit(&mut child, Duration::from_secs(15));
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    daemon.wait_for_log(mark, "closed: connection lost").await;
+    let (_, log) = daemon.stop().await;
     assert!(log.contains("listening"), "the log was captured: {log}");
     for secret in [
         server.password.as_str(),
@@ -272,26 +194,21 @@ async fn secrets_never_reach_the_log() {
 }
 
 /// SIGTERM, then everything the daemon wrote.
-fn stop_and_read_log(mut child: Child) -> String {
-    sigterm(&mut child);
-    let out = wait_exit(&mut child, Duration::from_secs(15));
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+async fn stop_and_read_log(daemon: Daemon) -> String {
+    daemon.stop().await.1
 }
 
 /// What an operator sees at the default level when someone guesses passwords: each refusal
 /// with the address, the lockout as a warning, and never what was guessed.
 #[tokio::test]
 async fn a_wrong_password_is_logged_at_info_with_the_address_and_not_the_password() {
-    let (child, server) = spawn_daemon_with(
+    let daemon = spawn_daemon_with(
         "auth-log",
         "info",
         "auth_failures_per_minute: 2\nallowed_origins: [\"https://shop.example.com\"]\n",
     )
     .await;
+    let server = &daemon.server;
     // A socket from another site's page, refused before the upgrade.
     let key = server.key("alice").await;
     let mut request = server.ws_url("alice", &key).into_client_request().unwrap();
@@ -312,7 +229,7 @@ async fn a_wrong_password_is_logged_at_info_with_the_address_and_not_the_passwor
     .await
     .assert_error(401);
     http.get("/stats").await.assert_error(429);
-    let log = stop_and_read_log(child);
+    let log = stop_and_read_log(daemon).await;
     let line = |needle: &str| {
         log.lines()
             .find(|l| l.contains(needle))
@@ -337,8 +254,9 @@ async fn a_wrong_password_is_logged_at_info_with_the_address_and_not_the_passwor
 
 #[tokio::test]
 async fn a_slow_reader_closed_with_4008_is_logged_with_its_address() {
-    let (child, server) = spawn_daemon_with("slow-log", "info", "send_queue_frames: 4\n").await;
-    let _stalled = silent_client(&server, "slow", Some(4096)).await;
+    let daemon = spawn_daemon_with("slow-log", "info", "send_queue_frames: 4\n").await;
+    let server = &daemon.server;
+    let _stalled = silent_client(server, "slow", Some(4096)).await;
     let big = format!(r#"{{"topic":"big","contents":"{}"}}"#, "x".repeat(64 << 10));
     let mut http = server.http().await;
     let mut pushes = 0;
@@ -347,7 +265,7 @@ async fn a_slow_reader_closed_with_4008_is_logged_with_its_address() {
         assert!(pushes < 2000, "never evicted");
     }
     // The eviction is logged once the socket's task has closed it.
-    let log = stop_and_read_log(child);
+    let log = stop_and_read_log(daemon).await;
     let line = log
         .lines()
         .find(|l| l.contains("closed as a slow reader (4008)"))
@@ -361,8 +279,8 @@ async fn a_slow_reader_closed_with_4008_is_logged_with_its_address() {
 /// `RUST_LOG=inf0` used to turn every line off without a word.
 #[tokio::test]
 async fn a_misspelt_rust_log_is_reported_and_the_daemon_still_logs() {
-    let (child, _server) = spawn_daemon("rust-log", "inf0").await;
-    let log = stop_and_read_log(child);
+    let daemon = spawn_daemon("rust-log", "inf0").await;
+    let log = stop_and_read_log(daemon).await;
     assert!(
         log.contains("RUST_LOG=\"inf0\": `inf0` is not a level"),
         "{log}"
@@ -372,14 +290,15 @@ async fn a_misspelt_rust_log_is_reported_and_the_daemon_still_logs() {
 
 #[tokio::test]
 async fn log_format_json_writes_one_object_per_line() {
-    let (child, server) = spawn_daemon_with("json-log", "info", "log_format: json\n").await;
-    server
+    let daemon = spawn_daemon_with("json-log", "info", "log_format: json\n").await;
+    daemon
+        .server
         .http()
         .await
         .get("/access?uid=a&password=nope")
         .await
         .assert_error(401);
-    let log = stop_and_read_log(child);
+    let log = stop_and_read_log(daemon).await;
     let lines: Vec<serde_json::Value> = log
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
@@ -397,4 +316,137 @@ async fn log_format_json_writes_one_object_per_line() {
     assert!(lines
         .iter()
         .any(|l| l["message"].as_str().unwrap().contains("listening on")));
+}
+
+/// SIGHUP reads the config file again: a rotated password applies at once, keys issued under
+/// the old one keep opening sockets within `secret_overlap_secs`, a socket opened before stays
+/// open and keeps receiving, a setting that needs a restart is said to, and a broken file
+/// changes nothing. The process never dies of it.
+#[tokio::test]
+async fn sighup_rotates_the_password_without_dropping_a_socket() {
+    let daemon = spawn_daemon_with("sighup", "info", "secret_overlap_secs: 600\n").await;
+    let old = daemon.server.clone_with_password(PASSWORD);
+    let old_key = old.key("alice").await;
+    let mut before = old.connect_with_key("alice", &old_key).await;
+
+    let new_password = "n3w-Pa55word-after-rotation";
+    let rotated = format!(
+        "addr: 127.0.0.1:0\npassword: {new_password}\nsecret_overlap_secs: 600\n\
+         listen_backlog: 16\nmax_sockets_per_uid: 3\n"
+    );
+    daemon.write_config(&rotated);
+    let mark = daemon.mark();
+    daemon.signal("HUP");
+    let done = daemon.wait_for_log(mark, "config reloaded").await;
+    assert!(done.contains("2 setting(s) applied"), "{done}");
+    let log = daemon.log();
+    for expected in [
+        "config reload: password changed",
+        "config reload: max_sockets_per_uid 64 -> 3",
+        "keys of the previous one open sockets for 600 s more",
+        "config reload: listen_backlog changed in the file but needs a restart",
+    ] {
+        assert!(log.contains(expected), "no {expected:?} in:\n{log}");
+    }
+
+    // The new password works, the old one no longer does.
+    let new = daemon.server.clone_with_password(new_password);
+    let new_key = new.key("alice").await;
+    old.http()
+        .await
+        .get("/access?uid=alice&password=s3cret-Pa55word")
+        .await
+        .assert_error(401);
+    // A key issued before the rotation still opens a socket, within the window.
+    let mut after_old_key = new.connect_with_key("alice", &old_key).await;
+    let mut after_new_key = new.connect_with_key("alice", &new_key).await;
+    // The limit that came with the reload counts the socket opened before it.
+    let status = try_raw_upgrade(&new, "alice", &new_key, None).await.0;
+    assert_eq!(status, 429);
+    // The socket opened before the reload is still open, and all three get a push made with
+    // the new password.
+    let r = new
+        .push("alice", r#"{"topic":"t","contents":"after"}"#)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["number"], 3);
+    for ws in [&mut before, &mut after_old_key, &mut after_new_key] {
+        assert_eq!(
+            next_text(ws).await,
+            r#"{"topic":"t","number":1,"contents":"after"}"#
+        );
+    }
+
+    // A broken file: logged, and nothing changes.
+    daemon.write_config("addr: 127.0.0.1:0\npassword: x\nmax_sockets: many\n");
+    let mark = daemon.mark();
+    daemon.signal("HUP");
+    let refused = daemon.wait_for_log(mark, "config reload refused").await;
+    assert!(
+        refused.contains("`max_sockets` must be a whole number"),
+        "{refused}"
+    );
+    assert!(refused.contains("WARN"), "{refused}");
+    new.key("alice").await;
+    old.http()
+        .await
+        .get("/access?uid=alice&password=x")
+        .await
+        .assert_error(401);
+    // A file gone missing is the same.
+    std::fs::remove_file(&daemon.config_path).unwrap();
+    let mark = daemon.mark();
+    daemon.signal("HUP");
+    daemon
+        .wait_for_log(
+            mark,
+            "config reload refused, the running config stays in force: cannot read",
+        )
+        .await;
+    let r = new
+        .push("alice", r#"{"topic":"t","contents":"still"}"#)
+        .await;
+    assert_eq!(r.json()["number"], 3);
+    next_text(&mut before).await;
+
+    let (status, log) = daemon.stop().await;
+    assert_eq!(status.code(), Some(0), "{log}");
+    for secret in [PASSWORD, new_password, old_key.as_str(), new_key.as_str()] {
+        assert!(!log.contains(secret), "the log shows {secret:?}:\n{log}");
+    }
+}
+
+/// With no overlap, keys of the replaced secret are refused as soon as the reload is applied,
+/// and rotating only `secret` keeps the password.
+#[tokio::test]
+async fn sighup_without_overlap_refuses_keys_of_the_replaced_secret_at_once() {
+    let daemon = spawn_daemon_with(
+        "sighup-strict",
+        "info",
+        "secret: first-secret\nsecret_overlap_secs: 0\n",
+    )
+    .await;
+    let s = &daemon.server;
+    let old_key = s.key("bob").await;
+    let mut before = s.connect_with_key("bob", &old_key).await;
+    daemon.write_config(&format!(
+        "addr: 127.0.0.1:0\npassword: {PASSWORD}\nsecret: second-secret\nsecret_overlap_secs: 0\n"
+    ));
+    let mark = daemon.mark();
+    daemon.signal("HUP");
+    daemon.wait_for_log(mark, "config reloaded").await;
+    assert!(daemon
+        .log()
+        .contains("keys of the previous one are refused"));
+    assert_eq!(try_raw_upgrade(s, "bob", &old_key, None).await.0, 401);
+    let new_key = s.key("bob").await;
+    assert_ne!(new_key, old_key);
+    let _after = s.connect_with_key("bob", &new_key).await;
+    assert_eq!(
+        s.push("bob", r#"{"topic":"t","contents":1}"#).await.status,
+        200
+    );
+    next_text(&mut before).await;
+    let (status, log) = daemon.stop().await;
+    assert_eq!(status.code(), Some(0), "{log}");
 }

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncReadExt;
@@ -55,15 +53,30 @@ async fn expired_key_is_refused_but_open_socket_stays() {
     let s = Server::start(|c| c.access_key_ttl_secs = 1).await;
     let key = s.key("alice").await;
     let mut open = s.connect_with_key("alice", &key).await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let err = tokio_tungstenite::connect_async(s.ws_url("alice", &key)).await;
-    match err {
-        Err(tungstenite::Error::Http(resp)) => {
+    // The key opens sockets until its expiry (a second from issue), then is refused: try
+    // until it is, each try an upgrade that either opens (and is dropped) or is refused.
+    let refused = std::sync::Mutex::new(None);
+    eventually("the key to expire", || {
+        let url = s.ws_url("alice", &key);
+        let refused = &refused;
+        async move {
+            match tokio_tungstenite::connect_async(url).await {
+                Ok(_) => false,
+                Err(e) => {
+                    *refused.lock().unwrap() = Some(e);
+                    true
+                }
+            }
+        }
+    })
+    .await;
+    match refused.into_inner().unwrap() {
+        Some(tungstenite::Error::Http(resp)) => {
             assert_eq!(resp.status(), 401);
             let body = String::from_utf8_lossy(resp.body().as_deref().unwrap()).into_owned();
             assert!(body.contains("expired"), "{body}");
         }
-        other => panic!("expected 401, got {:?}", other.map(|(_, r)| r.status())),
+        other => panic!("expected 401, got {other:?}"),
     }
     assert_eq!(
         s.push("alice", r#"{"topic":"t","contents":1}"#)
@@ -148,11 +161,13 @@ async fn heartbeat_drops_a_silent_socket_and_keeps_a_live_one() {
 #[tokio::test]
 async fn heartbeat_timeout_closes_with_4000() {
     let s = Server::start(|c| c.heartbeat_interval_secs = 0.2).await;
-    let mut ws = s.connect("sleepy").await;
-    // Not reading means not answering pings; the server gives up and sends its close frame,
-    // which we read once it is there.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(close_code(&mut ws).await, Some(CloseCode::from(4000)));
+    // A raw client reads the server's frames without answering its pings (a client library
+    // would answer them as it reads): the server gives up and says so.
+    let mut ws = common::raw_ws::RawWs::open(&s, "sleepy").await;
+    assert_eq!(
+        CloseCode::from(ws.close_code().await),
+        CloseCode::from(4000)
+    );
 }
 
 /// 256 queued frames of 64 KiB would be 16 MiB held for one stalled page; the byte bound

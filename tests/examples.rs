@@ -64,8 +64,8 @@ async fn push_sh_reads_the_password_from_the_environment_and_fails_on_http_error
 }
 
 // ---------------------------------------------------------------------------------------------
-// Deployment examples. Each check runs the real tool when it is installed (`.ci/run` does not
-// install them: `apt-get install nginx caddy` to run all three), and says so when it is not.
+// Deployment examples. Each check runs the real tool when it is installed (`.ci/run` installs
+// nginx, caddy and systemd), and says so when it is not.
 
 fn example(name: &str) -> String {
     format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -77,10 +77,7 @@ fn installed(tool: &str) -> bool {
         .output()
         .or_else(|_| Command::new(tool).arg("-v").output())
         .is_ok();
-    if !found {
-        eprintln!("skipped: `{tool}` is not installed");
-    }
-    found
+    require("a deployment example check", &format!("`{tool}`"), found)
 }
 
 /// Every endpoint push-serve serves, and those being added (health, metrics, SSE, the client

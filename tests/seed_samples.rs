@@ -27,6 +27,14 @@ fn php(server: &Server, args: &[&str]) -> String {
 // Multi-threaded: `php` runs as a blocking child process while the server answers it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_php_sample_gets_a_key_and_pushes_to_the_page() {
+    let curl = Command::new("php").arg("-m").output().is_ok_and(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .any(|m| m == "curl")
+    });
+    if !require("the PHP sample test", "php with its curl module", curl) {
+        return;
+    }
     let s = Server::start_default().await;
     let key = php(&s, &["access", "member42"]);
     let mut tab = s.connect_with_key("member42", &key).await;

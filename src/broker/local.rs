@@ -111,7 +111,7 @@ impl LocalBroker {
     }
 
     fn publish_now(&self, key: &StreamKey, msg: Message<'_>, idem: Option<&str>) -> Published {
-        let keep = self.retention.history_size > 0;
+        let keep = self.retention.history_size > 0 && key.keeps_history();
         let mut guard = self.shard(key);
         let shard = &mut *guard;
         if let Some(idem) = idem {
@@ -340,6 +340,7 @@ fn meta_cost(key: &StreamKey) -> usize {
     let key_bytes = match key {
         StreamKey::User(s) | StreamKey::Topic(s) => s.len(),
         StreamKey::Broadcast => 0,
+        StreamKey::Channel { app, name } => app.len() + name.len(),
     };
     128 + key_bytes
 }

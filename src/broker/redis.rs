@@ -368,7 +368,11 @@ impl RedisBroker {
             call.key(keys.idempotency(key, idem));
         }
         call.arg(wire::encode_payload(key, &msg))
-            .arg(retention.history_size)
+            .arg(if key.keeps_history() {
+                retention.history_size
+            } else {
+                0
+            })
             .arg(retention.history_ttl.as_millis().max(1) as u64)
             .arg(self.shared.meta_ttl_secs())
             .arg(random_hex())

@@ -11,6 +11,7 @@ use crate::auth::valid_topic;
 /// A fresh access key for `uid`, granting the comma-separated `topics` if given.
 pub(super) fn access(state: &AppState, req: &Req) -> Result<Response, ApiError> {
     let params = authorized(state, req, "GET, POST")?;
+    let settings = state.settings();
     let uid = params.uid()?;
     let mut topics: Vec<String> = Vec::new();
     for topic in params
@@ -27,10 +28,10 @@ pub(super) fn access(state: &AppState, req: &Req) -> Result<Response, ApiError> 
             topics.push(topic.to_owned());
         }
     }
-    if topics.len() > state.max_topics_per_key {
-        return Err(ApiError::TooManyTopics(state.max_topics_per_key));
+    if topics.len() > settings.max_topics_per_key {
+        return Err(ApiError::TooManyTopics(settings.max_topics_per_key));
     }
-    let key = state.auth.issue_with_topics(uid, &topics);
+    let key = settings.auth.issue_with_topics(uid, &topics);
     let mut res = envelope(StatusCode::OK, "_access", 1, key);
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -107,9 +107,18 @@ pub enum ApiError {
     /// Method not allowed on this path.
     #[error("method not allowed, use {0}")]
     MethodNotAllowed(&'static str),
+    /// Pusher mode: no app has the path's id.
+    #[error("no app with this id")]
+    UnknownPusherApp,
+    /// Pusher mode: the HTTP API request's signature did not verify.
+    #[error("{0}")]
+    PusherSignature(crate::protocol::pusher::auth::SignatureError),
+    /// Pusher mode: the HTTP API refused the request (its status is inside).
+    #[error("{0}")]
+    PusherApi(crate::protocol::pusher::api::ApiFailure),
     /// No such path.
     #[error(
-        "not found: the endpoints are /access, /ws, /sse, /push, /publish, /broadcast, /online, /stats, /disconnect, /rooms, /report/push/<id>, /health, /ready, /metrics, /admin, /push-serve.js"
+        "not found: the endpoints are /access, /ws, /sse, /push, /publish, /broadcast, /online, /stats, /disconnect, /rooms, /report/push/<id>, /health, /ready, /metrics, /admin, /push-serve.js (and /app/{{key}}, /apps/{{id}}/… in Pusher mode)"
     )]
     NotFound,
 }
@@ -144,6 +153,11 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             ApiError::OriginRefused => StatusCode::FORBIDDEN,
+            ApiError::UnknownPusherApp => StatusCode::NOT_FOUND,
+            ApiError::PusherSignature(_) => StatusCode::UNAUTHORIZED,
+            ApiError::PusherApi(f) => {
+                StatusCode::from_u16(f.status).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -178,6 +192,9 @@ impl ApiError {
             ApiError::OriginRefused => "origin_refused",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::NotFound => "not_found",
+            ApiError::UnknownPusherApp => "unknown_app",
+            ApiError::PusherSignature(_) => "bad_signature",
+            ApiError::PusherApi(_) => "pusher_api",
         }
     }
 

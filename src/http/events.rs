@@ -26,7 +26,7 @@ pub(super) async fn events(state: &AppState, req: &Req) -> Response {
     if let Some(origin) = req.headers.get(header::ORIGIN) {
         if origin_allowed(state, &req.headers) {
             let h = res.headers_mut();
-            match state.allowed_origins {
+            match state.settings().allowed_origins {
                 None => h.insert(
                     header::ACCESS_CONTROL_ALLOW_ORIGIN,
                     HeaderValue::from_static("*"),

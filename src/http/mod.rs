@@ -17,6 +17,7 @@ pub mod error;
 mod events;
 mod ops;
 mod publish;
+mod pusher;
 mod query;
 pub mod rooms;
 mod upgrade;
@@ -24,11 +25,10 @@ mod upgrade;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use hyper::upgrade::OnUpgrade;
 use serde::Deserialize;
-use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use warp::http::header::{self, HeaderMap, HeaderName};
 use warp::http::Method;
@@ -39,7 +39,7 @@ use warp::Filter;
 use crate::auth::Auth;
 use crate::config::{Config, MAX_UID_BYTES};
 use crate::hub::Hub;
-use crate::limits::{FailureLimiter, LogThrottle, PeerAddr};
+use crate::limits::{FailureLimiter, LogThrottle, PeerAddr, SocketSlots};
 use crate::metrics::{Credential, Endpoint, Metrics};
 use crate::protocol::SocketContext;
 
@@ -48,30 +48,70 @@ pub use publish::PUSH_OK;
 
 /// Everything the handlers share.
 pub struct AppState {
-    auth: Auth,
+    /// What a config reload may change, swapped whole ([`AppState::reconfigure`]).
+    settings: RwLock<Arc<Settings>>,
     hub: Arc<Hub>,
+    /// One slot per open socket, `max_sockets` in all. Taken before the upgrade and held by
+    /// the socket's task, so the cap holds however many upgrades race (a count checked before
+    /// joining let concurrent upgrades pass it together).
+    socket_slots: Arc<SocketSlots>,
+    /// The "server full" line: at most one per period while refusals last.
+    full_log: LogThrottle,
+    limiter: FailureLimiter,
+    sockets: Arc<SocketContext>,
+    tracker: TaskTracker,
+    metrics: Arc<Metrics>,
+    /// Pusher-compatible mode, when configured.
+    pusher: Option<Arc<crate::protocol::pusher::Pusher>>,
+    /// False once shutdown has begun: `/ready` answers 503.
+    accepting: AtomicBool,
+}
+
+/// The handlers' settings that a config reload changes while the server runs. A request reads
+/// them once ([`AppState::settings`]) and so sees one consistent set.
+pub(crate) struct Settings {
+    auth: Auth,
     max_body_bytes: usize,
     max_uids_per_push: usize,
     /// Longest a push may be kept in an offline uid's inbox, seconds.
     inbox_max_ttl_secs: u64,
     max_topics_per_key: usize,
-    /// One permit per open socket, `max_sockets` in all. Taken before the upgrade and held by
-    /// the socket's task, so the cap holds however many upgrades race (a count checked before
-    /// joining let concurrent upgrades pass it together).
-    socket_slots: Arc<Semaphore>,
-    max_sockets: usize,
-    /// The "server full" line: at most one per period while refusals last.
-    full_log: LogThrottle,
     max_sockets_per_uid: usize,
-    limiter: FailureLimiter,
     real_ip_header: Option<HeaderName>,
     trusted_proxies: usize,
     allowed_origins: Option<Vec<String>>,
-    sockets: Arc<SocketContext>,
-    tracker: TaskTracker,
-    metrics: Arc<Metrics>,
-    /// False once shutdown has begun: `/ready` answers 503.
-    accepting: AtomicBool,
+}
+
+impl Settings {
+    fn new(config: &Config, auth: Auth) -> Settings {
+        Settings {
+            auth,
+            max_body_bytes: config.max_body_bytes,
+            max_uids_per_push: config.max_uids_per_push,
+            inbox_max_ttl_secs: config.inbox_max_ttl_secs,
+            max_topics_per_key: config.max_topics_per_key,
+            max_sockets_per_uid: config.max_sockets_per_uid,
+            real_ip_header: config
+                .real_ip_header
+                .as_deref()
+                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+            trusted_proxies: config.trusted_proxies,
+            allowed_origins: config.allowed_origins.clone(),
+        }
+    }
+}
+
+/// The access keys `config` asks for: our own, and JWTs when `jwt_secret` is set.
+fn auth_of(config: &Config) -> Auth {
+    let auth = Auth::new(
+        config.key_material(),
+        &config.password,
+        config.access_key_ttl_secs,
+    );
+    match &config.jwt_secret {
+        Some(secret) => auth.with_jwt(secret, config.max_topics_per_key),
+        None => auth,
+    }
 }
 
 impl AppState {
@@ -82,41 +122,46 @@ impl AppState {
         sockets: Arc<SocketContext>,
         tracker: TaskTracker,
     ) -> AppState {
+        let pusher = config
+            .pusher
+            .as_ref()
+            .map(|p| Arc::new(crate::protocol::pusher::Pusher::new(p, hub.clone())));
         AppState {
-            auth: {
-                let auth = Auth::new(
-                    config.key_material(),
-                    &config.password,
-                    config.access_key_ttl_secs,
-                );
-                match &config.jwt_secret {
-                    Some(secret) => auth.with_jwt(secret, config.max_topics_per_key),
-                    None => auth,
-                }
-            },
+            settings: RwLock::new(Arc::new(Settings::new(config, auth_of(config)))),
             hub,
-            max_body_bytes: config.max_body_bytes,
-            max_uids_per_push: config.max_uids_per_push,
-            inbox_max_ttl_secs: config.inbox_max_ttl_secs,
-            max_topics_per_key: config.max_topics_per_key,
-            socket_slots: Arc::new(Semaphore::new(
-                config.max_sockets.min(Semaphore::MAX_PERMITS),
-            )),
-            max_sockets: config.max_sockets,
+            socket_slots: Arc::new(SocketSlots::new(config.max_sockets)),
             full_log: LogThrottle::new(std::time::Duration::from_secs(10)),
-            max_sockets_per_uid: config.max_sockets_per_uid,
             limiter: FailureLimiter::new(config.auth_failures_per_minute),
-            real_ip_header: config
-                .real_ip_header
-                .as_deref()
-                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
-            trusted_proxies: config.trusted_proxies,
-            allowed_origins: config.allowed_origins.clone(),
             metrics: sockets.metrics.clone(),
+            pusher,
             sockets,
             tracker,
             accepting: AtomicBool::new(true),
         }
+    }
+
+    /// Applies a reloaded config's settings to the requests that come next: password and
+    /// access keys (keys signed with a replaced secret keep verifying for
+    /// `secret_overlap_secs`), limits, origins and the client-address header. Sockets already
+    /// open are not touched, even if they are now over a lowered limit.
+    pub fn reconfigure(&self, config: &Config) {
+        let auth = self
+            .settings()
+            .auth
+            .rotated(auth_of(config), config.secret_overlap());
+        let next = Arc::new(Settings::new(config, auth));
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = next;
+        self.socket_slots.set_max(config.max_sockets);
+        self.limiter.set_per_minute(config.auth_failures_per_minute);
+    }
+
+    /// The settings in force now.
+    pub(crate) fn settings(&self) -> Arc<Settings> {
+        // Held for a pointer copy only; writers come with a reload.
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Shutdown has begun: from now on `/ready` says 503, so a load balancer stops sending.
@@ -131,7 +176,8 @@ impl AppState {
 
     /// The address `req` comes from, as far as the configured proxies vouch for it.
     fn client_ip(&self, req: &Req) -> Option<IpAddr> {
-        req.client_ip(self.real_ip_header.as_ref(), self.trusted_proxies)
+        let settings = self.settings();
+        req.client_ip(settings.real_ip_header.as_ref(), settings.trusted_proxies)
     }
 }
 
@@ -190,7 +236,7 @@ fn check_password(state: &AppState, params: &Params, req: &Req) -> Result<(), Ap
     }
     let given = params.password.as_deref().or_else(|| bearer(&req.headers));
     match given {
-        Some(given) if state.auth.check_password(given) => Ok(()),
+        Some(given) if state.settings().auth.check_password(given) => Ok(()),
         _ => {
             let client = Client(ip);
             let what = if given.is_some() { "wrong" } else { "no" };
@@ -410,6 +456,24 @@ fn all_routes(
             let result = publish::report(&state, &req, &id).await;
             respond(&state, &req, Endpoint::Report, result)
         });
+    let pusher_socket_route = warp::path!("app" / String)
+        .and(common.clone())
+        .and(warp::ext::optional::<OnUpgrade>())
+        .then(
+            |key: String, req: Req, state: Arc<AppState>, on_upgrade| async move {
+                let result = pusher::socket(&state, &req, &key, on_upgrade).await;
+                respond(&state, &req, Endpoint::PusherSocket, result)
+            },
+        );
+    let pusher_api_route = warp::path("apps")
+        .or(warp::path("users"))
+        .unify()
+        .and(common.clone())
+        .and(warp::body::stream())
+        .then(|req: Req, state: Arc<AppState>, body| async move {
+            let result = pusher::api(&state, &req, body).await;
+            respond(&state, &req, Endpoint::PusherApi, result)
+        });
     let sse_route = warp::path!("sse")
         .and(common.clone())
         .then(|req: Req, state: Arc<AppState>| async move { events::events(&state, &req).await });
@@ -454,6 +518,9 @@ fn all_routes(
         .or(sse_route)
         .unify()
         .or(client_route)
+        .unify()
+        // Boxed: Pusher mode is off the native push path.
+        .or(pusher_socket_route.or(pusher_api_route).unify().boxed())
         .unify()
         // Boxed, like the ops routes below: off the push path, and its type stays out of
         // every symbol of the server.

@@ -40,7 +40,7 @@ where
 {
     let params = authorized(state, req, "POST")?;
     let idem = idempotency_key(&req.headers)?;
-    let body = read_body(body, &req.headers, state.max_body_bytes).await?;
+    let body = read_body(body, &req.headers, state.settings().max_body_bytes).await?;
     Ok((params, idem, body))
 }
 
@@ -104,15 +104,17 @@ where
     }
     uids.sort_unstable();
     uids.dedup();
-    if uids.len() > state.max_uids_per_push {
-        return Err(ApiError::TooManyUids(state.max_uids_per_push));
+    let settings = state.settings();
+    let max_uids = settings.max_uids_per_push;
+    if uids.len() > max_uids {
+        return Err(ApiError::TooManyUids(max_uids));
     }
     let inbox_ttl = match push.inbox {
         None => None,
-        Some(secs) if (1..=state.inbox_max_ttl_secs).contains(&secs) => {
+        Some(secs) if (1..=settings.inbox_max_ttl_secs).contains(&secs) => {
             Some(Duration::from_secs(secs))
         }
-        Some(_) => return Err(ApiError::BadInbox(state.inbox_max_ttl_secs)),
+        Some(_) => return Err(ApiError::BadInbox(settings.inbox_max_ttl_secs)),
     };
     let receipt = match push.receipt || inbox_ttl.is_some() {
         true => Some(Receipts::new_id("push", idem.as_deref())),

@@ -7,13 +7,13 @@
 use std::collections::HashMap;
 
 use hyper::upgrade::OnUpgrade;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use warp::http::header::{self, HeaderMap, HeaderValue};
 use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 
 use super::{ApiError, AppState, Client, Params, Req};
+use crate::limits::{Slot, SocketSlots};
 use crate::metrics::Credential;
 use crate::protocol::native;
 use crate::registry::Subscription;
@@ -110,6 +110,7 @@ pub(super) fn admit(
     let params = Params::parse(&req.query)?;
     let uid = params.uid()?;
     let topics = state
+        .settings()
         .auth
         .verify(uid, params.access_key.as_deref().unwrap_or(""))
         .map_err(|e| {
@@ -146,7 +147,10 @@ pub(super) fn admit(
 /// Whether a browser page from this `Origin` may connect (`allowed_origins`); requests without
 /// `Origin` (apps, backends) may.
 pub(super) fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
-    match (&state.allowed_origins, headers.get(header::ORIGIN)) {
+    match (
+        &state.settings().allowed_origins,
+        headers.get(header::ORIGIN),
+    ) {
         (Some(allowed), Some(origin)) => allowed
             .iter()
             .any(|a| origin.as_bytes().eq_ignore_ascii_case(a.as_bytes())),
@@ -162,40 +166,36 @@ pub(super) fn check_room(
     req: &Req,
     uid: &str,
     stopping: bool,
-) -> Result<OwnedSemaphorePermit, ApiError> {
+) -> Result<Slot, ApiError> {
     if stopping {
         return Err(ApiError::ShuttingDown);
     }
-    let slot = state
-        .socket_slots
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| {
-            if let Some(held_back) = state.full_log.allow() {
-                log::warn!(
-                    "socket refused for {}: max_sockets ({}) are open (503; {held_back} more \
+    let slot = SocketSlots::take(&state.socket_slots).ok_or_else(|| {
+        if let Some(held_back) = state.full_log.allow() {
+            log::warn!(
+                "socket refused for {}: max_sockets ({}) are open (503; {held_back} more \
                      refused since the last such line, which comes at most every 10 s)",
-                    Client(state.client_ip(req)),
-                    state.max_sockets
-                );
-            }
-            ApiError::ServerFull
-        })?;
+                Client(state.client_ip(req)),
+                state.socket_slots.max()
+            );
+        }
+        ApiError::ServerFull
+    })?;
     // Per uid the count is checked, then joined: concurrent upgrades of one uid may pass the
     // check together, so this limit can be overshot by a few (the total above cannot).
-    if state.hub.registry().sockets_of(uid) >= state.max_sockets_per_uid {
+    let per_uid = state.settings().max_sockets_per_uid;
+    if state.hub.registry().sockets_of(uid) >= per_uid {
         log::info!(
-            "socket refused for {}: its uid has max_sockets_per_uid ({}) open (429)",
+            "socket refused for {}: its uid has max_sockets_per_uid ({per_uid}) open (429)",
             Client(state.client_ip(req)),
-            state.max_sockets_per_uid
         );
-        return Err(ApiError::TooManySockets(state.max_sockets_per_uid));
+        return Err(ApiError::TooManySockets(per_uid));
     }
     Ok(slot)
 }
 
 /// The `Sec-WebSocket-Accept` value if `headers` are a valid RFC 6455 upgrade request.
-fn websocket_accept(headers: &HeaderMap) -> Option<HeaderValue> {
+pub(super) fn websocket_accept(headers: &HeaderMap) -> Option<HeaderValue> {
     let has_token = |name: header::HeaderName, token: &str| {
         headers.get_all(name).iter().any(|v| {
             v.to_str()

@@ -4,12 +4,15 @@
 //! - [`native`]: a WebSocket (`/ws`), over [`close_watch`] so a failed connection still ends
 //!   with a clean close;
 //! - [`sse`]: a `text/event-stream` response (`/sse`), the fallback where WebSockets do not get
-//!   through.
+//!   through;
+//! - [`pusher`]: Pusher Channels (`/app/{key}`), for pusher-js and Laravel Echo.
 
 pub mod close_watch;
 pub mod native;
+pub mod pusher;
 pub mod sse;
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,11 +32,13 @@ use crate::wire::{self, Frame, Position, Proto, StreamKey};
 pub struct SocketContext {
     /// The hub the socket joined (for its counters).
     pub hub: Arc<Hub>,
-    /// Ping period (WebSocket) or comment heartbeat period (SSE); also how long a ping may go
-    /// unanswered, or a write stay stuck.
-    pub heartbeat: Duration,
-    /// tungstenite settings for a WebSocket.
-    pub ws_config: WebSocketConfig,
+    /// Ping period (WebSocket) or comment heartbeat period (SSE), in nanoseconds; also how
+    /// long a ping may go unanswered, or a write stay stuck. A reload may change it.
+    heartbeat_nanos: AtomicU64,
+    /// tungstenite settings for a WebSocket, but for the message size limit, which is
+    /// `max_client_frame` (a reload may change it for sockets opened afterwards).
+    ws_config: WebSocketConfig,
+    max_client_frame: AtomicUsize,
     /// Where the socket's end (its close code) is counted.
     pub metrics: Arc<Metrics>,
     /// Most streams a socket follows besides those of its key (rooms the backend moved it
@@ -45,7 +50,11 @@ pub struct SocketContext {
     pub inbox: Arc<Inbox>,
     /// Events for the business server: a uid online/offline, a socket's connect/disconnect.
     pub callbacks: Callbacks,
+    /// `true` once sockets shut down. Also bumped, still `false`, when the heartbeat period
+    /// changes: every task already watches this channel, so a reload reaches open sockets
+    /// without a byte more per socket.
     shutdown: watch::Sender<bool>,
+    /// `true` once the server stops accepting; bumped like `shutdown` (SSE streams watch it).
     draining: watch::Sender<bool>,
 }
 
@@ -57,10 +66,12 @@ impl SocketContext {
         ws_config: WebSocketConfig,
         metrics: Arc<Metrics>,
     ) -> SocketContext {
+        let max_client_frame = ws_config.max_message_size.unwrap_or(usize::MAX);
         SocketContext {
             hub,
-            heartbeat,
+            heartbeat_nanos: AtomicU64::new(nanos(heartbeat)),
             ws_config,
+            max_client_frame: AtomicUsize::new(max_client_frame),
             metrics,
             max_rooms: 64,
             receipts: Arc::new(Receipts::memory(Duration::from_secs(3600), 100_000)),
@@ -98,8 +109,41 @@ impl SocketContext {
         self
     }
 
+    /// The heartbeat period in force now.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_nanos(self.heartbeat_nanos.load(Ordering::Relaxed))
+    }
+
+    /// Changes the heartbeat period of every socket, open ones included: each restarts its
+    /// heartbeat with the new period (and a fresh random phase) when woken by this.
+    pub fn set_heartbeat(&self, heartbeat: Duration) {
+        if self
+            .heartbeat_nanos
+            .swap(nanos(heartbeat), Ordering::Relaxed)
+            != nanos(heartbeat)
+        {
+            // Wakes every task once; the value stays what it is (a shutdown under way stays).
+            self.shutdown.send_modify(|_| {});
+            self.draining.send_modify(|_| {});
+        }
+    }
+
+    /// tungstenite settings for a socket opening now.
+    pub fn ws_config(&self) -> WebSocketConfig {
+        let max = self.max_client_frame.load(Ordering::Relaxed);
+        self.ws_config
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max))
+    }
+
+    /// Changes the largest message a page may send, for sockets opened from now on.
+    pub fn set_max_client_frame_bytes(&self, max: usize) {
+        self.max_client_frame.store(max, Ordering::Relaxed);
+    }
+
     /// Flips to `true` when the server shuts down its sockets, after requests in flight were
-    /// answered (so pushes they made are written first). Each task takes its own receiver.
+    /// answered (so pushes they made are written first). Each task takes its own receiver. A
+    /// change that leaves it `false` means the heartbeat period changed.
     pub fn shutdown(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
     }
@@ -250,4 +294,8 @@ pub async fn acknowledge(session: &Session, ctx: &SocketContext, id: &str) -> Op
             None
         }
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

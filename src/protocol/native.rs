@@ -80,7 +80,7 @@ pub fn upgraded(
                 return None;
             }
         };
-        let mut ws = accept(TokioIo::new(upgraded), ctx.ws_config).await;
+        let mut ws = accept(TokioIo::new(upgraded), ctx.ws_config()).await;
         serve_in_place(&mut ws, &mut session, &ctx).await
     }
 }
@@ -154,7 +154,7 @@ where
 
 /// Why the loop ended: either a reason we tell the client, or the connection is already gone.
 #[derive(Clone, Copy)]
-enum Ended {
+pub(crate) enum Ended {
     Close(CloseReason),
     Lost,
 }
@@ -180,7 +180,7 @@ where
     let preamble = std::mem::take(&mut session.preamble);
     let outbox = session.membership.outbox().clone();
     let outbox = &*outbox;
-    let heartbeat = ctx.heartbeat;
+    let mut heartbeat = ctx.heartbeat();
     if *shutdown.borrow() {
         return Ended::Close(CloseReason::ServerShutdown);
     }
@@ -197,10 +197,7 @@ where
             return ended;
         }
     }
-    // A random phase spreads the pings of thousands of sockets opened together.
-    let phase = heartbeat.mul_f64(rand::rng().random_range(0.5..1.0));
-    let mut tick = interval_at(Instant::now() + phase, heartbeat);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut tick = heartbeat_tick(heartbeat);
     let mut awaiting_pong = false;
     // A page's ack, read in the select below and counted after it.
     let mut acked: Option<String> = None;
@@ -239,7 +236,17 @@ where
         }
         tokio::select! {
             biased;
-            _ = shutdown.changed() => return Ended::Close(CloseReason::ServerShutdown),
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() {
+                    return Ended::Close(CloseReason::ServerShutdown);
+                }
+                // The heartbeat period changed (a config reload): start over with it, giving
+                // the page a whole new period to answer.
+                heartbeat = ctx.heartbeat();
+                tick = heartbeat_tick(heartbeat);
+                awaiting_pong = false;
+                continue;
+            }
             // A frame was queued, or we were evicted: both are handled at the top.
             _ = outbox.ready() => continue,
             inbound = ws.next() => {
@@ -293,11 +300,20 @@ where
     }
 }
 
+/// The ping timer: the first ping after a random phase, which spreads the pings of thousands of
+/// sockets opened (or given a new period) together.
+fn heartbeat_tick(heartbeat: Duration) -> tokio::time::Interval {
+    let phase = heartbeat.mul_f64(rand::rng().random_range(0.5..1.0));
+    let mut tick = interval_at(Instant::now() + phase, heartbeat);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick
+}
+
 /// Runs a write to completion unless the server shuts down, the socket is evicted, or the write
 /// stays stuck for `limit` (one heartbeat interval: a client that reads nothing for that long is
 /// as dead as one that answers no ping), so a client that stops reading can never pin its task,
 /// even when nothing more is pushed to it. `Some` says why the socket must end.
-async fn guarded<F>(
+pub(crate) async fn guarded<F>(
     sent: F,
     outbox: &Outbox,
     shutdown: &mut watch::Receiver<bool>,
@@ -315,7 +331,10 @@ where
             biased;
             result = &mut sent => return result.err().map(|_| Ended::Lost),
             _ = &mut stuck => return Some(Ended::Close(CloseReason::HeartbeatTimeout)),
-            _ = shutdown.changed() => return Some(Ended::Close(CloseReason::ServerShutdown)),
+            // `false`: only the heartbeat period changed; this write keeps its own limit.
+            _ = shutdown.changed() => if *shutdown.borrow() {
+                return Some(Ended::Close(CloseReason::ServerShutdown));
+            },
             // Also woken by newly queued frames: those wait for the caller's next drain.
             _ = outbox.ready() => if let Some(reason) = outbox.evicted() {
                 return Some(Ended::Close(reason));
@@ -325,7 +344,7 @@ where
 }
 
 /// Writes `first` and whatever else is already queued (up to `max` frames), then flushes once.
-async fn write_batch<S>(
+pub(crate) async fn write_batch<S>(
     ws: &mut WebSocketStream<S>,
     first: Frame,
     outbox: &Outbox,
@@ -344,7 +363,7 @@ where
     ws.flush().await
 }
 
-fn classify(e: WsError) -> Ended {
+pub(crate) fn classify(e: WsError) -> Ended {
     match e {
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
             Ended::Close(CloseReason::MessageTooBig)
@@ -375,14 +394,23 @@ where
     let Ended::Close(reason) = ended else {
         return;
     };
+    let frame = (reason != CloseReason::ClientClosed).then(|| CloseFrame {
+        code: reason.close_code(),
+        reason: reason.text().into(),
+    });
+    close_handshake(ws, frame).await;
+}
+
+/// [`close`] with any close frame; `None` when the client closed first (only its echo is
+/// flushed).
+pub(crate) async fn close_handshake<S>(ws: &mut Socket<S>, frame: Option<CloseFrame>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let handshake = async {
-        if reason == CloseReason::ClientClosed {
+        let Some(frame) = frame else {
             let _ = ws.flush().await;
             return;
-        }
-        let frame = CloseFrame {
-            code: reason.close_code(),
-            reason: reason.text().into(),
         };
         if ws.close(Some(frame)).await.is_err() {
             return;

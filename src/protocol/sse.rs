@@ -120,7 +120,7 @@ async fn run(
     chunk.put_slice(b"event: close\ndata: ");
     chunk.put_slice(info.to_string().as_bytes());
     chunk.put_slice(b"\n\n");
-    let _ = tokio::time::timeout(ctx.heartbeat, tx.send(chunk.freeze())).await;
+    let _ = tokio::time::timeout(ctx.heartbeat(), tx.send(chunk.freeze())).await;
     Some(reason.code())
 }
 
@@ -145,8 +145,7 @@ async fn drive(
     if let Some(ended) = send(chunk.split().freeze(), tx, outbox, ctx, draining).await {
         return ended;
     }
-    let mut tick = interval_at(Instant::now() + ctx.heartbeat, ctx.heartbeat);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut tick = heartbeat_tick(ctx);
     loop {
         // Everything queued goes out before we wait again (so no wake-up is ever missed).
         while let Some((frame, slot, seq)) = outbox.pop_placed() {
@@ -181,7 +180,13 @@ async fn drive(
         }
         tokio::select! {
             biased;
-            _ = draining.changed() => return Ended::Close(CloseReason::ServerShutdown),
+            _ = draining.changed() => {
+                if *draining.borrow() {
+                    return Ended::Close(CloseReason::ServerShutdown);
+                }
+                // The heartbeat period changed (a config reload): start over with it.
+                tick = heartbeat_tick(ctx);
+            }
             _ = tx.closed() => return Ended::Lost,
             // A frame was queued, or we were evicted: both are handled at the top.
             _ = outbox.ready() => continue,
@@ -193,6 +198,14 @@ async fn drive(
             }
         }
     }
+}
+
+/// The comment heartbeat's timer, one period from now.
+fn heartbeat_tick(ctx: &SocketContext) -> tokio::time::Interval {
+    let heartbeat = ctx.heartbeat();
+    let mut tick = interval_at(Instant::now() + heartbeat, heartbeat);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick
 }
 
 /// Hands `chunk` to the response body unless the page is gone, the server drains, the socket
@@ -207,13 +220,16 @@ async fn send(
 ) -> Option<Ended> {
     let sent = tx.send(chunk);
     let mut sent = std::pin::pin!(sent);
-    let mut stuck = std::pin::pin!(tokio::time::sleep(ctx.heartbeat));
+    let mut stuck = std::pin::pin!(tokio::time::sleep(ctx.heartbeat()));
     loop {
         tokio::select! {
             biased;
             result = &mut sent => return result.err().map(|_| Ended::Lost),
             _ = &mut stuck => return Some(Ended::Close(CloseReason::HeartbeatTimeout)),
-            _ = draining.changed() => return Some(Ended::Close(CloseReason::ServerShutdown)),
+            // `false`: only the heartbeat period changed; this chunk keeps its own limit.
+            _ = draining.changed() => if *draining.borrow() {
+                return Some(Ended::Close(CloseReason::ServerShutdown));
+            },
             _ = outbox.ready() => if let Some(reason) = outbox.evicted() {
                 return Some(Ended::Close(reason));
             },

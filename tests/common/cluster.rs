@@ -1,10 +1,11 @@
-//! Cluster test harness: real `redis-server` processes on free ports, push-serve nodes in this
-//! process or as the real binary (so one can be SIGKILLed), and a resuming `proto=2` client
-//! that keeps positions the way `client/push-serve.js` does.
+//! Cluster test harness: real `redis-server` processes, push-serve nodes in this process or as
+//! the real binary (so one can be SIGKILLed), and a resuming `proto=2` client that keeps
+//! positions the way `client/push-serve.js` does.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+
 use std::time::Duration;
 
 use serde_json::Value;
@@ -28,45 +29,68 @@ impl Redis {
 
     /// Starts Redis with `extra` arguments (persistence settings).
     pub async fn start_with(extra: &[&str]) -> Option<Redis> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            eprintln!("skipped: redis-server is not installed (bash .ci/run installs it)");
+        if !require(
+            "a cluster test",
+            "redis-server",
+            runs("redis-server", "--version"),
+        ) {
             return None;
         }
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("push-serve-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut redis = Redis {
-            port,
-            dir,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            child: None,
-        };
-        redis.spawn().await;
-        Some(redis)
+        // Redis cannot bind port 0 and report the port (0 turns TCP off), so a free port is
+        // picked and, should another process take it first, Redis fails to bind and exits
+        // before saying it is ready: then another port is tried. Only a Redis that says it is
+        // ready on our port is ours.
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = std::env::temp_dir()
+                .join(format!("push-serve-redis-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut redis = Redis {
+                port,
+                dir,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+                child: None,
+            };
+            if redis.spawn().await {
+                return Some(redis);
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
     }
 
-    async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+    /// Starts redis-server on `self.port`; whether it is up and listening (false: it exited,
+    /// most likely because the port was taken).
+    async fn spawn(&mut self) -> bool {
+        let mut child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--dir", self.dir.to_str().unwrap()])
             .args(&self.extra)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server starts");
+        let stdout = child.stdout.take().unwrap();
         self.child = Some(child);
-        let port = self.port;
-        eventually("redis to answer", || async move {
-            redis_cmd(port, &["PING"])
-                .await
-                .is_some_and(|r| r.contains("PONG"))
-        })
-        .await;
+        // Its log says when it accepts connections; the rest is read and dropped (a full pipe
+        // would stall it).
+        let ready = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            let ready = lines
+                .by_ref()
+                .map_while(Result::ok)
+                .any(|l| l.contains("Ready to accept connections"));
+            std::thread::spawn(move || lines.for_each(drop));
+            ready
+        });
+        let ready = tokio::time::timeout(PATIENCE, ready)
+            .await
+            .expect("redis-server starts in time")
+            .unwrap();
+        if !ready {
+            self.kill();
+        }
+        ready
     }
 
     pub fn url(&self) -> String {
@@ -81,10 +105,14 @@ impl Redis {
         }
     }
 
-    /// Starts again on the same port (and data directory).
+    /// Starts again on the same port (and data directory): the nodes know it by its port.
     pub async fn restart(&mut self) {
         self.kill();
-        self.spawn().await;
+        assert!(
+            self.spawn().await,
+            "redis-server restarts on port {}",
+            self.port
+        );
     }
 
     /// Runs one command, returning the raw RESP reply text.
@@ -118,6 +146,7 @@ async fn redis_cmd(port: u16, args: &[&str]) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// A port free a moment ago, for redis-server (which cannot report a port it chose itself).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -141,67 +170,36 @@ pub async fn node(redis: &Redis, tweak: impl FnOnce(&mut Config)) -> Server {
 /// The push-serve binary as a node of the cluster on `redis`; killed when dropped.
 pub struct BinaryNode {
     pub server: Server,
-    child: Option<Child>,
+    daemon: Option<daemon::Daemon>,
 }
 
 impl BinaryNode {
     pub async fn start(redis: &Redis, name: &str) -> BinaryNode {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("push-serve-node-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("conf.yaml");
-        std::fs::write(
-            &path,
-            format!(
-                "addr: 127.0.0.1:{port}\npassword: {PASSWORD}\nredis_url: {}\n",
-                redis.url()
-            ),
+        let daemon = daemon::Daemon::start(
+            &format!("node-{name}"),
+            "warn,push_serve=info",
+            PASSWORD,
+            &format!("redis_url: {}\n", redis.url()),
         )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_push-serve"))
-            .args(["--config", path.to_str().unwrap()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let server = Server::external(([127, 0, 0, 1], port).into(), PASSWORD);
-        let addr = server.addr;
-        eventually("the node to listen", || async move {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-        })
         .await;
-        // Listening comes before joining the cluster: wait until it takes sockets.
         let node = BinaryNode {
-            server,
-            child: Some(child),
+            server: daemon.server.clone_with_password(PASSWORD),
+            daemon: Some(daemon),
         };
+        // Listening comes before joining the cluster: wait until it takes sockets.
         wait_ready(&node.server).await;
         node
     }
 
     pub fn sigkill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(mut daemon) = self.daemon.take() {
+            daemon.kill();
         }
     }
 
-    pub fn sigterm(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
-        let ok = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        c.wait().unwrap()
-    }
-}
-
-impl Drop for BinaryNode {
-    fn drop(&mut self) {
-        self.sigkill();
+    pub async fn sigterm(&mut self) -> std::process::ExitStatus {
+        let daemon = self.daemon.take().expect("running");
+        daemon.stop().await.0
     }
 }
 

@@ -8,11 +8,14 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod daemon;
+pub mod raw_ws;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use push_serve::reload::{Outcome, ReloadError, Reloader};
 use push_serve::Config;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -36,6 +39,8 @@ pub struct Server {
     pub metrics_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    /// In-process only: the config it runs with, and the way to change it while it runs.
+    reload: Option<(std::sync::Mutex<Config>, Reloader)>,
 }
 
 impl Server {
@@ -59,6 +64,7 @@ impl Server {
             metrics_addr: None,
             stop: None,
             task: None,
+            reload: None,
         }
     }
 
@@ -90,8 +96,10 @@ impl Server {
         let metrics_addr = metrics.as_ref().map(|l| l.local_addr().unwrap());
         let password = config.password.clone();
         let (stop, stopped) = oneshot::channel::<()>();
+        let (reloader, reloads) = push_serve::reload::channel();
+        let running = config.clone();
         let task = tokio::spawn(async move {
-            push_serve::run_with_metrics(listener, metrics, config, async {
+            push_serve::run_reloadable(listener, metrics, config, reloads, async {
                 let _ = stopped.await;
             })
             .await
@@ -103,7 +111,25 @@ impl Server {
             metrics_addr,
             stop: Some(stop),
             task: Some(task),
+            reload: Some((std::sync::Mutex::new(running), reloader)),
         }
+    }
+
+    /// Changes the running config as a reload of its file would (SIGHUP on the binary), and
+    /// returns once it is applied.
+    pub async fn reload(&self, tweak: impl FnOnce(&mut Config)) -> Result<Outcome, ReloadError> {
+        let (config, reloader) = self.reload.as_ref().expect("an in-process server");
+        let next = {
+            let mut config = config.lock().unwrap();
+            tweak(&mut config);
+            config.clone()
+        };
+        reloader.reload(next).await
+    }
+
+    /// The same server, as a client that presents `password`.
+    pub fn clone_with_password(&self, password: &str) -> Server {
+        Server::external(self.addr, password)
     }
 
     pub fn is_external(&self) -> bool {
@@ -196,6 +222,31 @@ impl Drop for Server {
             let _ = stop.send(());
         }
     }
+}
+
+/// Whether a suite's outside tool is here: `false` (after one line saying what is missing) lets
+/// `cargo test` pass on a machine without Go, Node, Chromium, PHP or Redis. `.ci/run` installs
+/// them all and sets `PUSH_SERVE_REQUIRE_ALL=1`, under which a missing tool fails the test
+/// instead, so CI cannot go green by skipping.
+pub fn require(suite: &str, what: &str, present: bool) -> bool {
+    if present {
+        return true;
+    }
+    if std::env::var_os("PUSH_SERVE_REQUIRE_ALL").is_some_and(|v| v != "0") {
+        panic!("{suite}: {what} is missing, and PUSH_SERVE_REQUIRE_ALL is set");
+    }
+    eprintln!("skipped {suite}: {what} is missing (bash .ci/run installs it)");
+    false
+}
+
+/// Whether `program` runs (with `arg`, e.g. `--version`).
+pub fn runs(program: &str, arg: &str) -> bool {
+    std::process::Command::new(program)
+        .arg(arg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok()
 }
 
 /// A random number from the OS (tests need no rand dependency of their own).
@@ -331,27 +382,103 @@ impl Http {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Reply {
-        let mut req = format!("{method} {target} HTTP/1.1\r\nHost: test\r\n");
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
+        self.send(method, target, headers, body).await;
+        let (status, headers) = read_head(&mut self.reader).await;
+        let body = if method == "HEAD" {
+            Vec::new()
+        } else {
+            read_body(&mut self.reader, &headers).await
+        };
+        Reply {
+            status,
+            headers,
+            body,
         }
-        if !body.is_empty() || method == "POST" {
-            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-        }
-        req.push_str("\r\n");
-        let mut bytes = req.into_bytes();
-        bytes.extend_from_slice(body);
+    }
+
+    /// Writes a request without reading the reply: for a reply that streams
+    /// ([`Http::read_head`], then [`Http::reader`]), or requests pipelined on one connection.
+    pub async fn send(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) {
+        let bytes = request_bytes(method, target, headers, body);
         self.reader
             .get_mut()
             .write_all(&bytes)
             .await
             .expect("send request");
-        read_reply(&mut self.reader).await
+    }
+
+    /// The status line and headers of the next reply, leaving its body unread.
+    pub async fn read_head(&mut self) -> (u16, Vec<(String, String)>) {
+        tokio::time::timeout(PATIENCE, read_head(&mut self.reader))
+            .await
+            .expect("HTTP reply in time")
+    }
+
+    /// The body of a reply whose head [`Http::read_head`] read.
+    pub async fn read_body(&mut self, headers: &[(String, String)]) -> Vec<u8> {
+        tokio::time::timeout(PATIENCE, read_body(&mut self.reader, headers))
+            .await
+            .expect("HTTP body in time")
+    }
+
+    /// The connection, for reading a streamed body line by line.
+    pub fn reader(&mut self) -> &mut BufReader<TcpStream> {
+        &mut self.reader
+    }
+
+    pub fn into_reader(self) -> BufReader<TcpStream> {
+        self.reader
     }
 }
 
+/// An HTTP/1.1 request's bytes (`Content-Length` added for a body, and for every POST).
+pub fn request_bytes(method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: test\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// The headers of a WebSocket upgrade request, with RFC 6455 1.3's sample key (so the answer
+/// is `s3pPLMBiTxaQ9kYGzzhZRbK+xOo=`).
+pub const UPGRADE_HEADERS: [(&str, &str); 4] = [
+    ("Connection", "Upgrade"),
+    ("Upgrade", "websocket"),
+    ("Sec-WebSocket-Version", "13"),
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+];
+
+/// `Sec-WebSocket-Accept` for [`UPGRADE_HEADERS`]' key.
+pub const UPGRADE_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
 /// Reads one response (Content-Length or chunked body).
 async fn read_reply<R: tokio::io::AsyncRead + Unpin>(reader: &mut BufReader<R>) -> Reply {
+    let (status, headers) = read_head(reader).await;
+    let body = read_body(reader, &headers).await;
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A response's status line and headers.
+async fn read_head<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+) -> (u16, Vec<(String, String)>) {
     let mut line = String::new();
     reader.read_line(&mut line).await.expect("status line");
     let status: u16 = line
@@ -371,6 +498,15 @@ async fn read_reply<R: tokio::io::AsyncRead + Unpin>(reader: &mut BufReader<R>) 
         let (k, v) = l.split_once(':').expect("header has a colon");
         headers.push((k.trim().to_string(), v.trim().to_string()));
     }
+    (status, headers)
+}
+
+/// A response's body, as its headers describe it (Content-Length, chunked, or none).
+async fn read_body<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    headers: &[(String, String)],
+) -> Vec<u8> {
+    let mut line = String::new();
     let find = |name: &str| {
         headers
             .iter()
@@ -394,11 +530,7 @@ async fn read_reply<R: tokio::io::AsyncRead + Unpin>(reader: &mut BufReader<R>) 
             body.extend_from_slice(&chunk[..n]);
         }
     }
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    body
 }
 
 /// The next text frame, skipping pings/pongs; panics on close or timeout.
@@ -454,47 +586,94 @@ pub async fn close_code(ws: &mut Ws) -> Option<CloseCode> {
 }
 
 /// Waits until `cond` holds, polling; panics after [`PATIENCE`].
-pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+pub async fn eventually<F, Fut>(what: &str, cond: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+    eventually_within(what, PATIENCE, cond).await
+}
+
+/// [`eventually`] with its own bound.
+pub async fn eventually_within<F, Fut>(what: &str, within: Duration, cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    assert!(
+        wait_until(within, cond).await,
+        "timed out waiting for {what}"
+    );
+}
+
+/// Waits until `cond` holds or `within` has passed; whether it held. The one place tests poll:
+/// for what only a query shows (a count in `/stats`, a key expiring in Redis), asked again
+/// every 20 ms. Anything that announces itself (a frame, a log line, a reply) is awaited
+/// instead.
+pub async fn wait_until<F, Fut>(within: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Upgrades a fresh connection to `/ws` for `uid` with `key` by hand, checks the 101 and its
+/// `Sec-WebSocket-Accept`, and returns the connection with nothing read past the handshake:
+/// what the page does next (or does not do) is up to the test. `recv_buffer` shrinks the
+/// socket's receive buffer, for a client that stops reading.
+pub async fn raw_upgrade(
+    s: &Server,
+    uid: &str,
+    key: &str,
+    recv_buffer: Option<u32>,
+) -> BufReader<TcpStream> {
+    let (status, headers, io) = try_raw_upgrade(s, uid, key, recv_buffer).await;
+    assert_eq!(status, 101, "{headers:?}");
+    let accept = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-accept"))
+        .map(|(_, v)| v.as_str());
+    assert_eq!(accept, Some(UPGRADE_ACCEPT));
+    io
+}
+
+/// [`raw_upgrade`] without the checks: the status and headers of the reply, and the
+/// connection (with the body of a refusal unread).
+pub async fn try_raw_upgrade(
+    s: &Server,
+    uid: &str,
+    key: &str,
+    recv_buffer: Option<u32>,
+) -> (u16, Vec<(String, String)>, BufReader<TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
+    let stream = socket.connect(s.addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let mut http = Http {
+        reader: BufReader::new(stream),
+    };
+    let target = format!("/ws?uid={}&access_key={}", enc(uid), enc(key));
+    http.send("GET", &target, &UPGRADE_HEADERS, b"").await;
+    let (status, headers) = http.read_head().await;
+    (status, headers, http.reader)
 }
 
 /// Performs the WebSocket handshake by hand and then never reads or answers anything: a
 /// half-open or frozen client.
 pub async fn silent_client(s: &Server, uid: &str, recv_buffer: Option<u32>) -> TcpStream {
     let key = s.key(uid).await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    if let Some(size) = recv_buffer {
-        socket.set_recv_buffer_size(size).unwrap();
-    }
-    let mut stream = socket.connect(s.addr).await.unwrap();
-    let req = format!(
-        "GET /ws?uid={}&access_key={} HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        enc(uid),
-        enc(&key)
-    );
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8];
-        stream.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    stream
+    // Whatever the reader buffered past the handshake is dropped: this client reads nothing.
+    raw_upgrade(s, uid, &key, recv_buffer).await.into_inner()
 }

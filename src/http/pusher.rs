@@ -1,0 +1,210 @@
+//! Pusher-compatible mode's HTTP surface (404 unless `pusher:` is configured):
+//! - `GET /app/{key}?protocol=7…`: the socket. The upgrade checks happen before the `101`
+//!   (origin, upgrade headers, shutting down, the hub reachable); the Pusher refusals (unknown
+//!   key 4001, app over quota 4004, server full 4100, protocol 4007/4008) after it, as
+//!   `pusher:error` and a close with that code, which is what pusher-js acts on.
+//! - `/apps/{id}/…` (and `/users/{id}/terminate_connections`, where the PyPI SDK posts it): the
+//!   HTTP API, signed as the SDKs sign it; a refusal has its real status.
+
+use std::sync::Arc;
+
+use bytes::Buf;
+use futures_util::Stream;
+use hyper::upgrade::OnUpgrade;
+use warp::http::header::{self, HeaderValue};
+use warp::http::{Method, StatusCode};
+use warp::reply::Response;
+
+use super::publish::read_body;
+use super::upgrade::{origin_allowed, websocket_accept};
+use super::{ApiError, AppState, Client, Req};
+use crate::limits::SocketSlots;
+use crate::metrics::Credential;
+use crate::protocol::pusher::socket::{self, Refusal};
+use crate::protocol::pusher::{api, auth, Pusher};
+use crate::registry::Subscription;
+
+fn pusher(state: &AppState) -> Result<&Arc<Pusher>, ApiError> {
+    state.pusher.as_ref().ok_or(ApiError::NotFound)
+}
+
+/// `GET /app/{key}`.
+pub(super) async fn socket(
+    state: &AppState,
+    req: &Req,
+    key: &str,
+    on_upgrade: Option<OnUpgrade>,
+) -> Result<Response, ApiError> {
+    let pusher = pusher(state)?.clone();
+    if req.method != Method::GET {
+        return Err(ApiError::MethodNotAllowed("GET"));
+    }
+    if !origin_allowed(state, &req.headers) {
+        log::info!(
+            "pusher socket refused for {}: origin not in allowed_origins",
+            Client(state.client_ip(req))
+        );
+        return Err(ApiError::OriginRefused);
+    }
+    let accept = websocket_accept(&req.headers).ok_or(ApiError::UpgradeRequired)?;
+    let on_upgrade = on_upgrade.ok_or(ApiError::UpgradeRequired)?;
+    if state.sockets.is_shutting_down() {
+        return Err(ApiError::ShuttingDown);
+    }
+    let params: Vec<(String, String)> =
+        serde_urlencoded::from_str(&req.query).map_err(|e| ApiError::BadQuery(e.to_string()))?;
+    let protocol = params
+        .iter()
+        .find(|(k, _)| k == "protocol")
+        .map(|(_, v)| v.as_str());
+    let admitted = async {
+        let app = pusher.app_by_key(key).ok_or(Refusal::UNKNOWN_APP)?;
+        match protocol.map(str::parse::<u32>) {
+            None => return Err(Refusal::NO_PROTOCOL),
+            Some(Ok(5..=7)) => {}
+            Some(_) => return Err(Refusal::BAD_PROTOCOL),
+        }
+        let slot = app.admit().ok_or(Refusal::APP_FULL)?;
+        let server_slot = SocketSlots::take(&state.socket_slots).ok_or(Refusal::SERVER_FULL)?;
+        Ok((slot, server_slot))
+    }
+    .await;
+    let admitted = match admitted {
+        Ok((slot, server_slot)) => {
+            // Joined before the 101, like /ws: a trigger right after the page's
+            // connection_established can only miss it if it is not subscribed yet.
+            let session = state.hub.connect(Subscription::pusher(), None).await?;
+            state.metrics.socket_connected();
+            Ok((session, slot, server_slot))
+        }
+        Err(refusal) => {
+            if refusal == Refusal::UNKNOWN_APP {
+                state.metrics.auth_failed(Credential::AccessKey);
+            }
+            log::debug!(
+                "pusher socket of {} refused with {}",
+                Client(state.client_ip(req)),
+                refusal.code
+            );
+            Err(refusal)
+        }
+    };
+    let ctx = state.sockets.clone();
+    state.tracker.spawn(async move {
+        let (admitted, _server_slot) = match admitted {
+            Ok((session, slot, server_slot)) => (Ok((session, slot)), Some(server_slot)),
+            Err(refusal) => (Err(refusal), None),
+        };
+        socket::upgraded(on_upgrade, admitted, ctx, pusher).await;
+    });
+
+    let mut res = Response::new(Default::default());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    Ok(res)
+}
+
+/// `/apps/{id}/…`: finds the app, checks the method and the signature, runs the operation.
+pub(super) async fn api<S, B>(state: &AppState, req: &Req, body: S) -> Result<Response, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let pusher = pusher(state)?;
+    let parts: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+    let (app_id, rest) = match parts.as_slice() {
+        ["apps", id, rest @ ..] if !id.is_empty() => (*id, rest),
+        // The PyPI SDK (3.3.4) posts terminate_connections to /users/{id}/… without the
+        // /apps/{id} prefix; its signed auth_key names the app.
+        ["users", ..] => {
+            let params: Vec<(String, String)> = serde_urlencoded::from_str(&req.query)
+                .map_err(|e| ApiError::BadQuery(e.to_string()))?;
+            let key = params.iter().find(|(k, _)| k == "auth_key").map(|(_, v)| v);
+            let app = key.and_then(|k| pusher.app_by_key(k));
+            (
+                app.ok_or(ApiError::UnknownPusherApp)?.conf.id.as_str(),
+                &parts[..],
+            )
+        }
+        _ => return Err(ApiError::NotFound),
+    };
+    let decoded: Vec<String> = rest.iter().map(|p| percent_decode(p)).collect();
+    let rest: Vec<&str> = decoded.iter().map(String::as_str).collect();
+    let allow = match rest.as_slice() {
+        ["events"] | ["batch_events"] | ["users", _, "terminate_connections"] => "POST",
+        ["channels"] | ["channels", _] | ["channels", _, "users"] => "GET",
+        _ => return Err(ApiError::NotFound),
+    };
+    if req.method.as_str() != allow {
+        return Err(ApiError::MethodNotAllowed(allow));
+    }
+    let app = pusher
+        .app_by_id(app_id)
+        .ok_or(ApiError::UnknownPusherApp)?
+        .clone();
+    let body = read_body(body, &req.headers, state.settings().max_body_bytes).await?;
+    let params: Vec<(String, String)> =
+        serde_urlencoded::from_str(&req.query).map_err(|e| ApiError::BadQuery(e.to_string()))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let conf = &app.conf;
+    auth::check_request(
+        req.method.as_str(),
+        &req.path,
+        &params,
+        &body,
+        &conf.key,
+        &conf.secret,
+        now,
+    )
+    .map_err(|e| {
+        log::info!(
+            "pusher api request to {} refused for {}: {e}",
+            req.path,
+            Client(state.client_ip(req))
+        );
+        state.metrics.auth_failed(Credential::Password);
+        ApiError::PusherSignature(e)
+    })?;
+    let result = match rest.as_slice() {
+        ["events"] => api::events(pusher, &app, &body).await,
+        ["batch_events"] => api::batch_events(pusher, &app, &body).await,
+        ["users", user_id, "terminate_connections"] => api::terminate(pusher, &app, user_id).await,
+        ["channels"] => api::channels(pusher, &app, &params).await,
+        ["channels", name] => api::channel(pusher, &app, name).await,
+        ["channels", name, "users"] => api::users(pusher, &app, name).await,
+        _ => return Err(ApiError::NotFound),
+    };
+    let value = result.map_err(ApiError::PusherApi)?;
+    let mut res = Response::new(value.to_string().into());
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(res)
+}
+
+/// `%XX` escapes in a path segment (a channel such as `#server-to-user-1` or `a%40b`).
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, ..) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,703 @@
+//! One Pusher socket's life, beside the native task (and reusing its write and close steps):
+//! `pusher:connection_established`, then one `select!` over the outbox (channel events,
+//! built once per message by the registry), inbound frames (answered in order: a reply is
+//! written before anything queued after it), the activity timer and shutdown; then one cleanup
+//! path: leave the hub, take the socket's subscriptions and presence out of the store (telling
+//! the other members), `pusher:error` with the code, and the close handshake.
+//!
+//! A socket refused after the upgrade (unknown app 4001, over quota 4004, server full 4100,
+//! bad protocol version 4007/4008) gets `pusher:error` and a close with that code, as Pusher
+//! does, so pusher-js knows whether to retry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{interval_at, Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
+
+use super::codec::{self, Inbound};
+use super::store::Member;
+use super::{auth, is_cache, user_channel, AppSlot, Kind, Pusher, WebhookEvent};
+use crate::hub::Session;
+use crate::outbox::Outbox;
+use crate::protocol::native::{self, Ended, Socket};
+use crate::protocol::SocketContext;
+use crate::wire::{CloseReason, StreamKey};
+
+/// Most channels one socket may follow (each costs a registry entry).
+const MAX_CHANNELS: usize = 1000;
+/// How long the close handshake may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a socket is refused right after its upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// Pusher's error code, also the close code.
+    pub code: u16,
+    /// Said in `pusher:error`.
+    pub message: &'static str,
+}
+
+impl Refusal {
+    /// 4001: no app has this key.
+    pub const UNKNOWN_APP: Refusal = Refusal {
+        code: 4001,
+        message: "App key does not exist",
+    };
+    /// 4004: the app is at its `max_connections`.
+    pub const APP_FULL: Refusal = Refusal {
+        code: 4004,
+        message: "App is over its connection quota",
+    };
+    /// 4100: the server is at `max_sockets`.
+    pub const SERVER_FULL: Refusal = Refusal {
+        code: 4100,
+        message: "Over capacity: retry later",
+    };
+    /// 4007: a protocol version other than 5 to 7.
+    pub const BAD_PROTOCOL: Refusal = Refusal {
+        code: 4007,
+        message: "Unsupported protocol version: use 7",
+    };
+    /// 4008: no `protocol` parameter.
+    pub const NO_PROTOCOL: Refusal = Refusal {
+        code: 4008,
+        message: "No protocol version supplied",
+    };
+}
+
+/// How a socket ends, as Pusher codes it.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    /// Close with this code; `pusher:error` first when `tell` (4xxx codes).
+    Close(u16, &'static str, bool),
+    /// The client closed first: echo its close.
+    Echo,
+    /// The connection is gone.
+    Lost,
+}
+
+impl End {
+    fn of(ended: Ended) -> End {
+        let reason = match ended {
+            Ended::Lost => return End::Lost,
+            Ended::Close(reason) => reason,
+        };
+        match reason {
+            CloseReason::ClientClosed => End::Echo,
+            CloseReason::ServerShutdown => {
+                End::Close(4200, "Server shutting down: reconnect", true)
+            }
+            CloseReason::HeartbeatTimeout => End::Close(4201, "Pong reply not received", true),
+            CloseReason::SlowConsumer => {
+                End::Close(4100, "Send queue full: the client reads too slowly", true)
+            }
+            CloseReason::Resync => End::Close(4200, "Reconnect", true),
+            CloseReason::Disconnected => End::Close(4009, "Connection terminated by the app", true),
+            other => End::Close(other.code(), other.text(), false),
+        }
+    }
+
+    fn code(self) -> Option<u16> {
+        match self {
+            End::Close(code, ..) => Some(code),
+            End::Echo => Some(1000),
+            End::Lost => None,
+        }
+    }
+}
+
+/// The task of a Pusher socket whose `101` is on its way: `admitted` is its session and app
+/// place, or why it is refused. Returns the close code (`None`: connection lost).
+#[allow(clippy::manual_async_fn)]
+pub fn upgraded(
+    on_upgrade: OnUpgrade,
+    admitted: Result<(Session, AppSlot), Refusal>,
+    ctx: Arc<SocketContext>,
+    pusher: Arc<Pusher>,
+) -> impl std::future::Future<Output = Option<u16>> {
+    async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                log::debug!("pusher upgrade failed: {e}");
+                return None;
+            }
+        };
+        let mut ws = native::accept(TokioIo::new(upgraded), ctx.ws_config).await;
+        match admitted {
+            Err(refusal) => {
+                let end = End::Close(refusal.code, refusal.message, true);
+                Box::pin(close(&mut ws, end)).await;
+                Some(refusal.code)
+            }
+            Ok((mut session, slot)) => serve(&mut ws, &mut session, &slot, &ctx, &pusher).await,
+        }
+    }
+}
+
+/// Serves an admitted socket until it closes.
+pub async fn serve<S>(
+    ws: &mut Socket<S>,
+    session: &mut Session,
+    slot: &AppSlot,
+    ctx: &SocketContext,
+    pusher: &Pusher,
+) -> Option<u16>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut conn = Conn {
+        pusher,
+        app: slot.app(),
+        socket_id: session.membership.socket_id(),
+        user: None,
+        presence: Vec::new(),
+        tokens: pusher.client_events_per_second as f32,
+        refilled: Instant::now(),
+    };
+    log::debug!("pusher socket {} opened", conn.socket_id);
+    let end = conn.drive(ws, session, ctx).await;
+    log::debug!("pusher socket {} closed: {end:?}", conn.socket_id);
+    ctx.metrics.socket_closed(end.code());
+    session.membership.leave();
+    Box::pin(conn.cleanup(session)).await;
+    let outbox = session.membership.outbox().clone();
+    Box::pin(finish(ws, &outbox, end)).await;
+    end.code()
+}
+
+/// On shutdown, write what was queued; then `pusher:error` and the close handshake.
+async fn finish<S>(ws: &mut Socket<S>, outbox: &Outbox, end: End)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if matches!(end, End::Close(4200, ..)) {
+        let flush = async {
+            while let Some(first) = outbox.pop() {
+                native::write_batch(ws, first, outbox, usize::MAX).await?;
+            }
+            Ok::<_, tokio_tungstenite::tungstenite::Error>(())
+        };
+        if !matches!(tokio::time::timeout(CLOSE_TIMEOUT, flush).await, Ok(Ok(()))) {
+            return;
+        }
+    }
+    outbox.close();
+    close(ws, end).await;
+}
+
+async fn close<S>(ws: &mut Socket<S>, end: End)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = match end {
+        End::Lost => return,
+        End::Echo => None,
+        End::Close(code, message, tell) => {
+            if tell {
+                let text = codec::error(Some(code), message);
+                let sent = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(text_message(text))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    return;
+                }
+            }
+            Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: message.into(),
+            })
+        }
+    };
+    native::close_handshake(ws, frame).await;
+}
+
+fn text_message(text: String) -> WsMessage {
+    WsMessage::Text(Utf8Bytes::from(text))
+}
+
+/// One socket's protocol state. Small: an idle socket holds its id, its app and empty lists.
+struct Conn<'a> {
+    pusher: &'a Pusher,
+    app: &'a Arc<super::App>,
+    socket_id: String,
+    /// The user it signed in as.
+    user: Option<Box<str>>,
+    /// Presence channels it is a member of, and as whom.
+    presence: Vec<(Box<str>, Box<str>)>,
+    /// Client events it may still send this second (a token bucket).
+    tokens: f32,
+    refilled: Instant,
+}
+
+impl Conn<'_> {
+    fn key(&self, channel: &str) -> StreamKey {
+        StreamKey::Channel {
+            app: self.app.conf.id.as_str().into(),
+            name: channel.into(),
+        }
+    }
+
+    fn follows(&self, session: &Session, channel: &str) -> bool {
+        let key = self.key(channel);
+        session.membership.streams().any(|(_, k)| k == key)
+    }
+
+    async fn drive<S>(
+        &mut self,
+        ws: &mut Socket<S>,
+        session: &mut Session,
+        ctx: &SocketContext,
+    ) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let outbox = session.membership.outbox().clone();
+        let mut shutdown = ctx.shutdown();
+        if *shutdown.borrow() {
+            return End::of(Ended::Close(CloseReason::ServerShutdown));
+        }
+        let timeout = self.pusher.activity_timeout;
+        let hello = codec::connection_established(&self.socket_id, timeout.as_secs());
+        let sent = ws.send(text_message(hello));
+        let greeted = Box::pin(native::guarded(
+            sent,
+            &outbox,
+            &mut shutdown,
+            ctx.heartbeat(),
+        ));
+        if let Some(ended) = greeted.await {
+            return End::of(ended);
+        }
+        let mut tick = interval_at(Instant::now() + timeout, timeout);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let (mut heard, mut awaiting) = (false, false);
+        loop {
+            while let Some(first) = outbox.pop() {
+                let batch = native::write_batch(ws, first, &outbox, 64);
+                if let Some(ended) =
+                    native::guarded(batch, &outbox, &mut shutdown, ctx.heartbeat()).await
+                {
+                    return End::of(ended);
+                }
+            }
+            if let Some(reason) = outbox.evicted() {
+                return End::of(Ended::Close(reason));
+            }
+            let replies = tokio::select! {
+                biased;
+                // `false`: a config reload changed the heartbeat, which this protocol's own
+                // activity timeout does not follow; keep going.
+                _ = shutdown.changed() => if *shutdown.borrow() {
+                    return End::of(Ended::Close(CloseReason::ServerShutdown));
+                } else {
+                    continue;
+                },
+                _ = outbox.ready() => continue,
+                inbound = ws.next() => {
+                    (heard, awaiting) = (true, false);
+                    match inbound {
+                        Some(Ok(WsMessage::Close(_))) => return End::Echo,
+                        // Boxed: answering a frame runs for a moment, and its state (store
+                        // and hub calls) must not sit in every idle socket's task.
+                        Some(Ok(WsMessage::Text(text))) => match Box::pin(self.handle(&text, session)).await {
+                            Ok(replies) => replies,
+                            Err(end) => return end,
+                        },
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => return End::of(native::classify(e)),
+                        None => return End::Lost,
+                    }
+                }
+                _ = tick.tick() => {
+                    if awaiting {
+                        return End::of(Ended::Close(CloseReason::HeartbeatTimeout));
+                    }
+                    if heard {
+                        heard = false;
+                        continue;
+                    }
+                    awaiting = true;
+                    vec![codec::ping()]
+                }
+            };
+            if replies.is_empty() {
+                continue;
+            }
+            let sent = async {
+                for reply in replies {
+                    ws.feed(text_message(reply)).await?;
+                }
+                ws.flush().await
+            };
+            let written = Box::pin(native::guarded(
+                sent,
+                &outbox,
+                &mut shutdown,
+                ctx.heartbeat(),
+            ));
+            if let Some(ended) = written.await {
+                return End::of(ended);
+            }
+        }
+    }
+
+    /// Answers one frame: the frames to write back (possibly none), or how the socket ends.
+    async fn handle(&mut self, text: &str, session: &mut Session) -> Result<Vec<String>, End> {
+        let inbound = match codec::parse(text) {
+            Ok(inbound) => inbound,
+            Err(codec::Malformed(why)) => return Ok(vec![codec::error(None, &why)]),
+        };
+        match inbound {
+            Inbound::Ping => Ok(vec![codec::pong()]),
+            Inbound::Pong => Ok(Vec::new()),
+            Inbound::Subscribe {
+                channel,
+                auth,
+                channel_data,
+            } => Ok(self
+                .subscribe(session, &channel, auth.as_deref(), channel_data.as_deref())
+                .await),
+            Inbound::Unsubscribe { channel } => {
+                self.unsubscribe(session, &channel).await;
+                Ok(Vec::new())
+            }
+            Inbound::Signin { auth, user_data } => self.signin(session, &auth, &user_data).await,
+            Inbound::ClientEvent {
+                event,
+                channel,
+                data,
+            } => Ok(self.client_event(session, &event, &channel, &data).await),
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        session: &mut Session,
+        channel: &str,
+        auth: Option<&str>,
+        channel_data: Option<&str>,
+    ) -> Vec<String> {
+        let kind = Kind::of(channel);
+        let refuse = |status, why: &str| vec![codec::subscription_error(channel, status, why)];
+        let conf = &self.app.conf;
+        if kind == Kind::User {
+            // Followed at sign-in; only that user's sockets may have it.
+            let mine = self
+                .user
+                .as_deref()
+                .is_some_and(|id| user_channel(id) == channel);
+            return if mine {
+                vec![codec::subscription_succeeded(channel, None)]
+            } else {
+                refuse(403, "sign in as this user to receive its events")
+            };
+        }
+        if kind.needs_auth() {
+            let data = if kind == Kind::Presence {
+                channel_data
+            } else {
+                None
+            };
+            let signed = auth.is_some_and(|a| {
+                auth::channel_auth_ok(a, &conf.key, &conf.secret, &self.socket_id, channel, data)
+            });
+            if !signed {
+                return refuse(401, "invalid signature: auth must sign socket_id:channel");
+            }
+        }
+        let member = match kind {
+            Kind::Presence => match presence_member(channel_data) {
+                Some(member) => Some(member),
+                None => {
+                    return refuse(
+                        400,
+                        "channel_data must be JSON with a user_id (string or number)",
+                    )
+                }
+            },
+            _ => None,
+        };
+        if self.follows(session, channel) {
+            // Subscribed already: say so again, with the members.
+            return self.succeeded(channel, kind).await;
+        }
+        if session.membership.streams().count() >= MAX_CHANNELS {
+            return refuse(400, "too many channels on one socket");
+        }
+        let key = self.key(channel);
+        if let Err(e) = self.pusher.hub.follow(session, key, None).await {
+            log::debug!("subscribe refused: {e}");
+            return refuse(503, "service unavailable: retry");
+        }
+        let store = &self.pusher.store;
+        let app = conf.id.as_str();
+        match store.subscribed(app, channel, 1).await {
+            Ok(true) => self
+                .pusher
+                .notify(WebhookEvent::channel(app, "channel_occupied", channel)),
+            Ok(false) => {}
+            Err(e) => log::debug!("subscription count not updated: {e}"),
+        }
+        if let Some(member) = member {
+            match store.join(app, channel, &member).await {
+                Ok(first) => {
+                    self.presence
+                        .push((channel.into(), member.user_id.as_str().into()));
+                    if first {
+                        self.member_event(channel, "pusher_internal:member_added", &member)
+                            .await;
+                    }
+                }
+                Err(e) => {
+                    log::debug!("presence join failed: {e}");
+                    session.membership.unfollow(&self.key(channel));
+                    let _ = store.subscribed(app, channel, -1).await;
+                    return refuse(503, "service unavailable: retry");
+                }
+            }
+        }
+        let mut replies = self.succeeded(channel, kind).await;
+        if is_cache(channel) {
+            replies.push(match store.cache_get(app, channel).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => {
+                    self.pusher
+                        .notify(WebhookEvent::channel(app, "cache_miss", channel));
+                    codec::cache_miss(channel)
+                }
+                Err(e) => {
+                    log::debug!("cache read failed: {e}");
+                    codec::cache_miss(channel)
+                }
+            });
+        }
+        replies
+    }
+
+    /// `subscription_succeeded`, with the members for a presence channel.
+    async fn succeeded(&self, channel: &str, kind: Kind) -> Vec<String> {
+        if kind != Kind::Presence {
+            return vec![codec::subscription_succeeded(channel, None)];
+        }
+        let members = match self.pusher.store.members(&self.app.conf.id, channel).await {
+            Ok(members) => members,
+            Err(e) => {
+                log::debug!("presence members unavailable: {e}");
+                return vec![codec::subscription_error(
+                    channel,
+                    503,
+                    "service unavailable: retry",
+                )];
+            }
+        };
+        let mut hash = serde_json::Map::new();
+        let ids: Vec<Value> = members
+            .iter()
+            .map(|m| {
+                let info = serde_json::from_str(&m.user_info).unwrap_or(Value::Null);
+                hash.insert(m.user_id.clone(), info);
+                Value::String(m.user_id.clone())
+            })
+            .collect();
+        let presence = serde_json::json!({ "count": ids.len(), "ids": ids, "hash": hash });
+        vec![codec::subscription_succeeded(channel, Some(presence))]
+    }
+
+    async fn member_event(&self, channel: &str, event: &str, member: &Member) {
+        let info = (event == "pusher_internal:member_added").then_some(member.user_info.as_str());
+        let data = codec::member_data(&member.user_id, info);
+        let app = self.app.conf.id.as_str();
+        let sent = self
+            .pusher
+            .publish(app, channel, event, &data, Some(&self.socket_id), None)
+            .await;
+        if let Err(e) = sent {
+            log::debug!("{event} not sent: {e}");
+        }
+        let name = if event == "pusher_internal:member_added" {
+            "member_added"
+        } else {
+            "member_removed"
+        };
+        self.pusher
+            .notify(WebhookEvent::member(app, name, channel, &member.user_id));
+    }
+
+    async fn unsubscribe(&mut self, session: &mut Session, channel: &str) {
+        if Kind::of(channel) == Kind::User || !session.membership.unfollow(&self.key(channel)) {
+            return;
+        }
+        self.left(channel).await;
+    }
+
+    /// The store's side of leaving `channel`: its count, and the presence member.
+    async fn left(&mut self, channel: &str) {
+        let app = self.app.conf.id.as_str();
+        match self.pusher.store.subscribed(app, channel, -1).await {
+            Ok(true) => self
+                .pusher
+                .notify(WebhookEvent::channel(app, "channel_vacated", channel)),
+            Ok(false) => {}
+            Err(e) => log::debug!("subscription count not updated: {e}"),
+        }
+        let Some(i) = self.presence.iter().position(|(c, _)| &**c == channel) else {
+            return;
+        };
+        let (_, user_id) = self.presence.swap_remove(i);
+        match self.pusher.store.leave(app, channel, &user_id).await {
+            Ok(true) => {
+                let member = Member {
+                    user_id: user_id.into(),
+                    user_info: String::new(),
+                };
+                self.member_event(channel, "pusher_internal:member_removed", &member)
+                    .await;
+            }
+            Ok(false) => {}
+            Err(e) => log::debug!("presence leave not recorded: {e}"),
+        }
+    }
+
+    async fn signin(
+        &mut self,
+        session: &mut Session,
+        auth: &str,
+        user_data: &str,
+    ) -> Result<Vec<String>, End> {
+        let conf = &self.app.conf;
+        let refused = End::Close(4009, "Unauthorized: invalid signin", true);
+        if !auth::signin_ok(auth, &conf.key, &conf.secret, &self.socket_id, user_data) {
+            return Err(refused);
+        }
+        let id = match serde_json::from_str::<Value>(user_data) {
+            Ok(Value::Object(map)) => match map.get("id") {
+                Some(Value::String(id)) if !id.is_empty() => id.clone(),
+                _ => return Err(refused),
+            },
+            _ => return Err(refused),
+        };
+        if let Some(old) = self.user.take() {
+            session.membership.unfollow(&self.key(&user_channel(&old)));
+        }
+        let key = self.key(&user_channel(&id));
+        if let Err(e) = self.pusher.hub.follow(session, key, None).await {
+            log::debug!("signin refused: {e}");
+            return Ok(vec![codec::error(None, "service unavailable: retry")]);
+        }
+        self.user = Some(id.into());
+        Ok(vec![codec::signin_success(user_data)])
+    }
+
+    async fn client_event(
+        &mut self,
+        session: &Session,
+        event: &str,
+        channel: &str,
+        data: &RawValue,
+    ) -> Vec<String> {
+        let refuse = |code, why: &str| vec![codec::error(code, why)];
+        if !self.app.conf.enable_client_messages {
+            return refuse(None, "client events are not enabled for this app");
+        }
+        let kind = Kind::of(channel);
+        if !matches!(kind, Kind::Private | Kind::Presence) {
+            return refuse(
+                None,
+                "client events are only for private- and presence- channels (not public or \
+                 encrypted ones)",
+            );
+        }
+        if !self.follows(session, channel) {
+            return refuse(
+                None,
+                "subscribe to the channel before sending it client events",
+            );
+        }
+        if data.get().len() > self.pusher.max_event_bytes {
+            return refuse(None, "event data is larger than the allowed maximum");
+        }
+        let rate = self.pusher.client_events_per_second as f32;
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.refilled).as_secs_f32();
+        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            return refuse(Some(4301), "client event rejected: rate limit exceeded");
+        }
+        self.tokens -= 1.0;
+        let user_id = self
+            .presence
+            .iter()
+            .find(|(c, _)| &**c == channel)
+            .map(|(_, u)| &**u);
+        let sent = self
+            .pusher
+            .publish(
+                &self.app.conf.id,
+                channel,
+                event,
+                data,
+                Some(&self.socket_id),
+                user_id,
+            )
+            .await;
+        match sent {
+            Ok(_) => {
+                if self.pusher.has_webhooks() {
+                    self.pusher.notify(WebhookEvent::client_event(
+                        &self.app.conf.id,
+                        channel,
+                        event,
+                        data.get(),
+                        &self.socket_id,
+                        user_id,
+                    ));
+                }
+                Vec::new()
+            }
+            Err(e) => {
+                log::debug!("client event not sent: {e}");
+                refuse(None, "service unavailable: the event was not sent")
+            }
+        }
+    }
+
+    /// After the socket left the hub: its subscriptions and memberships leave the store.
+    async fn cleanup(&mut self, session: &Session) {
+        let channels: Vec<String> = session
+            .membership
+            .streams()
+            .filter_map(|(_, key)| match key {
+                StreamKey::Channel { name, .. } if Kind::of(&name) != Kind::User => {
+                    Some(name.into())
+                }
+                _ => None,
+            })
+            .collect();
+        for channel in channels {
+            self.left(&channel).await;
+        }
+    }
+}
+
+/// A presence subscription's member, from its `channel_data`.
+fn presence_member(channel_data: Option<&str>) -> Option<Member> {
+    let Value::Object(map) = serde_json::from_str(channel_data?).ok()? else {
+        return None;
+    };
+    let user_id = match map.get("user_id")? {
+        Value::String(s) if !s.is_empty() => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    let user_info = map.get("user_info").map_or("null".into(), Value::to_string);
+    Some(Member { user_id, user_info })
+}

@@ -1,0 +1,252 @@
+//! Webhooks: the configured event types, batched as Pusher does
+//! (`{"time_ms", "events": [...]}`), signed with `X-Pusher-Key` and `X-Pusher-Signature`
+//! (HMAC-SHA256 of the body under the app's secret), retried with backoff.
+//!
+//! Never in the way of delivery: socket tasks hand events to a bounded queue without waiting
+//! ([`Webhooks::send`]); one dispatcher fans them out to one bounded queue per target, and each
+//! target has its own sender task. A slow or dead endpoint fills its own queue and loses its
+//! own webhooks, never sockets, never another endpoint's webhooks.
+//!
+//! `channel_occupied`/`channel_vacated` and `member_added`/`member_removed` are decided by the
+//! store (cluster-wide with Redis), so each is sent once per cluster, by the node that saw it.
+//! The HTTP client is a few lines of HTTP/1.1 over a TCP connection: `http://` targets only
+//! (for HTTPS, point it at a local TLS proxy), one request per connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::auth::sign;
+use super::App;
+
+/// Events waiting for the dispatcher.
+const QUEUE: usize = 4096;
+/// Events waiting per target; past it, new ones for that target are dropped.
+const TARGET_QUEUE: usize = 1024;
+/// Most events in one webhook request.
+const MAX_BATCH: usize = 50;
+/// How long a batch gathers events after its first.
+const GATHER: Duration = Duration::from_millis(250);
+/// Attempts per batch (the first and its retries), waiting 0.5, 1, 2… s between.
+const ATTEMPTS: u32 = 4;
+/// Bound on one request (connect, write, status line).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One event for an app's webhooks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookEvent {
+    /// The app's id.
+    pub app: String,
+    /// The event type (`channel_occupied`, `member_added`, …).
+    pub name: &'static str,
+    /// The event as Pusher sends it: `{"name","channel",…}`.
+    pub body: Value,
+}
+
+impl WebhookEvent {
+    /// `channel_occupied`, `channel_vacated` or `cache_miss`.
+    pub fn channel(app: &str, name: &'static str, channel: &str) -> WebhookEvent {
+        WebhookEvent {
+            app: app.into(),
+            name,
+            body: json!({ "name": name, "channel": channel }),
+        }
+    }
+
+    /// `member_added` or `member_removed`.
+    pub fn member(app: &str, name: &'static str, channel: &str, user_id: &str) -> WebhookEvent {
+        WebhookEvent {
+            app: app.into(),
+            name,
+            body: json!({ "name": name, "channel": channel, "user_id": user_id }),
+        }
+    }
+
+    /// `client_event`: `data` as the socket sent it (a JSON string stays one).
+    pub fn client_event(
+        app: &str,
+        channel: &str,
+        event: &str,
+        data: &str,
+        socket_id: &str,
+        user_id: Option<&str>,
+    ) -> WebhookEvent {
+        let data = match serde_json::from_str::<Value>(data) {
+            Ok(Value::String(s)) => s,
+            _ => data.to_owned(),
+        };
+        let mut body = json!({
+            "name": "client_event",
+            "channel": channel,
+            "event": event,
+            "data": data,
+            "socket_id": socket_id,
+        });
+        if let Some(user_id) = user_id {
+            body["user_id"] = user_id.into();
+        }
+        WebhookEvent {
+            app: app.into(),
+            name: "client_event",
+            body,
+        }
+    }
+}
+
+/// The webhook queue of a server whose apps have webhooks.
+pub struct Webhooks {
+    tx: mpsc::Sender<WebhookEvent>,
+}
+
+struct Target {
+    app: String,
+    types: Vec<String>,
+    tx: mpsc::Sender<Value>,
+}
+
+impl Webhooks {
+    /// Starts the dispatcher and one sender per target; `None` if no app has a webhook.
+    pub fn start(apps: &[Arc<App>]) -> Option<Webhooks> {
+        let mut targets = Vec::new();
+        for app in apps {
+            for hook in &app.conf.webhooks {
+                let (tx, rx) = mpsc::channel(TARGET_QUEUE);
+                tokio::spawn(sender(
+                    hook.url.clone(),
+                    app.conf.key.clone(),
+                    app.conf.secret.clone(),
+                    rx,
+                ));
+                targets.push(Target {
+                    app: app.conf.id.clone(),
+                    types: hook.event_types.clone(),
+                    tx,
+                });
+            }
+        }
+        if targets.is_empty() {
+            return None;
+        }
+        let (tx, mut rx) = mpsc::channel::<WebhookEvent>(QUEUE);
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                for target in &targets {
+                    let wanted =
+                        target.app == event.app && target.types.iter().any(|t| t == event.name);
+                    if wanted && target.tx.try_send(event.body.clone()).is_err() {
+                        log::debug!("webhook queue full: a {} event dropped", event.name);
+                    }
+                }
+            }
+        });
+        Some(Webhooks { tx })
+    }
+
+    /// Queues `event`, never waiting (dropped when the queue is full).
+    pub fn send(&self, event: WebhookEvent) {
+        if self.tx.try_send(event).is_err() {
+            log::debug!("webhook queue full: an event dropped");
+        }
+    }
+}
+
+/// One target's task: gathers events into batches and posts them, retrying with backoff.
+async fn sender(url: String, key: String, secret: String, mut rx: mpsc::Receiver<Value>) {
+    while let Some(first) = rx.recv().await {
+        let mut events = vec![first];
+        let gather = tokio::time::sleep(GATHER);
+        tokio::pin!(gather);
+        while events.len() < MAX_BATCH {
+            tokio::select! {
+                _ = &mut gather => break,
+                next = rx.recv() => match next {
+                    Some(event) => events.push(event),
+                    None => break,
+                },
+            }
+        }
+        let time_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let body = json!({ "time_ms": time_ms, "events": events }).to_string();
+        let signature = sign(&secret, &body);
+        let mut wait = Duration::from_millis(500);
+        for attempt in 1..=ATTEMPTS {
+            match post(&url, &key, &signature, &body).await {
+                Ok(status) if (200..300).contains(&status) => break,
+                outcome => {
+                    let why = match outcome {
+                        Ok(status) => format!("status {status}"),
+                        Err(e) => e,
+                    };
+                    if attempt == ATTEMPTS {
+                        log::warn!(
+                            "webhook to {} dropped after {ATTEMPTS} attempts: {why}",
+                            shown(&url)
+                        );
+                    } else {
+                        log::debug!("webhook to {} failed ({why}), retrying", shown(&url));
+                        tokio::time::sleep(wait).await;
+                        wait *= 2;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A URL for a log line: scheme, host and path, never a query (it may carry a token).
+fn shown(url: &str) -> &str {
+    url.split('?').next().unwrap_or(url)
+}
+
+/// POSTs `body` to `url` (`http://host[:port][/path]`); the reply's status.
+async fn post(url: &str, key: &str, signature: &str, body: &str) -> Result<u16, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("only http:// webhook URLs are supported")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let address = if authority.contains(':') && !authority.ends_with(']') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
+         X-Pusher-Key: {key}\r\nX-Pusher-Signature: {signature}\r\nContent-Length: {}\r\n\
+         Connection: close\r\nUser-Agent: push-serve\r\n\r\n{body}",
+        body.len()
+    );
+    let exchange = async {
+        let mut stream = TcpStream::connect(&address)
+            .await
+            .map_err(|e| e.to_string())?;
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut head = Vec::with_capacity(64);
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n") && head.len() < 256 {
+            if stream.read(&mut byte).await.map_err(|e| e.to_string())? == 0 {
+                break;
+            }
+            head.push(byte[0]);
+        }
+        let line = String::from_utf8_lossy(&head);
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("no HTTP status line: {:?}", line.trim()))
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .map_err(|_| "no answer in time".to_owned())?
+}

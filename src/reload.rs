@@ -1,0 +1,169 @@
+//! Changing the config of a running server: `main` reads the file again on SIGHUP and hands
+//! the result to a [`Reloader`]; the server applies what can change live and says, in the log
+//! and in the [`Outcome`], what needs a restart ([`Reload::of`] decides which is which).
+//!
+//! Applied live, without dropping a socket: `password`, `secret` and `access_key_ttl_secs`
+//! (keys signed with a replaced secret keep opening sockets for `secret_overlap_secs`), the
+//! limits (`max_sockets`, `max_sockets_per_uid`, `max_body_bytes`, `max_client_frame_bytes` for
+//! sockets opened afterwards, `max_uids_per_push`, `max_topics_per_key`,
+//! `auth_failures_per_minute`), `allowed_origins`, `real_ip_header`, `trusted_proxies`,
+//! `heartbeat_interval_secs` (open sockets too: each restarts its heartbeat with the new
+//! period), `log_level` and `log_format`. A lowered limit refuses what comes next; what is
+//! already open stays open.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{Config, ConfigError, Reload};
+use crate::http::AppState;
+use crate::protocol::SocketContext;
+
+/// Asks a running server to apply a new config. Cheap to clone.
+#[derive(Clone)]
+pub struct Reloader {
+    tx: mpsc::Sender<Request>,
+}
+
+/// The server's end of a [`Reloader`]: what [`crate::run_reloadable`] takes.
+pub struct Reloads {
+    rx: mpsc::Receiver<Request>,
+}
+
+type Request = (Config, oneshot::Sender<Result<Outcome, ConfigError>>);
+
+/// A reloader and the receiving end to give the server.
+pub fn channel() -> (Reloader, Reloads) {
+    let (tx, rx) = mpsc::channel(1);
+    (Reloader { tx }, Reloads { rx })
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Settings that changed and are in force now.
+    pub applied: Vec<&'static str>,
+    /// Settings that changed in the file but keep their running value until a restart.
+    pub need_restart: Vec<&'static str>,
+}
+
+/// Why a reload did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The config is not usable; the running one stays in force.
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    /// The server is not running (any more).
+    #[error("the server is not running")]
+    NotRunning,
+}
+
+impl Reloader {
+    /// Applies `config` to the running server: all of it, or (if it is invalid) nothing.
+    pub async fn reload(&self, config: Config) -> Result<Outcome, ReloadError> {
+        let (reply, outcome) = oneshot::channel();
+        self.tx
+            .send((config, reply))
+            .await
+            .map_err(|_| ReloadError::NotRunning)?;
+        match outcome.await {
+            Ok(result) => result.map_err(ReloadError::Invalid),
+            Err(_) => Err(ReloadError::NotRunning),
+        }
+    }
+}
+
+/// What a reload reconfigures.
+pub(crate) struct Targets {
+    pub state: Arc<AppState>,
+    pub sockets: Arc<SocketContext>,
+}
+
+/// Serves reload requests until every [`Reloader`] is gone (or the task is aborted).
+pub(crate) async fn serve(mut reloads: Reloads, mut running: Config, targets: Targets) {
+    while let Some((next, reply)) = reloads.rx.recv().await {
+        let result = apply(&mut running, next, &targets);
+        let _ = reply.send(result);
+    }
+}
+
+fn apply(running: &mut Config, next: Config, targets: &Targets) -> Result<Outcome, ConfigError> {
+    if let Err(e) = next.validate() {
+        log::warn!("config reload refused, the running config stays in force: {e}");
+        return Err(e);
+    }
+    let merged = running.merged(&next);
+    let mut outcome = Outcome::default();
+    for (key, how) in running.changes(&next) {
+        match how {
+            Reload::Live => {
+                log::info!("config reload: {key} {}", described(key, running, &merged));
+                outcome.applied.push(key);
+            }
+            Reload::Restart => {
+                log::warn!(
+                    "config reload: {key} changed in the file but needs a restart to take \
+                     effect (still {})",
+                    shown(key, running)
+                );
+                outcome.need_restart.push(key);
+            }
+        }
+    }
+    if running.key_material() != merged.key_material() {
+        let overlap = merged.secret_overlap_secs;
+        if overlap > 0 {
+            log::info!(
+                "config reload: access keys are signed with the new secret from now; keys of \
+                 the previous one open sockets for {overlap} s more (secret_overlap_secs)"
+            );
+        } else {
+            log::info!(
+                "config reload: access keys are signed with the new secret from now; keys of \
+                 the previous one are refused (secret_overlap_secs: 0)"
+            );
+        }
+    }
+    targets.state.reconfigure(&merged);
+    targets.sockets.set_heartbeat(merged.heartbeat_interval());
+    targets
+        .sockets
+        .set_max_client_frame_bytes(merged.max_client_frame_bytes);
+    crate::logging::reconfigure(merged.log_level.as_deref(), merged.log_format);
+    log::info!(
+        "config reloaded: {} setting(s) applied{}, {} need a restart",
+        outcome.applied.len(),
+        if outcome.applied.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", outcome.applied.join(", "))
+        },
+        outcome.need_restart.len()
+    );
+    *running = merged;
+    Ok(outcome)
+}
+
+/// "1000 -> 5", or "changed" for a secret.
+fn described(key: &str, old: &Config, new: &Config) -> String {
+    if matches!(key, "password" | "secret") {
+        return "changed".to_owned();
+    }
+    format!("{} -> {}", shown(key, old), shown(key, new))
+}
+
+/// A setting's value as a log line shows it (never a password or secret).
+fn shown(key: &str, config: &Config) -> String {
+    if matches!(key, "password" | "secret") {
+        return "(hidden)".to_owned();
+    }
+    let value = serde_yaml::to_value(config)
+        .ok()
+        .and_then(|v| v.get(key).cloned())
+        .unwrap_or(serde_yaml::Value::Null);
+    match value {
+        serde_yaml::Value::Null => "unset".to_owned(),
+        serde_yaml::Value::String(s) => s,
+        other => serde_json::to_string(&other).unwrap_or_else(|_| "?".to_owned()),
+    }
+}
