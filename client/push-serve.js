@@ -61,8 +61,12 @@
     return String(url).replace(/^ws(s?):/i, "http$1:").replace(/\/ws(\?|$)/, "/sse$1");
   }
 
-  /** Calls fn(contents, frame) for each message whose topic is `topic` ("*": every message).
-   *  Also "open", "close" (with the CloseEvent), "_gap" (with the gap's details), and
+  /** Calls fn(contents, frame) for each message whose topic is `topic` ("*": every message);
+   *  a message sent with a receipt is acked once they have returned. A message kept in this
+   *  uid's offline inbox comes first when the page opens, with frame.inbox true.
+   *  Also "open", "close" (with the CloseEvent), "_gap" (with the gap's details), "_nack" (an
+   *  ack the server refused: {id, reason}), "_join" and
+   *  "_leave" ({stream, position}: the backend moved this socket into or out of a room), and
    *  "disconnected" (the backend closed this user's sockets with 4011: the client stops). */
   PushServe.prototype.on = function (topic, fn) {
     (this.handlers[topic] = this.handlers[topic] || []).push(fn);
@@ -100,10 +104,17 @@
     return this;
   };
 
-  /** Unix seconds at which a push-serve key expires (v1.<expiry>.… or v2.<expiry>.…). */
+  /** Unix seconds at which a key expires: push-serve's (v1.<expiry>.… or v2.<expiry>.…), or a
+   *  JWT's `exp` claim (header.claims.signature, base64url). 0 if it cannot be read. */
   function keyExpiry(key) {
     var parts = String(key || "").split(".");
     var t = Number(parts[1]);
+    if (parts.length === 3 && parts[0] !== "v1" && parts[0] !== "v2") {
+      try {
+        var b64 = parts[1].replace(/-/g, "+").replace(/_/g, "/");
+        t = Number(JSON.parse(atob(b64 + "===".slice((b64.length + 3) % 4))).exp);
+      } catch (e) { t = 0; }
+    }
     return isFinite(t) ? t : 0;
   }
 
@@ -243,6 +254,22 @@
       }
       return;
     }
+    if (frame.topic === "_join" || frame.topic === "_leave") {
+      // The backend moved this socket into a room (from `position` on) or out of one.
+      var room = frame.contents || {};
+      if (frame.topic === "_join" && room.stream && room.position) {
+        this.positions[room.stream] = room.position;
+      } else if (room.stream) {
+        delete this.positions[room.stream];
+      }
+      this.emit(frame.topic, room, frame);
+      return;
+    }
+    if (frame.topic === "_nack") {
+      // The server refused an ack of ours (an expired id): nothing to do but tell the page.
+      this.emit("_nack", frame.contents || {}, frame);
+      return;
+    }
     if (frame.topic === "_gap") {
       var gap = frame.contents || {};
       this.emit("_gap", gap, frame);
@@ -257,6 +284,18 @@
     }
     this.emit(frame.topic, frame.contents, frame);
     this.emit("*", frame.contents, frame);
+    // The backend asked for a receipt: ack once the handlers have returned (a handler that
+    // throws is reported by emit and still counts as handled).
+    if (frame.id) this.ack(frame.id);
+  };
+
+  /** Tells the server this page handled message `id` (on a WebSocket; an event stream cannot
+   *  send, so its messages are not acked). */
+  PushServe.prototype.ack = function (id) {
+    var conn = this.conn;
+    if (conn && this.transport === "ws" && conn.readyState === 1) {
+      conn.send(JSON.stringify({ ack: id }));
+    }
   };
 
   function generation(pos) { return String(pos || "").split(":")[0]; }

@@ -11,6 +11,9 @@
 //!
 //! Every comparison of secret material is constant-time.
 //!
+//! A page may also present a JWT its backend minted itself (seed 000's subscriber tokens), when
+//! `jwt_secret` is set: HS256 only, checked here with the same HMAC-SHA256 and constant-time
+//! comparison as our own keys ([`Auth::verify`] tells the two apart by their `v1.`/`v2.` prefix).
 //! When the signing material changes while the daemon runs (a config reload that rotates
 //! `secret`, or `password` when no `secret` is set), keys signed with the material it replaced
 //! keep opening sockets for an overlap window ([`Auth::rotated`]), so pages holding a key
@@ -55,6 +58,12 @@ pub enum KeyError {
     Expired,
 }
 
+/// Longest JWT accepted as an access key, in bytes: the claims are parsed only once the MAC
+/// matched, but base64 and the MAC run over the whole token first.
+const MAX_JWT_BYTES: usize = 8192;
+/// Clock skew allowed for a JWT's `nbf` (a backend whose clock runs a little ahead mints a
+/// token that is "not yet valid" here for a moment). `exp` gets none, like our own keys.
+const JWT_NBF_LEEWAY_SECS: u64 = 60;
 /// Most signing keys a rotation keeps accepting besides the current one: several rotations
 /// within one overlap window keep the latest few, not an unbounded list.
 const MAX_PREVIOUS_KEYS: usize = 4;
@@ -65,9 +74,54 @@ pub struct Auth {
     signing_key: [u8; 32],
     password_digest: [u8; 32],
     ttl_secs: u64,
+    jwt: Option<JwtKey>,
     /// Signing keys replaced by a rotation, newest first, each with the unix second until which
     /// keys it signed still verify.
     previous: Vec<([u8; 32], u64)>,
+}
+
+/// The `jwt_secret` and what a token may grant.
+#[derive(Clone)]
+struct JwtKey {
+    secret: Vec<u8>,
+    max_topics: usize,
+}
+
+/// A JWT's header: only `alg` matters, and it must be HS256. `crit` names extensions a
+/// receiver must understand, and we understand none.
+#[derive(serde::Deserialize)]
+struct JwtHeader {
+    alg: String,
+    #[serde(default)]
+    crit: Option<serde::de::IgnoredAny>,
+}
+
+/// The claims push-serve reads; any others are ignored.
+#[derive(serde::Deserialize)]
+struct JwtClaims {
+    uid: JwtUid,
+    exp: f64,
+    #[serde(default)]
+    nbf: Option<f64>,
+    #[serde(default)]
+    topics: Option<Vec<String>>,
+}
+
+/// `uid` as text, or as a number (PHP samples mint `'uid' => 71`): compared as written.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum JwtUid {
+    Text(String),
+    Number(serde_json::Number),
+}
+
+impl JwtUid {
+    fn matches(&self, uid: &str) -> bool {
+        match self {
+            JwtUid::Text(t) => t == uid,
+            JwtUid::Number(n) => n.to_string() == uid,
+        }
+    }
 }
 
 impl std::fmt::Debug for Auth {
@@ -91,6 +145,7 @@ impl Auth {
             signing_key: h.finalize().into(),
             password_digest: Sha256::digest(password.as_bytes()).into(),
             ttl_secs,
+            jwt: None,
             previous: Vec::new(),
         }
     }
@@ -125,6 +180,15 @@ impl Auth {
     pub fn in_overlap(&self) -> bool {
         let now = now_secs();
         self.previous.iter().any(|(_, until)| *until > now)
+    }
+
+    /// Also accepts JWTs signed (HS256) with `secret`, granting at most `max_topics` topics.
+    pub fn with_jwt(mut self, secret: &str, max_topics: usize) -> Auth {
+        self.jwt = Some(JwtKey {
+            secret: secret.as_bytes().to_vec(),
+            max_topics,
+        });
+        self
     }
 
     /// Constant-time password check. Both sides are hashed first, so neither the length nor
@@ -172,6 +236,12 @@ impl Auth {
     fn verify_at(&self, uid: &str, key: &str, now: u64) -> Result<Vec<String>, KeyError> {
         if key.is_empty() {
             return Err(KeyError::Missing);
+        }
+        if !key.starts_with("v1.") && !key.starts_with("v2.") {
+            return match &self.jwt {
+                Some(jwt) => verify_jwt(jwt, uid, key, now),
+                None => Err(KeyError::Invalid),
+            };
         }
         let parts: Vec<&str> = key.splitn(5, '.').collect();
         let (expiry, topics, mac_hex) = match parts[..] {
@@ -243,6 +313,73 @@ fn mac(signing_key: &[u8; 32], uid: &str, expiry: u64, topics: Option<&str>) -> 
         mac.update(topics.as_bytes());
     }
     mac.finalize().into_bytes().into()
+}
+
+/// Checks a JWT access key: three base64url parts, header `alg` HS256 exactly (so `none` and
+/// every other algorithm are refused before anything else is looked at), the MAC over
+/// `header.payload` under `jwt_secret` (constant-time), then the claims: `uid` is this uid,
+/// `exp` is in the future, `nbf` (if any) not beyond the leeway, `topics` (if any) valid and at
+/// most `max_topics`. Every refusal but expiry is [`KeyError::Invalid`], like a bad own key.
+fn verify_jwt(jwt: &JwtKey, uid: &str, token: &str, now: u64) -> Result<Vec<String>, KeyError> {
+    let invalid = |why: &str| {
+        log::debug!("JWT access key refused: {why}");
+        KeyError::Invalid
+    };
+    if token.len() > MAX_JWT_BYTES {
+        return Err(invalid("longer than 8 KiB"));
+    }
+    let mut parts = token.split('.');
+    let (Some(header_b64), Some(claims_b64), Some(mac_b64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(invalid("not three dot-separated parts"));
+    };
+    let header: JwtHeader = URL_SAFE_NO_PAD
+        .decode(header_b64)
+        .ok()
+        .and_then(|h| serde_json::from_slice(&h).ok())
+        .ok_or_else(|| invalid("header is not base64url JSON with alg"))?;
+    if header.alg != "HS256" {
+        return Err(invalid("alg is not HS256"));
+    }
+    if header.crit.is_some() {
+        return Err(invalid("crit extensions are not supported"));
+    }
+    let given = URL_SAFE_NO_PAD
+        .decode(mac_b64)
+        .map_err(|_| invalid("signature is not base64url"))?;
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&jwt.secret)
+        .expect("HMAC takes a key of any length");
+    mac.update(header_b64.as_bytes());
+    mac.update(b".");
+    mac.update(claims_b64.as_bytes());
+    // verify_slice compares in constant time, and refuses a truncated MAC.
+    mac.verify_slice(&given)
+        .map_err(|_| invalid("signature does not match jwt_secret"))?;
+    // Only now, with the MAC checked, are the claims trusted and parsed.
+    let claims: JwtClaims = URL_SAFE_NO_PAD
+        .decode(claims_b64)
+        .ok()
+        .and_then(|c| serde_json::from_slice(&c).ok())
+        .ok_or_else(|| invalid("claims are not JSON with uid and exp"))?;
+    if !claims.uid.matches(uid) {
+        return Err(invalid("uid claim is another uid"));
+    }
+    // JSON has no NaN, so these comparisons are total.
+    if claims
+        .nbf
+        .is_some_and(|nbf| nbf > (now + JWT_NBF_LEEWAY_SECS) as f64)
+    {
+        return Err(invalid("not valid yet (nbf)"));
+    }
+    if claims.exp <= now as f64 {
+        return Err(KeyError::Expired);
+    }
+    let topics = claims.topics.unwrap_or_default();
+    if topics.len() > jwt.max_topics || !topics.iter().all(|t| valid_topic(t)) {
+        return Err(invalid("topics claim has an invalid name or too many"));
+    }
+    Ok(topics)
 }
 
 fn push_hex(out: &mut String, mac: &[u8; 32]) {
@@ -353,6 +490,97 @@ mod tests {
         let forged = format!("{}.{}.{}.{}", parts[0], parts[1], other_topics, parts[3]);
         assert_eq!(a.verify_at("alice", &forged, 0), Err(KeyError::Invalid));
         assert!(valid_topic("room:42") && !valid_topic("a,b") && !valid_topic(""));
+    }
+
+    /// A JWT as a backend's library mints it: header and claims as given, HS256 under `secret`.
+    fn jwt(secret: &str, header: &str, claims: &str) -> String {
+        let h = URL_SAFE_NO_PAD.encode(header);
+        let c = URL_SAFE_NO_PAD.encode(claims);
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(format!("{h}.{c}").as_bytes());
+        let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{h}.{c}.{sig}")
+    }
+
+    const HS256: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
+
+    #[test]
+    fn a_jwt_signed_with_jwt_secret_opens_for_its_uid_until_exp() {
+        let a = auth().with_jwt("jwt-secret", 2);
+        let token = jwt(
+            "jwt-secret",
+            HS256,
+            r#"{"uid":"alice","exp":2000,"app":"x"}"#,
+        );
+        assert_eq!(a.verify_at("alice", &token, 1999), Ok(vec![]));
+        assert_eq!(a.verify_at("alice", &token, 2000), Err(KeyError::Expired));
+        assert_eq!(a.verify_at("bob", &token, 0), Err(KeyError::Invalid));
+        // A numeric uid, as PHP sends it; topics granted.
+        let token = jwt(
+            "jwt-secret",
+            HS256,
+            r#"{"uid":71,"exp":2000.5,"nbf":100,"topics":["news","room:1"]}"#,
+        );
+        assert_eq!(
+            a.verify_at("71", &token, 100),
+            Ok(vec!["news".to_string(), "room:1".to_string()])
+        );
+        // nbf: a minute of leeway, then refused.
+        assert_eq!(
+            a.verify_at("71", &token, 40),
+            Ok(vec!["news".into(), "room:1".into()])
+        );
+        assert_eq!(a.verify_at("71", &token, 39), Err(KeyError::Invalid));
+        // Without jwt_secret, no JWT opens anything.
+        assert_eq!(auth().verify_at("71", &token, 100), Err(KeyError::Invalid));
+    }
+
+    #[test]
+    fn forged_none_and_other_algorithm_jwts_are_refused() {
+        let a = auth().with_jwt("jwt-secret", 2);
+        let claims = r#"{"uid":"alice","exp":2000}"#;
+        let good = jwt("jwt-secret", HS256, claims);
+        let mut bad = vec![
+            jwt("another-secret", HS256, claims),
+            jwt("jwt-secret", r#"{"alg":"HS384"}"#, claims),
+            jwt("jwt-secret", r#"{"alg":"hs256"}"#, claims),
+            jwt("jwt-secret", r#"{"alg":"HS256","crit":["b64"]}"#, claims),
+            jwt("jwt-secret", r#"{"typ":"JWT"}"#, claims),
+            jwt("jwt-secret", HS256, r#"{"uid":"alice"}"#),
+            jwt(
+                "jwt-secret",
+                HS256,
+                r#"{"uid":"alice","exp":2000,"topics":["a,b"]}"#,
+            ),
+            jwt(
+                "jwt-secret",
+                HS256,
+                r#"{"uid":"alice","exp":2000,"topics":["a","b","c"]}"#,
+            ),
+            jwt("jwt-secret", HS256, r#"{"uid":["alice"],"exp":2000}"#),
+            // alg none: header and claims as given, no signature.
+            format!(
+                "{}.{}.",
+                URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#),
+                URL_SAFE_NO_PAD.encode(claims)
+            ),
+            format!("{good}.x"),
+            good[..good.len() - 2].to_string(),
+            "a.b.c".to_string(),
+            "eyJ".repeat(4000),
+        ];
+        // The claims swapped for another uid's under the same signature.
+        let parts: Vec<&str> = good.split('.').collect();
+        let other = URL_SAFE_NO_PAD.encode(r#"{"uid":"alice","exp":99999}"#);
+        bad.push(format!("{}.{other}.{}", parts[0], parts[2]));
+        for token in &bad {
+            assert_eq!(
+                a.verify_at("alice", token, 0),
+                Err(KeyError::Invalid),
+                "{token}"
+            );
+        }
+        assert_eq!(a.verify_at("alice", &good, 0), Ok(vec![]));
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub struct Config {
     pub secret: Option<String>,
     /// Seconds an access key stays valid for opening sockets (a socket already open is not cut).
     pub access_key_ttl_secs: u64,
+    /// Key of the HS256 JWTs a backend may mint itself and hand to its pages as `access_key`
+    /// (claims `uid`, `exp`, optional `nbf` and `topics`). Unset: JWTs are refused.
+    pub jwt_secret: Option<String>,
     /// After a reload changes the signing material (`secret`, or `password` without one): for
     /// how many seconds keys signed with the previous material still open sockets. 0: refused
     /// at once.
@@ -103,6 +106,29 @@ pub struct Config {
     pub max_topics_per_key: usize,
     /// Most uids one `/push` may name.
     pub max_uids_per_push: usize,
+    /// Seconds a delivery report (`"receipt": true`) is kept, and its acks counted.
+    pub receipt_ttl_secs: u64,
+    /// Most delivery reports kept at once on a single node (the oldest go first); with
+    /// `redis_url` they live in Redis, bounded by `receipt_ttl_secs`.
+    pub receipt_max: usize,
+    /// Longest a `/push` may ask to be kept in an offline uid's inbox (`"inbox": N`), seconds.
+    pub inbox_max_ttl_secs: u64,
+    /// Most messages kept in one uid's inbox; further ones are not kept (the reply says so).
+    pub inbox_max_per_uid: usize,
+    /// Most messages kept in every inbox together (on a single node, or in Redis).
+    pub inbox_max: usize,
+    /// Where events (a uid online/offline, a socket's connect/disconnect) are POSTed; unset:
+    /// no callbacks.
+    pub callback_url: Option<String>,
+    /// HMAC-SHA256 key of the callbacks' `X-Push-Signature` (required with `callback_url`).
+    pub callback_secret: Option<String>,
+    /// Also POST every socket's connect and disconnect, not only a uid's online and offline.
+    pub callback_sockets: bool,
+    /// How long a uid's last socket may be closed before it counts as offline (a reload within
+    /// it is neither offline nor online).
+    pub callback_grace_secs: f64,
+    /// Callback events waiting to be sent at most; further ones are dropped (counted).
+    pub callback_queue: usize,
     /// Most sockets open at once; further upgrades get 503.
     pub max_sockets: usize,
     /// Most sockets one uid may have open; further upgrades for it get 429.
@@ -430,6 +456,7 @@ impl Config {
             password: password.into(),
             secret: None,
             access_key_ttl_secs: 3600,
+            jwt_secret: None,
             secret_overlap_secs: 3600,
             heartbeat_interval_secs: 25.0,
             send_queue_frames: 256,
@@ -441,6 +468,16 @@ impl Config {
             history_max_bytes: 64 << 20,
             max_topics_per_key: 64,
             max_uids_per_push: 1000,
+            receipt_ttl_secs: 3600,
+            receipt_max: 100_000,
+            inbox_max_ttl_secs: 7 * 24 * 3600,
+            inbox_max_per_uid: 100,
+            inbox_max: 10_000,
+            callback_url: None,
+            callback_secret: None,
+            callback_sockets: false,
+            callback_grace_secs: 5.0,
+            callback_queue: 10_000,
             max_sockets: 1_000_000,
             max_sockets_per_uid: 64,
             auth_failures_per_minute: 30,
@@ -495,6 +532,8 @@ impl Config {
         for (key, written) in [
             ("password", Some(config.password.as_str())),
             ("secret", config.secret.as_deref()),
+            ("jwt_secret", config.jwt_secret.as_deref()),
+            ("callback_secret", config.callback_secret.as_deref()),
         ] {
             if !read_as_written(values.get(key), written) {
                 return Err(in_file(
@@ -553,6 +592,12 @@ impl Config {
                 "must not be empty when set (leave it out to derive one from password)",
             ));
         }
+        if matches!(&self.jwt_secret, Some(s) if s.is_empty()) {
+            return Err(invalid(
+                "jwt_secret",
+                "must not be empty when set (leave it out to refuse JWT access keys)",
+            ));
+        }
         for (key, value) in [
             ("access_key_ttl_secs", self.access_key_ttl_secs as f64),
             ("secret_overlap_secs", self.secret_overlap_secs as f64),
@@ -566,6 +611,13 @@ impl Config {
             ("history_max_bytes", self.history_max_bytes as f64),
             ("max_topics_per_key", self.max_topics_per_key as f64),
             ("max_uids_per_push", self.max_uids_per_push as f64),
+            ("receipt_ttl_secs", self.receipt_ttl_secs as f64),
+            ("receipt_max", self.receipt_max as f64),
+            ("inbox_max_ttl_secs", self.inbox_max_ttl_secs as f64),
+            ("inbox_max_per_uid", self.inbox_max_per_uid as f64),
+            ("inbox_max", self.inbox_max as f64),
+            ("callback_grace_secs", self.callback_grace_secs),
+            ("callback_queue", self.callback_queue as f64),
             ("max_sockets", self.max_sockets as f64),
             ("max_sockets_per_uid", self.max_sockets_per_uid as f64),
             (
@@ -606,6 +658,26 @@ impl Config {
                 return Err(invalid(
                     "allowed_origins",
                     format!("`{bad}` is not an origin such as https://shop.example.com"),
+                ));
+            }
+        }
+        if let Some(url) = &self.callback_url {
+            let usable = url.starts_with("http://")
+                && url
+                    .parse::<warp::http::Uri>()
+                    .is_ok_and(|u| u.host().is_some());
+            if !usable {
+                return Err(invalid(
+                    "callback_url",
+                    "must be an http:// URL such as http://127.0.0.1:8000/push-events (for \
+                     https, point it at a local proxy)",
+                ));
+            }
+            if self.callback_secret.as_deref().is_none_or(str::is_empty) {
+                return Err(invalid(
+                    "callback_secret",
+                    "is required with callback_url: the key the callbacks are signed with \
+                     (e.g. the output of `openssl rand -hex 24`)",
                 ));
             }
         }
@@ -731,6 +803,11 @@ impl Config {
         }
     }
 
+    /// `receipt_ttl_secs` as a Duration.
+    pub fn receipt_ttl(&self) -> Duration {
+        Duration::from_secs(self.receipt_ttl_secs)
+    }
+
     /// `header_read_timeout_secs` as a Duration.
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.header_read_timeout_secs)
@@ -805,6 +882,19 @@ const RANGES: &[Range] = &[
     noted(whole("history_max_bytes", "bytes", 0, 1 << 40), "1 TiB"),
     whole("max_topics_per_key", "", 1, 10_000),
     whole("max_uids_per_push", "", 1, 1_000_000),
+    noted(
+        whole("receipt_ttl_secs", "seconds", 1, 30 * 24 * 3600),
+        "30 days",
+    ),
+    whole("receipt_max", "reports", 1, 100_000_000),
+    noted(
+        whole("inbox_max_ttl_secs", "seconds", 1, 30 * 24 * 3600),
+        "30 days",
+    ),
+    whole("inbox_max_per_uid", "messages", 1, 1_000_000),
+    whole("inbox_max", "messages", 1, 100_000_000),
+    seconds("callback_grace_secs", 0.0, 3600.0),
+    whole("callback_queue", "events", 1, 10_000_000),
     whole("max_sockets", "", 1, 1 << 30),
     whole("max_sockets_per_uid", "", 1, 1 << 30),
     noted(
@@ -1022,7 +1112,7 @@ fn explain(e: &serde_yaml::Error, text: &str) -> (Option<usize>, String) {
 }
 
 fn is_secret(key: &str) -> bool {
-    matches!(key, "password" | "secret")
+    matches!(key, "password" | "secret" | "callback_secret")
 }
 
 /// A scalar value as the operator wrote it, short; `None` for lists and mappings.

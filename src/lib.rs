@@ -32,14 +32,17 @@
 
 pub mod auth;
 pub mod broker;
+pub mod callbacks;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod inbox;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;
+pub mod receipts;
 pub mod registry;
 pub mod reload;
 pub mod server;
@@ -129,12 +132,32 @@ pub async fn run_reloadable(
         protocol::pusher::on_terminate,
     );
     let tracker = TaskTracker::new();
-    let sockets = Arc::new(protocol::SocketContext::new(
-        hub.clone(),
-        config.heartbeat_interval(),
-        protocol::native::ws_config(config.max_client_frame_bytes),
-        metrics.clone(),
-    ));
+    hub.registry()
+        .on_command(http::rooms::COMMAND, http::rooms::on_command);
+    let receipts = Arc::new(match hub.broker().redis() {
+        Some(redis) => receipts::Receipts::redis(redis, config.receipt_ttl()),
+        None => receipts::Receipts::memory(config.receipt_ttl(), config.receipt_max),
+    });
+    let inbox_bounds = inbox::Bounds {
+        per_uid: config.inbox_max_per_uid,
+        total: config.inbox_max,
+    };
+    let inbox = Arc::new(match hub.broker().redis() {
+        Some(redis) => inbox::Inbox::redis(redis, inbox_bounds),
+        None => inbox::Inbox::memory(inbox_bounds),
+    });
+    let sockets = Arc::new(
+        protocol::SocketContext::new(
+            hub.clone(),
+            config.heartbeat_interval(),
+            protocol::native::ws_config(config.max_client_frame_bytes),
+            metrics.clone(),
+        )
+        .with_max_rooms(config.max_topics_per_key)
+        .with_receipts(receipts.clone())
+        .with_inbox(inbox.clone())
+        .with_callbacks(callbacks(&config, &hub, &metrics)),
+    );
     let state = Arc::new(http::AppState::new(
         &config,
         hub.clone(),
@@ -145,6 +168,7 @@ pub async fn run_reloadable(
     // values go periodically.
     let sweeper = tokio::spawn({
         let (hub, state, metrics) = (hub.clone(), state.clone(), metrics.clone());
+        let (receipts, inbox) = (receipts.clone(), inbox.clone());
         let period = Duration::from_secs_f64((config.history_ttl_secs / 4.0).clamp(0.05, 5.0));
         async move {
             let mut tick = tokio::time::interval(period);
@@ -152,6 +176,8 @@ pub async fn run_reloadable(
                 tick.tick().await;
                 hub.sweep();
                 state.sweep();
+                receipts.sweep();
+                inbox.sweep();
                 metrics.upkeep();
             }
         }
@@ -249,6 +275,29 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
+}
+
+/// The callbacks `config` asks for (none without `callback_url`).
+fn callbacks(
+    config: &Config,
+    hub: &Arc<hub::Hub>,
+    metrics: &Arc<metrics::Metrics>,
+) -> callbacks::Callbacks {
+    let (Some(url), Some(secret)) = (&config.callback_url, &config.callback_secret) else {
+        return callbacks::Callbacks::off();
+    };
+    let Ok(url) = url.parse() else {
+        // validate() checked it.
+        return callbacks::Callbacks::off();
+    };
+    let settings = callbacks::Settings {
+        url,
+        secret: secret.clone(),
+        sockets: config.callback_sockets,
+        grace: Duration::from_secs_f64(config.callback_grace_secs),
+        queue: config.callback_queue,
+    };
+    callbacks::Callbacks::start(settings, hub.clone(), metrics.clone())
 }
 
 #[cfg(test)]

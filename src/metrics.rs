@@ -88,6 +88,10 @@ pub enum Endpoint {
     Client,
     /// `/disconnect`
     Disconnect,
+    /// `/rooms`
+    Rooms,
+    /// `/report/push/<id>`
+    Report,
     /// Pusher-compatible mode: `/app/{key}` sockets
     PusherSocket,
     /// Pusher-compatible mode: the HTTP API under `/apps/`
@@ -97,7 +101,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 17] = [
+    const ALL: [Endpoint; 19] = [
         Endpoint::Access,
         Endpoint::Ws,
         Endpoint::Push,
@@ -112,6 +116,8 @@ impl Endpoint {
         Endpoint::Sse,
         Endpoint::Client,
         Endpoint::Disconnect,
+        Endpoint::Rooms,
+        Endpoint::Report,
         Endpoint::PusherSocket,
         Endpoint::PusherApi,
         Endpoint::Other,
@@ -134,6 +140,8 @@ impl Endpoint {
             "/sse" => Endpoint::Sse,
             "/push-serve.js" => Endpoint::Client,
             "/disconnect" => Endpoint::Disconnect,
+            "/rooms" => Endpoint::Rooms,
+            p if p.starts_with("/report/push/") => Endpoint::Report,
             p if p.starts_with("/app/") => Endpoint::PusherSocket,
             p if p.starts_with("/apps/") || p.starts_with("/users/") => Endpoint::PusherApi,
             _ => Endpoint::Other,
@@ -157,6 +165,8 @@ impl Endpoint {
             Endpoint::Sse => "sse",
             Endpoint::Client => "push-serve.js",
             Endpoint::Disconnect => "disconnect",
+            Endpoint::Rooms => "rooms",
+            Endpoint::Report => "report",
             Endpoint::PusherSocket => "pusher_socket",
             Endpoint::PusherApi => "pusher_api",
             Endpoint::Other => "other",
@@ -187,7 +197,8 @@ impl PublishKind {
         PublishKind::Broadcast,
     ];
 
-    fn label(self) -> &'static str {
+    /// Its label value (also the endpoint's name).
+    pub fn label(self) -> &'static str {
         match self {
             PublishKind::Push => "push",
             PublishKind::Publish => "publish",
@@ -414,6 +425,14 @@ impl Metrics {
         total.record(queued.duration_since(accepted));
     }
 
+    /// A callback event to the business server was `sent`, `failed` (every attempt) or
+    /// `dropped` (its queue was full): `push_serve_callbacks_total{outcome}`.
+    pub fn callback(&self, outcome: &'static str) {
+        with_local_recorder(&*self.recorder, || {
+            counter!("push_serve_callbacks_total", "outcome" => outcome).increment(1);
+        });
+    }
+
     /// **The cluster broker's hook.** A broker that talks to a store (Redis) reports each call
     /// here: `op` names it (`"publish"`, `"attach"`, `"sockets_of"`, `"presence"`,
     /// `"subscribe"`…; a small fixed set, since each becomes a series), `elapsed` is the round
@@ -556,6 +575,11 @@ pub struct Scraped {
 
 /// HELP lines (and units) for every metric.
 fn describe() {
+    describe_counter!(
+        "push_serve_callbacks_total",
+        "Callback events to the business server by outcome: sent, failed (every attempt), \
+         dropped (queue full)"
+    );
     describe_gauge!(
         "push_serve_build_info",
         "Always 1; the version label says which push-serve this is"

@@ -13,13 +13,31 @@
 //! A resuming socket joins its streams *before* the broker tells it where each stream stands
 //! and what it missed (so nothing published meanwhile is lost); [`Outbox::set_floors`] then
 //! drops the live frames that the replay already holds, and refuses any that arrive late.
+//!
+//! Besides frames, the queue carries out-of-band instructions for the socket's task
+//! ([`Control`]: follow or leave a stream, a room the backend moved the socket into). Only the
+//! task owns the socket's membership, so it is the one to act on them; a socket that was never
+//! moved pays one empty pointer for this.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
-use crate::wire::{CloseReason, Frame};
+use crate::wire::{CloseReason, Frame, StreamKey};
+
+/// Most instructions waiting for one socket's task; past it, new ones are dropped (a task that
+/// does not keep up with room moves is stuck writing, and will be closed for it).
+const MAX_CONTROLS: usize = 256;
+
+/// An instruction for a socket's task, from outside it (a cluster-wide command).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Start following this stream (`Hub::follow`) and tell a resumable page where it starts.
+    Follow(StreamKey),
+    /// Stop following this stream, if the socket followed it after joining.
+    Unfollow(StreamKey),
+}
 
 /// What happened to a pushed frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +75,11 @@ struct State {
     floors: Vec<u64>,
     evicted: Option<CloseReason>,
     closed: bool,
+    /// Instructions for the task, oldest first; allocated by the first one. Boxed on purpose:
+    /// one pointer in every socket's state instead of an empty `VecDeque`'s four words, for
+    /// something few sockets ever get.
+    #[allow(clippy::box_collection)]
+    controls: Option<Box<VecDeque<Control>>>,
 }
 
 impl State {
@@ -133,6 +156,33 @@ impl Outbox {
         }
         state.floors[slot] = seq;
         state.drop_below_floors();
+    }
+
+    /// Hands the socket's task an instruction, and wakes it. `false` if the socket is going
+    /// away or already has [`MAX_CONTROLS`] waiting.
+    pub fn control(&self, control: Control) -> bool {
+        let mut state = self.state();
+        if state.closed || state.evicted.is_some() {
+            return false;
+        }
+        let controls = state.controls.get_or_insert_with(Default::default);
+        if controls.len() >= MAX_CONTROLS {
+            return false;
+        }
+        controls.push_back(control);
+        drop(state);
+        self.ready.notify_one();
+        true
+    }
+
+    /// Whether instructions are waiting (cheap: no allocation, one lock).
+    pub fn has_controls(&self) -> bool {
+        self.state().controls.is_some()
+    }
+
+    /// The instructions waiting, oldest first (frees their queue).
+    pub fn take_controls(&self) -> Option<VecDeque<Control>> {
+        self.state().controls.take().map(|c| *c)
     }
 
     /// The next frame to write, if any.
@@ -232,6 +282,29 @@ mod tests {
         assert_eq!(outbox.pop(), None);
         assert_eq!(outbox.push(frame("5"), 0, 5, TWO), Pushed::Closed);
         outbox.ready().await; // eviction woke the task
+    }
+
+    #[tokio::test]
+    async fn instructions_wake_the_task_and_are_taken_in_order() {
+        let outbox = Outbox::default();
+        assert!(outbox.take_controls().is_none());
+        let room = |n: &str| StreamKey::Topic(n.into());
+        assert!(outbox.control(Control::Follow(room("a"))));
+        assert!(outbox.control(Control::Unfollow(room("b"))));
+        outbox.ready().await; // the instruction left a permit
+        let got: Vec<Control> = outbox.take_controls().unwrap().into_iter().collect();
+        assert_eq!(
+            got,
+            [Control::Follow(room("a")), Control::Unfollow(room("b"))]
+        );
+        assert!(outbox.take_controls().is_none());
+        for _ in 0..MAX_CONTROLS {
+            assert!(outbox.control(Control::Follow(room("a"))));
+        }
+        assert!(!outbox.control(Control::Follow(room("a"))), "bounded");
+        outbox.evict(CloseReason::Resync);
+        outbox.take_controls();
+        assert!(!outbox.control(Control::Follow(room("a"))), "evicted");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use crate::outbox::{Outbox, Pushed, QueueLimit};
+use crate::outbox::{Control, Outbox, Pushed, QueueLimit};
 use crate::wire::{CloseReason, Frame, Message, Position, Proto, StreamKey};
 
 const SHARDS: usize = 64;
@@ -386,6 +386,21 @@ impl Registry {
                 peer.outbox.evict(reason);
             }
             stream.peers.len()
+        })
+        .into_iter()
+        .sum()
+    }
+
+    /// Hands `control()` to the task of every socket here following `key` (a room move for a
+    /// uid's sockets, say): each task acts on it itself, since it owns its membership. Returns
+    /// how many sockets took it.
+    pub fn control(&self, key: &StreamKey, control: impl Fn() -> Control) -> usize {
+        self.each(key, |stream| {
+            stream
+                .peers
+                .iter()
+                .filter(|peer| peer.outbox.control(control()))
+                .count()
         })
         .into_iter()
         .sum()

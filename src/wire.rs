@@ -142,6 +142,10 @@ pub struct Message<'a> {
     pub except: Option<&'a str>,
     /// For Pusher frames: the sender's `user_id` (client events on presence channels).
     pub user_id: Option<&'a str>,
+    /// The message's id when the backend asked for delivery receipts: numbered frames carry
+    /// it, and a page acks it (`{"ack": id}`). At most [`MAX_MESSAGE_ID_BYTES`] of
+    /// `[0-9a-f]`.
+    pub id: Option<&'a str>,
 }
 
 impl<'a> Message<'a> {
@@ -150,8 +154,17 @@ impl<'a> Message<'a> {
         Message {
             topic,
             contents: contents.get(),
+            id: None,
             except: None,
             user_id: None,
+        }
+    }
+
+    /// The same message, carrying receipt id `id`.
+    pub fn with_id(self, id: &'a str) -> Message<'a> {
+        Message {
+            id: Some(id),
+            ..self
         }
     }
 
@@ -194,17 +207,23 @@ impl<'a> Message<'a> {
 
     /// The seed's frame: `{"topic","number":1,"contents"}`.
     pub fn seed_frame(&self) -> Frame {
-        frame_text(self.topic, 1, self.contents, None)
+        frame_text(self.topic, 1, self.contents, None, None)
     }
 
     /// A frame for a resumable socket: the seed's three fields, `number` being the message's
     /// sequence in its stream, plus `stream` (`user`, `broadcast`, `topic:<name>`).
     pub fn stream_frame(&self, seq: u64, stream: &str) -> Frame {
-        frame_text(self.topic, seq, self.contents, Some(stream))
+        frame_text(self.topic, seq, self.contents, Some(stream), self.id)
     }
 }
 
-fn frame_text(topic: &str, number: u64, contents: &str, stream: Option<&str>) -> Frame {
+fn frame_text(
+    topic: &str,
+    number: u64,
+    contents: &str,
+    stream: Option<&str>,
+    id: Option<&str>,
+) -> Frame {
     // Writing a &str as JSON cannot fail.
     let json = |s: &str| serde_json::to_string(s).expect("string serializes");
     let mut out = String::with_capacity(contents.len() + topic.len() + 64);
@@ -218,6 +237,10 @@ fn frame_text(topic: &str, number: u64, contents: &str, stream: Option<&str>) ->
         out.push_str(",\"stream\":");
         out.push_str(&json(stream));
     }
+    if let Some(id) = id {
+        out.push_str(",\"id\":");
+        out.push_str(&json(id));
+    }
     out.push('}');
     Arc::new(Utf8Bytes::from(out))
 }
@@ -229,7 +252,7 @@ fn frame_text(topic: &str, number: u64, contents: &str, stream: Option<&str>) ->
 pub fn encode_payload(key: &StreamKey, msg: &Message<'_>) -> Vec<u8> {
     let id = key.id();
     let mut out = Vec::with_capacity(id.len() + msg.topic.len() + msg.contents.len() + 12);
-    for (tag, part) in [(b'x', msg.except), (b'w', msg.user_id)] {
+    for (tag, part) in [(b'i', msg.id), (b'x', msg.except), (b'w', msg.user_id)] {
         if let Some(part) = part {
             out.push(tag);
             out.extend_from_slice(part.len().to_string().as_bytes());
@@ -258,7 +281,14 @@ pub fn decode_payload(bytes: &[u8]) -> Option<(StreamKey, Message<'_>)> {
         }
         Some((std::str::from_utf8(&rest[..len]).ok()?, &rest[len..]))
     }
-    let (mut except, mut user_id, mut bytes) = (None, None, bytes);
+    let (mut message_id, mut except, mut user_id, mut bytes) = (None, None, None, bytes);
+    if let Some(rest) = bytes.strip_prefix(b"i") {
+        let (id, rest) = part(rest)?;
+        if !valid_message_id(id) {
+            return None;
+        }
+        (message_id, bytes) = (Some(id), rest);
+    }
     if let Some(rest) = bytes.strip_prefix(b"x") {
         let (sid, rest) = part(rest)?;
         (except, bytes) = (Some(sid), rest);
@@ -271,8 +301,50 @@ pub fn decode_payload(bytes: &[u8]) -> Option<(StreamKey, Message<'_>)> {
     let (topic, rest) = part(rest)?;
     let contents = std::str::from_utf8(rest).ok()?;
     let raw: &RawValue = serde_json::from_str(contents).ok()?;
-    let msg = Message::new(topic, raw).except(except).from_user(user_id);
+    let mut msg = Message::new(topic, raw).except(except).from_user(user_id);
+    if let Some(message_id) = message_id {
+        msg = msg.with_id(message_id);
+    }
     Some((StreamKey::from_id(id)?, msg))
+}
+
+/// Longest message id (ids are hex, 32 characters).
+pub const MAX_MESSAGE_ID_BYTES: usize = 64;
+
+/// Whether `id` can be a message id: 1 to [`MAX_MESSAGE_ID_BYTES`] of lowercase hex.
+pub fn valid_message_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_MESSAGE_ID_BYTES
+        && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The message id a page acknowledges with a text frame `{"ack": "<id>"}`; `None` for any
+/// other frame (which is ignored, as every page frame was before receipts).
+pub fn ack_of(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Ack {
+        ack: String,
+    }
+    serde_json::from_str::<Ack>(text).ok().map(|a| a.ack)
+}
+
+/// Tells a page its ack was refused: the id is unknown (expired, or never issued) or the
+/// message was not for this socket. Nothing was counted.
+pub fn nack(id: &str, reason: &str) -> Frame {
+    control("_nack", serde_json::json!({ "id": id, "reason": reason }))
+}
+
+/// A message from a uid's offline inbox, for a page that opened fresh:
+/// `{"topic","number":0,"contents","id","inbox":true}`. No `stream`: it is not numbered in
+/// one, and a client must not take its `number` as a position. `None` if `contents` is not
+/// JSON (a store that was tampered with).
+pub fn inbox_frame(topic: &str, contents: &str, id: &str) -> Option<Frame> {
+    serde_json::from_str::<&RawValue>(contents).ok()?;
+    let text = frame_text(topic, 0, contents, None, Some(id));
+    let mut out = String::with_capacity(text.len() + 14);
+    out.push_str(&text[..text.len() - 1]);
+    out.push_str(",\"inbox\":true}");
+    Some(Arc::new(Utf8Bytes::from(out)))
 }
 
 /// The seed's envelope, used for HTTP replies.
@@ -297,6 +369,14 @@ pub struct PushBody<'a> {
     /// `/push` only: more uids to push to, besides (or instead of) the query's `uid`.
     #[serde(default)]
     pub uids: Option<Vec<String>>,
+    /// Ask for delivery receipts: the message gets an id that `proto=2` pages ack, and a
+    /// report (`/report/push/<id>`).
+    #[serde(default)]
+    pub receipt: bool,
+    /// `/push` only: keep the message for each uid that has no socket open, for this many
+    /// seconds or until one of its pages acks it (implies `receipt`).
+    #[serde(default)]
+    pub inbox: Option<u64>,
 }
 
 impl PushBody<'_> {
@@ -323,6 +403,21 @@ pub fn gap(stream: &str, since: &str, next: u64) -> Frame {
         "_gap",
         serde_json::json!({ "stream": stream, "since": since, "next": next }),
     )
+}
+
+/// Tells a resumable page that the backend moved its socket into `stream` (`POST /rooms`): live
+/// messages of it after `position` follow, and the page resumes it from there like any other.
+pub fn joined(stream: &str, position: Position) -> Frame {
+    control(
+        "_join",
+        serde_json::json!({ "stream": stream, "position": position.to_string() }),
+    )
+}
+
+/// Tells a resumable page that the backend took its socket out of `stream`: nothing more of it
+/// arrives (a frame of it already queued may still come first).
+pub fn left(stream: &str) -> Frame {
+    control("_leave", serde_json::json!({ "stream": stream }))
 }
 
 fn control(topic: &str, contents: serde_json::Value) -> Frame {
@@ -450,7 +545,21 @@ mod tests {
                 assert_eq!((m.except, m.user_id), (except, user));
             }
         }
+        let msg = Message::new("t", &raw).with_id("00ff");
+        let bytes = encode_payload(&StreamKey::Broadcast, &msg);
+        let (_, m) = decode_payload(&bytes).unwrap();
+        assert_eq!(m.id, Some("00ff"));
+        assert!(m
+            .stream_frame(3, "broadcast")
+            .ends_with(r#""stream":"broadcast","id":"00ff"}"#));
+        assert_eq!(
+            m.seed_frame().as_str(),
+            r#"{"topic":"t","number":1,"contents":{"a":[1,"x:y"]}}"#
+        );
         for bad in [
+            &b"i2:0g1:b1:t1"[..],
+            b"i0:1:b1:t1",
+            b"i99:1:b1:t1",
             &b""[..],
             b"3:u:a",
             b"99:u:a1:t1",

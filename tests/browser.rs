@@ -4,6 +4,9 @@
 //!   an expired key, dispatches topics, never keeps a stale socket after stop()/start(), and
 //!   falls back to /sse behind a proxy that refuses WebSocket upgrades;
 //! - example.mjs: examples/page.html served by examples/backend.py, as a person would use it;
+//! - seeds.mjs: a page connects with a JWT its backend minted, gets its offline inbox first, acks
+//!   pushes sent with a receipt after its handler returned, and follows a room the backend moved
+//!   it into;
 //! - admin.mjs: the admin page signs in, follows a test page's socket, pushes from its form to
 //!   that socket, lists refusals, and takes a screenshot.
 //!
@@ -107,6 +110,18 @@ async fn example_page_connects_through_its_backend_and_shows_pushes() {
         "example.mjs",
         vec![format!("{url}?uid=demo-user")],
         "example page: ok",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_client_connects_with_a_jwt_acks_receipts_and_follows_rooms() {
+    let secret = "browser-test-jwt-secret";
+    let s = Server::start(|c| c.jwt_secret = Some(secret.into())).await;
+    node(
+        "seeds.mjs",
+        vec![s.addr.to_string(), s.password.clone(), secret.into()],
+        "seeds in the browser: ok",
     )
     .await;
 }

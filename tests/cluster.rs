@@ -400,3 +400,121 @@ async fn disconnect_reaches_the_uids_sockets_on_every_node() {
         r#"{"topic":"t","number":1,"contents":1}"#
     );
 }
+
+#[tokio::test]
+async fn a_room_move_reaches_the_uids_sockets_on_every_node_and_the_room_reaches_them() {
+    let redis = redis_or_skip!();
+    let a = node(&redis, |_| {}).await;
+    let b = node(&redis, |_| {}).await;
+    let key = a.key("kim").await;
+    let mut on_b = connect_v2(&b, "kim", &key).await;
+    let r = post(&a, "/rooms?uid=kim", r#"{"join":["room:5"]}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let joined: Value = serde_json::from_str(&next_text(&mut on_b).await).unwrap();
+    assert_eq!(joined["topic"], "_join", "{joined}");
+    // Node b announced its follower of the room: a publish on node a reaches it.
+    let r = post(&a, "/publish", &body("room:5", "7")).await;
+    assert_eq!(r.json()["number"], 1, "{}", r.text());
+    let frame: Value = serde_json::from_str(&next_text(&mut on_b).await).unwrap();
+    assert_eq!(frame["stream"], "topic:room:5");
+    assert_eq!(frame["contents"], 7);
+}
+
+async fn connect_v2(s: &Server, uid: &str, key: &str) -> Ws {
+    let url = format!("{}&proto=2", s.ws_url(uid, key));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let welcome: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    assert_eq!(welcome["topic"], "_welcome");
+    ws
+}
+
+#[tokio::test]
+async fn receipts_are_cluster_wide_an_ack_on_one_node_counts_in_the_report_on_another() {
+    let redis = redis_or_skip!();
+    let a = node(&redis, |_| {}).await;
+    let b = node(&redis, |_| {}).await;
+    let key = a.key("kim").await;
+    let mut on_b = connect_v2(&b, "kim", &key).await;
+    let r = post(
+        &a,
+        "/push?uid=kim",
+        r#"{"topic":"t","contents":1,"receipt":true,"uids":["lee"]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["contents"]["id"].as_str().unwrap().to_string();
+    let frame: Value = serde_json::from_str(&next_text(&mut on_b).await).unwrap();
+    assert_eq!(
+        frame["id"],
+        id.as_str(),
+        "the id crosses nodes in the payload"
+    );
+    use futures_util::SinkExt;
+    let ack = format!(r#"{{"ack":"{id}"}}"#);
+    on_b.send(tokio_tungstenite::tungstenite::Message::Text(ack.into()))
+        .await
+        .unwrap();
+    let report_on_a = format!("/report/push/{id}?uids=1&password={}", enc(&a.password));
+    eventually("the ack on node b to count on node a", || {
+        let target = report_on_a.clone();
+        let a = &a;
+        async move { a.http().await.get(&target).await.json()["number"] == 1 }
+    })
+    .await;
+    let report = a.http().await.get(&report_on_a).await.json();
+    assert_eq!(report["contents"]["ack_uids"], serde_json::json!(["kim"]));
+    assert_eq!(report["contents"]["offline"], serde_json::json!(["lee"]));
+    assert_eq!(report["contents"]["sockets"], 1);
+    // An unknown id is refused on node b too.
+    let bad = r#"{"ack":"00000000000000000000000000000000"}"#;
+    on_b.send(tokio_tungstenite::tungstenite::Message::Text(bad.into()))
+        .await
+        .unwrap();
+    let nack: Value = serde_json::from_str(&next_text(&mut on_b).await).unwrap();
+    assert_eq!(nack["topic"], "_nack");
+}
+
+#[tokio::test]
+async fn the_inbox_is_cluster_wide_kept_on_one_node_read_and_acked_on_another() {
+    let redis = redis_or_skip!();
+    let a = node(&redis, |_| {}).await;
+    let b = node(&redis, |_| {}).await;
+    let r = post(
+        &a,
+        "/push?uid=nia",
+        r#"{"topic":"t","contents":{"n":1},"inbox":600}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["contents"]["inbox"]["kept"],
+        serde_json::json!(["nia"])
+    );
+    let id = r.json()["contents"]["id"].as_str().unwrap().to_string();
+    let key = b.key("nia").await;
+    let mut on_b = connect_v2(&b, "nia", &key).await;
+    let frame: Value = serde_json::from_str(&next_text(&mut on_b).await).unwrap();
+    assert_eq!(
+        (frame["id"].as_str(), frame["inbox"].as_bool()),
+        (Some(id.as_str()), Some(true))
+    );
+    use futures_util::SinkExt;
+    let ack = format!(r#"{{"ack":"{id}"}}"#);
+    on_b.send(tokio_tungstenite::tungstenite::Message::Text(ack.into()))
+        .await
+        .unwrap();
+    // Once acked on b, a fresh page on a gets nothing from the inbox: its first frame after
+    // `_welcome` is a live push.
+    eventually(
+        "the ack on node b to empty nia's inbox for node a",
+        || async {
+            let key = a.key("nia").await;
+            let mut on_a = connect_v2(&a, "nia", &key).await;
+            let r = post(&a, "/push?uid=nia", r#"{"topic":"live","contents":0}"#).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let frame: Value = serde_json::from_str(&next_text(&mut on_a).await).unwrap();
+            frame["topic"] == "live"
+        },
+    )
+    .await;
+}

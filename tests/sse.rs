@@ -494,3 +494,53 @@ async fn cors_lets_other_origins_read_the_stream_and_head_opens_none() {
     );
     assert_eq!(sse.header("vary"), Some("Origin"));
 }
+
+/// A room the backend moves the page into (`POST /rooms`) arrives as a `_join` event, and from
+/// then on the event ids carry the room's position too, so `Last-Event-ID` resumes it; `_leave`
+/// drops it from the ids.
+#[tokio::test]
+async fn rooms_moved_by_the_backend_show_in_the_event_ids() {
+    let s = Server::start(|_| {}).await;
+    let key = s.key("mover").await;
+    let mut sse = open(&s, &sse_target("mover", &key, "&proto=2"), &[])
+        .await
+        .unwrap();
+    assert_eq!(sse.event().await.json()["topic"], "_welcome");
+    move_rooms(&s, r#"{"join":["room:9"]}"#).await;
+    let joined = sse.event().await;
+    assert_eq!(joined.json()["topic"], "_join");
+    let position = joined.json()["contents"]["position"].clone();
+    let id: Value = serde_json::from_str(joined.id.as_deref().unwrap()).unwrap();
+    assert_eq!(id["topic:room:9"], position);
+    let publish = format!("/publish?password={}", enc(&s.password));
+    let r = s
+        .http()
+        .await
+        .request(
+            "POST",
+            &publish,
+            &[],
+            br#"{"topic":"room:9","contents":"hi"}"#,
+        )
+        .await;
+    assert_eq!(r.json()["number"], 1);
+    let e = sse.event().await;
+    assert_eq!(e.json()["stream"], "topic:room:9");
+    let id: Value = serde_json::from_str(e.id.as_deref().unwrap()).unwrap();
+    assert!(id["topic:room:9"].as_str().unwrap().ends_with(":1"), "{id}");
+    move_rooms(&s, r#"{"leave":["room:9"]}"#).await;
+    let left = sse.event().await;
+    assert_eq!(left.json()["topic"], "_leave");
+    let id: Value = serde_json::from_str(left.id.as_deref().unwrap()).unwrap();
+    assert!(id.get("topic:room:9").is_none(), "{id}");
+}
+
+async fn move_rooms(s: &Server, body: &str) {
+    let target = format!("/rooms?uid=mover&password={}", enc(&s.password));
+    let r = s
+        .http()
+        .await
+        .request("POST", &target, &[], body.as_bytes())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}

@@ -16,6 +16,10 @@ pub const USER_OFFLINE: &str = "此用户不在线";
 /// message kept in their history, for a socket that resumes within `history_ttl_secs`.
 pub const STORED_HEADER: &str = "x-push-stored";
 
+/// Response header on a publish that asked for a receipt: the message id, whose report is
+/// `/report/push/<id>` (also on `/push`'s 404, whose body stays the seed's).
+pub const ID_HEADER: &str = "x-push-id";
+
 /// Every way a request can fail, with its status and the reason shown in `contents`.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -49,7 +53,12 @@ pub enum ApiError {
     Offline {
         /// Uids whose stream kept the message.
         stored: usize,
+        /// The message id, when the backend asked for a receipt.
+        id: Option<String>,
     },
+    /// No report for this message id: expired (`receipt_ttl_secs`) or never issued.
+    #[error("no report for this message id: expired or never issued")]
+    UnknownReport,
     /// More uids in one push than `max_uids_per_push`.
     #[error("more than {0} uids in one push")]
     TooManyUids(usize),
@@ -62,9 +71,18 @@ pub enum ApiError {
     /// `proto` other than 2, or `since` not a JSON object of stream → position.
     #[error("bad resume parameters: {0}")]
     BadResume(&'static str),
+    /// A `/rooms` body that is not `{"join": [topics], "leave": [topics]}` with at least one.
+    #[error("body must be JSON {{\"join\": [topics], \"leave\": [topics]}} naming at least one valid topic, at most {0} in each")]
+    BadRooms(usize),
     /// An `Idempotency-Key` header that is empty, too long or not printable ASCII.
     #[error("Idempotency-Key must be 1 to 128 printable ASCII characters")]
     BadIdempotencyKey,
+    /// A `/push` whose `inbox` is not 1 to `inbox_max_ttl_secs` seconds.
+    #[error("inbox must be whole seconds from 1 to {0} (inbox_max_ttl_secs)")]
+    BadInbox(u64),
+    /// `inbox` on `/publish` or `/broadcast`: only a uid has an inbox.
+    #[error("inbox is for /push only: a message is kept for uids, not topics")]
+    InboxNotHere,
     /// `/ws` without WebSocket upgrade headers.
     #[error("this endpoint takes a WebSocket upgrade (GET with Upgrade: websocket, Sec-WebSocket-Version: 13)")]
     UpgradeRequired,
@@ -100,7 +118,7 @@ pub enum ApiError {
     PusherApi(crate::protocol::pusher::api::ApiFailure),
     /// No such path.
     #[error(
-        "not found: the endpoints are /access, /ws, /sse, /push, /publish, /broadcast, /online, /stats, /disconnect, /health, /ready, /metrics, /admin, /push-serve.js (and /app/{{key}}, /apps/{{id}}/… in Pusher mode)"
+        "not found: the endpoints are /access, /ws, /sse, /push, /publish, /broadcast, /online, /stats, /disconnect, /rooms, /report/push/<id>, /health, /ready, /metrics, /admin, /push-serve.js (and /app/{{key}}, /apps/{{id}}/… in Pusher mode)"
     )]
     NotFound,
 }
@@ -118,10 +136,15 @@ impl ApiError {
             | ApiError::InvalidTopic
             | ApiError::TooManyTopics(_)
             | ApiError::BadResume(_)
-            | ApiError::BadIdempotencyKey => StatusCode::BAD_REQUEST,
+            | ApiError::BadRooms(_)
+            | ApiError::BadIdempotencyKey
+            | ApiError::BadInbox(_)
+            | ApiError::InboxNotHere => StatusCode::BAD_REQUEST,
             ApiError::BadPassword | ApiError::AccessKey(_) => StatusCode::UNAUTHORIZED,
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Offline { .. } | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Offline { .. } | ApiError::NotFound | ApiError::UnknownReport => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ApiError::ShuttingDown | ApiError::ServerFull | ApiError::Unavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -151,11 +174,15 @@ impl ApiError {
             ApiError::BadBody(_) => "bad_body",
             ApiError::BodyRead => "body_read",
             ApiError::Offline { .. } => "offline",
+            ApiError::UnknownReport => "unknown_report",
             ApiError::TooManyUids(_) => "too_many_uids",
             ApiError::InvalidTopic => "invalid_topic",
             ApiError::TooManyTopics(_) => "too_many_topics",
             ApiError::BadResume(_) => "bad_resume",
+            ApiError::BadRooms(_) => "bad_rooms",
             ApiError::BadIdempotencyKey => "bad_idempotency_key",
+            ApiError::BadInbox(_) => "bad_inbox",
+            ApiError::InboxNotHere => "inbox_not_here",
             ApiError::UpgradeRequired => "upgrade_required",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::ServerFull => "server_full",
@@ -192,8 +219,13 @@ impl ApiError {
             ApiError::Unavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            ApiError::Offline { stored } if stored > 0 => {
-                headers.insert(STORED_HEADER, HeaderValue::from(stored));
+            ApiError::Offline { stored, id } => {
+                if stored > 0 {
+                    headers.insert(STORED_HEADER, HeaderValue::from(stored));
+                }
+                if let Some(id) = id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+                    headers.insert(ID_HEADER, id);
+                }
             }
             _ => {}
         }

@@ -19,6 +19,7 @@ mod ops;
 mod publish;
 mod pusher;
 mod query;
+pub mod rooms;
 mod upgrade;
 
 use std::convert::Infallible;
@@ -72,6 +73,8 @@ pub(crate) struct Settings {
     auth: Auth,
     max_body_bytes: usize,
     max_uids_per_push: usize,
+    /// Longest a push may be kept in an offline uid's inbox, seconds.
+    inbox_max_ttl_secs: u64,
     max_topics_per_key: usize,
     max_sockets_per_uid: usize,
     real_ip_header: Option<HeaderName>,
@@ -85,6 +88,7 @@ impl Settings {
             auth,
             max_body_bytes: config.max_body_bytes,
             max_uids_per_push: config.max_uids_per_push,
+            inbox_max_ttl_secs: config.inbox_max_ttl_secs,
             max_topics_per_key: config.max_topics_per_key,
             max_sockets_per_uid: config.max_sockets_per_uid,
             real_ip_header: config
@@ -97,12 +101,17 @@ impl Settings {
     }
 }
 
+/// The access keys `config` asks for: our own, and JWTs when `jwt_secret` is set.
 fn auth_of(config: &Config) -> Auth {
-    Auth::new(
+    let auth = Auth::new(
         config.key_material(),
         &config.password,
         config.access_key_ttl_secs,
-    )
+    );
+    match &config.jwt_secret {
+        Some(secret) => auth.with_jwt(secret, config.max_topics_per_key),
+        None => auth,
+    }
 }
 
 impl AppState {
@@ -184,6 +193,8 @@ struct Params {
     proto: Option<String>,
     /// `/ws?proto=2`: JSON object, stream name → last position seen.
     since: Option<String>,
+    /// `/report/push/<id>`: `1` to list the uids that acked.
+    uids: Option<String>,
 }
 
 impl Params {
@@ -432,6 +443,19 @@ fn all_routes(
             respond(&state, &req, Endpoint::Disconnect, result)
         },
     );
+    let rooms_route = warp::path!("rooms")
+        .and(common.clone())
+        .and(warp::body::stream())
+        .then(|req: Req, state: Arc<AppState>, body| async move {
+            let result = rooms::rooms(&state, &req, body).await;
+            respond(&state, &req, Endpoint::Rooms, result)
+        });
+    let report_route = warp::path!("report" / "push" / String)
+        .and(common.clone())
+        .then(|id: String, req: Req, state: Arc<AppState>| async move {
+            let result = publish::report(&state, &req, &id).await;
+            respond(&state, &req, Endpoint::Report, result)
+        });
     let pusher_socket_route = warp::path!("app" / String)
         .and(common.clone())
         .and(warp::ext::optional::<OnUpgrade>())
@@ -486,6 +510,10 @@ fn all_routes(
         .or(ws_route)
         .unify()
         .or(disconnect_route)
+        .unify()
+        .or(rooms_route)
+        .unify()
+        .or(report_route)
         .unify()
         .or(sse_route)
         .unify()

@@ -7,11 +7,16 @@ use warp::http::header::{self, HeaderMap, HeaderValue};
 use warp::http::StatusCode;
 use warp::reply::Response;
 
+use std::time::Duration;
+
 use super::error::envelope;
+use super::error::ID_HEADER;
 use super::{authorized, check_uid, ApiError, AppState, Params, Req, STORED_HEADER};
 use crate::auth::valid_topic;
 use crate::broker::Published;
+use crate::inbox::Kept;
 use crate::metrics::{self, PublishKind};
+use crate::receipts::{Receipts, Target as Recipients};
 use crate::wire::{PushBody, StreamKey};
 
 /// Reply text of a successful push, as in the seed.
@@ -54,8 +59,22 @@ fn parse_body(body: &[u8]) -> Result<PushBody<'_>, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::BadBody(e.to_string()))
 }
 
-fn success(sockets: usize, repeated: bool) -> Response {
-    let mut res = envelope(StatusCode::OK, "success", sockets as u64, PUSH_OK);
+/// The reply to a publish: the seed's, or with a receipt `{"id", "sockets", "expect_acks"}`
+/// and the id in `X-Push-Id`.
+fn success(sockets: usize, repeated: bool, receipt: Option<&str>) -> Response {
+    let mut res = match receipt {
+        None => envelope(StatusCode::OK, "success", sockets as u64, PUSH_OK),
+        Some(id) => {
+            let contents = serde_json::json!({
+                "id": id, "sockets": sockets, "expect_acks": sockets,
+            });
+            let mut res = envelope(StatusCode::OK, "success", sockets as u64, contents);
+            if let Ok(id) = HeaderValue::from_str(id) {
+                res.headers_mut().insert(ID_HEADER, id);
+            }
+            res
+        }
+    };
     if repeated {
         res.headers_mut()
             .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
@@ -85,11 +104,34 @@ where
     }
     uids.sort_unstable();
     uids.dedup();
-    let max_uids = state.settings().max_uids_per_push;
+    let settings = state.settings();
+    let max_uids = settings.max_uids_per_push;
     if uids.len() > max_uids {
         return Err(ApiError::TooManyUids(max_uids));
     }
-    let msg = push.message();
+    let inbox_ttl = match push.inbox {
+        None => None,
+        Some(secs) if (1..=settings.inbox_max_ttl_secs).contains(&secs) => {
+            Some(Duration::from_secs(secs))
+        }
+        Some(_) => return Err(ApiError::BadInbox(settings.inbox_max_ttl_secs)),
+    };
+    let receipt = match push.receipt || inbox_ttl.is_some() {
+        true => Some(Receipts::new_id("push", idem.as_deref())),
+        false => None,
+    };
+    let msg = match &receipt {
+        Some(id) => {
+            let target = Recipients::Uids(uids.iter().map(|&u| u.to_owned()).collect());
+            state
+                .sockets
+                .receipts
+                .open(id, &target, &push.topic)
+                .await?;
+            push.message().with_id(id)
+        }
+        None => push.message(),
+    };
     let parsed = metrics::now();
     let keys: Vec<StreamKey> = uids.iter().map(|&u| StreamKey::User(u.into())).collect();
     let results: Vec<Published> = if let [key] = &keys[..] {
@@ -119,10 +161,51 @@ where
         .iter()
         .filter(|p| p.sockets == 0 && p.retained)
         .count();
-    if sockets == 0 {
-        return Err(ApiError::Offline { stored });
+    let repeated = results.iter().all(|p| p.repeated);
+    if let Some(id) = receipt.as_deref().filter(|_| !repeated) {
+        let offline: Vec<String> = uids
+            .iter()
+            .zip(&results)
+            .filter(|(_, p)| p.sockets == 0)
+            .map(|(&u, _)| u.to_owned())
+            .collect();
+        state
+            .sockets
+            .receipts
+            .complete(id, sockets as u64, &offline)
+            .await?;
     }
-    let mut res = success(sockets, results.iter().all(|p| p.repeated));
+    if let (Some(ttl), Some(id)) = (inbox_ttl, receipt.as_deref()) {
+        // Kept for the uids that had no socket; always answered 200, saying who it was kept
+        // for (a retry with the same Idempotency-Key finds it kept already).
+        let (mut kept, mut full) = (Vec::new(), Vec::new());
+        for (&uid, _) in uids.iter().zip(&results).filter(|(_, p)| p.sockets == 0) {
+            let inbox = &state.sockets.inbox;
+            match inbox
+                .keep(uid, id, &push.topic, push.contents.get(), ttl)
+                .await?
+            {
+                Kept::Kept => kept.push(uid),
+                Kept::UidFull | Kept::Full => full.push(uid),
+            }
+        }
+        let contents = serde_json::json!({
+            "id": id, "sockets": sockets, "expect_acks": sockets,
+            "inbox": {"kept": kept, "full": full},
+        });
+        let mut res = envelope(StatusCode::OK, "success", sockets as u64, contents);
+        if let Ok(id) = HeaderValue::from_str(id) {
+            res.headers_mut().insert(ID_HEADER, id);
+        }
+        return Ok(res);
+    }
+    if sockets == 0 {
+        return Err(ApiError::Offline {
+            stored,
+            id: receipt,
+        });
+    }
+    let mut res = success(sockets, repeated, receipt.as_deref());
     if stored > 0 {
         res.headers_mut()
             .insert(STORED_HEADER, HeaderValue::from(stored));
@@ -161,16 +244,42 @@ where
         ),
         Target::Everyone => (StreamKey::Broadcast, PublishKind::Broadcast),
     };
+    if msg.inbox.is_some() {
+        return Err(ApiError::InboxNotHere);
+    }
+    let receipt = match msg.receipt {
+        true => Some(Receipts::new_id(kind.label(), idem.as_deref())),
+        false => None,
+    };
+    let message = match &receipt {
+        Some(id) => {
+            let target = match &key {
+                StreamKey::Topic(t) => Recipients::Topic(t.to_string()),
+                _ => Recipients::Broadcast,
+            };
+            state.sockets.receipts.open(id, &target, &msg.topic).await?;
+            msg.message().with_id(id)
+        }
+        None => msg.message(),
+    };
     let parsed = metrics::now();
-    let published = state
-        .hub
-        .publish(&key, msg.message(), idem.as_deref())
-        .await?;
+    let published = state.hub.publish(&key, message, idem.as_deref()).await?;
     let sent = usize::from(!published.repeated);
     state
         .metrics
         .published(kind, sent, accepted, parsed, metrics::now());
-    Ok(success(published.sockets, published.repeated))
+    if let Some(id) = receipt.as_deref().filter(|_| !published.repeated) {
+        state
+            .sockets
+            .receipts
+            .complete(id, published.sockets as u64, &[])
+            .await?;
+    }
+    Ok(success(
+        published.sockets,
+        published.repeated,
+        receipt.as_deref(),
+    ))
 }
 
 /// Collects the body, refusing (413) as soon as it is known to exceed `limit`, so an oversized
@@ -201,4 +310,20 @@ where
         buf.put(chunk);
     }
     Ok(buf.freeze())
+}
+
+/// `GET /report/push/<id>?password[&uids=1]`: what became of a message sent with a receipt.
+pub(super) async fn report(state: &AppState, req: &Req, id: &str) -> Result<Response, ApiError> {
+    let params = authorized(state, req, "GET")?;
+    if !crate::wire::valid_message_id(id) {
+        return Err(ApiError::UnknownReport);
+    }
+    let with_uids = matches!(params.uids.as_deref(), Some("1" | "true"));
+    let report = state
+        .sockets
+        .receipts
+        .report(id, with_uids)
+        .await?
+        .ok_or(ApiError::UnknownReport)?;
+    Ok(envelope(StatusCode::OK, "report", report.acks, report))
 }

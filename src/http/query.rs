@@ -30,6 +30,9 @@ pub(super) async fn stats(state: &AppState, req: &Req) -> Result<Response, ApiEr
         "sockets": sockets, "uids": uids, "topics": topics, "history_bytes": history_bytes,
         "tasks": tasks,
     });
+    if let Some(counts) = state.sockets.callbacks.counts() {
+        contents["callbacks"] = serde_json::to_value(counts).expect("serializes");
+    }
     // This node's figures stay available while the cluster store is down.
     match state.hub.cluster().await {
         Ok(Some(cluster)) => {

@@ -40,16 +40,28 @@ pub(super) async fn upgrade(
 
     // Joined before the 101 is written: once the page sees its socket open, a push for its uid
     // finds it (frames queued meanwhile wait in its outbox), and the resume replay is taken now.
-    let session = state
+    let fresh = admission.since.is_none() && admission.subscription.proto == Proto::Resumable;
+    let uid = admission.subscription.uid.clone();
+    let mut session = state
         .hub
         .connect(admission.subscription, admission.since.as_ref())
         .await?;
+    if fresh {
+        // A page that opens fresh gets its uid's offline inbox right after `_welcome`, before
+        // anything live (which waits in its outbox). One that resumes had it already.
+        let inbox = state.sockets.inbox.frames_of(&uid).await?;
+        session.preamble.extend(inbox);
+    }
     state.metrics.socket_connected();
     let ctx = state.sockets.clone();
     let client = state.client_ip(req);
+    let socket = session.membership.id();
+    ctx.callbacks.connected(&uid, socket);
     state.tracker.spawn(async move {
         let _slot = slot;
+        let callbacks = ctx.callbacks.clone();
         let closed = native::upgraded(on_upgrade, session, ctx).await;
+        callbacks.disconnected(&uid, socket, closed.map(CloseReason::code));
         if closed == Some(CloseReason::SlowConsumer) {
             log::warn!(
                 "socket of {} closed as a slow reader (4008): its send queue was full",

@@ -19,8 +19,13 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::hub::Hub;
+use crate::callbacks::Callbacks;
+use crate::hub::{Hub, Session};
+use crate::inbox::{Bounds, Inbox};
 use crate::metrics::Metrics;
+use crate::outbox::Control;
+use crate::receipts::{Acked, Acker, Receipts};
+use crate::wire::{self, Frame, Position, Proto, StreamKey};
 
 /// What every socket task shares, whatever its protocol: one per server, behind an `Arc`, so a
 /// socket's task holds one pointer to it (an idle socket's memory is mostly its task).
@@ -36,6 +41,15 @@ pub struct SocketContext {
     max_client_frame: AtomicUsize,
     /// Where the socket's end (its close code) is counted.
     pub metrics: Arc<Metrics>,
+    /// Most streams a socket follows besides those of its key (rooms the backend moved it
+    /// into); further moves into rooms are ignored.
+    pub max_rooms: usize,
+    /// Delivery reports, which a page's acks count in.
+    pub receipts: Arc<Receipts>,
+    /// Offline inboxes: a fresh page gets its uid's, an ack empties it of that message.
+    pub inbox: Arc<Inbox>,
+    /// Events for the business server: a uid online/offline, a socket's connect/disconnect.
+    pub callbacks: Callbacks,
     /// `true` once sockets shut down. Also bumped, still `false`, when the heartbeat period
     /// changes: every task already watches this channel, so a reload reaches open sockets
     /// without a byte more per socket.
@@ -59,9 +73,40 @@ impl SocketContext {
             ws_config,
             max_client_frame: AtomicUsize::new(max_client_frame),
             metrics,
+            max_rooms: 64,
+            receipts: Arc::new(Receipts::memory(Duration::from_secs(3600), 100_000)),
+            inbox: Arc::new(Inbox::memory(Bounds {
+                per_uid: 100,
+                total: 10_000,
+            })),
+            callbacks: Callbacks::off(),
             shutdown: watch::channel(false).0,
             draining: watch::channel(false).0,
         }
+    }
+
+    /// The same context, letting a socket follow at most `max_rooms` rooms.
+    pub fn with_max_rooms(mut self, max_rooms: usize) -> SocketContext {
+        self.max_rooms = max_rooms;
+        self
+    }
+
+    /// The same context, with offline inboxes in `inbox`.
+    pub fn with_inbox(mut self, inbox: Arc<Inbox>) -> SocketContext {
+        self.inbox = inbox;
+        self
+    }
+
+    /// The same context, telling the business server through `callbacks`.
+    pub fn with_callbacks(mut self, callbacks: Callbacks) -> SocketContext {
+        self.callbacks = callbacks;
+        self
+    }
+
+    /// The same context, counting acks in `receipts`.
+    pub fn with_receipts(mut self, receipts: Arc<Receipts>) -> SocketContext {
+        self.receipts = receipts;
+        self
     }
 
     /// The heartbeat period in force now.
@@ -127,6 +172,127 @@ impl SocketContext {
     /// Requests in flight are answered: every socket writes what it has queued and closes.
     pub fn shut_down(&self) {
         self.shutdown.send_replace(true);
+    }
+}
+
+/// A room move a socket's task carried out, to tell the page.
+pub struct Moved {
+    /// `_join` or `_leave`, for a resumable page (a seed page is told nothing).
+    pub frame: Frame,
+    /// The stream's slot among the socket's streams.
+    pub slot: u16,
+    /// The stream's name as the page sees it (`topic:<name>`).
+    pub stream: String,
+    /// Where the page starts in a stream it joined; `None` for a stream it left.
+    pub position: Option<Position>,
+}
+
+/// Carries out the instructions a socket's task found in its outbox: follows the streams it
+/// was moved into (at most [`SocketContext::max_rooms`] besides its key's) and leaves those it
+/// was moved out of. Returns what a resumable page must be told, in order, before anything
+/// else is written to it: its live frames of a joined stream come after the `_join`.
+pub async fn apply_controls(session: &mut Session, ctx: &SocketContext) -> Vec<Moved> {
+    let mut moved = Vec::new();
+    let Some(controls) = session.membership.outbox().take_controls() else {
+        return moved;
+    };
+    let resumable = session.membership.subscription().proto == Proto::Resumable;
+    let slot_of = |session: &Session, key: &StreamKey| {
+        session
+            .membership
+            .streams()
+            .find(|(_, k)| k == key)
+            .map(|(slot, _)| slot)
+    };
+    for control in controls {
+        match control {
+            Control::Follow(key) => {
+                let own = session.membership.subscription().keys().count();
+                let rooms = session.membership.streams().count() - own;
+                if rooms >= ctx.max_rooms && slot_of(session, &key).is_none() {
+                    log::debug!(
+                        "socket {} not moved into {}: it follows max_topics_per_key rooms",
+                        session.membership.id(),
+                        key.name()
+                    );
+                    continue;
+                }
+                match ctx.hub.follow(session, key.clone(), None).await {
+                    Ok(Some(attached)) if resumable => {
+                        let Some(slot) = slot_of(session, &key) else {
+                            continue;
+                        };
+                        let stream = key.name();
+                        moved.push(Moved {
+                            frame: wire::joined(&stream, attached.position),
+                            slot,
+                            stream,
+                            position: Some(attached.position),
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(e) => log::warn!(
+                        "socket {} not moved into {}: {e}",
+                        session.membership.id(),
+                        key.name()
+                    ),
+                }
+            }
+            Control::Unfollow(key) => {
+                let slot = slot_of(session, &key);
+                if session.membership.unfollow(&key) && resumable {
+                    let stream = key.name();
+                    moved.push(Moved {
+                        frame: wire::left(&stream),
+                        slot: slot.expect("it followed the stream"),
+                        stream,
+                        position: None,
+                    });
+                }
+            }
+        }
+    }
+    moved
+}
+
+/// Counts a page's ack of message `id` (its text frame `{"ack": id}`). Returns the `_nack` to
+/// send when it is refused: an unknown or expired id, or a message that was not for this socket
+/// (another uid's push, a topic it does not follow). A store that cannot be reached counts
+/// nothing and says nothing (the page cannot do better by retrying).
+pub async fn acknowledge(session: &Session, ctx: &SocketContext, id: &str) -> Option<Frame> {
+    if !wire::valid_message_id(id) {
+        return Some(wire::nack(
+            id,
+            "unknown message id (expired or never issued)",
+        ));
+    }
+    let follows = |topic: &str| {
+        session
+            .membership
+            .streams()
+            .any(|(_, k)| matches!(&k, StreamKey::Topic(t) if &**t == topic))
+    };
+    let acker = Acker {
+        uid: &session.membership.subscription().uid,
+        socket: ctx.receipts.socket_name(session.membership.id()),
+        follows: &follows,
+    };
+    // An ack by any page of the uid takes the message out of its inbox, for all its pages
+    // (even once its report expired: an inbox may outlive it).
+    let unboxed = match ctx.inbox.remove(acker.uid, id).await {
+        Ok(removed) => removed,
+        Err(e) => {
+            log::debug!("ack not taken out of the inbox: {e}");
+            false
+        }
+    };
+    match ctx.receipts.ack(id, &acker).await {
+        Ok(Acked::Unknown) if unboxed => None,
+        Ok(acked) => acked.refusal().map(|reason| wire::nack(id, reason)),
+        Err(e) => {
+            log::debug!("ack not counted: {e}");
+            None
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use super::close_watch::CloseWatch;
 pub use super::SocketContext;
 use crate::hub::Session;
 use crate::outbox::Outbox;
-use crate::wire::{CloseReason, Frame};
+use crate::wire::{self, CloseReason, Frame};
 
 /// Bytes tungstenite reads per syscall. Clients only send pongs and the odd small frame, and
 /// this buffer is allocated for every idle socket, so it is small (warp's default is 128 KiB);
@@ -114,14 +114,7 @@ where
         ctx.hub.socket_count()
     );
     let mut shutdown = ctx.shutdown();
-    let ended = drive(
-        ws,
-        std::mem::take(&mut session.preamble),
-        session.membership.outbox(),
-        ctx,
-        &mut shutdown,
-    )
-    .await;
+    let ended = drive(ws, session, ctx, &mut shutdown).await;
     log::debug!("socket {} closed: {ended:?}", session.membership.id());
     ctx.metrics.socket_closed(match ended {
         Ended::Close(reason) => Some(reason.code()),
@@ -177,14 +170,16 @@ impl std::fmt::Debug for Ended {
 
 async fn drive<S>(
     ws: &mut WebSocketStream<S>,
-    preamble: Vec<Frame>,
-    outbox: &Outbox,
+    session: &mut Session,
     ctx: &SocketContext,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Ended
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let preamble = std::mem::take(&mut session.preamble);
+    let outbox = session.membership.outbox().clone();
+    let outbox = &*outbox;
     let mut heartbeat = ctx.heartbeat();
     if *shutdown.borrow() {
         return Ended::Close(CloseReason::ServerShutdown);
@@ -204,6 +199,8 @@ where
     }
     let mut tick = heartbeat_tick(heartbeat);
     let mut awaiting_pong = false;
+    // A page's ack, read in the select below and counted after it.
+    let mut acked: Option<String> = None;
 
     loop {
         // Everything queued goes out before we wait again (so no wake-up is ever missed).
@@ -222,6 +219,21 @@ where
         if let Some(reason) = outbox.evicted() {
             return Ended::Close(reason);
         }
+        if outbox.has_controls() {
+            // Boxed: rare, and its state (a broker attach) would otherwise sit in every idle
+            // socket's task.
+            let moved = Box::pin(super::apply_controls(session, ctx)).await;
+            let told = async {
+                for m in moved {
+                    ws.feed(Message::Text((*m.frame).clone())).await?;
+                }
+                ws.flush().await
+            };
+            if let Some(ended) = guarded(told, outbox, shutdown, heartbeat).await {
+                return ended;
+            }
+            continue;
+        }
         tokio::select! {
             biased;
             _ = shutdown.changed() => {
@@ -239,13 +251,23 @@ where
             _ = outbox.ready() => continue,
             inbound = ws.next() => {
                 match inbound {
-                    // Anything at all from the client proves it alive; contents are ignored.
+                    // Anything at all from the client proves it alive; contents are ignored,
+                    // but for acks of messages that asked for a receipt.
                     Some(Ok(Message::Close(_))) => return Ended::Close(CloseReason::ClientClosed),
-                    Some(Ok(_)) => awaiting_pong = false,
+                    Some(Ok(Message::Text(text))) => {
+                        awaiting_pong = false;
+                        acked = wire::ack_of(&text);
+                        if acked.is_none() {
+                            continue;
+                        }
+                    }
+                    Some(Ok(_)) => {
+                        awaiting_pong = false;
+                        continue;
+                    }
                     Some(Err(e)) => return classify(e),
                     None => return Ended::Lost,
                 }
-                continue;
             }
             _ = tick.tick() => {
                 if awaiting_pong {
@@ -253,6 +275,16 @@ where
                 }
                 awaiting_pong = true;
             }
+        }
+        if let Some(id) = acked.take() {
+            // Boxed, like the room moves: its state (a store call) is not an idle socket's.
+            if let Some(nack) = Box::pin(super::acknowledge(session, ctx, &id)).await {
+                let told = ws.send(Message::Text((*nack).clone()));
+                if let Some(ended) = guarded(told, outbox, shutdown, heartbeat).await {
+                    return ended;
+                }
+            }
+            continue;
         }
         // Only the heartbeat branch gets here.
         if let Some(ended) = guarded(

@@ -61,10 +61,17 @@ pub fn start(
 ) -> EventStream {
     let (tx, rx) = mpsc::channel(1);
     let positions = Positions::new(&session, since);
+    let (uid, socket) = (
+        session.membership.subscription().uid.clone(),
+        session.membership.id(),
+    );
+    ctx.callbacks.connected(&uid, socket);
     tracker.spawn(async move {
         // The stream's place under `max_sockets`, freed when it ends.
         let _slot = slot;
-        run(session, positions, ctx, tx).await
+        let callbacks = ctx.callbacks.clone();
+        let code = run(session, positions, ctx, tx).await;
+        callbacks.disconnected(&uid, socket, code);
     });
     EventStream(rx)
 }
@@ -81,13 +88,13 @@ async fn run(
     mut positions: Option<Positions>,
     ctx: Arc<SocketContext>,
     tx: mpsc::Sender<Bytes>,
-) {
+) -> Option<u16> {
     let mut draining = ctx.draining();
     let outbox = session.membership.outbox().clone();
     let id = session.membership.id();
     log::debug!("event stream {id} opened");
     let ended = drive(
-        std::mem::take(&mut session.preamble),
+        &mut session,
         &outbox,
         positions.as_mut(),
         &ctx,
@@ -99,7 +106,7 @@ async fn run(
     // Leaving first: from here on nothing new is queued, so what is drained below is all.
     drop(session);
     let Ended::Close(reason) = ended else {
-        return;
+        return None;
     };
     let mut chunk = BytesMut::new();
     if reason == CloseReason::ServerShutdown {
@@ -114,16 +121,18 @@ async fn run(
     chunk.put_slice(info.to_string().as_bytes());
     chunk.put_slice(b"\n\n");
     let _ = tokio::time::timeout(ctx.heartbeat(), tx.send(chunk.freeze())).await;
+    Some(reason.code())
 }
 
 async fn drive(
-    preamble: Vec<Frame>,
+    session: &mut Session,
     outbox: &Outbox,
     mut positions: Option<&mut Positions>,
     ctx: &SocketContext,
     draining: &mut watch::Receiver<bool>,
     tx: &mpsc::Sender<Bytes>,
 ) -> Ended {
+    let preamble = std::mem::take(&mut session.preamble);
     if *draining.borrow() {
         return Ended::Close(CloseReason::ServerShutdown);
     }
@@ -158,6 +167,16 @@ async fn drive(
         }
         if let Some(reason) = outbox.evicted() {
             return Ended::Close(reason);
+        }
+        if outbox.has_controls() {
+            // Boxed, as on a WebSocket: rare, and large.
+            for m in Box::pin(super::apply_controls(session, ctx)).await {
+                if let Some(positions) = positions.as_deref_mut() {
+                    positions.moved(usize::from(m.slot), m.stream, m.position);
+                }
+                event(&mut chunk, &m.frame, positions.as_deref_mut(), None);
+            }
+            continue;
         }
         tokio::select! {
             biased;
@@ -294,6 +313,16 @@ impl Positions {
             })
             .collect();
         Some(Positions { names, at })
+    }
+
+    /// The socket joined (`position` set) or left stream `name` in `slot` after it opened.
+    fn moved(&mut self, slot: usize, name: String, position: Option<Position>) {
+        if self.names.len() <= slot {
+            self.names.resize(slot + 1, String::new());
+            self.at.resize(slot + 1, None);
+        }
+        self.names[slot] = name;
+        self.at[slot] = position;
     }
 
     /// A live frame: number `seq` of the stream in `slot`.

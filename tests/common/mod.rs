@@ -549,6 +549,27 @@ pub async fn next_text(ws: &mut Ws) -> String {
     }
 }
 
+/// Tries to open a socket at `url`: `Ok` with the socket, or `Err` with the refusal's status
+/// and its envelope's reason.
+pub async fn try_connect(url: &str) -> Result<Ws, (u16, String)> {
+    match tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("an answer in time")
+    {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp.body().as_deref().unwrap_or_default();
+            let json: Value = serde_json::from_slice(body).expect("the refusal is the envelope");
+            assert_eq!(json["topic"], "error", "{json}");
+            Err((
+                resp.status().as_u16(),
+                json["contents"].as_str().unwrap_or_default().to_string(),
+            ))
+        }
+        Err(e) => panic!("connect failed: {e}"),
+    }
+}
+
 /// Reads until the server's close frame and returns its code (skipping data frames).
 pub async fn close_code(ws: &mut Ws) -> Option<CloseCode> {
     loop {

@@ -1,0 +1,29 @@
+-- Keeps a message in a uid's offline inbox, under the per-uid and overall bounds, atomically.
+-- KEYS[1] the uid's ids by expiry (zset), KEYS[2] the uid's messages (hash),
+-- KEYS[3] every kept message as "<uid>\n<id>" by expiry (zset, for the overall bound).
+-- ARGV: now_ms, expires_ms, id, message JSON, per_uid, total, uid.
+-- Returns 1 kept (or kept already), -1 the uid's inbox is full, -2 the inbox is full.
+local now = ARGV[1]
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  redis.call('HDEL', KEYS[2], unpack(expired))
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
+  return 1
+end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[5]) then
+  return -1
+end
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[6]) then
+  return -2
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[7] .. '\n' .. ARGV[3])
+-- Both keys of the uid live as long as its last message.
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], last[2])
+redis.call('PEXPIREAT', KEYS[2], last[2])
+return 1

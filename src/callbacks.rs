@@ -1,0 +1,344 @@
+//! Callbacks to the business server (seed 003's `connect_callback` / `disconnect_callback`).
+//!
+//! With `callback_url` set, push-serve POSTs a signed JSON event there when a uid comes online
+//! (its first socket), when it goes offline (its last socket closed, and no new one opened
+//! within `callback_grace_secs`, so a reload is neither), and with `callback_sockets: true`
+//! for every socket's connect and disconnect (with the close code).
+//!
+//! Nothing a socket or a push does ever waits for the business server: an event is put in a
+//! bounded queue (`callback_queue`) without waiting; a full queue drops it, counted. One
+//! sender takes events off the queue in order and tries each [`ATTEMPTS`] times, each try
+//! bounded by [`TIMEOUT`], with backoff between them, and counts it sent or failed. A hanging
+//! or failing endpoint therefore slows only the sender: the queue fills, and further events
+//! are dropped (counted in `/stats` and `/metrics`) until it answers again.
+//!
+//! Each POST carries `X-Push-Timestamp` (unix seconds) and `X-Push-Signature:
+//! sha256=<hex>`, the HMAC-SHA256 under `callback_secret` of `<timestamp>.<body>`; the
+//! receiver recomputes it and refuses old timestamps (replays).
+//!
+//! Online and offline are judged on this node's sockets of the uid; in a cluster, the sender
+//! also asks the cluster's count first and leaves out an `online` when the uid already had a
+//! socket on another node, and an `offline` when it still has one.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, KeyInit, Mac};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use sha2::Sha256;
+use tokio::sync::mpsc;
+use warp::http::{header, Request, Uri};
+
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+/// Tries per event (the first and the retries).
+pub const ATTEMPTS: u32 = 3;
+/// Bound on one POST, connection included.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+/// Wait before the first retry; doubled before each next one.
+const BACKOFF: Duration = Duration::from_millis(500);
+
+/// What the callbacks are configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where events are POSTed (`http://`).
+    pub url: Uri,
+    /// The HMAC key of the signature.
+    pub secret: String,
+    /// Also each socket's connect and disconnect.
+    pub sockets: bool,
+    /// How long a uid's last socket may be closed before it is offline.
+    pub grace: Duration,
+    /// Events waiting to be sent at most; past it they are dropped (counted).
+    pub queue: usize,
+}
+
+/// One event, as POSTed.
+#[derive(Debug, Clone, Serialize)]
+struct Event {
+    /// `online`, `offline`, `connect` or `disconnect`.
+    event: &'static str,
+    uid: String,
+    /// `connect`/`disconnect`: the socket's id on its node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    socket: Option<u64>,
+    /// `disconnect`: the close code sent or received (absent: the connection was lost).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<u16>,
+    /// When it happened, unix milliseconds.
+    at: u64,
+}
+
+#[derive(Default)]
+struct Uid {
+    /// Sockets of the uid on this node.
+    sockets: usize,
+    /// Set while its last socket closed less than `grace` ago: which closing it was.
+    grace: Option<u64>,
+}
+
+/// Counts, as `/stats` shows them.
+#[derive(Debug, Default, Serialize)]
+pub struct Counts {
+    /// Events the endpoint answered with 2xx.
+    pub sent: u64,
+    /// Events that failed every attempt.
+    pub failed: u64,
+    /// Events dropped because the queue was full.
+    pub dropped: u64,
+}
+
+struct Inner {
+    settings: Settings,
+    tx: mpsc::Sender<Event>,
+    /// Uids with sockets here or in their grace period. Held for map operations only.
+    uids: Mutex<HashMap<String, Uid>>,
+    closings: AtomicU64,
+    sent: AtomicU64,
+    failed: AtomicU64,
+    dropped: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+/// The callbacks of this node; does nothing when `callback_url` is unset.
+#[derive(Clone, Default)]
+pub struct Callbacks(Option<Arc<Inner>>);
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `sha256=<hex>`: the signature of `body` sent at `timestamp` under `secret`.
+pub fn signature(secret: &str, timestamp: u64, body: &str) -> String {
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(format!("{timestamp}.{body}").as_bytes());
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+impl Callbacks {
+    /// Callbacks that do nothing.
+    pub fn off() -> Callbacks {
+        Callbacks(None)
+    }
+
+    /// Starts the dispatcher (in the current runtime); `hub` answers the cluster's counts.
+    pub fn start(settings: Settings, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Callbacks {
+        let (tx, rx) = mpsc::channel(settings.queue.max(1));
+        let inner = Arc::new(Inner {
+            settings,
+            tx,
+            uids: Mutex::default(),
+            closings: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            metrics,
+        });
+        // The dispatcher holds the inner state weakly, so it ends when the server drops it.
+        tokio::spawn(dispatch(rx, Arc::downgrade(&inner), hub));
+        Callbacks(Some(inner))
+    }
+
+    /// Whether callbacks are configured.
+    pub fn is_on(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Counts so far (`None` when callbacks are off).
+    pub fn counts(&self) -> Option<Counts> {
+        self.0.as_ref().map(|i| Counts {
+            sent: i.sent.load(Ordering::Relaxed),
+            failed: i.failed.load(Ordering::Relaxed),
+            dropped: i.dropped.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Socket `socket` of `uid` opened. Never waits.
+    pub fn connected(&self, uid: &str, socket: u64) {
+        let Some(inner) = &self.0 else { return };
+        let online = {
+            let mut uids = inner.uids.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = uids.entry(uid.to_owned()).or_default();
+            entry.sockets += 1;
+            // A socket within the grace period after the last one closed: a reload.
+            entry.sockets == 1 && entry.grace.take().is_none()
+        };
+        if online {
+            inner.queue(Event::new("online", uid));
+        }
+        if inner.settings.sockets {
+            inner.queue(Event {
+                socket: Some(socket),
+                ..Event::new("connect", uid)
+            });
+        }
+    }
+
+    /// Socket `socket` of `uid` closed with `code` (`None`: lost). Never waits.
+    pub fn disconnected(&self, uid: &str, socket: u64, code: Option<u16>) {
+        let Some(inner) = &self.0 else { return };
+        if inner.settings.sockets {
+            inner.queue(Event {
+                socket: Some(socket),
+                code,
+                ..Event::new("disconnect", uid)
+            });
+        }
+        let closing = {
+            let mut uids = inner.uids.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(entry) = uids.get_mut(uid) else {
+                return;
+            };
+            entry.sockets = entry.sockets.saturating_sub(1);
+            if entry.sockets > 0 {
+                return;
+            }
+            let closing = inner.closings.fetch_add(1, Ordering::Relaxed);
+            entry.grace = Some(closing);
+            closing
+        };
+        let (inner, uid) = (inner.clone(), uid.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep(inner.settings.grace).await;
+            let offline = {
+                let mut uids = inner.uids.lock().unwrap_or_else(|p| p.into_inner());
+                let still = uids
+                    .get(&uid)
+                    .is_some_and(|e| e.sockets == 0 && e.grace == Some(closing));
+                if still {
+                    uids.remove(&uid);
+                }
+                still
+            };
+            if offline {
+                inner.queue(Event::new("offline", &uid));
+            }
+        });
+    }
+}
+
+impl Event {
+    fn new(event: &'static str, uid: &str) -> Event {
+        Event {
+            event,
+            uid: uid.to_owned(),
+            socket: None,
+            code: None,
+            at: unix_ms(),
+        }
+    }
+}
+
+impl Inner {
+    fn queue(&self, event: Event) {
+        if self.tx.try_send(event).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.metrics.callback("dropped");
+        }
+    }
+}
+
+async fn dispatch(mut rx: mpsc::Receiver<Event>, inner: std::sync::Weak<Inner>, hub: Arc<Hub>) {
+    let client: Client<HttpConnector, String> = {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(TIMEOUT));
+        Client::builder(TokioExecutor::new()).build(connector)
+    };
+    let cluster = hub.broker().redis().is_some();
+    // One event at a time, so the business server sees a uid's events in order.
+    while let Some(event) = rx.recv().await {
+        let Some(inner) = inner.upgrade() else { return };
+        if cluster && !still_true(&hub, &event).await {
+            continue;
+        }
+        let body = serde_json::to_string(&event).expect("serializes");
+        let mut wait = BACKOFF;
+        let mut attempt = 1;
+        let outcome = loop {
+            match post(&client, &inner.settings, &body).await {
+                Ok(()) => break "sent",
+                Err(why) if attempt == ATTEMPTS => {
+                    log::warn!(
+                        "callback `{}` failed {ATTEMPTS} times, last: {why}",
+                        event.event
+                    );
+                    break "failed";
+                }
+                Err(why) => log::debug!("callback `{}` failed: {why}; retrying", event.event),
+            }
+            tokio::time::sleep(wait).await;
+            wait *= 2;
+            attempt += 1;
+        };
+        let count = match outcome {
+            "sent" => &inner.sent,
+            _ => &inner.failed,
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+        inner.metrics.callback(outcome);
+    }
+}
+
+/// In a cluster: whether an `online` is still a first socket over every node, an `offline`
+/// still no socket anywhere (the cluster's count unknown: sent anyway).
+async fn still_true(hub: &Hub, event: &Event) -> bool {
+    let Ok(sockets) = hub.sockets_of(&event.uid).await else {
+        return true;
+    };
+    match event.event {
+        "online" => sockets <= 1,
+        "offline" => sockets == 0,
+        _ => true,
+    }
+}
+
+async fn post(
+    client: &Client<HttpConnector, String>,
+    settings: &Settings,
+    body: &str,
+) -> Result<(), String> {
+    let timestamp = unix_ms() / 1000;
+    let request = Request::post(settings.url.clone())
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::USER_AGENT, "push-serve")
+        .header("x-push-timestamp", timestamp)
+        .header(
+            "x-push-signature",
+            signature(&settings.secret, timestamp, body),
+        )
+        .body(body.to_owned())
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(TIMEOUT, client.request(request)).await {
+        Err(_) => Err(format!("no answer within {TIMEOUT:?}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(res)) if res.status().is_success() => Ok(()),
+        Ok(Ok(res)) => Err(format!("status {}", res.status())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signature_is_hmac_sha256_of_timestamp_dot_body() {
+        // echo -n '1700000000.{"event":"online"}' | openssl dgst -sha256 -hmac secret
+        assert_eq!(
+            signature("secret", 1_700_000_000, r#"{"event":"online"}"#),
+            format!(
+                "sha256={}",
+                "857af3da92e3a70c5e71cb6e6133e2738b019b573eb113406a15bad4b9323957"
+            )
+        );
+    }
+}
