@@ -229,7 +229,8 @@ where
                 }
                 ws.flush().await
             };
-            if let Some(ended) = guarded(told, outbox, shutdown, heartbeat).await {
+            // Boxed too: the write in flight must not widen every idle socket's task.
+            if let Some(ended) = Box::pin(guarded(told, outbox, shutdown, heartbeat)).await {
                 return ended;
             }
             continue;
@@ -280,7 +281,7 @@ where
             // Boxed, like the room moves: its state (a store call) is not an idle socket's.
             if let Some(nack) = Box::pin(super::acknowledge(session, ctx, &id)).await {
                 let told = ws.send(Message::Text((*nack).clone()));
-                if let Some(ended) = guarded(told, outbox, shutdown, heartbeat).await {
+                if let Some(ended) = Box::pin(guarded(told, outbox, shutdown, heartbeat)).await {
                     return ended;
                 }
             }
