@@ -26,12 +26,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, KeyInit, Mac};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use sha2::Sha256;
 use tokio::sync::mpsc;
-use warp::http::{header, Request, Uri};
+use warp::http::Uri;
 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -249,11 +247,6 @@ impl Inner {
 }
 
 async fn dispatch(mut rx: mpsc::Receiver<Event>, inner: std::sync::Weak<Inner>, hub: Arc<Hub>) {
-    let client: Client<HttpConnector, String> = {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(TIMEOUT));
-        Client::builder(TokioExecutor::new()).build(connector)
-    };
     let cluster = hub.broker().redis().is_some();
     // One event at a time, so the business server sees a uid's events in order.
     while let Some(event) = rx.recv().await {
@@ -265,7 +258,7 @@ async fn dispatch(mut rx: mpsc::Receiver<Event>, inner: std::sync::Weak<Inner>, 
         let mut wait = BACKOFF;
         let mut attempt = 1;
         let outcome = loop {
-            match post(&client, &inner.settings, &body).await {
+            match post(&inner.settings, &body).await {
                 Ok(()) => break "sent",
                 Err(why) if attempt == ATTEMPTS => {
                     log::warn!(
@@ -302,27 +295,17 @@ async fn still_true(hub: &Hub, event: &Event) -> bool {
     }
 }
 
-async fn post(
-    client: &Client<HttpConnector, String>,
-    settings: &Settings,
-    body: &str,
-) -> Result<(), String> {
-    let timestamp = unix_ms() / 1000;
-    let request = Request::post(settings.url.clone())
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::USER_AGENT, "push-serve")
-        .header("x-push-timestamp", timestamp)
-        .header(
-            "x-push-signature",
-            signature(&settings.secret, timestamp, body),
-        )
-        .body(body.to_owned())
-        .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(TIMEOUT, client.request(request)).await {
-        Err(_) => Err(format!("no answer within {TIMEOUT:?}")),
-        Ok(Err(e)) => Err(e.to_string()),
-        Ok(Ok(res)) if res.status().is_success() => Ok(()),
-        Ok(Ok(res)) => Err(format!("status {}", res.status())),
+async fn post(settings: &Settings, body: &str) -> Result<(), String> {
+    let seconds = unix_ms() / 1000;
+    let signature = signature(&settings.secret, seconds, body);
+    let timestamp = seconds.to_string();
+    let headers = [
+        ("x-push-timestamp", timestamp.as_str()),
+        ("x-push-signature", signature.as_str()),
+    ];
+    match crate::http_client::post_json(&settings.url, &headers, body.to_owned(), TIMEOUT).await? {
+        status if status.is_success() => Ok(()),
+        status => Err(format!("status {status}")),
     }
 }
 

@@ -35,6 +35,7 @@ pub mod broker;
 pub mod callbacks;
 pub mod config;
 pub mod http;
+pub mod http_client;
 pub mod hub;
 pub mod inbox;
 pub mod limits;

@@ -9,16 +9,15 @@
 //!
 //! `channel_occupied`/`channel_vacated` and `member_added`/`member_removed` are decided by the
 //! store (cluster-wide with Redis), so each is sent once per cluster, by the node that saw it.
-//! The HTTP client is a few lines of HTTP/1.1 over a TCP connection: `http://` targets only
-//! (for HTTPS, point it at a local TLS proxy), one request per connection.
+//! Sent with `http_client::post_json` (the callbacks' client too): `http://` targets only (for
+//! HTTPS, point it at a local TLS proxy), one request per connection.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use warp::http::{StatusCode, Uri};
 
 use super::auth::sign;
 use super::App;
@@ -177,7 +176,7 @@ async fn sender(url: String, key: String, secret: String, mut rx: mpsc::Receiver
         let mut wait = Duration::from_millis(500);
         for attempt in 1..=ATTEMPTS {
             match post(&url, &key, &signature, &body).await {
-                Ok(status) if (200..300).contains(&status) => break,
+                Ok(status) if status.is_success() => break,
                 outcome => {
                     let why = match outcome {
                         Ok(status) => format!("status {status}"),
@@ -205,48 +204,8 @@ fn shown(url: &str) -> &str {
 }
 
 /// POSTs `body` to `url` (`http://host[:port][/path]`); the reply's status.
-async fn post(url: &str, key: &str, signature: &str, body: &str) -> Result<u16, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or("only http:// webhook URLs are supported")?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let address = if authority.contains(':') && !authority.ends_with(']') {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    };
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
-         X-Pusher-Key: {key}\r\nX-Pusher-Signature: {signature}\r\nContent-Length: {}\r\n\
-         Connection: close\r\nUser-Agent: push-serve\r\n\r\n{body}",
-        body.len()
-    );
-    let exchange = async {
-        let mut stream = TcpStream::connect(&address)
-            .await
-            .map_err(|e| e.to_string())?;
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut head = Vec::with_capacity(64);
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n") && head.len() < 256 {
-            if stream.read(&mut byte).await.map_err(|e| e.to_string())? == 0 {
-                break;
-            }
-            head.push(byte[0]);
-        }
-        let line = String::from_utf8_lossy(&head);
-        line.split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("no HTTP status line: {:?}", line.trim()))
-    };
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-        .await
-        .map_err(|_| "no answer in time".to_owned())?
+async fn post(url: &str, key: &str, signature: &str, body: &str) -> Result<StatusCode, String> {
+    let url: Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
+    let headers = [("x-pusher-key", key), ("x-pusher-signature", signature)];
+    crate::http_client::post_json(&url, &headers, body.to_owned(), REQUEST_TIMEOUT).await
 }
