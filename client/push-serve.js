@@ -63,7 +63,9 @@
 
   /** Calls fn(contents, frame) for each message whose topic is `topic` ("*": every message);
    *  a message sent with a receipt is acked once they have returned. A message kept in this
-   *  uid's offline inbox comes first when the page opens, with frame.inbox true.
+   *  uid's offline inbox comes first when the page opens, with frame.inbox true. A data pool
+   *  the page follows comes first as "<pool>:snapshot" (its whole document), then its
+   *  "<pool>:add", ":update", ":append" and ":delete" changes.
    *  Also "open", "close" (with the CloseEvent), "_gap" (with the gap's details), "_nack" (an
    *  ack the server refused: {id, reason}), "_join" and
    *  "_leave" ({stream, position}: the backend moved this socket into or out of a room), and
@@ -273,6 +275,18 @@
     if (frame.topic === "_gap") {
       var gap = frame.contents || {};
       this.emit("_gap", gap, frame);
+      return;
+    }
+    if (frame.stream && /:snapshot$/.test(frame.topic) &&
+        frame.stream === "topic:" + frame.topic.slice(0, -":snapshot".length)) {
+      // A data pool's document, exact at this position: only later changes follow, so it is
+      // always handled (even at the position the welcome gave, and again after a reconnect)
+      // and moves the position there. (A message published as "x:snapshot" has stream
+      // "topic:x:snapshot", so it never takes this path.)
+      var at = this.positions[frame.stream];
+      this.positions[frame.stream] = generation(at) + ":" + Math.max(frame.number, at ? Number(at.split(":")[1]) : 0);
+      this.emit(frame.topic, frame.contents, frame);
+      this.emit("*", frame.contents, frame);
       return;
     }
     var stream = frame.stream;

@@ -129,6 +129,10 @@ pub struct Config {
     pub callback_grace_secs: f64,
     /// Callback events waiting to be sent at most; further ones are dropped (counted).
     pub callback_queue: usize,
+    /// Largest data pool document, bytes (`PUT`/`POST /pool/<name>` past it get 413).
+    pub pool_max_bytes: usize,
+    /// Most data pools at once (a new one past it gets 507).
+    pub pool_max: usize,
     /// Most sockets open at once; further upgrades get 503.
     pub max_sockets: usize,
     /// Most sockets one uid may have open; further upgrades for it get 429.
@@ -478,6 +482,8 @@ impl Config {
             callback_sockets: false,
             callback_grace_secs: 5.0,
             callback_queue: 10_000,
+            pool_max_bytes: 64 * 1024,
+            pool_max: 10_000,
             max_sockets: 1_000_000,
             max_sockets_per_uid: 64,
             auth_failures_per_minute: 30,
@@ -618,6 +624,8 @@ impl Config {
             ("inbox_max", self.inbox_max as f64),
             ("callback_grace_secs", self.callback_grace_secs),
             ("callback_queue", self.callback_queue as f64),
+            ("pool_max_bytes", self.pool_max_bytes as f64),
+            ("pool_max", self.pool_max as f64),
             ("max_sockets", self.max_sockets as f64),
             ("max_sockets_per_uid", self.max_sockets_per_uid as f64),
             (
@@ -895,6 +903,8 @@ const RANGES: &[Range] = &[
     whole("inbox_max", "messages", 1, 100_000_000),
     seconds("callback_grace_secs", 0.0, 3600.0),
     whole("callback_queue", "events", 1, 10_000_000),
+    whole("pool_max_bytes", "bytes", 2, 64 << 20),
+    whole("pool_max", "pools", 1, 10_000_000),
     whole("max_sockets", "", 1, 1 << 30),
     whole("max_sockets_per_uid", "", 1, 1 << 30),
     noted(

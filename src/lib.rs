@@ -42,6 +42,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod outbox;
+pub mod pools;
 pub mod protocol;
 pub mod receipts;
 pub mod registry;
@@ -147,6 +148,14 @@ pub async fn run_reloadable(
         Some(redis) => inbox::Inbox::redis(redis, inbox_bounds),
         None => inbox::Inbox::memory(inbox_bounds),
     });
+    let pool_bounds = pools::Bounds {
+        max_bytes: config.pool_max_bytes,
+        max_pools: config.pool_max,
+    };
+    let pools = Arc::new(match hub.broker().redis() {
+        Some(redis) => pools::Pools::redis(redis, pool_bounds),
+        None => pools::Pools::memory(pool_bounds),
+    });
     let sockets = Arc::new(
         protocol::SocketContext::new(
             hub.clone(),
@@ -157,6 +166,7 @@ pub async fn run_reloadable(
         .with_max_rooms(config.max_topics_per_key)
         .with_receipts(receipts.clone())
         .with_inbox(inbox.clone())
+        .with_pools(pools)
         .with_callbacks(callbacks(&config, &hub, &metrics)),
     );
     let state = Arc::new(http::AppState::new(

@@ -92,6 +92,8 @@ pub enum Endpoint {
     Rooms,
     /// `/report/push/<id>`
     Report,
+    /// `/pool/<name>`.
+    Pool,
     /// Pusher-compatible mode: `/app/{key}` sockets
     PusherSocket,
     /// Pusher-compatible mode: the HTTP API under `/apps/`
@@ -101,7 +103,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 19] = [
+    const ALL: [Endpoint; 20] = [
         Endpoint::Access,
         Endpoint::Ws,
         Endpoint::Push,
@@ -118,6 +120,7 @@ impl Endpoint {
         Endpoint::Disconnect,
         Endpoint::Rooms,
         Endpoint::Report,
+        Endpoint::Pool,
         Endpoint::PusherSocket,
         Endpoint::PusherApi,
         Endpoint::Other,
@@ -142,6 +145,7 @@ impl Endpoint {
             "/disconnect" => Endpoint::Disconnect,
             "/rooms" => Endpoint::Rooms,
             p if p.starts_with("/report/push/") => Endpoint::Report,
+            p if p.starts_with("/pool/") => Endpoint::Pool,
             p if p.starts_with("/app/") => Endpoint::PusherSocket,
             p if p.starts_with("/apps/") || p.starts_with("/users/") => Endpoint::PusherApi,
             _ => Endpoint::Other,
@@ -167,6 +171,7 @@ impl Endpoint {
             Endpoint::Disconnect => "disconnect",
             Endpoint::Rooms => "rooms",
             Endpoint::Report => "report",
+            Endpoint::Pool => "pool",
             Endpoint::PusherSocket => "pusher_socket",
             Endpoint::PusherApi => "pusher_api",
             Endpoint::Other => "other",

@@ -245,6 +245,17 @@ fn frame_text(
     Arc::new(Utf8Bytes::from(out))
 }
 
+/// A data pool's document for a page that starts following it:
+/// `{"topic":"<pool>:snapshot","number":<seq>,"contents":<doc>,"stream":"topic:<pool>"}`, its
+/// number the stream position it is exact at (live changes after it follow). `None` if
+/// `doc` is not JSON.
+pub fn snapshot_frame(pool: &str, doc: &str, seq: u64) -> Option<Frame> {
+    serde_json::from_str::<&RawValue>(doc).ok()?;
+    let topic = format!("{pool}:snapshot");
+    let stream = StreamKey::Topic(pool.into()).name();
+    Some(frame_text(&topic, seq, doc, Some(&stream), None))
+}
+
 /// A message and its stream as bytes: `<id len>:<stream id><topic len>:<topic><contents>`
 /// (lengths in decimal bytes), after `x<len>:<socket id>` when it skips a socket and
 /// `w<len>:<user id>` when it names its sender. What a cluster broker stores and sends

@@ -518,3 +518,75 @@ async fn the_inbox_is_cluster_wide_kept_on_one_node_read_and_acked_on_another() 
     )
     .await;
 }
+
+/// `method` on `/pool/<name>` of node `s` with the password.
+async fn pool(s: &Server, method: &str, name: &str, body: &str) -> Reply {
+    let target = format!("/pool/{name}?password={}", enc(&s.password));
+    s.http()
+        .await
+        .request(method, &target, &[], body.as_bytes())
+        .await
+}
+
+#[tokio::test]
+async fn a_data_pool_is_cluster_wide_and_pages_joining_on_any_node_miss_no_change() {
+    let redis = redis_or_skip!();
+    let a = node(&redis, |_| {}).await;
+    let b = node(&redis, |_| {}).await;
+    let r = pool(&a, "PUT", "bids:1", "[]").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        pool(&b, "GET", "bids:1", "").await.json()["contents"],
+        serde_json::json!([])
+    );
+    // Two backends append through different nodes while pages open on both.
+    const EACH: u64 = 20;
+    let writers: Vec<_> = [(a.addr, 0), (b.addr, 1000)]
+        .into_iter()
+        .map(|(addr, base)| {
+            let s = Server::external(addr, &a.password);
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    let r = pool(&s, "POST", "bids:1", &(base + i).to_string()).await;
+                    assert_eq!(r.status, 200, "{}", r.text());
+                }
+            })
+        })
+        .collect();
+    let mut pages = Vec::new();
+    for i in 0..4 {
+        let on = if i % 2 == 0 { &a } else { &b };
+        let r = on
+            .http()
+            .await
+            .get(&format!(
+                "/access?uid=p{i}&topics=bids:1&password={}",
+                enc(&on.password)
+            ))
+            .await;
+        let key = r.json()["contents"].as_str().unwrap().to_string();
+        pages.push(connect_v2(on, &format!("p{i}"), &key).await);
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let stored: Vec<u64> =
+        serde_json::from_value(pool(&b, "GET", "bids:1", "").await.json()["contents"].clone())
+            .unwrap();
+    assert_eq!(stored.len() as u64, 2 * EACH, "{stored:?}");
+    // Every page rebuilds exactly the stored document: snapshot, then each later append once.
+    for ws in &mut pages {
+        let snapshot: Value = serde_json::from_str(&next_text(ws).await).unwrap();
+        assert_eq!(snapshot["topic"], "bids:1:snapshot", "{snapshot}");
+        let mut doc: Vec<u64> = serde_json::from_value(snapshot["contents"].clone()).unwrap();
+        while doc.len() < stored.len() {
+            let change: Value = serde_json::from_str(&next_text(ws).await).unwrap();
+            assert_eq!(change["topic"], "bids:1:append", "{change}");
+            doc.push(change["contents"].as_u64().unwrap());
+        }
+        assert_eq!(doc, stored);
+    }
+    let r = pool(&b, "DELETE", "bids:1", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    pool(&a, "GET", "bids:1", "").await.assert_error(404);
+}

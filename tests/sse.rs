@@ -544,3 +544,63 @@ async fn move_rooms(s: &Server, body: &str) {
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// A data pool among an SSE page's topics, or joined later: its snapshot comes as an event
+/// whose id carries the position the document is exact at, so a resume starts after it.
+#[tokio::test]
+async fn data_pool_snapshots_come_as_events_and_move_the_event_ids() {
+    let s = Server::start(|_| {}).await;
+    pool(&s, "PUT", "score", r#"{"home":1}"#).await;
+    pool(&s, "PUT", "table", "[]").await;
+    let r = s
+        .http()
+        .await
+        .get(&format!(
+            "/access?uid=mover&topics=score&password={}",
+            enc(&s.password)
+        ))
+        .await;
+    let key = r.json()["contents"].as_str().unwrap().to_string();
+    let mut sse = open(&s, &sse_target("mover", &key, "&proto=2"), &[])
+        .await
+        .unwrap();
+    assert_eq!(sse.event().await.json()["topic"], "_welcome");
+    let snapshot = sse.event().await;
+    let frame = snapshot.json();
+    assert_eq!(frame["topic"], "score:snapshot");
+    assert_eq!(frame["contents"], serde_json::json!({"home": 1}));
+    let id: Value = serde_json::from_str(snapshot.id.as_deref().unwrap()).unwrap();
+    let at = frame["number"].as_u64().unwrap();
+    assert!(
+        id["topic:score"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{at}")),
+        "{id}"
+    );
+
+    move_rooms(&s, r#"{"join":["table"]}"#).await;
+    assert_eq!(sse.event().await.json()["topic"], "_join");
+    let snapshot = sse.event().await;
+    assert_eq!(snapshot.json()["topic"], "table:snapshot");
+    assert_eq!(snapshot.json()["contents"], serde_json::json!([]));
+    let id: Value = serde_json::from_str(snapshot.id.as_deref().unwrap()).unwrap();
+    assert!(id["topic:table"].as_str().unwrap().ends_with(":1"), "{id}");
+
+    pool(&s, "PUT", "score", r#"{"home":2}"#).await;
+    let update = sse.event().await.json();
+    assert_eq!(
+        (update["topic"].as_str(), update["number"].as_u64()),
+        (Some("score:update"), Some(at + 1))
+    );
+}
+
+async fn pool(s: &Server, method: &str, name: &str, body: &str) {
+    let target = format!("/pool/{name}?password={}", enc(&s.password));
+    let r = s
+        .http()
+        .await
+        .request(method, &target, &[], body.as_bytes())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}

@@ -83,6 +83,18 @@ pub enum ApiError {
     /// `inbox` on `/publish` or `/broadcast`: only a uid has an inbox.
     #[error("inbox is for /push only: a message is kept for uids, not topics")]
     InboxNotHere,
+    /// No data pool of that name.
+    #[error("no such pool")]
+    NoPool,
+    /// `POST` to a pool whose document is not an array.
+    #[error("this pool's document is not an array: POST appends to arrays only (PUT replaces it)")]
+    PoolNotArray,
+    /// A pool document over `pool_max_bytes`.
+    #[error("the pool's document would be larger than pool_max_bytes ({0} bytes)")]
+    PoolTooLarge(usize),
+    /// `pool_max` pools exist already.
+    #[error("pool_max ({0}) pools exist already: delete one first")]
+    PoolsFull(usize),
     /// `/ws` without WebSocket upgrade headers.
     #[error("this endpoint takes a WebSocket upgrade (GET with Upgrade: websocket, Sec-WebSocket-Version: 13)")]
     UpgradeRequired,
@@ -142,9 +154,13 @@ impl ApiError {
             | ApiError::InboxNotHere => StatusCode::BAD_REQUEST,
             ApiError::BadPassword | ApiError::AccessKey(_) => StatusCode::UNAUTHORIZED,
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Offline { .. } | ApiError::NotFound | ApiError::UnknownReport => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::PoolNotArray => StatusCode::CONFLICT,
+            ApiError::PoolTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PoolsFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Offline { .. }
+            | ApiError::NotFound
+            | ApiError::UnknownReport
+            | ApiError::NoPool => StatusCode::NOT_FOUND,
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ApiError::ShuttingDown | ApiError::ServerFull | ApiError::Unavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -175,6 +191,10 @@ impl ApiError {
             ApiError::BodyRead => "body_read",
             ApiError::Offline { .. } => "offline",
             ApiError::UnknownReport => "unknown_report",
+            ApiError::NoPool => "no_pool",
+            ApiError::PoolNotArray => "pool_not_array",
+            ApiError::PoolTooLarge(_) => "pool_too_large",
+            ApiError::PoolsFull(_) => "pools_full",
             ApiError::TooManyUids(_) => "too_many_uids",
             ApiError::InvalidTopic => "invalid_topic",
             ApiError::TooManyTopics(_) => "too_many_topics",
@@ -230,6 +250,19 @@ impl ApiError {
             _ => {}
         }
         res
+    }
+}
+
+/// A data pool's refusal as the envelope's error.
+pub fn pool_error(e: crate::pools::PoolError) -> ApiError {
+    use crate::pools::PoolError;
+    match e {
+        PoolError::NotFound => ApiError::NoPool,
+        PoolError::NotArray => ApiError::PoolNotArray,
+        PoolError::TooLarge(max) => ApiError::PoolTooLarge(max),
+        PoolError::Full(max) => ApiError::PoolsFull(max),
+        PoolError::Busy => ApiError::Unavailable,
+        PoolError::Broker(e) => e.into(),
     }
 }
 

@@ -63,10 +63,13 @@ async fn respond(state: &AppState, req: &Req) -> Result<Response, ApiError> {
         return Ok(stream_response(Response::new(Default::default())));
     }
     // Joined before the 200 is written, as a WebSocket joins before its 101.
-    let session = state
+    let mut session = state
         .hub
         .connect(admission.subscription, admission.since.as_ref())
         .await?;
+    crate::protocol::pool_snapshots(&mut session, &state.sockets)
+        .await
+        .map_err(super::error::pool_error)?;
     let body = sse::start(
         session,
         slot,

@@ -16,6 +16,7 @@ pub mod disconnect;
 pub mod error;
 mod events;
 mod ops;
+mod pools;
 mod publish;
 mod pusher;
 mod query;
@@ -474,6 +475,17 @@ fn all_routes(
             let result = pusher::api(&state, &req, body).await;
             respond(&state, &req, Endpoint::PusherApi, result)
         });
+    let pool_route = warp::path("pool")
+        .and(warp::path::tail())
+        .and(common.clone())
+        .and(warp::body::stream())
+        .then(
+            |tail: warp::path::Tail, req: Req, state: Arc<AppState>, body| async move {
+                let name = pools::decode(tail.as_str());
+                let result = pools::pool(&state, &req, &name, body).await;
+                respond(&state, &req, Endpoint::Pool, result)
+            },
+        );
     let sse_route = warp::path!("sse")
         .and(common.clone())
         .then(|req: Req, state: Arc<AppState>| async move { events::events(&state, &req).await });
@@ -514,6 +526,8 @@ fn all_routes(
         .or(rooms_route)
         .unify()
         .or(report_route)
+        .unify()
+        .or(pool_route)
         .unify()
         .or(sse_route)
         .unify()

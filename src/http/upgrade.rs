@@ -52,6 +52,9 @@ pub(super) async fn upgrade(
         let inbox = state.sockets.inbox.frames_of(&uid).await?;
         session.preamble.extend(inbox);
     }
+    crate::protocol::pool_snapshots(&mut session, &state.sockets)
+        .await
+        .map_err(super::error::pool_error)?;
     state.metrics.socket_connected();
     let ctx = state.sockets.clone();
     let client = state.client_ip(req);

@@ -24,6 +24,7 @@ use crate::hub::{Hub, Session};
 use crate::inbox::{Bounds, Inbox};
 use crate::metrics::Metrics;
 use crate::outbox::Control;
+use crate::pools::{PoolError, Pools};
 use crate::receipts::{Acked, Acker, Receipts};
 use crate::wire::{self, Frame, Position, Proto, StreamKey};
 
@@ -50,6 +51,8 @@ pub struct SocketContext {
     pub inbox: Arc<Inbox>,
     /// Events for the business server: a uid online/offline, a socket's connect/disconnect.
     pub callbacks: Callbacks,
+    /// Data pools: a page following one gets its document first.
+    pub pools: Arc<Pools>,
     /// `true` once sockets shut down. Also bumped, still `false`, when the heartbeat period
     /// changes: every task already watches this channel, so a reload reaches open sockets
     /// without a byte more per socket.
@@ -80,6 +83,10 @@ impl SocketContext {
                 total: 10_000,
             })),
             callbacks: Callbacks::off(),
+            pools: Arc::new(Pools::memory(crate::pools::Bounds {
+                max_bytes: 64 * 1024,
+                max_pools: 10_000,
+            })),
             shutdown: watch::channel(false).0,
             draining: watch::channel(false).0,
         }
@@ -100,6 +107,12 @@ impl SocketContext {
     /// The same context, telling the business server through `callbacks`.
     pub fn with_callbacks(mut self, callbacks: Callbacks) -> SocketContext {
         self.callbacks = callbacks;
+        self
+    }
+
+    /// The same context, with data pools in `pools`.
+    pub fn with_pools(mut self, pools: Arc<Pools>) -> SocketContext {
+        self.pools = pools;
         self
     }
 
@@ -185,6 +198,8 @@ pub struct Moved {
     pub stream: String,
     /// Where the page starts in a stream it joined; `None` for a stream it left.
     pub position: Option<Position>,
+    /// A data pool joined: its document, sent right after the `_join` (see `pool_snapshot`).
+    pub snapshot: Option<Frame>,
 }
 
 /// Carries out the instructions a socket's task found in its outbox: follows the streams it
@@ -223,11 +238,23 @@ pub async fn apply_controls(session: &mut Session, ctx: &SocketContext) -> Vec<M
                             continue;
                         };
                         let stream = key.name();
+                        let snapshot = match &key {
+                            StreamKey::Topic(name) => pool_snapshot(session, ctx, slot, name)
+                                .await
+                                .unwrap_or_else(|e| {
+                                    log::warn!(
+                                        "no snapshot of pool {name} for a moved socket: {e}"
+                                    );
+                                    None
+                                }),
+                            _ => None,
+                        };
                         moved.push(Moved {
                             frame: wire::joined(&stream, attached.position),
                             slot,
                             stream,
                             position: Some(attached.position),
+                            snapshot,
                         });
                     }
                     Ok(_) => {}
@@ -247,6 +274,7 @@ pub async fn apply_controls(session: &mut Session, ctx: &SocketContext) -> Vec<M
                         slot: slot.expect("it followed the stream"),
                         stream,
                         position: None,
+                        snapshot: None,
                     });
                 }
             }
@@ -298,4 +326,62 @@ pub async fn acknowledge(session: &Session, ctx: &SocketContext, id: &str) -> Op
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// For a `proto=2` page that just joined: the snapshot of every data pool among its topics,
+/// appended to its preamble, each after which only later changes reach it (see `pools.rs`).
+pub async fn pool_snapshots(session: &mut Session, ctx: &SocketContext) -> Result<(), PoolError> {
+    if session.membership.subscription().proto != Proto::Resumable {
+        return Ok(());
+    }
+    let topics: Vec<(u16, Box<str>)> = session
+        .membership
+        .streams()
+        .filter_map(|(slot, key)| match key {
+            StreamKey::Topic(name) => Some((slot, name)),
+            _ => None,
+        })
+        .collect();
+    let names: Vec<&str> = topics.iter().map(|(_, name)| &**name).collect();
+    let which = ctx.pools.which(&names).await?;
+    for ((slot, name), is_pool) in topics.iter().zip(which) {
+        if is_pool {
+            if let Some(frame) = snapshot_at(session, ctx, *slot, name).await? {
+                session.preamble.push(frame);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// For a `proto=2` page moved into topic `name` (in stream slot `slot`): the snapshot frame if
+/// the topic is a data pool.
+async fn pool_snapshot(
+    session: &Session,
+    ctx: &SocketContext,
+    slot: u16,
+    name: &str,
+) -> Result<Option<Frame>, PoolError> {
+    if ctx.pools.which(&[name]).await?.first() != Some(&true) {
+        return Ok(None);
+    }
+    snapshot_at(session, ctx, slot, name).await
+}
+
+/// Pool `name`'s document as a frame, exact at a stream position: the socket's live frames of
+/// that stream up to it are dropped, so every later change follows it once.
+async fn snapshot_at(
+    session: &Session,
+    ctx: &SocketContext,
+    slot: u16,
+    name: &str,
+) -> Result<Option<Frame>, PoolError> {
+    let Some((doc, at)) = ctx.pools.snapshot(&ctx.hub, name).await? else {
+        return Ok(None);
+    };
+    let Some(frame) = wire::snapshot_frame(name, &doc.json, at.seq) else {
+        return Ok(None);
+    };
+    session.membership.outbox().set_floor(slot, at.seq);
+    Ok(Some(frame))
 }

@@ -226,6 +226,9 @@ where
             let told = async {
                 for m in moved {
                     ws.feed(Message::Text((*m.frame).clone())).await?;
+                    if let Some(snapshot) = m.snapshot {
+                        ws.feed(Message::Text((*snapshot).clone())).await?;
+                    }
                 }
                 ws.flush().await
             };

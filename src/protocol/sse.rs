@@ -175,6 +175,9 @@ async fn drive(
                     positions.moved(usize::from(m.slot), m.stream, m.position);
                 }
                 event(&mut chunk, &m.frame, positions.as_deref_mut(), None);
+                if let Some(snapshot) = &m.snapshot {
+                    event(&mut chunk, snapshot, positions.as_deref_mut(), None);
+                }
             }
             continue;
         }

@@ -1,7 +1,8 @@
 // client/push-serve.js in headless Chromium with what issue 13 added: a page connecting with a
 // JWT its backend minted (no call to push-serve), acking a push sent with a receipt after its
 // handler returned (even one that throws), getting a message kept in its offline inbox first
-// (and acking it), and following a room the backend moved it into.
+// (and acking it), following a room the backend moved it into, and data pools: the snapshot of
+// one its JWT grants, then its changes, and the snapshot of one the backend moved it into.
 // Started by tests/browser.rs as: node tests/browser/seeds.mjs HOST:PORT PASSWORD JWT_SECRET
 import { chromium } from "playwright-core";
 import http from "node:http";
@@ -59,17 +60,21 @@ try {
   let minted = 0;
   await page.exposeFunction("backendJwt", async () => {
     minted++;
-    return mintJwt({ uid: 71, exp: Math.floor(Date.now() / 1000) + 600, app: "shop" });
+    return mintJwt({ uid: 71, exp: Math.floor(Date.now() / 1000) + 600, app: "shop", topics: ["cart:71"] });
   });
   // Offline inbox: a push kept for uid 71 before its page opens; the fresh page gets it first.
   const boxed = await request("POST", "/push?uid=71", { topic: "order", contents: { n: 0 }, inbox: 600 });
   if (boxed.status !== 200 || JSON.stringify(boxed.json.contents.inbox.kept) !== '["71"]') {
     throw new Error(`push with inbox: ${JSON.stringify(boxed)}`);
   }
+  // A data pool the page's key grants, filled before it opens.
+  const cart = await request("PUT", "/pool/cart:71", { items: ["tea"] });
+  if (cart.status !== 200 || cart.json.contents.event !== "cart:71:add") throw new Error(`pool: ${JSON.stringify(cart)}`);
+  await request("PUT", "/pool/lot:2", [10]);
   await page.setContent("<!doctype html><title>push-serve seeds test</title><body></body>");
   await page.addScriptTag({ url: `http://${host}:${port}/push-serve.js` });
   await page.evaluate((url) => {
-    window.orders = []; window.joins = []; window.bids = []; window.nacks = [];
+    window.orders = []; window.joins = []; window.bids = []; window.nacks = []; window.pools = [];
     const push = new PushServe({ url, uid: "71", getAccessKey: () => window.backendJwt(), minDelay: 100, maxDelay: 500 });
     window.inboxed = [];
     push.on("order", (contents, frame) => {
@@ -80,6 +85,9 @@ try {
     push.on("_join", (room) => window.joins.push(room));
     push.on("auction:1", (contents) => window.bids.push(contents));
     push.on("_nack", (n) => window.nacks.push(n));
+    for (const event of ["cart:71:snapshot", "cart:71:update", "lot:2:snapshot", "lot:2:append"]) {
+      push.on(event, (doc, frame) => window.pools.push([event, doc, frame.number]));
+    }
     push.start();
     window.push = push;
   }, `ws://${host}:${port}/ws`);
@@ -106,6 +114,19 @@ try {
   await until("_join", () => page.evaluate(() => window.joins.length === 1));
   await request("POST", "/publish", { topic: "auction:1", contents: { bid: 1450000 } });
   await until("the room's message", () => page.evaluate(() => window.bids.length === 1));
+
+  // Data pools: the granted one's snapshot came first; a change follows it; a pool the backend
+  // moves the page into comes as its snapshot after the `_join`, then its changes.
+  await request("PUT", "/pool/cart:71", { items: ["tea", "cake"] });
+  await until("the cart's update", () => page.evaluate(() => window.pools.length === 2));
+  await request("POST", "/rooms?uid=71", { join: ["lot:2"] });
+  await until("the lot's snapshot", () => page.evaluate(() => window.pools.length === 3));
+  await request("POST", "/pool/lot:2", 12);
+  await until("the lot's append", () => page.evaluate(() => window.pools.length === 4));
+  const pools = await page.evaluate(() => window.pools);
+  const want = [["cart:71:snapshot", { items: ["tea"] }, 1], ["cart:71:update", { items: ["tea", "cake"] }, 2],
+    ["lot:2:snapshot", [10], 1], ["lot:2:append", 12, 2]];
+  if (JSON.stringify(pools) !== JSON.stringify(want)) throw new Error(`pools ${JSON.stringify(pools)}`);
 
   const seen = await page.evaluate(() => ({
     orders: window.orders, inboxed: window.inboxed, joins: window.joins, bids: window.bids, nacks: window.nacks,
