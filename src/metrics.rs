@@ -126,32 +126,6 @@ impl Endpoint {
         Endpoint::Other,
     ];
 
-    /// The endpoint a request path belongs to.
-    pub fn of_path(path: &str) -> Endpoint {
-        match path {
-            "/access" => Endpoint::Access,
-            "/ws" => Endpoint::Ws,
-            "/push" => Endpoint::Push,
-            "/publish" => Endpoint::Publish,
-            "/broadcast" => Endpoint::Broadcast,
-            "/online" => Endpoint::Online,
-            "/stats" => Endpoint::Stats,
-            "/health" => Endpoint::Health,
-            "/ready" => Endpoint::Ready,
-            "/metrics" => Endpoint::Metrics,
-            "/admin" | "/admin/series" | "/admin/refusals" => Endpoint::Admin,
-            "/sse" => Endpoint::Sse,
-            "/push-serve.js" => Endpoint::Client,
-            "/disconnect" => Endpoint::Disconnect,
-            "/rooms" => Endpoint::Rooms,
-            p if p.starts_with("/report/push/") => Endpoint::Report,
-            p if p.starts_with("/pool/") => Endpoint::Pool,
-            p if p.starts_with("/app/") => Endpoint::PusherSocket,
-            p if p.starts_with("/apps/") || p.starts_with("/users/") => Endpoint::PusherApi,
-            _ => Endpoint::Other,
-        }
-    }
-
     /// Its label value.
     pub fn label(self) -> &'static str {
         match self {

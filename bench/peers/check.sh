@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs push-serve's contract tests (tests/contract.rs) against each reference peer, so the
+# Runs push-serve's contract tests (tests/it/contract.rs) against each reference peer, so the
 # benchmark compares servers that behave alike. Needs setup.sh first.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -28,7 +28,7 @@ run() {
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.05; done
   echo "== contract tests against the $name peer"
   local rc=0
-  PUSH_SERVE_TARGET=127.0.0.1:$port PUSH_SERVE_PASSWORD=$password cargo test -q --test contract || rc=$?
+  PUSH_SERVE_TARGET=127.0.0.1:$port PUSH_SERVE_PASSWORD=$password cargo test -q --test it contract:: || rc=$?
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
   rm -f "$conf"
   return $rc

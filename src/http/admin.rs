@@ -7,8 +7,7 @@
 //!
 //! The page itself uses `/online`, `/push`, `/publish` and `/broadcast` like any backend.
 
-use std::convert::Infallible;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -16,11 +15,10 @@ use sha2::{Digest, Sha256};
 use warp::http::header::{self, HeaderValue};
 use warp::http::StatusCode;
 use warp::reply::Response;
-use warp::Filter;
 
 use super::error::envelope;
-use super::{allowed, authorized, respond, ApiError, AppState, Req};
-use crate::metrics::{Endpoint, REFUSALS, SAMPLES};
+use super::{allowed, authorized, ApiError, AppState, Req};
+use crate::metrics::{REFUSALS, SAMPLES};
 
 /// The page. Everything it shows that came from a client (uids, reasons, addresses) is set as
 /// text, never as HTML.
@@ -52,33 +50,12 @@ fn csp() -> &'static HeaderValue {
 }
 
 /// `/admin`, `/admin/series`, `/admin/refusals`.
-pub(super) fn routes(
-    common: impl Filter<Extract = (Req, Arc<AppState>), Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
-    let page = warp::path!("admin")
-        .and(common.clone())
-        .map(|req: Req, state: Arc<AppState>| {
-            let result = page(&req);
-            respond(&state, &req, Endpoint::Admin, result)
-        });
-    let series = warp::path!("admin" / "series").and(common.clone()).map(
-        |req: Req, state: Arc<AppState>| {
-            let result = series(&state, &req);
-            respond(&state, &req, Endpoint::Admin, result)
-        },
-    );
-    let refusals =
-        warp::path!("admin" / "refusals")
-            .and(common)
-            .map(|req: Req, state: Arc<AppState>| {
-                let result = refusals(&state, &req);
-                respond(&state, &req, Endpoint::Admin, result)
-            });
-    page.or(series).unify().or(refusals).unify()
+pub(super) fn admin(state: &AppState, req: &Req) -> Result<Response, ApiError> {
+    match req.path.trim_end_matches('/') {
+        "/admin/series" => series(state, req),
+        "/admin/refusals" => refusals(state, req),
+        _ => page(req),
+    }
 }
 
 /// `GET /admin`: the page. It holds no secret, so it needs no password; every figure it shows

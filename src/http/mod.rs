@@ -11,6 +11,7 @@
 
 mod access;
 mod admin;
+mod body;
 pub mod client;
 pub mod disconnect;
 pub mod error;
@@ -21,6 +22,7 @@ mod publish;
 mod pusher;
 mod query;
 pub mod rooms;
+pub mod routes;
 mod upgrade;
 
 use std::convert::Infallible;
@@ -381,183 +383,76 @@ pub fn metrics_routes(
     all_routes(state, false)
 }
 
-/// Both listeners' routes: one filter *type*, so that the server (hyper's connection machinery
-/// included) is compiled once, not once per listener; `public` decides at run time what is
-/// served.
+/// Both listeners' routes. warp extracts what a handler reads (method, path, query, headers,
+/// peer, body, upgrade) in one filter and [`dispatch`] picks the handler from the route table:
+/// one small filter type instead of a chain of a filter per route, whose nested type cost the
+/// compiler minutes to check. `public` decides at run time what is served.
 fn all_routes(
     state: Arc<AppState>,
     public: bool,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
     let metrics = state.metrics.clone();
-    let common = request(state);
-
-    let access_route =
-        warp::path!("access")
-            .and(common.clone())
-            .map(|req: Req, state: Arc<AppState>| {
-                let result = access::access(&state, &req);
-                respond(&state, &req, Endpoint::Access, result)
-            });
-    let push_route = warp::path!("push")
-        .and(common.clone())
+    request(state)
         .and(warp::body::stream())
-        .then(|req: Req, state: Arc<AppState>, body| async move {
-            let result = publish::push(&state, &req, body).await;
-            respond(&state, &req, Endpoint::Push, result)
-        });
-    let publish_route = warp::path!("publish")
-        .and(common.clone())
-        .and(warp::body::stream())
-        .then(|req: Req, state: Arc<AppState>, body| async move {
-            let result = publish::publish(&state, &req, body, publish::Target::Topic).await;
-            respond(&state, &req, Endpoint::Publish, result)
-        });
-    let broadcast_route = warp::path!("broadcast")
-        .and(common.clone())
-        .and(warp::body::stream())
-        .then(|req: Req, state: Arc<AppState>, body| async move {
-            let result = publish::publish(&state, &req, body, publish::Target::Everyone).await;
-            respond(&state, &req, Endpoint::Broadcast, result)
-        });
-    let online_route = warp::path!("online").and(common.clone()).then(
-        |req: Req, state: Arc<AppState>| async move {
-            let result = query::online(&state, &req).await;
-            respond(&state, &req, Endpoint::Online, result)
-        },
-    );
-    let stats_route = warp::path!("stats").and(common.clone()).then(
-        |req: Req, state: Arc<AppState>| async move {
-            let result = query::stats(&state, &req).await;
-            respond(&state, &req, Endpoint::Stats, result)
-        },
-    );
-    let ws_route = warp::path!("ws")
-        .and(common.clone())
         .and(warp::ext::optional::<OnUpgrade>())
-        .then(|req: Req, state: Arc<AppState>, on_upgrade| async move {
-            let result = upgrade::upgrade(&state, &req, on_upgrade).await;
-            respond(&state, &req, Endpoint::Ws, result)
-        });
-    let disconnect_route = warp::path!("disconnect").and(common.clone()).then(
-        |req: Req, state: Arc<AppState>| async move {
-            let result = disconnect::disconnect(&state, &req).await;
-            respond(&state, &req, Endpoint::Disconnect, result)
-        },
-    );
-    let rooms_route = warp::path!("rooms")
-        .and(common.clone())
-        .and(warp::body::stream())
-        .then(|req: Req, state: Arc<AppState>, body| async move {
-            let result = rooms::rooms(&state, &req, body).await;
-            respond(&state, &req, Endpoint::Rooms, result)
-        });
-    let report_route = warp::path!("report" / "push" / String)
-        .and(common.clone())
-        .then(|id: String, req: Req, state: Arc<AppState>| async move {
-            let result = publish::report(&state, &req, &id).await;
-            respond(&state, &req, Endpoint::Report, result)
-        });
-    let pusher_socket_route = warp::path!("app" / String)
-        .and(common.clone())
-        .and(warp::ext::optional::<OnUpgrade>())
-        .then(
-            |key: String, req: Req, state: Arc<AppState>, on_upgrade| async move {
-                let result = pusher::socket(&state, &req, &key, on_upgrade).await;
-                respond(&state, &req, Endpoint::PusherSocket, result)
-            },
-        );
-    let pusher_api_route = warp::path("apps")
-        .or(warp::path("users"))
-        .unify()
-        .and(common.clone())
-        .and(warp::body::stream())
-        .then(|req: Req, state: Arc<AppState>, body| async move {
-            let result = pusher::api(&state, &req, body).await;
-            respond(&state, &req, Endpoint::PusherApi, result)
-        });
-    let pool_route = warp::path("pool")
-        .and(warp::path::tail())
-        .and(common.clone())
-        .and(warp::body::stream())
-        .then(
-            |tail: warp::path::Tail, req: Req, state: Arc<AppState>, body| async move {
-                let name = pools::decode(tail.as_str());
-                let result = pools::pool(&state, &req, &name, body).await;
-                respond(&state, &req, Endpoint::Pool, result)
-            },
-        );
-    let sse_route = warp::path!("sse")
-        .and(common.clone())
-        .then(|req: Req, state: Arc<AppState>| async move { events::events(&state, &req).await });
-    let client_route =
-        warp::path!("push-serve.js")
-            .and(common.clone())
-            .map(|req: Req, state: Arc<AppState>| {
-                let result = client::client_js(&req);
-                respond(&state, &req, Endpoint::Client, result)
-            });
-    let not_found_route = warp::any().map(|| ApiError::NotFound.into_response());
-
-    // The API proper is not served on the metrics listener.
-    let api_here = warp::any()
-        .and_then(move || async move {
-            if public {
-                Ok(())
-            } else {
-                Err(warp::reject::not_found())
-            }
-        })
-        .untuple_one();
-    let api = access_route
-        .or(push_route)
-        .unify()
-        .or(publish_route)
-        .unify()
-        .or(broadcast_route)
-        .unify()
-        .or(online_route)
-        .unify()
-        .or(stats_route)
-        .unify()
-        .or(ws_route)
-        .unify()
-        .or(disconnect_route)
-        .unify()
-        .or(rooms_route)
-        .unify()
-        .or(report_route)
-        .unify()
-        .or(pool_route)
-        .unify()
-        .or(sse_route)
-        .unify()
-        .or(client_route)
-        .unify()
-        // Boxed: Pusher mode is off the native push path.
-        .or(pusher_socket_route.or(pusher_api_route).unify().boxed())
-        .unify()
-        // Boxed, like the ops routes below: off the push path, and its type stays out of
-        // every symbol of the server.
-        .or(admin::routes(common.clone()).boxed())
-        .unify();
-    let guard = if public {
-        ops::Guard::Password
-    } else {
-        ops::Guard::Open
-    };
-
-    // Boxed: off the push path, and erasing its type keeps the route chain's type (spelt out in
-    // every symbol of the server that is generic over it) from growing by a third.
-    let ops = ops::routes(common, guard).boxed();
-
-    api_here
-        .and(api)
-        .or(ops)
-        .unify()
-        .or(not_found_route)
+        .then(move |req, state, body, on_upgrade| dispatch(req, state, body, on_upgrade, public))
+        // The body filter rejects only a request whose body was already taken: never here.
+        .or(warp::any().map(|| ApiError::NotFound.into_response()))
         .unify()
         .with(counted(metrics))
         .map(warp::Reply::into_response)
+}
+
+/// Answers one request with the handler its path's route names (404 for none, and for
+/// everything but the operators' routes on the `metrics_addr` listener).
+async fn dispatch<S, B>(
+    req: Req,
+    state: Arc<AppState>,
+    body: S,
+    on_upgrade: Option<OnUpgrade>,
+    public: bool,
+) -> Response
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>> + Send,
+    B: bytes::Buf + Send,
+{
+    // An unknown path is no refusal to remember either.
+    let Some((route, param)) = routes::route(&req.path).filter(|(r, _)| public || r.ops) else {
+        return ApiError::NotFound.into_response();
+    };
+    let state = &*state;
+    let req = &req;
+    let endpoint = route.endpoint;
+    let result = match endpoint {
+        Endpoint::Access => access::access(state, req),
+        Endpoint::Push => publish::push(state, req, body).await,
+        Endpoint::Publish => publish::publish(state, req, body, publish::Target::Topic).await,
+        Endpoint::Broadcast => publish::publish(state, req, body, publish::Target::Everyone).await,
+        Endpoint::Online => query::online(state, req).await,
+        Endpoint::Stats => query::stats(state, req).await,
+        Endpoint::Disconnect => disconnect::disconnect(state, req).await,
+        Endpoint::Rooms => Box::pin(rooms::rooms(state, req, body)).await,
+        Endpoint::Report if !param.contains('/') => publish::report(state, req, param).await,
+        Endpoint::Pool => Box::pin(pools::pool(state, req, &pools::decode(param), body)).await,
+        Endpoint::Ws => Box::pin(upgrade::upgrade(state, req, on_upgrade)).await,
+        // Its own CORS headers, and no refusal kept: an `EventSource` retries on its own.
+        Endpoint::Sse => return Box::pin(events::events(state, req)).await,
+        Endpoint::Client => client::client_js(req),
+        Endpoint::PusherSocket if !param.is_empty() && !param.contains('/') => {
+            Box::pin(pusher::socket(state, req, param, on_upgrade)).await
+        }
+        Endpoint::PusherApi => Box::pin(pusher::api(state, req, body)).await,
+        Endpoint::Admin => admin::admin(state, req),
+        // Neither a liveness nor a readiness answer is a refusal to remember: a probe polling a
+        // draining server would crowd out everything else on the admin page.
+        Endpoint::Health => return ops::health(req).unwrap_or_else(ApiError::into_response),
+        Endpoint::Ready => return ops::ready(state, req).unwrap_or_else(ApiError::into_response),
+        Endpoint::Metrics => ops::metrics(state, req, public),
+        Endpoint::Report | Endpoint::PusherSocket | Endpoint::Other => {
+            return ApiError::NotFound.into_response()
+        }
+    };
+    respond(state, req, endpoint, result)
 }
 
 /// Counts every request by endpoint and status, and logs it at `debug`: path and status only,
@@ -565,7 +460,7 @@ fn all_routes(
 fn counted(metrics: Arc<Metrics>) -> warp::log::Log<impl Fn(warp::log::Info<'_>) + Clone> {
     warp::log::custom(move |info| {
         let status = info.status().as_u16();
-        metrics.request(Endpoint::of_path(info.path()), status);
+        metrics.request(routes::endpoint(info.path()), status);
         log::debug!(
             target: "push_serve::http",
             "{} {} {} {:?}",

@@ -7,8 +7,8 @@ use serde_json::value::RawValue;
 use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 
+use super::body::read_body;
 use super::error::envelope;
-use super::publish::read_body;
 use super::{authorized, ApiError, AppState, Req};
 use crate::auth::valid_topic;
 use crate::pools::Change;

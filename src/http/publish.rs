@@ -1,14 +1,15 @@
 //! The endpoints that publish: `/push` (to uids), `/publish` (to a topic), `/broadcast` (to
 //! every socket), with body reading and the `Idempotency-Key` header.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
-use warp::http::header::{self, HeaderMap, HeaderValue};
+use bytes::{Buf, Bytes};
+use futures_util::Stream;
+use warp::http::header::{HeaderMap, HeaderValue};
 use warp::http::StatusCode;
 use warp::reply::Response;
 
 use std::time::Duration;
 
+use super::body::read_body;
 use super::error::envelope;
 use super::error::ID_HEADER;
 use super::{authorized, check_uid, ApiError, AppState, Params, Req, STORED_HEADER};
@@ -280,36 +281,6 @@ where
         published.repeated,
         receipt.as_deref(),
     ))
-}
-
-/// Collects the body, refusing (413) as soon as it is known to exceed `limit`, so an oversized
-/// upload costs at most `limit` bytes of memory.
-pub(super) async fn read_body<S, B>(
-    body: S,
-    headers: &HeaderMap,
-    limit: usize,
-) -> Result<Bytes, ApiError>
-where
-    S: Stream<Item = Result<B, warp::Error>>,
-    B: Buf,
-{
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::BodyTooLarge(limit));
-    }
-    let mut buf = BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
-    let mut body = std::pin::pin!(body);
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|_| ApiError::BodyRead)?;
-        if buf.len() + chunk.remaining() > limit {
-            return Err(ApiError::BodyTooLarge(limit));
-        }
-        buf.put(chunk);
-    }
-    Ok(buf.freeze())
 }
 
 /// `GET /report/push/<id>?password[&uids=1]`: what became of a message sent with a receipt.

@@ -15,7 +15,7 @@ use warp::http::header::{self, HeaderValue};
 use warp::http::{Method, StatusCode};
 use warp::reply::Response;
 
-use super::publish::read_body;
+use super::body::read_body;
 use super::upgrade::{origin_allowed, websocket_accept};
 use super::{ApiError, AppState, Client, Req};
 use crate::limits::SocketSlots;

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use warp::http::StatusCode;
 use warp::reply::Response;
 
+use super::body::read_body;
 use super::error::envelope;
-use super::publish::read_body;
 use super::{authorized, ApiError, AppState, Req};
 use crate::auth::valid_topic;
 use crate::outbox::Control;

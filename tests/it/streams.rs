@@ -2,7 +2,7 @@
 //! queries, numbered history and resume — including a client whose connection is cut again and
 //! again while 10,000 messages are pushed.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,7 +1,7 @@
 //! push-serve's own guarantees beyond the wire contract, with short configured intervals:
 //! key lifetime and restarts, heartbeat, slow readers, oversized client frames, shutdown.
 
-mod common;
+use crate::common;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};

@@ -1,6 +1,6 @@
 //! The `push-serve` executable as systemd runs it: config errors, SIGTERM, and logs.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -3,7 +3,7 @@
 //! idempotent retries. Each test starts its own `redis-server` on a free port; without
 //! `redis-server` installed, they say so and skip (`.ci/run` installs it).
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

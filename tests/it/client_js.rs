@@ -1,13 +1,13 @@
 //! `GET /push-serve.js`: the browser client library, served by push-serve itself, byte for byte
 //! the file in `client/`, cacheable, and refused with the envelope for anything but GET/HEAD.
 
-mod common;
+use crate::common;
 
 use common::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-const CLIENT_JS: &str = include_str!("../client/push-serve.js");
+const CLIENT_JS: &str = include_str!("../../client/push-serve.js");
 
 #[tokio::test]
 async fn client_library_is_served_with_cache_headers() {

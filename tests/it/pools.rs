@@ -1,7 +1,7 @@
 //! Data pools (issue 13, seed 000): a topic that also holds a JSON document, changed with REST
 //! verbs whose events its followers get, after a snapshot of the document, with no race.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{json, Value};

@@ -2,7 +2,7 @@
 //! environment, and the exit status tells a script whether the push worked), and the deployment
 //! examples checked by the tools that read them (nginx, Caddy, systemd-analyze).
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 

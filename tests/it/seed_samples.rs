@@ -1,7 +1,7 @@
 //! The seed document's PHP backend sample (examples/backend.php keeps its code as written) run
 //! by the real `php` against push-serve: the drop-in promise, checked with the original client.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

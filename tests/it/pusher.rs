@@ -8,7 +8,7 @@
 //!   never send: malformed frames, forged and replayed API signatures, oversized bodies,
 //!   unknown apps, the activity timeout.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -1,9 +1,9 @@
 //! A config reload applied to a running server (what SIGHUP does to the binary:
-//! `tests/binary.rs` sends the signal; here the same reload is made in process, so each setting
+//! `tests/it/binary.rs` sends the signal; here the same reload is made in process, so each setting
 //! can be followed on real sockets): what changes live does, on sockets already open too where
 //! it says so, and an invalid config changes nothing.
 
-mod common;
+use crate::common;
 
 use common::*;
 use futures_util::StreamExt;

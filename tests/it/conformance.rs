@@ -8,7 +8,7 @@
 //! - after failing a connection the server waits for the page's close, so the page reads a
 //!   close frame and then a clean end of stream, never a reset.
 
-mod common;
+use crate::common;
 
 use common::raw_ws::*;
 use common::*;

@@ -2,7 +2,7 @@
 //! hijacking, slowloris, half-closed sockets, ping floods. Each refusal is clear, and nobody else
 //! is disturbed.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,9 +1,9 @@
 //! The admin page's server side over real sockets: the page is one self-contained file with a
 //! strict Content-Security-Policy, and its two JSON endpoints take the password and report what
 //! really happened: sockets, messages and deliveries, and refused requests with their reason and
-//! client address but never a password or key. `tests/browser.rs` drives the page itself.
+//! client address but never a password or key. `tests/it/browser.rs` drives the page itself.
 
-mod common;
+use crate::common;
 
 use base64::Engine;
 use common::*;

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use push_bench::{Mode, Options, ServerSpec};
 
-mod common;
+use crate::common;
 use common::{require, runs};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 //! request; an endpoint that hangs or answers 500 delays no socket and no push, and what could
 //! not be sent is counted.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! What the other seeds' users rely on (issue 13), over real sockets: JWT access keys minted by
 //! a backend, rooms moved by the server, delivery receipts and push reports.
 
-mod common;
+use crate::common;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;

@@ -4,7 +4,7 @@
 //! needs cargo-fuzz: see FUZZING.md.
 
 #[allow(dead_code)]
-#[path = "../fuzz/src/targets.rs"]
+#[path = "../../fuzz/src/targets.rs"]
 mod targets;
 
 use std::path::Path;

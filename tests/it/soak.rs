@@ -3,10 +3,10 @@
 //! was left behind.
 //!
 //! CI runs 20,000 cycles. The long run is the same test with more:
-//! `SOAK_CYCLES=1000000 cargo test --release --test soak -- --nocapture`
+//! `SOAK_CYCLES=1000000 cargo test --release --test it soak:: -- --nocapture`
 //! (figures in README.md). Clients spread over 127.0.0.2-9 so loopback ports never run out.
 
-mod common;
+use crate::common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};

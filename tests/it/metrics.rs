@@ -2,7 +2,7 @@
 //! turning 503 as soon as a shutdown begins, `/metrics` behind the password on the public port
 //! and open on `metrics_addr`, and Prometheus figures that match exactly what the test did.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

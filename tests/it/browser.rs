@@ -13,7 +13,7 @@
 //! `.ci/run` installs chromium and the npm package; without them each test says what is missing
 //! and passes without running.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
@@ -127,7 +127,7 @@ async fn browser_client_connects_with_a_jwt_acks_receipts_and_follows_rooms() {
 }
 
 /// The screenshot goes to the test's scratch directory, or where `PUSH_SERVE_ADMIN_SCREENSHOT`
-/// says (`PUSH_SERVE_ADMIN_SCREENSHOT=$PWD/docs/admin.png cargo test --test browser admin`
+/// says (`PUSH_SERVE_ADMIN_SCREENSHOT=$PWD/docs/admin.png cargo test --test it browser::admin`
 /// refreshes the README's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_page_signs_in_follows_sockets_and_pushes_from_its_form() {

@@ -2,7 +2,7 @@
 //! settings, so they also run against any server named by `PUSH_SERVE_TARGET` (the benchmark's
 //! Node and Go peers must pass them too).
 
-mod common;
+use crate::common;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
