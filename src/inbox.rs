@@ -51,8 +51,12 @@ struct Entry {
     t: String,
     /// Its contents, JSON text.
     c: String,
-    /// When it was kept, unix milliseconds: the order pages get them in.
+    /// When it was kept, unix milliseconds.
     at: u64,
+    /// Its place in the uid's inbox: the order pages get them in (milliseconds alone cannot
+    /// order pushes made within one). 0 in entries kept before it existed, which go first.
+    #[serde(default)]
+    n: u64,
 }
 
 /// Bounds of the inbox.
@@ -69,6 +73,8 @@ struct Memory {
     /// Uid → its messages, oldest first, each with its expiry.
     by_uid: HashMap<String, Vec<(Instant, Entry)>>,
     total: usize,
+    /// The last entry's `n`.
+    last: u64,
 }
 
 enum Store {
@@ -129,12 +135,17 @@ impl Inbox {
             t: topic.to_owned(),
             c: contents.to_owned(),
             at: unix_ms(),
+            n: 0,
         };
         let redis = match &self.store {
             Store::Memory(m) => {
                 let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
                 let now = Instant::now();
-                let Memory { by_uid, total } = &mut *m;
+                let Memory {
+                    by_uid,
+                    total,
+                    last,
+                } = &mut *m;
                 let list = by_uid.entry(uid.to_owned()).or_default();
                 let before = list.len();
                 list.retain(|(expires, _)| *expires > now);
@@ -151,7 +162,8 @@ impl Inbox {
                     }
                     return Ok(Kept::Full);
                 }
-                list.push((now + ttl, entry));
+                *last += 1;
+                list.push((now + ttl, Entry { n: *last, ..entry }));
                 *total += 1;
                 return Ok(Kept::Kept);
             }
@@ -211,7 +223,7 @@ impl Inbox {
                     .collect()
             }
         };
-        entries.sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
+        entries.sort_by(|a, b| (a.n, a.at, &a.id).cmp(&(b.n, b.at, &b.id)));
         Ok(entries
             .iter()
             .filter_map(|e| wire::inbox_frame(&e.t, &e.c, &e.id))
@@ -224,7 +236,7 @@ impl Inbox {
         let redis = match &self.store {
             Store::Memory(m) => {
                 let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
-                let Memory { by_uid, total } = &mut *m;
+                let Memory { by_uid, total, .. } = &mut *m;
                 let Some(list) = by_uid.get_mut(uid) else {
                     return Ok(false);
                 };
@@ -259,7 +271,7 @@ impl Inbox {
         if let Store::Memory(m) = &self.store {
             let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
-            let Memory { by_uid, total } = &mut *m;
+            let Memory { by_uid, total, .. } = &mut *m;
             by_uid.retain(|_, list| {
                 let before = list.len();
                 list.retain(|(expires, _)| *expires > now);

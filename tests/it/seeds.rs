@@ -761,3 +761,29 @@ async fn an_inbox_message_expires_after_its_seconds() {
     })
     .await;
 }
+
+/// Pushes kept one after another (each answered before the next is sent) reach a fresh page in
+/// that order, however many fall within one millisecond (they came out sorted by their random
+/// ids: 40 of 50 out of place on one node, 8 of 50 with Redis).
+#[tokio::test]
+async fn inbox_order_is_the_order_the_pushes_were_answered() {
+    let s = Server::start(|_| {}).await;
+    let uid = format!("order-{}", rand_u64());
+    for n in 0..50 {
+        let r = post(
+            &s,
+            &format!("/push?uid={uid}"),
+            &json!({"topic": "o", "contents": n, "inbox": 600}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let (mut page, _) = fresh_page(&s, &uid).await;
+    let got: Vec<Value> = inbox_before_probe(&s, &mut page, &uid)
+        .await
+        .iter()
+        .map(|frame| frame["contents"].clone())
+        .collect();
+    let sent: Vec<Value> = (0..50).map(|n| json!(n)).collect();
+    assert_eq!(got, sent);
+}

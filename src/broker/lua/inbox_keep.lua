@@ -2,6 +2,8 @@
 -- KEYS[1] the uid's ids by expiry (zset), KEYS[2] the uid's messages (hash),
 -- KEYS[3] every kept message as "<uid>\n<id>" by expiry (zset, for the overall bound).
 -- ARGV: now_ms, expires_ms, id, message JSON, per_uid, total, uid.
+-- The message's `n` is set here from a counter in KEYS[2] (field '#n'): its place in the uid's
+-- inbox, the order pages get them in, whichever node kept it.
 -- Returns 1 kept (or kept already), -1 the uid's inbox is full, -2 the inbox is full.
 local now = ARGV[1]
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -20,7 +22,9 @@ if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[6]) then
   return -2
 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
-redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+local entry = cjson.decode(ARGV[4])
+entry.n = redis.call('HINCRBY', KEYS[2], '#n', 1)
+redis.call('HSET', KEYS[2], ARGV[3], cjson.encode(entry))
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[7] .. '\n' .. ARGV[3])
 -- Both keys of the uid live as long as its last message.
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
