@@ -21,7 +21,7 @@
 //! socket on another node, and an `offline` when it still has one.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use warp::http::Uri;
 
 use crate::hub::Hub;
+use crate::live::Live;
 use crate::metrics::Metrics;
 
 /// Tries per event (the first and the retries).
@@ -92,8 +93,12 @@ pub struct Counts {
 }
 
 struct Inner {
-    settings: Settings,
-    tx: mpsc::Sender<Event>,
+    /// `None` while `callback_url` is unset; a reload swaps it.
+    settings: Live<Option<Settings>>,
+    /// Bounded by `settings.queue` through `queued` (a reload may change the bound).
+    tx: mpsc::UnboundedSender<Event>,
+    /// Events in `tx` not yet taken by the sender.
+    queued: AtomicUsize,
     /// Uids with sockets here or in their grace period. Held for map operations only.
     uids: Mutex<HashMap<String, Uid>>,
     closings: AtomicU64,
@@ -103,7 +108,7 @@ struct Inner {
     metrics: Arc<Metrics>,
 }
 
-/// The callbacks of this node; does nothing when `callback_url` is unset.
+/// The callbacks of this node; does nothing while `callback_url` is unset.
 #[derive(Clone, Default)]
 pub struct Callbacks(Option<Arc<Inner>>);
 
@@ -129,12 +134,14 @@ impl Callbacks {
         Callbacks(None)
     }
 
-    /// Starts the dispatcher (in the current runtime); `hub` answers the cluster's counts.
-    pub fn start(settings: Settings, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Callbacks {
-        let (tx, rx) = mpsc::channel(settings.queue.max(1));
+    /// Starts the dispatcher (in the current runtime), sending with `settings` (none: off
+    /// until a reload sets them); `hub` answers the cluster's counts.
+    pub fn start(settings: Option<Settings>, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Callbacks {
+        let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
-            settings,
+            settings: Live::new(settings),
             tx,
+            queued: AtomicUsize::new(0),
             uids: Mutex::default(),
             closings: AtomicU64::new(0),
             sent: AtomicU64::new(0),
@@ -147,14 +154,33 @@ impl Callbacks {
         Callbacks(Some(inner))
     }
 
+    /// New settings (a config reload): events from now on go where they say, queued ones too;
+    /// `None` turns callbacks off (queued events are dropped as they come up). Uids count from
+    /// the sockets opened while callbacks are on.
+    pub fn reconfigure(&self, settings: Option<Settings>) {
+        if let Some(inner) = &self.0 {
+            if settings.is_none() {
+                inner.uids.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            }
+            inner.settings.set(settings);
+        }
+    }
+
+    /// The settings in force, if callbacks are on.
+    fn on(&self) -> Option<(&Arc<Inner>, Arc<Option<Settings>>)> {
+        let inner = self.0.as_ref()?;
+        let settings = inner.settings.get();
+        settings.is_some().then_some((inner, settings))
+    }
+
     /// Whether callbacks are configured.
     pub fn is_on(&self) -> bool {
-        self.0.is_some()
+        self.on().is_some()
     }
 
     /// Counts so far (`None` when callbacks are off).
     pub fn counts(&self) -> Option<Counts> {
-        self.0.as_ref().map(|i| Counts {
+        self.on().map(|(i, _)| Counts {
             sent: i.sent.load(Ordering::Relaxed),
             failed: i.failed.load(Ordering::Relaxed),
             dropped: i.dropped.load(Ordering::Relaxed),
@@ -163,7 +189,10 @@ impl Callbacks {
 
     /// Socket `socket` of `uid` opened. Never waits.
     pub fn connected(&self, uid: &str, socket: u64) {
-        let Some(inner) = &self.0 else { return };
+        let Some((inner, settings)) = self.on() else {
+            return;
+        };
+        let settings = settings.as_ref().as_ref().expect("on");
         let online = {
             let mut uids = inner.uids.lock().unwrap_or_else(|p| p.into_inner());
             let entry = uids.entry(uid.to_owned()).or_default();
@@ -172,25 +201,34 @@ impl Callbacks {
             entry.sockets == 1 && entry.grace.take().is_none()
         };
         if online {
-            inner.queue(Event::new("online", uid));
+            inner.queue(settings, Event::new("online", uid));
         }
-        if inner.settings.sockets {
-            inner.queue(Event {
-                socket: Some(socket),
-                ..Event::new("connect", uid)
-            });
+        if settings.sockets {
+            inner.queue(
+                settings,
+                Event {
+                    socket: Some(socket),
+                    ..Event::new("connect", uid)
+                },
+            );
         }
     }
 
     /// Socket `socket` of `uid` closed with `code` (`None`: lost). Never waits.
     pub fn disconnected(&self, uid: &str, socket: u64, code: Option<u16>) {
-        let Some(inner) = &self.0 else { return };
-        if inner.settings.sockets {
-            inner.queue(Event {
-                socket: Some(socket),
-                code,
-                ..Event::new("disconnect", uid)
-            });
+        let Some((inner, settings)) = self.on() else {
+            return;
+        };
+        let settings = settings.as_ref().as_ref().expect("on");
+        if settings.sockets {
+            inner.queue(
+                settings,
+                Event {
+                    socket: Some(socket),
+                    code,
+                    ..Event::new("disconnect", uid)
+                },
+            );
         }
         let closing = {
             let mut uids = inner.uids.lock().unwrap_or_else(|p| p.into_inner());
@@ -205,9 +243,9 @@ impl Callbacks {
             entry.grace = Some(closing);
             closing
         };
-        let (inner, uid) = (inner.clone(), uid.to_owned());
+        let (inner, uid, grace) = (inner.clone(), uid.to_owned(), settings.grace);
         tokio::spawn(async move {
-            tokio::time::sleep(inner.settings.grace).await;
+            tokio::time::sleep(grace).await;
             let offline = {
                 let mut uids = inner.uids.lock().unwrap_or_else(|p| p.into_inner());
                 let still = uids
@@ -218,8 +256,8 @@ impl Callbacks {
                 }
                 still
             };
-            if offline {
-                inner.queue(Event::new("offline", &uid));
+            if let (true, Some(settings)) = (offline, &*inner.settings.get()) {
+                inner.queue(settings, Event::new("offline", &uid));
             }
         });
     }
@@ -238,19 +276,27 @@ impl Event {
 }
 
 impl Inner {
-    fn queue(&self, event: Event) {
-        if self.tx.try_send(event).is_err() {
+    /// Queues `event` unless `settings.queue` events wait already (then it is dropped, counted).
+    fn queue(&self, settings: &Settings, event: Event) {
+        let waiting = self.queued.fetch_add(1, Ordering::Relaxed);
+        if waiting >= settings.queue.max(1) || self.tx.send(event).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             self.metrics.callback("dropped");
         }
     }
 }
 
-async fn dispatch(mut rx: mpsc::Receiver<Event>, inner: std::sync::Weak<Inner>, hub: Arc<Hub>) {
+async fn dispatch(
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    inner: std::sync::Weak<Inner>,
+    hub: Arc<Hub>,
+) {
     let cluster = hub.broker().redis().is_some();
     // One event at a time, so the business server sees a uid's events in order.
     while let Some(event) = rx.recv().await {
         let Some(inner) = inner.upgrade() else { return };
+        inner.queued.fetch_sub(1, Ordering::Relaxed);
         if cluster && !still_true(&hub, &event).await {
             continue;
         }
@@ -258,7 +304,11 @@ async fn dispatch(mut rx: mpsc::Receiver<Event>, inner: std::sync::Weak<Inner>, 
         let mut wait = BACKOFF;
         let mut attempt = 1;
         let outcome = loop {
-            match post(&inner.settings, &body).await {
+            // Read for every try: a reload may have moved the endpoint meanwhile.
+            let Some(settings) = Option::clone(&inner.settings.get()) else {
+                break "dropped";
+            };
+            match post(&settings, &body).await {
                 Ok(()) => break "sent",
                 Err(why) if attempt == ATTEMPTS => {
                     log::warn!(
@@ -275,7 +325,8 @@ async fn dispatch(mut rx: mpsc::Receiver<Event>, inner: std::sync::Weak<Inner>, 
         };
         let count = match outcome {
             "sent" => &inner.sent,
-            _ => &inner.failed,
+            "failed" => &inner.failed,
+            _ => &inner.dropped,
         };
         count.fetch_add(1, Ordering::Relaxed);
         inner.metrics.callback(outcome);

@@ -86,7 +86,7 @@ enum Store {
 /// This node's inbox, or the cluster's. See the module doc.
 pub struct Inbox {
     store: Store,
-    bounds: Bounds,
+    bounds: crate::live::Live<Bounds>,
 }
 
 fn unix_ms() -> u64 {
@@ -100,7 +100,7 @@ impl Inbox {
     pub fn memory(bounds: Bounds) -> Inbox {
         Inbox {
             store: Store::Memory(Mutex::default()),
-            bounds,
+            bounds: crate::live::Live::new(bounds),
         }
     }
 
@@ -108,8 +108,13 @@ impl Inbox {
     pub fn redis(redis: RedisHandle, bounds: Bounds) -> Inbox {
         Inbox {
             store: Store::Redis(redis),
-            bounds,
+            bounds: crate::live::Live::new(bounds),
         }
+    }
+
+    /// New bounds for the messages kept from now on (a config reload); nothing kept is dropped.
+    pub fn set_bounds(&self, bounds: Bounds) {
+        self.bounds.set(bounds);
     }
 
     fn keys(redis: &RedisHandle, uid: &str) -> (String, String) {
@@ -137,6 +142,7 @@ impl Inbox {
             at: unix_ms(),
             n: 0,
         };
+        let bounds = *self.bounds.get();
         let redis = match &self.store {
             Store::Memory(m) => {
                 let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
@@ -153,10 +159,10 @@ impl Inbox {
                 if list.iter().any(|(_, e)| e.id == id) {
                     return Ok(Kept::Kept);
                 }
-                if list.len() >= self.bounds.per_uid {
+                if list.len() >= bounds.per_uid {
                     return Ok(Kept::UidFull);
                 }
-                if *total >= self.bounds.total {
+                if *total >= bounds.total {
                     if list.is_empty() {
                         by_uid.remove(uid);
                     }
@@ -178,8 +184,8 @@ impl Inbox {
             .arg(now + ttl.as_millis() as u64)
             .arg(id)
             .arg(serde_json::to_string(&entry).expect("serializes"))
-            .arg(self.bounds.per_uid)
-            .arg(self.bounds.total)
+            .arg(bounds.per_uid)
+            .arg(bounds.total)
             .arg(uid);
         let mut conn = redis.conn.clone();
         let code: i64 = redis

@@ -39,6 +39,7 @@ pub mod http_client;
 pub mod hub;
 pub mod inbox;
 pub mod limits;
+pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod outbox;
@@ -140,21 +141,13 @@ pub async fn run_reloadable(
         Some(redis) => receipts::Receipts::redis(redis, config.receipt_ttl()),
         None => receipts::Receipts::memory(config.receipt_ttl(), config.receipt_max),
     });
-    let inbox_bounds = inbox::Bounds {
-        per_uid: config.inbox_max_per_uid,
-        total: config.inbox_max,
-    };
     let inbox = Arc::new(match hub.broker().redis() {
-        Some(redis) => inbox::Inbox::redis(redis, inbox_bounds),
-        None => inbox::Inbox::memory(inbox_bounds),
+        Some(redis) => inbox::Inbox::redis(redis, config.inbox_bounds()),
+        None => inbox::Inbox::memory(config.inbox_bounds()),
     });
-    let pool_bounds = pools::Bounds {
-        max_bytes: config.pool_max_bytes,
-        max_pools: config.pool_max,
-    };
     let pools = Arc::new(match hub.broker().redis() {
-        Some(redis) => pools::Pools::redis(redis, pool_bounds),
-        None => pools::Pools::memory(pool_bounds),
+        Some(redis) => pools::Pools::redis(redis, config.pool_bounds()),
+        None => pools::Pools::memory(config.pool_bounds()),
     });
     let sockets = Arc::new(
         protocol::SocketContext::new(
@@ -167,7 +160,11 @@ pub async fn run_reloadable(
         .with_receipts(receipts.clone())
         .with_inbox(inbox.clone())
         .with_pools(pools)
-        .with_callbacks(callbacks(&config, &hub, &metrics)),
+        .with_callbacks(callbacks::Callbacks::start(
+            callback_settings(&config),
+            hub.clone(),
+            metrics.clone(),
+        )),
     );
     let state = Arc::new(http::AppState::new(
         &config,
@@ -288,27 +285,20 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// The callbacks `config` asks for (none without `callback_url`).
-fn callbacks(
-    config: &Config,
-    hub: &Arc<hub::Hub>,
-    metrics: &Arc<metrics::Metrics>,
-) -> callbacks::Callbacks {
+/// The callback settings `config` asks for (none without `callback_url`).
+pub(crate) fn callback_settings(config: &Config) -> Option<callbacks::Settings> {
     let (Some(url), Some(secret)) = (&config.callback_url, &config.callback_secret) else {
-        return callbacks::Callbacks::off();
+        return None;
     };
-    let Ok(url) = url.parse() else {
-        // validate() checked it.
-        return callbacks::Callbacks::off();
-    };
-    let settings = callbacks::Settings {
+    // validate() checked it.
+    let url = url.parse().ok()?;
+    Some(callbacks::Settings {
         url,
-        secret: secret.clone(),
+        secret: secret.expose().to_owned(),
         sockets: config.callback_sockets,
         grace: Duration::from_secs_f64(config.callback_grace_secs),
         queue: config.callback_queue,
-    };
-    callbacks::Callbacks::start(settings, hub.clone(), metrics.clone())
+    })
 }
 
 #[cfg(test)]

@@ -118,7 +118,7 @@ enum Held<'a> {
 /// The pools of this node, or of the cluster. See the module doc.
 pub struct Pools {
     store: Store,
-    bounds: Bounds,
+    bounds: crate::live::Live<Bounds>,
 }
 
 /// What a change published.
@@ -138,7 +138,7 @@ impl Pools {
                 docs: std::sync::Mutex::default(),
                 changing: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             },
-            bounds,
+            bounds: crate::live::Live::new(bounds),
         }
     }
 
@@ -146,8 +146,13 @@ impl Pools {
     pub fn redis(redis: RedisHandle, bounds: Bounds) -> Pools {
         Pools {
             store: Store::Redis(redis),
-            bounds,
+            bounds: crate::live::Live::new(bounds),
         }
+    }
+
+    /// New bounds for the changes that come next (a config reload); nothing kept is dropped.
+    pub fn set_bounds(&self, bounds: Bounds) {
+        self.bounds.set(bounds);
     }
 
     fn keys(redis: &RedisHandle, name: &str) -> (String, String) {
@@ -326,11 +331,12 @@ impl Pools {
             }
         };
         if let Some(doc) = &doc {
-            if doc.len() > self.bounds.max_bytes {
-                return Err(PoolError::TooLarge(self.bounds.max_bytes));
+            let bounds = *self.bounds.get();
+            if doc.len() > bounds.max_bytes {
+                return Err(PoolError::TooLarge(bounds.max_bytes));
             }
-            if old.is_none() && self.count().await? >= self.bounds.max_pools {
-                return Err(PoolError::Full(self.bounds.max_pools));
+            if old.is_none() && self.count().await? >= bounds.max_pools {
+                return Err(PoolError::Full(bounds.max_pools));
             }
         }
         let topic = format!("{name}:{event}");

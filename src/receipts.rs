@@ -127,8 +127,8 @@ enum Store {
 /// The reports of this node, or of the cluster. See the module doc.
 pub struct Receipts {
     store: Store,
-    ttl: Duration,
-    max: usize,
+    /// How long a report is kept, and (in memory) how many at most.
+    bounds: crate::live::Live<(Duration, usize)>,
     /// This process's part of every socket's cluster-wide name.
     node: u64,
 }
@@ -138,8 +138,7 @@ impl Receipts {
     pub fn memory(ttl: Duration, max: usize) -> Receipts {
         Receipts {
             store: Store::Memory(Mutex::default()),
-            ttl,
-            max,
+            bounds: crate::live::Live::new((ttl, max)),
             node: rand::random(),
         }
     }
@@ -148,8 +147,7 @@ impl Receipts {
     pub fn redis(redis: RedisHandle, ttl: Duration) -> Receipts {
         Receipts {
             store: Store::Redis(redis),
-            ttl,
-            max: usize::MAX,
+            bounds: crate::live::Live::new((ttl, usize::MAX)),
             node: rand::random(),
         }
     }
@@ -180,8 +178,23 @@ impl Receipts {
         format!("{}:receipt:{id}", redis.prefix())
     }
 
+    /// How long a report is kept now.
+    fn ttl(&self) -> Duration {
+        self.bounds.get().0
+    }
+
     fn ttl_ms(&self) -> u64 {
-        self.ttl.as_millis().max(1) as u64
+        self.ttl().as_millis().max(1) as u64
+    }
+
+    /// New bounds (a config reload): how long reports are kept, and in memory how many at
+    /// most. Reports kept already follow them from now on.
+    pub fn set_bounds(&self, ttl: Duration, max: usize) {
+        let max = match self.store {
+            Store::Memory(_) => max,
+            Store::Redis(_) => usize::MAX,
+        };
+        self.bounds.set((ttl, max));
     }
 
     /// Opens the report of message `id` before it is published (a repeat of an open id
@@ -192,11 +205,12 @@ impl Receipts {
             .map_or(0, |d| d.as_secs());
         if let Some(mut m) = self.in_memory() {
             let now = Instant::now();
+            let (ttl, max) = *self.bounds.get();
             while m
                 .order
                 .front()
-                .is_some_and(|(at, _)| now.duration_since(*at) >= self.ttl)
-                || m.order.len() >= self.max
+                .is_some_and(|(at, _)| now.duration_since(*at) >= ttl)
+                || m.order.len() >= max
             {
                 let (_, old) = m.order.pop_front().expect("non-empty");
                 m.reports.remove(&old);
@@ -282,7 +296,7 @@ impl Receipts {
     /// Counts an ack of message `id` by `acker`, unless it is refused.
     pub async fn ack(&self, id: &str, acker: &Acker<'_>) -> Result<Acked, BrokerError> {
         if let Some(mut m) = self.in_memory() {
-            let ttl = self.ttl;
+            let ttl = self.ttl();
             let Some(r) = m.reports.get_mut(id).filter(|r| r.at.elapsed() < ttl) else {
                 return Ok(Acked::Unknown);
             };
@@ -332,7 +346,8 @@ impl Receipts {
     /// The report of message `id`, with the acking uids if `with_uids`; `None` once expired.
     pub async fn report(&self, id: &str, with_uids: bool) -> Result<Option<Report>, BrokerError> {
         if let Some(m) = self.in_memory() {
-            let Some(r) = m.reports.get(id).filter(|r| r.at.elapsed() < self.ttl) else {
+            let ttl = self.ttl();
+            let Some(r) = m.reports.get(id).filter(|r| r.at.elapsed() < ttl) else {
                 return Ok(None);
             };
             let mut ack_uids: Vec<String> = r.ack_uids.iter().cloned().collect();
@@ -384,10 +399,11 @@ impl Receipts {
     pub fn sweep(&self) {
         if let Some(mut m) = self.in_memory() {
             let now = Instant::now();
+            let ttl = self.ttl();
             while m
                 .order
                 .front()
-                .is_some_and(|(at, _)| now.duration_since(*at) >= self.ttl)
+                .is_some_and(|(at, _)| now.duration_since(*at) >= ttl)
             {
                 let (_, old) = m.order.pop_front().expect("non-empty");
                 m.reports.remove(&old);

@@ -2,14 +2,13 @@
 //! the result to a [`Reloader`]; the server applies what can change live and says, in the log
 //! and in the [`Outcome`], what needs a restart ([`Reload::of`] decides which is which).
 //!
-//! Applied live, without dropping a socket: `password`, `secret` and `access_key_ttl_secs`
-//! (keys signed with a replaced secret keep opening sockets for `secret_overlap_secs`), the
-//! limits (`max_sockets`, `max_sockets_per_uid`, `max_body_bytes`, `max_client_frame_bytes` for
-//! sockets opened afterwards, `max_uids_per_push`, `max_topics_per_key`,
-//! `auth_failures_per_minute`), `allowed_origins`, `real_ip_header`, `trusted_proxies`,
-//! `heartbeat_interval_secs` (open sockets too: each restarts its heartbeat with the new
-//! period), `log_level` and `log_format`. A lowered limit refuses what comes next; what is
-//! already open stays open.
+//! Which key is applied live and which needs a restart is [`crate::config::RELOAD`], the one
+//! list (the README's reload table is held to it by a test). Applied live, without dropping a
+//! socket: the credentials (keys signed with a replaced secret keep opening sockets for
+//! `secret_overlap_secs`), the limits and bounds (for what comes next: what is open or kept
+//! stays), the callbacks' endpoint and settings, the heartbeat (open sockets too: each restarts
+//! its heartbeat with the new period), and the log. Every [`crate::config::Secret`] shows as
+//! `(hidden)` in what a reload logs.
 
 use std::sync::Arc;
 
@@ -129,6 +128,17 @@ fn apply(running: &mut Config, next: Config, targets: &Targets) -> Result<Outcom
     targets
         .sockets
         .set_max_client_frame_bytes(merged.max_client_frame_bytes);
+    targets.sockets.set_max_rooms(merged.max_topics_per_key);
+    targets
+        .sockets
+        .receipts
+        .set_bounds(merged.receipt_ttl(), merged.receipt_max);
+    targets.sockets.inbox.set_bounds(merged.inbox_bounds());
+    targets.sockets.pools.set_bounds(merged.pool_bounds());
+    targets
+        .sockets
+        .callbacks
+        .reconfigure(crate::callback_settings(&merged));
     crate::logging::reconfigure(merged.log_level.as_deref(), merged.log_format);
     log::info!(
         "config reloaded: {} setting(s) applied{}, {} need a restart",
@@ -144,20 +154,20 @@ fn apply(running: &mut Config, next: Config, targets: &Targets) -> Result<Outcom
     Ok(outcome)
 }
 
-/// "1000 -> 5", or "changed" for a secret.
+/// "1000 -> 5"; a secret shows as "changed", or "unset -> (hidden)".
 fn described(key: &str, old: &Config, new: &Config) -> String {
-    if matches!(key, "password" | "secret") {
+    let (old, new) = (shown(key, old), shown(key, new));
+    if old == new {
+        // Only a secret inside it changed.
         return "changed".to_owned();
     }
-    format!("{} -> {}", shown(key, old), shown(key, new))
+    format!("{old} -> {new}")
 }
 
-/// A setting's value as a log line shows it (never a password or secret).
+/// A setting's value as a log line shows it: every [`crate::config::Secret`] in it (passwords,
+/// signing keys, Pusher app secrets, the Redis URL) as `(hidden)`.
 fn shown(key: &str, config: &Config) -> String {
-    if matches!(key, "password" | "secret") {
-        return "(hidden)".to_owned();
-    }
-    let value = serde_yaml::to_value(config)
+    let value = crate::config::redacted(|| serde_yaml::to_value(config))
         .ok()
         .and_then(|v| v.get(key).cloned())
         .unwrap_or(serde_yaml::Value::Null);

@@ -44,7 +44,7 @@ pub struct SocketContext {
     pub metrics: Arc<Metrics>,
     /// Most streams a socket follows besides those of its key (rooms the backend moved it
     /// into); further moves into rooms are ignored.
-    pub max_rooms: usize,
+    max_rooms: AtomicUsize,
     /// Delivery reports, which a page's acks count in.
     pub receipts: Arc<Receipts>,
     /// Offline inboxes: a fresh page gets its uid's, an ack empties it of that message.
@@ -76,7 +76,7 @@ impl SocketContext {
             ws_config,
             max_client_frame: AtomicUsize::new(max_client_frame),
             metrics,
-            max_rooms: 64,
+            max_rooms: AtomicUsize::new(64),
             receipts: Arc::new(Receipts::memory(Duration::from_secs(3600), 100_000)),
             inbox: Arc::new(Inbox::memory(Bounds {
                 per_uid: 100,
@@ -93,9 +93,14 @@ impl SocketContext {
     }
 
     /// The same context, letting a socket follow at most `max_rooms` rooms.
-    pub fn with_max_rooms(mut self, max_rooms: usize) -> SocketContext {
-        self.max_rooms = max_rooms;
+    pub fn with_max_rooms(self, max_rooms: usize) -> SocketContext {
+        self.set_max_rooms(max_rooms);
         self
+    }
+
+    /// Changes how many rooms a socket may be moved into, for moves from now on.
+    pub fn set_max_rooms(&self, max_rooms: usize) {
+        self.max_rooms.store(max_rooms, Ordering::Relaxed);
     }
 
     /// The same context, with offline inboxes in `inbox`.
@@ -203,7 +208,7 @@ pub struct Moved {
 }
 
 /// Carries out the instructions a socket's task found in its outbox: follows the streams it
-/// was moved into (at most [`SocketContext::max_rooms`] besides its key's) and leaves those it
+/// was moved into (at most `max_topics_per_key` besides its key's) and leaves those it
 /// was moved out of. Returns what a resumable page must be told, in order, before anything
 /// else is written to it: its live frames of a joined stream come after the `_join`.
 pub async fn apply_controls(session: &mut Session, ctx: &SocketContext) -> Vec<Moved> {
@@ -224,7 +229,9 @@ pub async fn apply_controls(session: &mut Session, ctx: &SocketContext) -> Vec<M
             Control::Follow(key) => {
                 let own = session.membership.subscription().keys().count();
                 let rooms = session.membership.streams().count() - own;
-                if rooms >= ctx.max_rooms && slot_of(session, &key).is_none() {
+                if rooms >= ctx.max_rooms.load(Ordering::Relaxed)
+                    && slot_of(session, &key).is_none()
+                {
                     log::debug!(
                         "socket {} not moved into {}: it follows max_topics_per_key rooms",
                         session.membership.id(),

@@ -450,3 +450,43 @@ async fn sighup_without_overlap_refuses_keys_of_the_replaced_secret_at_once() {
     let (status, log) = daemon.stop().await;
     assert_eq!(status.code(), Some(0), "{log}");
 }
+
+/// A reload that sets or changes secrets says which keys changed and never their values:
+/// `jwt_secret`, `callback_secret`, a Pusher app's secret and the Redis URL's password went to
+/// the log (and so to the journal) as `old -> new`.
+#[tokio::test]
+async fn a_reload_never_writes_a_secret_to_the_log() {
+    let app = "pusher:\n  apps:\n  - id: '1'\n    key: app-key\n    secret: first-app-S3CRET\n";
+    let daemon = spawn_daemon_with("sighup-secrets", "debug", app).await;
+    let secrets = [
+        "n3w-Pa55word-after-rotation",
+        "jwt-S3CRET-value",
+        "callback-S3CRET-value",
+        "second-app-S3CRET",
+        "redis-PA55WORD",
+        "signing-S3CRET",
+    ];
+    let next = format!(
+        "addr: 127.0.0.1:0\npassword: {}\njwt_secret: {}\ncallback_url: http://127.0.0.1:9/cb\n\
+         callback_secret: {}\nsecret: {}\nredis_url: redis://:{}@127.0.0.1:9/0\n\
+         pusher:\n  apps:\n  - id: '1'\n    key: app-key\n    secret: {}\n",
+        secrets[0], secrets[1], secrets[2], secrets[5], secrets[4], secrets[3]
+    );
+    daemon.write_config(&next);
+    let mark = daemon.mark();
+    daemon.signal("HUP");
+    let done = daemon.wait_for_log(mark, "config reloaded").await;
+    assert!(done.contains("need a restart"), "{done}");
+    let log = daemon.log();
+    for key in [
+        "jwt_secret unset -> (hidden)",
+        "callback_secret unset -> (hidden)",
+    ] {
+        assert!(log.contains(key), "no {key:?} in:\n{log}");
+    }
+    assert!(log.contains("password changed"), "{log}");
+    let (_, log) = daemon.stop().await;
+    for secret in secrets.iter().chain(&["first-app-S3CRET", PASSWORD]) {
+        assert!(!log.contains(secret), "log leaks {secret:?}:\n{log}");
+    }
+}

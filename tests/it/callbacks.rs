@@ -298,3 +298,37 @@ async fn callback_settings_are_checked() {
     let s = Server::start(|_| {}).await;
     assert!(stats(&s).await.get("callbacks").is_none());
 }
+
+/// `callback_url` and `callback_secret` apply on a reload: callbacks off at start begin, and a
+/// moved endpoint gets every event from then on (a reload once said "applied" and kept
+/// sending to the old URL).
+#[tokio::test]
+async fn a_reload_turns_callbacks_on_and_moves_them() {
+    let (first, mut at_first) = business_server(Answer::Ok).await;
+    let (second, mut at_second) = business_server(Answer::Ok).await;
+    let s = Server::start(|_| {}).await;
+    let outcome = s
+        .reload(|c| {
+            c.callback_url = Some(first.clone());
+            c.callback_secret = Some(SECRET.into());
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcome.applied, ["callback_url", "callback_secret"]);
+    let _x = s.connect("x").await;
+    let got = next_event(&mut at_first).await;
+    assert_eq!(
+        (got.json()["event"].clone(), got.json()["uid"].clone()),
+        (json!("online"), json!("x"))
+    );
+    s.reload(|c| c.callback_url = Some(second.clone()))
+        .await
+        .unwrap();
+    let _y = s.connect("y").await;
+    let got = next_event(&mut at_second).await;
+    assert_eq!(
+        (got.json()["event"].clone(), got.json()["uid"].clone()),
+        (json!("online"), json!("y"))
+    );
+    assert!(at_first.try_recv().is_err(), "the old endpoint got more");
+}

@@ -259,3 +259,19 @@ async fn a_page_the_backend_moves_into_a_pool_gets_its_document_after_the_join()
         (Some("room:5:update"), &json!({"seats": []}))
     );
 }
+
+/// `pool_max_bytes` applies on a reload: a document the old bound took is refused under the
+/// new one (a reload once said "applied" and kept the old bound).
+#[tokio::test]
+async fn a_reload_changes_the_largest_document() {
+    let s = Server::start(|_| {}).await;
+    let doc = format!("{{\"text\":\"{}\"}}", "x".repeat(1000));
+    assert_eq!(pool(&s, "PUT", "big", &doc).await.status, 200);
+    let outcome = s.reload(|c| c.pool_max_bytes = 200).await.unwrap();
+    assert_eq!(outcome.applied, ["pool_max_bytes"]);
+    pool(&s, "PUT", "big", &doc).await.assert_error(413);
+    assert_eq!(
+        pool(&s, "PUT", "big", r#"{"text":"short"}"#).await.status,
+        200
+    );
+}

@@ -490,7 +490,7 @@ async fn two_nodes_share_channels_presence_and_users() {
         let url = redis.url();
         Server::start(move |c| {
             pusher_conf(c);
-            c.redis_url = Some(url);
+            c.redis_url = Some(url.into());
             c.redis_prefix = prefix;
         })
     };

@@ -117,7 +117,7 @@ impl Webhooks {
                 tokio::spawn(sender(
                     hook.url.clone(),
                     app.conf.key.clone(),
-                    app.conf.secret.clone(),
+                    app.conf.secret.expose().to_owned(),
                     rx,
                 ));
                 targets.push(Target {

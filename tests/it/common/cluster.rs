@@ -159,7 +159,7 @@ pub fn free_port() -> u16 {
 pub async fn node(redis: &Redis, tweak: impl FnOnce(&mut Config)) -> Server {
     let url = redis.url();
     let server = Server::start(move |c| {
-        c.redis_url = Some(url);
+        c.redis_url = Some(url.into());
         tweak(c);
     })
     .await;

@@ -84,7 +84,7 @@ impl Server {
     async fn start_inner(tweak: impl FnOnce(&mut Config), metrics_listener: bool) -> Server {
         let mut config = Config::new("127.0.0.1:0", PASSWORD);
         if let Ok(url) = std::env::var("PUSH_SERVE_TEST_REDIS") {
-            config.redis_url = Some(url);
+            config.redis_url = Some(url.into());
             config.redis_prefix = format!("test-{:016x}", rand_u64());
         }
         tweak(&mut config);
@@ -94,7 +94,7 @@ impl Server {
         let metrics = metrics_listener
             .then(|| push_serve::server::bind("127.0.0.1:0".parse().unwrap(), 64).unwrap());
         let metrics_addr = metrics.as_ref().map(|l| l.local_addr().unwrap());
-        let password = config.password.clone();
+        let password = config.password.expose().to_owned();
         let (stop, stopped) = oneshot::channel::<()>();
         let (reloader, reloads) = push_serve::reload::channel();
         let running = config.clone();

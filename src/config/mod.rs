@@ -10,6 +10,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 
+mod secret;
+
+pub use secret::{redacted, Secret, HIDDEN};
+
 /// Longest accepted uid, in bytes. Uids are map keys and part of every access key's MAC input;
 /// a bound keeps a hostile query from costing memory.
 pub const MAX_UID_BYTES: usize = 256;
@@ -69,15 +73,15 @@ pub struct Config {
     /// Shared secret of the business backends: required on every backend endpoint (`/access`,
     /// `/push`, `/publish`, `/broadcast`, `/online`, `/stats`). YAML text taken as written;
     /// see [`Config::parse`] for numbers.
-    pub password: String,
+    pub password: Secret,
     /// Key for signing access keys. Defaults to one derived from `password`, so keys survive a
     /// restart; set it to rotate keys without changing the password (or vice versa).
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
     /// Seconds an access key stays valid for opening sockets (a socket already open is not cut).
     pub access_key_ttl_secs: u64,
     /// Key of the HS256 JWTs a backend may mint itself and hand to its pages as `access_key`
     /// (claims `uid`, `exp`, optional `nbf` and `topics`). Unset: JWTs are refused.
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
     /// After a reload changes the signing material (`secret`, or `password` without one): for
     /// how many seconds keys signed with the previous material still open sockets. 0: refused
     /// at once.
@@ -121,7 +125,7 @@ pub struct Config {
     /// no callbacks.
     pub callback_url: Option<String>,
     /// HMAC-SHA256 key of the callbacks' `X-Push-Signature` (required with `callback_url`).
-    pub callback_secret: Option<String>,
+    pub callback_secret: Option<Secret>,
     /// Also POST every socket's connect and disconnect, not only a uid's online and offline.
     pub callback_sockets: bool,
     /// How long a uid's last socket may be closed before it counts as offline (a reload within
@@ -166,7 +170,7 @@ pub struct Config {
     pub log_level: Option<String>,
     /// Redis shared by the nodes of a cluster, e.g. `redis://127.0.0.1:6379/0`. Unset: this
     /// process is the whole service (streams, history and presence in memory).
-    pub redis_url: Option<String>,
+    pub redis_url: Option<Secret>,
     /// Prefix of every Redis key and channel, so several deployments can share one Redis.
     pub redis_prefix: String,
     /// A second listen address serving `/metrics`, `/health` and `/ready` *without* the
@@ -204,7 +208,7 @@ pub struct PusherApp {
     /// The public key pages connect with (`/app/{key}`).
     pub key: String,
     /// Signs channel auth, user sign-in and HTTP API requests; never leaves the server.
-    pub secret: String,
+    pub secret: Secret,
     /// Whether sockets may send `client-*` events on private and presence channels.
     pub enable_client_messages: bool,
     /// Most sockets this app may have open on this node (4004 above); unset: only
@@ -393,7 +397,7 @@ impl PusherApp {
         PusherApp {
             id: id.into(),
             key: key.into(),
-            secret: secret.into(),
+            secret: Secret::from(secret.into()),
             enable_client_messages: false,
             max_connections: None,
             webhooks: Vec::new(),
@@ -415,27 +419,68 @@ pub enum Reload {
     Restart,
 }
 
+/// How every key is taken on a reload: the one list. A unit test holds it to the keys of
+/// [`Config`] and the README's reload table to it; a key missing here would count as needing a
+/// restart, never as applied.
+pub const RELOAD: &[(&str, Reload)] = &[
+    ("addr", Reload::Restart),
+    ("password", Reload::Live),
+    ("secret", Reload::Live),
+    ("access_key_ttl_secs", Reload::Live),
+    ("jwt_secret", Reload::Live),
+    ("secret_overlap_secs", Reload::Live),
+    ("heartbeat_interval_secs", Reload::Live),
+    // Each socket's queue is sized when it opens.
+    ("send_queue_frames", Reload::Restart),
+    ("send_queue_bytes", Reload::Restart),
+    ("max_body_bytes", Reload::Live),
+    ("max_client_frame_bytes", Reload::Live),
+    // History is sized when the broker starts.
+    ("history_size", Reload::Restart),
+    ("history_ttl_secs", Reload::Restart),
+    ("history_max_bytes", Reload::Restart),
+    ("max_topics_per_key", Reload::Live),
+    ("max_uids_per_push", Reload::Live),
+    ("receipt_ttl_secs", Reload::Live),
+    ("receipt_max", Reload::Live),
+    ("inbox_max_ttl_secs", Reload::Live),
+    ("inbox_max_per_uid", Reload::Live),
+    ("inbox_max", Reload::Live),
+    ("callback_url", Reload::Live),
+    ("callback_secret", Reload::Live),
+    ("callback_sockets", Reload::Live),
+    ("callback_grace_secs", Reload::Live),
+    ("callback_queue", Reload::Live),
+    ("pool_max_bytes", Reload::Live),
+    ("pool_max", Reload::Live),
+    ("max_sockets", Reload::Live),
+    ("max_sockets_per_uid", Reload::Live),
+    ("auth_failures_per_minute", Reload::Live),
+    ("real_ip_header", Reload::Live),
+    ("trusted_proxies", Reload::Live),
+    ("allowed_origins", Reload::Live),
+    // The listeners and how they were built.
+    ("header_read_timeout_secs", Reload::Restart),
+    ("shutdown_timeout_secs", Reload::Restart),
+    ("listen_backlog", Reload::Restart),
+    ("log_format", Reload::Live),
+    ("log_level", Reload::Live),
+    // The cluster's Redis is connected to once, at start.
+    ("redis_url", Reload::Restart),
+    ("redis_prefix", Reload::Restart),
+    ("metrics_addr", Reload::Restart),
+    // The apps, their webhooks and the protocol's limits are built into the Pusher module
+    // once, at start.
+    ("pusher", Reload::Restart),
+];
+
 impl Reload {
-    /// How `key` is taken on a reload.
+    /// How `key` is taken on a reload ([`RELOAD`]); a key it does not list needs a restart.
     pub fn of(key: &str) -> Reload {
-        match key {
-            "addr"
-            | "metrics_addr"
-            | "listen_backlog"
-            | "header_read_timeout_secs"
-            | "shutdown_timeout_secs"
-            | "redis_url"
-            | "redis_prefix"
-            | "send_queue_frames"
-            | "send_queue_bytes"
-            | "history_size"
-            | "history_ttl_secs"
-            | "history_max_bytes"
-            // The apps, their webhooks and the protocol's limits are built into the Pusher
-            // module once, at start.
-            | "pusher" => Reload::Restart,
-            _ => Reload::Live,
-        }
+        RELOAD
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or(Reload::Restart, |(_, how)| *how)
     }
 }
 
@@ -457,7 +502,7 @@ impl Config {
     pub fn new(addr: impl Into<String>, password: impl Into<String>) -> Config {
         Config {
             addr: addr.into(),
-            password: password.into(),
+            password: Secret::from(password.into()),
             secret: None,
             access_key_ttl_secs: 3600,
             jwt_secret: None,
@@ -536,7 +581,7 @@ impl Config {
         // It parsed as a Config just above, so it parses as YAML.
         let values: Value = serde_yaml::from_str(text).unwrap_or(Value::Null);
         for (key, written) in [
-            ("password", Some(config.password.as_str())),
+            ("password", Some(config.password.expose())),
             ("secret", config.secret.as_deref()),
             ("jwt_secret", config.jwt_secret.as_deref()),
             ("callback_secret", config.callback_secret.as_deref()),
@@ -697,7 +742,7 @@ impl Config {
                      through a local stunnel or spiped)",
                 ));
             }
-            if let Err(e) = redis::Client::open(url.as_str()) {
+            if let Err(e) = redis::Client::open(url.expose()) {
                 return Err(invalid("redis_url", format!("is not usable: {e}")));
             }
         }
@@ -795,6 +840,22 @@ impl Config {
     /// Material the access-key signing key is derived from.
     pub fn key_material(&self) -> &str {
         self.secret.as_deref().unwrap_or(&self.password)
+    }
+
+    /// The offline inbox's bounds.
+    pub fn inbox_bounds(&self) -> crate::inbox::Bounds {
+        crate::inbox::Bounds {
+            per_uid: self.inbox_max_per_uid,
+            total: self.inbox_max,
+        }
+    }
+
+    /// The data pools' bounds.
+    pub fn pool_bounds(&self) -> crate::pools::Bounds {
+        crate::pools::Bounds {
+            max_bytes: self.pool_max_bytes,
+            max_pools: self.pool_max,
+        }
     }
 
     /// `heartbeat_interval_secs` as a Duration.
@@ -1212,7 +1273,8 @@ mod tests {
             .map(|line| format!("{line}\n"))
             .collect();
         let config = Config::parse(&uncommented, "conf.yaml").unwrap();
-        let defaults = serde_yaml::to_value(Config::new(&config.addr, &config.password)).unwrap();
+        let defaults =
+            serde_yaml::to_value(Config::new(&config.addr, config.password.expose())).unwrap();
         let shown = serde_yaml::to_value(&config).unwrap();
         for key in known_keys() {
             assert!(
@@ -1346,6 +1408,46 @@ mod tests {
             let _ = Reload::of(key);
         }
         assert_eq!(Reload::of("metrics_addr"), Reload::Restart);
+    }
+
+    /// Every key has one reload decision, and the README's reload table puts each key in the
+    /// column of that decision.
+    #[test]
+    fn every_key_has_one_reload_decision_and_the_readme_says_it() {
+        let mut listed: Vec<&str> = RELOAD.iter().map(|(k, _)| *k).collect();
+        let mut keys = known_keys().to_vec();
+        listed.sort_unstable();
+        keys.sort_unstable();
+        assert_eq!(listed, keys, "RELOAD lists exactly the keys of Config");
+        let root = env!("CARGO_MANIFEST_DIR");
+        let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+        let section = readme
+            .split("### Reloading the config")
+            .nth(1)
+            .and_then(|s| s.split("\n- ").next())
+            .expect("the README has a reload section");
+        let (mut live, mut restart) = (Vec::new(), Vec::new());
+        for row in section.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = row.split('|').collect();
+            for (cell, column) in [(cells[1], &mut live), (cells[2], &mut restart)] {
+                column.extend(cell.split('`').skip(1).step_by(2).map(str::to_owned));
+            }
+        }
+        for (key, how) in RELOAD {
+            let column = match how {
+                Reload::Live => &live,
+                Reload::Restart => &restart,
+            };
+            assert!(
+                column.iter().any(|k| k == key),
+                "README's reload table: `{key}` ({how:?})"
+            );
+        }
+        assert_eq!(
+            live.len() + restart.len(),
+            RELOAD.len(),
+            "each key once: {live:?} {restart:?}"
+        );
     }
 
     #[test]
