@@ -254,7 +254,7 @@ impl Membership {
             return false;
         };
         self.extra[i] = None;
-        self.registry.remove_peer(self, key);
+        self.registry.remove_peer(self, key, false);
         true
     }
 }
@@ -485,18 +485,20 @@ impl Registry {
         });
     }
 
-    /// Takes socket `m` off one stream and tells the observer.
-    fn remove_peer(&self, m: &Membership, key: &StreamKey) {
+    /// Takes socket `m` off one stream and tells the observer. `detached`: the socket is
+    /// leaving every stream and its outbox already refuses frames, so a large stream may let it
+    /// go lazily (O(1)); otherwise (one stream left, the socket stays) it must be found now.
+    fn remove_peer(&self, m: &Membership, key: &StreamKey, detached: bool) {
         {
             let mut shard = self.lock(Registry::home(key, &m.sub.uid));
             let Some(stream) = shard.get_mut(key) else {
                 return;
             };
-            if stream.peers.len() > EAGER_REMOVAL_MAX {
-                // Its outbox still takes frames, so lazy removal cannot tell it left: scan.
-                stream.peers.retain(|p| p.id != m.id);
-            } else {
+            if detached {
                 stream.remove_peer(m.id);
+            } else if let Some(i) = stream.peers.iter().position(|p| p.id == m.id) {
+                // Its outbox still takes frames, so lazy removal cannot tell it left: scan.
+                stream.peers.swap_remove(i);
             }
             if stream.peers.is_empty() {
                 shard.remove(key);
@@ -513,7 +515,7 @@ impl Registry {
     fn leave(&self, m: &Membership) {
         m.outbox.detach();
         for (_, key) in m.streams() {
-            self.remove_peer(m, &key);
+            self.remove_peer(m, &key, true);
         }
         self.sockets.fetch_sub(1, Ordering::Relaxed);
     }
@@ -799,6 +801,36 @@ pub(crate) mod tests {
         r.sweep();
         assert_eq!(r.totals(), (0, 0));
         assert!(r.streams().is_empty());
+    }
+
+    /// A socket leaving a stream of many followers does not look for itself in the list: its
+    /// entry goes lazily (the leave was a scan of every follower once, so a mass disconnect cost
+    /// more per socket the more sockets there were), and counts and deliveries stay exact.
+    #[test]
+    fn leaving_a_crowded_topic_is_lazy_and_exact() {
+        let r = Arc::new(Registry::new(frames(4)));
+        let topic = StreamKey::Topic("crowd".into());
+        let mut members: Vec<Option<Membership>> = (0..200)
+            .map(|i| {
+                Some(r.join(Subscription {
+                    topics: vec!["crowd".into()],
+                    ..Subscription::seed(format!("u{i}"))
+                }))
+            })
+            .collect();
+        members[7] = None;
+        assert_eq!(r.followers(&topic), 199);
+        let kept: usize = r.each(&topic, |s| s.peers.len()).into_iter().sum();
+        assert_eq!(kept, 200, "the leaver's entry waits for the next pass");
+        assert_eq!(deliver(&r, &topic, 1, "1"), 199);
+        let kept: usize = r.each(&topic, |s| s.peers.len()).into_iter().sum();
+        assert_eq!(kept, 199, "a delivery drops it");
+        for m in members.iter_mut().take(150) {
+            *m = None;
+        }
+        assert_eq!(r.followers(&topic), 50);
+        let kept: usize = r.each(&topic, |s| s.peers.len()).into_iter().sum();
+        assert!(kept <= 2 * 50 + 2, "{kept} entries for 50 sockets");
     }
 
     #[test]

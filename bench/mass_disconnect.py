@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Server CPU per dropped socket in a mass disconnect: start push-serve, open N idle sockets
+(one uid each), then drop them all at once (the client process's sockets are closed together,
+as a network blip or a load balancer restart does) and read the server's CPU time (user +
+system, /proc/<pid>/stat) from the drop until `/stats` says no socket is left.
+
+    python3 bench/mass_disconnect.py [N ...] [--bin path/to/push-serve]
+        (defaults: 2000 18000, target/release/push-serve)
+
+Each N runs in a fresh server. Standard library only; the sockets are held by a child process
+(so closing them is one exit) and N must stay under the open-files limit (raised to the hard
+limit here)."""
+import hashlib, hmac, json, os, resource, socket, subprocess, sys, tempfile, time, urllib.request
+
+args = sys.argv[1:]
+binary = "target/release/push-serve"
+if "--bin" in args:
+    i = args.index("--bin")
+    binary = args[i + 1]
+    del args[i : i + 2]
+counts = [int(a) for a in args] or [2000, 18000]
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+password = "mass-disconnect-bench"
+ticks = os.sysconf("SC_CLK_TCK")
+
+HOLDER = r"""
+import hashlib, hmac, socket, sys, time
+port, n, password = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+secret = hashlib.sha256(b"push-serve access-key v1\0" + password.encode()).digest()
+expiry = int(time.time()) + 3600
+held = []
+for i in range(n):
+    uid = f"drop-{i}"
+    mac = hmac.new(secret, f"v1\n{uid}\n{expiry}".encode(), hashlib.sha256).digest()[:16]
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(f"GET /ws?uid={uid}&access_key=v1.{expiry}.{mac.hex()} HTTP/1.1\r\nHost: b\r\n"
+              "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(4096)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    held.append(s)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def run(n):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    conf = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    conf.write(f"addr: 127.0.0.1:{port}\npassword: {password}\nheartbeat_interval_secs: 600\n"
+               f"max_sockets: {n + 100}\n")
+    conf.close()
+    server = subprocess.Popen([binary, "--config", conf.name], stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port)).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+
+        def sockets():
+            url = f"http://127.0.0.1:{port}/stats?password={password}"
+            with urllib.request.urlopen(url) as r:
+                return json.load(r)["contents"]["sockets"]
+
+        def cpu_secs():
+            with open(f"/proc/{server.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / ticks
+
+        holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(port), str(n), password],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "ready"
+        while sockets() < n:
+            time.sleep(0.1)
+        time.sleep(1)
+        before, started = cpu_secs(), time.monotonic()
+        holder.stdin.close()  # the holder exits: every socket closes at once
+        holder.wait()
+        while sockets() > 0:
+            time.sleep(0.02)
+            if time.monotonic() - started > 60:
+                raise SystemExit("sockets still open after 60 s")
+        time.sleep(0.5)
+        spent = cpu_secs() - before
+        print(f"{n} sockets dropped at once: server CPU {spent * 1000:.0f} ms, "
+              f"{spent * 1e6 / n:.1f} us per socket")
+    finally:
+        server.terminate()
+        server.wait()
+        os.unlink(conf.name)
+
+
+for n in counts:
+    run(n)
