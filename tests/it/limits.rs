@@ -327,3 +327,30 @@ async fn ping_flood_does_not_delay_anyone_else() {
         .unwrap()
         .unwrap();
 }
+
+/// A client that writes its whole body before it reads (curl, Node's `http`, the Pusher SDKs)
+/// gets the 413 and its envelope, not a broken pipe: the refused body is read and dropped
+/// (bounded) before the reply.
+#[tokio::test]
+async fn a_client_writing_8_mb_first_can_read_the_413() {
+    let s = Server::start_default().await;
+    for target in [
+        format!("/push?uid=u&password={}", enc(&s.password)),
+        format!("/publish?password={}", enc(&s.password)),
+    ] {
+        let body = vec![b'x'; 8 << 20];
+        let mut stream = TcpStream::connect(s.addr).await.unwrap();
+        let request = request_bytes(
+            "POST",
+            &target,
+            &[("Content-Type", "application/json")],
+            &body,
+        );
+        tokio::time::timeout(PATIENCE, stream.write_all(&request))
+            .await
+            .expect("the body is read in time")
+            .expect("the whole body is taken, no broken pipe");
+        let reply = RawReply::new(stream).read().await;
+        reply.assert_error(413);
+    }
+}
