@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::wire::CloseReason;
 use ::metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
     with_local_recorder, Counter, Gauge, Histogram, Unit,
@@ -195,9 +196,17 @@ pub enum Credential {
     AccessKey,
 }
 
-/// Close codes counted under their own label, in [`crate::wire::CloseReason`]'s list; a
-/// connection that ended without a close frame counts as `lost`.
-const CLOSE_CODES: [u16; 7] = [1000, 1001, 1002, 1009, 4000, 4008, 4010];
+/// Close codes counted under their own label: [`CloseReason::ALL`]'s. Any other code (Pusher
+/// mode's own) counts as `other`, and a connection that ended without a close frame as `lost`.
+const CLOSE_CODES: [u16; CloseReason::ALL.len()] = {
+    let mut codes = [0; CloseReason::ALL.len()];
+    let mut i = 0;
+    while i < codes.len() {
+        codes[i] = CloseReason::ALL[i].code();
+        i += 1;
+    }
+    codes
+};
 
 /// One point of the admin page's charts.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -245,7 +254,7 @@ pub struct Metrics {
     started: std::time::Instant,
 
     connects: Counter,
-    /// By [`CLOSE_CODES`] index, then `lost`.
+    /// By [`CLOSE_CODES`] index, then `other`, then `lost`.
     closes: Vec<Counter>,
     /// By endpoint, then by [`STATUSES`] index (last: other); registered on first use so that
     /// only statuses that happened are exported.
@@ -301,7 +310,7 @@ impl Metrics {
                 closes: CLOSE_CODES
                     .iter()
                     .map(|c| c.to_string())
-                    .chain(["lost".to_string()])
+                    .chain(["other".to_string(), "lost".to_string()])
                     .map(|code| counter!("push_serve_socket_closes_total", "code" => code))
                     .collect(),
                 requests: Endpoint::ALL
@@ -346,9 +355,13 @@ impl Metrics {
     /// A socket ended: with the close code the server sent or echoed, or `None` when the
     /// connection went away without a close.
     pub fn socket_closed(&self, code: Option<u16>) {
-        let i = code
-            .and_then(|c| CLOSE_CODES.iter().position(|&k| k == c))
-            .unwrap_or(CLOSE_CODES.len());
+        let i = match code {
+            Some(c) => CLOSE_CODES
+                .iter()
+                .position(|&k| k == c)
+                .unwrap_or(CLOSE_CODES.len()),
+            None => CLOSE_CODES.len() + 1,
+        };
         self.closes[i].increment(1);
     }
 

@@ -470,8 +470,21 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason: the one list of the server's close codes.
+    pub const ALL: [CloseReason; 9] = [
+        CloseReason::ClientClosed,
+        CloseReason::ServerShutdown,
+        CloseReason::ProtocolError,
+        CloseReason::InvalidPayload,
+        CloseReason::MessageTooBig,
+        CloseReason::HeartbeatTimeout,
+        CloseReason::SlowConsumer,
+        CloseReason::Resync,
+        CloseReason::Disconnected,
+    ];
+
     /// The numeric close code sent in the close frame.
-    pub fn code(self) -> u16 {
+    pub const fn code(self) -> u16 {
         match self {
             CloseReason::ClientClosed => 1000,
             CloseReason::ServerShutdown => 1001,

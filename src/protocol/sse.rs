@@ -65,12 +65,15 @@ pub fn start(
         session.membership.subscription().uid.clone(),
         session.membership.id(),
     );
+    ctx.metrics.socket_connected();
     ctx.callbacks.connected(&uid, socket);
     tracker.spawn(async move {
         // The stream's place under `max_sockets`, freed when it ends.
         let _slot = slot;
         let callbacks = ctx.callbacks.clone();
+        let metrics = ctx.metrics.clone();
         let code = run(session, positions, ctx, tx).await;
+        metrics.socket_closed(code);
         callbacks.disconnected(&uid, socket, code);
     });
     EventStream(rx)

@@ -352,3 +352,43 @@ async fn ready_turns_503_as_soon_as_shutdown_begins() {
     );
     s.shutdown().await;
 }
+
+/// An event stream is a socket in the metrics too (SSE counted no connect and no close), and
+/// every close code of the server's list has its label (1007 and 4011 were missing).
+#[tokio::test]
+async fn event_streams_and_every_close_code_are_counted() {
+    let s = Server::start(|_| {}).await;
+    let key = s.key("streamer").await;
+    let mut http = s.http().await;
+    let target = format!("/sse?uid=streamer&access_key={}", enc(&key));
+    http.send("GET", &target, &[("Accept", "text/event-stream")], b"")
+        .await;
+    assert_eq!(http.read_head().await.0, 200);
+    let m = scrape(&s).await;
+    assert_eq!(m.get("push_serve_socket_connects_total"), 1.0);
+    for code in [
+        "1000", "1001", "1002", "1007", "1009", "4000", "4008", "4010", "4011", "other", "lost",
+    ] {
+        let name = format!(r#"push_serve_socket_closes_total{{code="{code}"}}"#);
+        assert_eq!(m.0.get(&name), Some(&0.0), "{name} is exported, at 0");
+    }
+    // The backend disconnects the uid: the stream ends with 4011, counted.
+    let r = s
+        .http()
+        .await
+        .request(
+            "POST",
+            &format!("/disconnect?uid=streamer&password={}", enc(&s.password)),
+            &[],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    eventually("the stream's close to be counted", || async {
+        scrape(&s)
+            .await
+            .get(r#"push_serve_socket_closes_total{code="4011"}"#)
+            == 1.0
+    })
+    .await;
+}
