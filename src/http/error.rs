@@ -130,7 +130,8 @@ pub enum ApiError {
     PusherApi(crate::protocol::pusher::api::ApiFailure),
     /// No such path.
     #[error(
-        "not found: the endpoints are /access, /ws, /sse, /push, /publish, /broadcast, /online, /stats, /disconnect, /rooms, /report/push/<id>, /health, /ready, /metrics, /admin, /push-serve.js (and /app/{{key}}, /apps/{{id}}/… in Pusher mode)"
+        "not found: the endpoints are {} (/app/… and /apps/… in Pusher mode)",
+        super::routes::listing()
     )]
     NotFound,
 }

@@ -32,6 +32,8 @@ pub struct Route {
     pub ops: bool,
     /// A path that reaches this route, for tests and documentation.
     pub example: &'static str,
+    /// How the 404 reply names it (`/pool/<name>`).
+    pub shown: &'static str,
 }
 
 const fn exact(path: &'static str, endpoint: Endpoint) -> Route {
@@ -41,16 +43,23 @@ const fn exact(path: &'static str, endpoint: Endpoint) -> Route {
         endpoint,
         ops: false,
         example: path,
+        shown: path,
     }
 }
 
-const fn under(path: &'static str, endpoint: Endpoint, example: &'static str) -> Route {
+const fn under(
+    path: &'static str,
+    endpoint: Endpoint,
+    example: &'static str,
+    shown: &'static str,
+) -> Route {
     Route {
         path,
         shape: Shape::Under,
         endpoint,
         ops: false,
         example,
+        shown,
     }
 }
 
@@ -72,19 +81,30 @@ pub const ROUTES: &[Route] = &[
     exact("/stats", Endpoint::Stats),
     exact("/disconnect", Endpoint::Disconnect),
     exact("/rooms", Endpoint::Rooms),
-    under("/report/push", Endpoint::Report, "/report/push/m1"),
-    under("/pool", Endpoint::Pool, "/pool/cart"),
+    under(
+        "/report/push",
+        Endpoint::Report,
+        "/report/push/m1",
+        "/report/push/<id>",
+    ),
+    under("/pool", Endpoint::Pool, "/pool/cart", "/pool/<name>"),
     // Pages.
     exact("/ws", Endpoint::Ws),
     exact("/sse", Endpoint::Sse),
     exact("/push-serve.js", Endpoint::Client),
     // Pusher-compatible mode: pusher-js sockets and the server SDKs' HTTP API.
-    under("/app", Endpoint::PusherSocket, "/app/app-key"),
-    under("/apps", Endpoint::PusherApi, "/apps/app-id/channels"),
+    under("/app", Endpoint::PusherSocket, "/app/app-key", "/app/<key>"),
+    under(
+        "/apps",
+        Endpoint::PusherApi,
+        "/apps/app-id/channels",
+        "/apps/<id>/…",
+    ),
     under(
         "/users",
         Endpoint::PusherApi,
         "/users/u1/terminate_connections",
+        "/users/<id>/…",
     ),
     // Operators.
     exact("/admin", Endpoint::Admin),
@@ -107,6 +127,15 @@ pub fn route(path: &str) -> Option<(&'static Route, &str)> {
                 rest => rest.strip_prefix('/').map(|param| (r, param)),
             },
         }
+    })
+}
+
+/// Every route as the 404 reply lists them.
+pub fn listing() -> &'static str {
+    static LISTING: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LISTING.get_or_init(|| {
+        let shown: Vec<&str> = ROUTES.iter().map(|r| r.shown).collect();
+        shown.join(", ")
     })
 }
 
