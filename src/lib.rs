@@ -34,6 +34,7 @@ pub mod auth;
 pub mod broker;
 pub mod callbacks;
 pub mod config;
+pub mod connection;
 pub mod http;
 pub mod http_client;
 pub mod hub;

@@ -15,6 +15,7 @@ use warp::reply::{Reply, Response};
 
 use super::upgrade::{admit, check_room, origin_allowed};
 use super::{ApiError, AppState, Req};
+use crate::connection;
 use crate::protocol::sse;
 
 /// The reply to any `/sse` request, with its CORS headers.
@@ -70,13 +71,15 @@ async fn respond(state: &AppState, req: &Req) -> Result<Response, ApiError> {
     crate::protocol::pool_snapshots(&mut session, &state.sockets)
         .await
         .map_err(super::error::pool_error)?;
-    let body = sse::start(
-        session,
-        slot,
-        admission.since.as_ref(),
-        state.sockets.clone(),
-        &state.tracker,
-    );
+    let peer = connection::Peer {
+        uid: Some((
+            session.membership.subscription().uid.clone(),
+            session.membership.id(),
+        )),
+        client: state.client_ip(req),
+    };
+    let (body, run) = sse::start(session, admission.since.as_ref(), state.sockets.clone());
+    connection::spawn(&state.sockets, &state.tracker, slot, peer, run);
     Ok(stream_response(warp::reply::stream(body).into_response()))
 }
 

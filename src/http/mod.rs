@@ -260,7 +260,7 @@ fn check_password(state: &AppState, params: &Params, req: &Req) -> Result<(), Ap
 }
 
 /// A client address for a log line.
-struct Client(Option<IpAddr>);
+pub(crate) struct Client(pub(crate) Option<IpAddr>);
 
 impl std::fmt::Display for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

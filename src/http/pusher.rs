@@ -12,12 +12,13 @@ use bytes::Buf;
 use futures_util::Stream;
 use hyper::upgrade::OnUpgrade;
 use warp::http::header::{self, HeaderValue};
-use warp::http::{Method, StatusCode};
+use warp::http::Method;
 use warp::reply::Response;
 
 use super::body::read_body;
 use super::upgrade::{origin_allowed, websocket_accept};
 use super::{ApiError, AppState, Client, Req};
+use crate::connection;
 use crate::limits::SocketSlots;
 use crate::metrics::Credential;
 use crate::protocol::pusher::socket::{self, Refusal};
@@ -69,13 +70,18 @@ pub(super) async fn socket(
         Ok((slot, server_slot))
     }
     .await;
-    let admitted = match admitted {
+    let ctx = state.sockets.clone();
+    match admitted {
         Ok((slot, server_slot)) => {
             // Joined before the 101, like /ws: a trigger right after the page's
             // connection_established can only miss it if it is not subscribed yet.
             let session = state.hub.connect(Subscription::pusher(), None).await?;
-            state.metrics.socket_connected();
-            Ok((session, slot, server_slot))
+            let peer = connection::Peer {
+                uid: None,
+                client: state.client_ip(req),
+            };
+            let run = socket::upgraded(on_upgrade, Ok((session, slot)), ctx.clone(), pusher);
+            connection::spawn(&ctx, &state.tracker, server_slot, peer, run);
         }
         Err(refusal) => {
             if refusal == Refusal::UNKNOWN_APP {
@@ -86,25 +92,13 @@ pub(super) async fn socket(
                 Client(state.client_ip(req)),
                 refusal.code
             );
-            Err(refusal)
+            // Upgraded only to be told why, as Pusher does: not a socket of the server's.
+            state
+                .tracker
+                .spawn(socket::upgraded(on_upgrade, Err(refusal), ctx, pusher));
         }
-    };
-    let ctx = state.sockets.clone();
-    state.tracker.spawn(async move {
-        let (admitted, _server_slot) = match admitted {
-            Ok((session, slot, server_slot)) => (Ok((session, slot)), Some(server_slot)),
-            Err(refusal) => (Err(refusal), None),
-        };
-        socket::upgraded(on_upgrade, admitted, ctx, pusher).await;
-    });
-
-    let mut res = Response::new(Default::default());
-    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = res.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    Ok(res)
+    }
+    Ok(connection::switching_protocols(accept))
 }
 
 /// `/apps/{id}/…`: finds the app, checks the method and the signature, runs the operation.

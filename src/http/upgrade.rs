@@ -9,10 +9,11 @@ use std::collections::HashMap;
 use hyper::upgrade::OnUpgrade;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use warp::http::header::{self, HeaderMap, HeaderValue};
-use warp::http::{Method, StatusCode};
+use warp::http::Method;
 use warp::reply::Response;
 
 use super::{ApiError, AppState, Client, Params, Req};
+use crate::connection;
 use crate::limits::{Slot, SocketSlots};
 use crate::metrics::Credential;
 use crate::protocol::native;
@@ -55,31 +56,16 @@ pub(super) async fn upgrade(
     crate::protocol::pool_snapshots(&mut session, &state.sockets)
         .await
         .map_err(super::error::pool_error)?;
-    state.metrics.socket_connected();
     let ctx = state.sockets.clone();
-    let client = state.client_ip(req);
-    let socket = session.membership.id();
-    ctx.callbacks.connected(&uid, socket);
-    state.tracker.spawn(async move {
-        let _slot = slot;
-        let callbacks = ctx.callbacks.clone();
-        let closed = native::upgraded(on_upgrade, session, ctx).await;
-        callbacks.disconnected(&uid, socket, closed.map(CloseReason::code));
-        if closed == Some(CloseReason::SlowConsumer) {
-            log::warn!(
-                "socket of {} closed as a slow reader (4008): its send queue was full",
-                Client(client)
-            );
-        }
+    let peer = connection::Peer {
+        uid: Some((uid, session.membership.id())),
+        client: state.client_ip(req),
+    };
+    let run = native::upgraded(on_upgrade, session, ctx.clone());
+    connection::spawn(&ctx, &state.tracker, slot, peer, async move {
+        run.await.map(CloseReason::code)
     });
-
-    let mut res = Response::new(Default::default());
-    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = res.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    Ok(res)
+    Ok(connection::switching_protocols(accept))
 }
 
 /// A page allowed to join: what it follows and where it resumes from.

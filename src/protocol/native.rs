@@ -10,10 +10,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use rand::Rng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
-use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
@@ -21,6 +19,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::close_watch::CloseWatch;
 pub use super::SocketContext;
+use crate::connection::{self, heartbeat_tick, CLOSE_TIMEOUT};
 use crate::hub::Session;
 use crate::outbox::Outbox;
 use crate::wire::{self, CloseReason, Frame};
@@ -33,8 +32,6 @@ const READ_BUFFER_BYTES: usize = 256;
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// Most queued frames written before one flush, so one busy socket cannot starve its reads.
 const MAX_BATCH: usize = 64;
-/// How long the close handshake may take before the socket is simply dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// tungstenite settings for a server-side socket.
 pub fn ws_config(max_client_frame_bytes: usize) -> WebSocketConfig {
@@ -76,7 +73,6 @@ pub fn upgraded(
             // leaves the hub.
             Err(e) => {
                 log::debug!("upgrade failed: {e}");
-                ctx.metrics.socket_closed(None);
                 return None;
             }
         };
@@ -116,10 +112,6 @@ where
     let mut shutdown = ctx.shutdown();
     let ended = drive(ws, session, ctx, &mut shutdown).await;
     log::debug!("socket {} closed: {ended:?}", session.membership.id());
-    ctx.metrics.socket_closed(match ended {
-        Ended::Close(reason) => Some(reason.code()),
-        Ended::Lost => None,
-    });
     // Leaving first: from here on nothing new is queued, so what is flushed below is all.
     session.membership.leave();
     // Boxed: the closing steps run once, so their state should not sit in every idle socket's
@@ -137,19 +129,8 @@ async fn finish<S>(ws: &mut Socket<S>, outbox: &Outbox, ended: Ended)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if matches!(ended, Ended::Close(CloseReason::ServerShutdown)) {
-        let flush = async {
-            while let Some(first) = outbox.pop() {
-                write_batch(ws, first, outbox, usize::MAX).await?;
-            }
-            Ok::<_, WsError>(())
-        };
-        if !matches!(tokio::time::timeout(CLOSE_TIMEOUT, flush).await, Ok(Ok(()))) {
-            return;
-        }
-    }
-    outbox.close();
-    close(ws, ended).await;
+    let shutdown = matches!(ended, Ended::Close(CloseReason::ServerShutdown));
+    connection::flush_then_close(ws, outbox, shutdown, async |ws| close(ws, ended).await).await;
 }
 
 /// Why the loop ended: either a reason we tell the client, or the connection is already gone.
@@ -302,15 +283,6 @@ where
             return ended;
         }
     }
-}
-
-/// The ping timer: the first ping after a random phase, which spreads the pings of thousands of
-/// sockets opened (or given a new period) together.
-fn heartbeat_tick(heartbeat: Duration) -> tokio::time::Interval {
-    let phase = heartbeat.mul_f64(rand::rng().random_range(0.5..1.0));
-    let mut tick = interval_at(Instant::now() + phase, heartbeat);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    tick
 }
 
 /// Runs a write to completion unless the server shuts down, the socket is evicted, or the write

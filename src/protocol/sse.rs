@@ -30,10 +30,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::Stream;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
-use tokio::time::{interval_at, Instant, MissedTickBehavior};
-use tokio_util::task::TaskTracker;
 
 use super::SocketContext;
+use crate::connection::heartbeat_tick;
 use crate::hub::Session;
 use crate::outbox::Outbox;
 use crate::wire::{CloseReason, Frame, Position};
@@ -49,34 +48,22 @@ impl Stream for EventStream {
     }
 }
 
-/// Starts the event stream of a page that joined as `session`: spawns its task on `tracker`
-/// and returns the body to answer with. `since` is what the page asked to resume from (its
-/// `since` parameter or `Last-Event-ID`), which the first `id:` starts from.
+/// The event stream of a page that joined as `session`: the body to answer with, and the task
+/// that feeds it (to run as the socket's task, see [`crate::connection::spawn`]), which returns
+/// the close code it ended with (`None`: the page went away). `since` is what the page asked
+/// to resume from (its `since` parameter or `Last-Event-ID`), which the first `id:` starts
+/// from.
 pub fn start(
     session: Session,
-    slot: impl Send + 'static,
     since: Option<&HashMap<String, String>>,
     ctx: Arc<SocketContext>,
-    tracker: &TaskTracker,
-) -> EventStream {
+) -> (
+    EventStream,
+    impl std::future::Future<Output = Option<u16>> + Send + 'static,
+) {
     let (tx, rx) = mpsc::channel(1);
     let positions = Positions::new(&session, since);
-    let (uid, socket) = (
-        session.membership.subscription().uid.clone(),
-        session.membership.id(),
-    );
-    ctx.metrics.socket_connected();
-    ctx.callbacks.connected(&uid, socket);
-    tracker.spawn(async move {
-        // The stream's place under `max_sockets`, freed when it ends.
-        let _slot = slot;
-        let callbacks = ctx.callbacks.clone();
-        let metrics = ctx.metrics.clone();
-        let code = run(session, positions, ctx, tx).await;
-        metrics.socket_closed(code);
-        callbacks.disconnected(&uid, socket, code);
-    });
-    EventStream(rx)
+    (EventStream(rx), run(session, positions, ctx, tx))
 }
 
 /// Why a stream ended: a reason the page is told, or the page is gone.
@@ -148,7 +135,7 @@ async fn drive(
     if let Some(ended) = send(chunk.split().freeze(), tx, outbox, ctx, draining).await {
         return ended;
     }
-    let mut tick = heartbeat_tick(ctx);
+    let mut tick = heartbeat_tick(ctx.heartbeat());
     loop {
         // Everything queued goes out before we wait again (so no wake-up is ever missed).
         while let Some((frame, slot, seq)) = outbox.pop_placed() {
@@ -191,7 +178,7 @@ async fn drive(
                     return Ended::Close(CloseReason::ServerShutdown);
                 }
                 // The heartbeat period changed (a config reload): start over with it.
-                tick = heartbeat_tick(ctx);
+                tick = heartbeat_tick(ctx.heartbeat());
             }
             _ = tx.closed() => return Ended::Lost,
             // A frame was queued, or we were evicted: both are handled at the top.
@@ -204,14 +191,6 @@ async fn drive(
             }
         }
     }
-}
-
-/// The comment heartbeat's timer, one period from now.
-fn heartbeat_tick(ctx: &SocketContext) -> tokio::time::Interval {
-    let heartbeat = ctx.heartbeat();
-    let mut tick = interval_at(Instant::now() + heartbeat, heartbeat);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    tick
 }
 
 /// Hands `chunk` to the response body unless the page is gone, the server drains, the socket

@@ -10,7 +10,6 @@
 //! does, so pusher-js knows whether to retry.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
@@ -26,6 +25,7 @@ use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 use super::codec::{self, Inbound};
 use super::store::Member;
 use super::{auth, is_cache, user_channel, AppSlot, Kind, Pusher, WebhookEvent};
+use crate::connection::{self, CLOSE_TIMEOUT};
 use crate::hub::Session;
 use crate::outbox::Outbox;
 use crate::protocol::native::{self, Ended, Socket};
@@ -34,8 +34,6 @@ use crate::wire::{CloseReason, StreamKey};
 
 /// Most channels one socket may follow (each costs a registry entry).
 const MAX_CHANNELS: usize = 1000;
-/// How long the close handshake may take.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a socket is refused right after its upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,7 +165,6 @@ where
     log::debug!("pusher socket {} opened", conn.socket_id);
     let end = conn.drive(ws, session, ctx).await;
     log::debug!("pusher socket {} closed: {end:?}", conn.socket_id);
-    ctx.metrics.socket_closed(end.code());
     session.membership.leave();
     Box::pin(conn.cleanup(session)).await;
     let outbox = session.membership.outbox().clone();
@@ -180,19 +177,8 @@ async fn finish<S>(ws: &mut Socket<S>, outbox: &Outbox, end: End)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if matches!(end, End::Close(4200, ..)) {
-        let flush = async {
-            while let Some(first) = outbox.pop() {
-                native::write_batch(ws, first, outbox, usize::MAX).await?;
-            }
-            Ok::<_, tokio_tungstenite::tungstenite::Error>(())
-        };
-        if !matches!(tokio::time::timeout(CLOSE_TIMEOUT, flush).await, Ok(Ok(()))) {
-            return;
-        }
-    }
-    outbox.close();
-    close(ws, end).await;
+    let shutdown = matches!(end, End::Close(4200, ..));
+    connection::flush_then_close(ws, outbox, shutdown, async |ws| close(ws, end).await).await;
 }
 
 async fn close<S>(ws: &mut Socket<S>, end: End)
