@@ -10,7 +10,18 @@ use std::sync::{OnceLock, RwLock};
 
 use log::LevelFilter;
 
-use crate::config::LogFormat;
+use serde::{Deserialize, Serialize};
+
+/// The shape of a log line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `[2026-05-01T12:00:00Z INFO  push_serve::http] …`, env_logger's own format.
+    #[default]
+    Text,
+    /// One JSON object per line: `{"time","level","target","message"}`.
+    Json,
+}
 
 /// The installed logger: env_logger's, swapped whole on a reload.
 struct Reloadable {

@@ -12,6 +12,7 @@ use serde_yaml::Value;
 
 mod secret;
 
+pub use crate::logging::LogFormat;
 pub use secret::{redacted, Secret, HIDDEN};
 
 /// Longest accepted uid, in bytes. Uids are map keys and part of every access key's MAC input;
@@ -482,17 +483,6 @@ impl Reload {
             .find(|(k, _)| *k == key)
             .map_or(Reload::Restart, |(_, how)| *how)
     }
-}
-
-/// The shape of a log line.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// `[2026-05-01T12:00:00Z INFO  push_serve::http] …`, env_logger's own format.
-    #[default]
-    Text,
-    /// One JSON object per line: `{"time","level","target","message"}`.
-    Json,
 }
 
 impl Config {
