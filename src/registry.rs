@@ -312,8 +312,6 @@ impl Frames<'_> {
 pub struct Delivered {
     /// Sockets the message was queued to.
     pub sockets: usize,
-    /// The numbered frame, if one was built (a broker may keep it as history).
-    pub numbered: Option<Frame>,
 }
 
 /// This node's sockets by stream, with counters for logging and the stats endpoint.
@@ -521,22 +519,22 @@ impl Registry {
     }
 
     /// Queues `msg`, at `pos` in stream `key`, to every socket here following it (never
-    /// waiting). Frames are serialized at most once per kind. `pos.seq == 0` means an
-    /// unnumbered message (no socket here needs numbers). With `keep_numbered`, the numbered
-    /// frame is built even without a resumable follower and returned (for history).
+    /// waiting). Frames are serialized at most once per kind; `numbered` is the numbered frame
+    /// if the caller built it already (to keep it as history). `pos.seq == 0` means an
+    /// unnumbered message (no socket here needs numbers).
     pub fn deliver(
         &self,
         key: &StreamKey,
         pos: Position,
         msg: &Message<'_>,
-        keep_numbered: bool,
+        numbered: Option<Frame>,
     ) -> Delivered {
         let mut frames = Frames {
             msg,
             seq: pos.seq,
             key,
             seed: None,
-            numbered: None,
+            numbered,
             pusher: None,
         };
         // The one socket this message skips, if it is here.
@@ -552,13 +550,7 @@ impl Registry {
             }
         }
         self.delivered.fetch_add(sockets as u64, Ordering::Relaxed);
-        if keep_numbered {
-            frames.get(Proto::Resumable);
-        }
-        Delivered {
-            sockets,
-            numbered: frames.numbered,
-        }
+        Delivered { sockets }
     }
 
     /// [`Registry::deliver`] to one shard's followers of `key`.
@@ -743,7 +735,7 @@ pub(crate) mod tests {
 
     fn deliver(r: &Registry, key: &StreamKey, seq: u64, contents: &str) -> usize {
         let c = raw(contents);
-        r.deliver(key, at(seq), &Message::new("t", &c), false)
+        r.deliver(key, at(seq), &Message::new("t", &c), None)
             .sockets
     }
 
@@ -873,7 +865,7 @@ pub(crate) mod tests {
             generation: 0,
             seq: 0,
         };
-        assert_eq!(r.deliver(&channel, unnumbered, &msg, false).sockets, 1);
+        assert_eq!(r.deliver(&channel, unnumbered, &msg, None).sockets, 1);
         assert!(a.outbox().pop().is_none());
         assert_eq!(
             b.outbox().pop().unwrap().as_str(),
@@ -882,7 +874,7 @@ pub(crate) mod tests {
         // Another node's socket of the same number is not skipped.
         let other = format!("{}.{}", r.node.wrapping_add(1), a.id());
         let msg = Message::new("e", &c).except(Some(&other));
-        assert_eq!(r.deliver(&channel, unnumbered, &msg, false).sockets, 2);
+        assert_eq!(r.deliver(&channel, unnumbered, &msg, None).sockets, 2);
     }
 
     #[test]

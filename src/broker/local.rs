@@ -2,17 +2,19 @@
 //!
 //! Each stream numbers its messages (1, 2, 3… within a *generation*, a random id drawn when the
 //! stream is created) and keeps the last `history_size` of them for `history_ttl`, so a socket
-//! that reconnects with its last position gets what it missed. A publish numbers the message,
-//! delivers it to the registry and keeps it, all under the stream's shard lock, so deliveries
-//! of one stream happen in number order.
+//! that reconnects with its last position gets what it missed. A publish numbers the message
+//! and keeps it under the stream's shard lock, then delivers it to the registry under the
+//! shard's delivery lock only, which publishes of the shard take in turn: deliveries of one
+//! stream happen in number order, and a connect (which needs the shard lock to read where its
+//! streams stand) never waits while a broadcast walks every socket.
 //!
 //! Memory is bounded by `history_max_bytes`, which counts each remembered stream's metadata
 //! as well as its messages: a flood of pushes to uids that never connect cannot grow the
 //! number of remembered streams past the budget (a stream that would not fit is not kept; its
 //! message still reaches any seed socket following it).
 //!
-//! Lock order: a broker shard, then a registry shard (inside [`Registry::deliver`] or
-//! [`Registry::followers`]); the registry never takes a broker lock.
+//! Lock order: a shard's delivery lock, then the shard, then a registry shard (inside
+//! [`Registry::deliver`] or [`Registry::followers`]); the registry never takes a broker lock.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
@@ -83,10 +85,18 @@ struct Shard {
     recent: HashMap<(StreamKey, Box<str>), Recent>,
 }
 
+fn shard_index(key: &StreamKey) -> usize {
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() as usize) % SHARDS
+}
+
 /// Streams' numbering and history in this process.
 pub struct LocalBroker {
     registry: Arc<Registry>,
     shards: Box<[Mutex<Shard>]>,
+    /// Per shard: held by a publish while it delivers (see `publish_now`).
+    delivering: Box<[Mutex<()>]>,
     retention: Retention,
     history_bytes: AtomicUsize,
 }
@@ -97,71 +107,83 @@ impl LocalBroker {
         LocalBroker {
             registry,
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            delivering: (0..SHARDS).map(|_| Mutex::default()).collect(),
             retention,
             history_bytes: AtomicUsize::new(0),
         }
     }
 
     fn shard(&self, key: &StreamKey) -> MutexGuard<'_, Shard> {
-        let mut h = DefaultHasher::new();
-        key.hash(&mut h);
-        let shard = &self.shards[(h.finish() as usize) % SHARDS];
+        self.lock(shard_index(key))
+    }
+
+    fn lock(&self, i: usize) -> MutexGuard<'_, Shard> {
         // Every critical section leaves the maps consistent at each step it could panic in.
-        shard.lock().unwrap_or_else(|p| p.into_inner())
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn publish_now(&self, key: &StreamKey, msg: Message<'_>, idem: Option<&str>) -> Published {
         let keep = self.retention.history_size > 0 && key.keeps_history();
-        let mut guard = self.shard(key);
-        let shard = &mut *guard;
-        if let Some(idem) = idem {
-            if let Some(recent) = shard.recent.get(&(key.clone(), idem.into())) {
-                if recent.at.elapsed() < IDEMPOTENCY_TTL {
-                    return Published {
-                        repeated: true,
-                        ..recent.published
+        let i = shard_index(key);
+        // Held until the message reached every socket here: publishes of one shard deliver in
+        // the order they were numbered in. The shard itself is held only to number and keep
+        // the message, so a connect's attach never waits for a delivery (a broadcast walks
+        // every socket of the node).
+        let _turn = self.delivering[i].lock().unwrap_or_else(|p| p.into_inner());
+        let (pos, numbered, retained) = {
+            let mut guard = self.lock(i);
+            let shard = &mut *guard;
+            if let Some(idem) = idem {
+                if let Some(recent) = shard.recent.get(&(key.clone(), idem.into())) {
+                    if recent.at.elapsed() < IDEMPOTENCY_TTL {
+                        return Published {
+                            repeated: true,
+                            ..recent.published
+                        };
+                    }
+                }
+            }
+            if keep && !shard.streams.contains_key(key) && self.charge(meta_cost(key)) {
+                // Only a new stream costs a copy of its key.
+                shard.streams.insert(key.clone(), Stream::new());
+            }
+            match shard.streams.get_mut(key) {
+                // No history and no resumable socket (it would have made the stream): seed
+                // sockets need no number. Or no room to remember one more stream.
+                None => (
+                    Position {
+                        generation: 0,
+                        seq: 0,
+                    },
+                    None,
+                    false,
+                ),
+                Some(stream) => {
+                    stream.seq += 1;
+                    stream.touched = Instant::now();
+                    // Kept before it is delivered: a socket attaching meanwhile reads a
+                    // position that its replay covers, and drops the live frame as a repeat.
+                    let (numbered, retained) = match keep {
+                        true => {
+                            let frame = msg.stream_frame(stream.seq, &key.name());
+                            let retained = self.retain(stream, frame.clone());
+                            (Some(frame), retained)
+                        }
+                        false => (None, false),
                     };
-                }
-            }
-        }
-        if keep && !shard.streams.contains_key(key) && self.charge(meta_cost(key)) {
-            // Only a new stream costs a copy of its key.
-            shard.streams.insert(key.clone(), Stream::new());
-        }
-        let published = match shard.streams.get_mut(key) {
-            // No history and no resumable socket (it would have made the stream): seed sockets
-            // need no number.
-            // Or no room to remember one more stream.
-            None => {
-                let unnumbered = Position {
-                    generation: 0,
-                    seq: 0,
-                };
-                let delivered = self.registry.deliver(key, unnumbered, &msg, false);
-                Published {
-                    sockets: delivered.sockets,
-                    seq: 0,
-                    retained: false,
-                    repeated: false,
-                }
-            }
-            Some(stream) => {
-                stream.seq += 1;
-                stream.touched = Instant::now();
-                let delivered = self.registry.deliver(key, stream.position(), &msg, keep);
-                let retained = match delivered.numbered {
-                    Some(frame) if keep => self.retain(stream, frame),
-                    _ => false,
-                };
-                Published {
-                    sockets: delivered.sockets,
-                    seq: stream.seq,
-                    retained,
-                    repeated: false,
+                    (stream.position(), numbered, retained)
                 }
             }
         };
+        let delivered = self.registry.deliver(key, pos, &msg, numbered);
+        let published = Published {
+            sockets: delivered.sockets,
+            seq: pos.seq,
+            retained,
+            repeated: false,
+        };
         if let Some(idem) = idem {
+            let mut shard = self.lock(i);
             if shard.recent.len() >= IDEMPOTENCY_MAX_PER_SHARD {
                 shard.recent.retain(|_, r| r.at.elapsed() < IDEMPOTENCY_TTL);
             }
@@ -391,6 +413,31 @@ mod tests {
             since: Some(since),
         };
         b.attach_now(&[a]).remove(0)
+    }
+
+    /// A connect reads where its streams stand while a publish of the same shard is still
+    /// delivering (a broadcast walks every socket of the node): only the delivery lock is held
+    /// then, and an attach never takes it. Once it took the shard lock for the whole walk.
+    #[test]
+    fn an_attach_does_not_wait_for_a_delivery_in_progress() {
+        let registry = Arc::new(Registry::new(crate::registry::tests::frames(8)));
+        let b = Arc::new(LocalBroker::new(registry, retention(8, 60, 1 << 20)));
+        publish(&b, &StreamKey::Broadcast, "1");
+        let delivering = b.delivering[shard_index(&StreamKey::Broadcast)]
+            .lock()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let attacher = {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                let at = resume(&b, &StreamKey::Broadcast, None).position.seq;
+                let _ = tx.send(at);
+            })
+        };
+        let got = rx.recv_timeout(Duration::from_secs(10));
+        drop(delivering);
+        attacher.join().unwrap();
+        assert_eq!(got, Ok(1), "the attach waited for the delivery");
     }
 
     #[test]

@@ -732,7 +732,7 @@ fn deliver(registry: &Registry, bytes: &[u8]) {
     })();
     match parsed {
         Some((pos, key, msg)) => {
-            registry.deliver(&key, pos, &msg, false);
+            registry.deliver(&key, pos, &msg, None);
         }
         None => log::warn!(
             "ignored a malformed message from redis ({} bytes)",
