@@ -59,6 +59,10 @@ pub fn spawn<F>(
         ctx.callbacks.connected(uid, *socket);
     }
     let ctx = ctx.clone();
+    // Boxed here, before the task's future is made: a future moved into an async block and
+    // awaited there is stored twice (the moved value and the awaited one), and this one is
+    // the socket's whole state for its whole life (an idle socket went from 3.4 to 7.9 KiB).
+    let run = Box::pin(run);
     tracker.spawn(async move {
         let _slot = slot;
         let code = run.await;

@@ -18,7 +18,7 @@ use crate::limits::{Slot, SocketSlots};
 use crate::metrics::Credential;
 use crate::protocol::native;
 use crate::registry::Subscription;
-use crate::wire::{CloseReason, Proto};
+use crate::wire::Proto;
 
 /// Checks, joins the hub, answers 101 and spawns the socket's task.
 pub(super) async fn upgrade(
@@ -62,9 +62,7 @@ pub(super) async fn upgrade(
         client: state.client_ip(req),
     };
     let run = native::upgraded(on_upgrade, session, ctx.clone());
-    connection::spawn(&ctx, &state.tracker, slot, peer, async move {
-        run.await.map(CloseReason::code)
-    });
+    connection::spawn(&ctx, &state.tracker, slot, peer, run);
     Ok(connection::switching_protocols(accept))
 }
 

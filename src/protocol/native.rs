@@ -54,8 +54,8 @@ where
 }
 
 /// The task of a socket that joined the hub as `session` and whose `101` is on its way: waits
-/// for the upgrade, then [`serve_in_place`]. Returns why it closed (`None`: the connection was
-/// lost, or the upgrade never completed).
+/// for the upgrade, then [`serve_in_place`]. Returns the close code it ended with (`None`: the
+/// connection was lost, or the upgrade never completed).
 ///
 /// A plain `fn` returning an `async move` block, and everything used in place: this future
 /// lives as long as the socket, once per socket, and a value moved into a nested future (or an
@@ -65,7 +65,7 @@ pub fn upgraded(
     on_upgrade: OnUpgrade,
     mut session: Session,
     ctx: Arc<SocketContext>,
-) -> impl std::future::Future<Output = Option<CloseReason>> {
+) -> impl std::future::Future<Output = Option<u16>> + Send + 'static {
     async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
@@ -77,7 +77,9 @@ pub fn upgraded(
             }
         };
         let mut ws = accept(TokioIo::new(upgraded), ctx.ws_config()).await;
-        serve_in_place(&mut ws, &mut session, &ctx).await
+        serve_in_place(&mut ws, &mut session, &ctx)
+            .await
+            .map(CloseReason::code)
     }
 }
 
