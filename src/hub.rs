@@ -100,6 +100,13 @@ impl Hub {
         membership
             .outbox()
             .set_floors(attached.iter().map(|a| a.position.seq).collect());
+        // The page may ack the receipt messages its replay carries.
+        let replayed = attached.iter().filter_map(|a| a.replay.as_ref());
+        membership.outbox().remember_sent(
+            replayed
+                .flat_map(|r| &r.frames)
+                .filter_map(|frame| wire::message_id_of(frame)),
+        );
         Ok(Session {
             membership,
             preamble,

@@ -198,8 +198,9 @@ impl Inbox {
         })
     }
 
-    /// The unexpired messages kept for `uid`, oldest first, as frames marked `"inbox": true`.
-    pub async fn frames_of(&self, uid: &str) -> Result<Vec<Frame>, BrokerError> {
+    /// The unexpired messages kept for `uid`, oldest first, as frames marked `"inbox": true`,
+    /// each with its id.
+    pub async fn frames_of(&self, uid: &str) -> Result<Vec<(String, Frame)>, BrokerError> {
         let mut entries: Vec<Entry> = match &self.store {
             Store::Memory(m) => {
                 let m = m.lock().unwrap_or_else(|p| p.into_inner());
@@ -231,8 +232,8 @@ impl Inbox {
         };
         entries.sort_by(|a, b| (a.n, a.at, &a.id).cmp(&(b.n, b.at, &b.id)));
         Ok(entries
-            .iter()
-            .filter_map(|e| wire::inbox_frame(&e.t, &e.c, &e.id))
+            .into_iter()
+            .filter_map(|e| wire::inbox_frame(&e.t, &e.c, &e.id).map(|frame| (e.id, frame)))
             .collect())
     }
 
@@ -338,8 +339,9 @@ mod tests {
         );
         assert_eq!(inbox.len(), 3);
         let frames = inbox.frames_of("a").await.unwrap();
+        assert_eq!(frames[0].0, "1");
         assert_eq!(
-            frames[0].as_str(),
+            frames[0].1.as_str(),
             r#"{"topic":"t","number":0,"contents":1,"id":"1","inbox":true}"#
         );
         assert_eq!(frames.len(), 2);

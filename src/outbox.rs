@@ -18,6 +18,11 @@
 //! ([`Control`]: follow or leave a stream, a room the backend moved the socket into). Only the
 //! task owns the socket's membership, so it is the one to act on them; a socket that was never
 //! moved pays one empty pointer for this.
+//!
+//! It also remembers the ids of the receipt messages queued to a resumable socket (and of those
+//! its preamble carried: its replay, its offline inbox), so that a page's ack counts only from
+//! a socket the message was actually sent to ([`Outbox::was_sent`]). One empty pointer again
+//! until the first such message; then at most [`MAX_SENT_IDS`], the oldest forgotten first.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -29,6 +34,42 @@ use crate::wire::{CloseReason, Frame, StreamKey};
 /// Most instructions waiting for one socket's task; past it, new ones are dropped (a task that
 /// does not keep up with room moves is stuck writing, and will be closed for it).
 const MAX_CONTROLS: usize = 256;
+
+/// Most receipt message ids one socket remembers. Past it the oldest id is forgotten, and an ack
+/// of that message from this socket is then refused as not for it (a page acks as it handles a
+/// message, long before 64 more with receipts reach it).
+pub const MAX_SENT_IDS: usize = 64;
+
+/// A message id as a socket remembers it: the 16 bytes of a 32-hex-digit id (every id a node
+/// issues), any other valid id as it is.
+#[derive(Debug, PartialEq, Eq)]
+enum SentId {
+    Hex32([u8; 16]),
+    Other(Box<str>),
+}
+
+impl SentId {
+    fn new(id: &str) -> SentId {
+        SentId::hex32(id).map_or_else(|| SentId::Other(id.into()), SentId::Hex32)
+    }
+
+    fn hex32(id: &str) -> Option<[u8; 16]> {
+        // Lowercase digits only, so that each id has one form.
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        if id.len() != 32 {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        for (b, pair) in bytes.iter_mut().zip(id.as_bytes().chunks_exact(2)) {
+            *b = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+        }
+        Some(bytes)
+    }
+}
 
 /// An instruction for a socket's task, from outside it (a cluster-wide command).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,9 +121,21 @@ struct State {
     /// something few sockets ever get.
     #[allow(clippy::box_collection)]
     controls: Option<Box<VecDeque<Control>>>,
+    /// Ids of the receipt messages sent to the socket, oldest first, at most [`MAX_SENT_IDS`];
+    /// allocated by the first one (boxed like `controls`: most sockets never get one).
+    #[allow(clippy::box_collection)]
+    sent: Option<Box<VecDeque<SentId>>>,
 }
 
 impl State {
+    fn remember(&mut self, id: &str) {
+        let sent = self.sent.get_or_insert_with(Default::default);
+        if sent.len() >= MAX_SENT_IDS {
+            sent.pop_front();
+        }
+        sent.push_back(SentId::new(id));
+    }
+
     fn drop_below_floors(&mut self) {
         let floors = &self.floors;
         self.frames
@@ -106,8 +159,16 @@ impl Outbox {
 
     /// Queues `frame` (number `seq` of the socket's stream `slot`) unless that would pass
     /// `limit`, in which case the socket is a slow reader: it is marked evicted, its queue
-    /// dropped, and its task woken.
-    pub fn push(&self, frame: Frame, slot: u16, seq: u64, limit: QueueLimit) -> Pushed {
+    /// dropped, and its task woken. `id`: the frame's receipt message id, remembered once
+    /// queued (see [`Outbox::was_sent`]); `None` for a frame the socket cannot ack.
+    pub fn push(
+        &self,
+        frame: Frame,
+        slot: u16,
+        seq: u64,
+        limit: QueueLimit,
+        id: Option<&str>,
+    ) -> Pushed {
         let mut state = self.state();
         if state.closed || state.evicted.is_some() {
             return Pushed::Closed;
@@ -131,6 +192,9 @@ impl Outbox {
         }
         state.bytes += frame.len();
         state.frames.push_back(Queued { frame, slot, seq });
+        if let Some(id) = id {
+            state.remember(id);
+        }
         let first = state.frames.len() == 1;
         drop(state);
         if first {
@@ -156,6 +220,29 @@ impl Outbox {
         }
         state.floors[slot] = seq;
         state.drop_below_floors();
+    }
+
+    /// Remembers the ids of receipt messages the socket got otherwise than through
+    /// [`Outbox::push`]: in its preamble (a resume's replay, the offline inbox).
+    pub fn remember_sent<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut ids = ids.into_iter().peekable();
+        if ids.peek().is_none() {
+            return;
+        }
+        let mut state = self.state();
+        for id in ids {
+            state.remember(id);
+        }
+    }
+
+    /// Whether receipt message `id` was sent to this socket: queued to it, or in its preamble,
+    /// and among the last [`MAX_SENT_IDS`] such (older ones are forgotten).
+    pub fn was_sent(&self, id: &str) -> bool {
+        let id = SentId::new(id);
+        self.state()
+            .sent
+            .as_ref()
+            .is_some_and(|sent| sent.contains(&id))
     }
 
     /// Hands the socket's task an instruction, and wakes it. `false` if the socket is going
@@ -244,6 +331,7 @@ impl Outbox {
         state.closed = true;
         state.frames = VecDeque::new();
         state.bytes = 0;
+        state.sent = None;
     }
 }
 
@@ -270,15 +358,15 @@ mod tests {
     #[tokio::test]
     async fn queues_in_order_and_evicts_when_full() {
         let outbox = Outbox::default();
-        assert_eq!(outbox.push(frame("1"), 0, 1, TWO), Pushed::Queued);
-        assert_eq!(outbox.push(frame("2"), 0, 2, TWO), Pushed::Queued);
+        assert_eq!(outbox.push(frame("1"), 0, 1, TWO, None), Pushed::Queued);
+        assert_eq!(outbox.push(frame("2"), 0, 2, TWO, None), Pushed::Queued);
         outbox.ready().await; // the first push left a permit
         assert_eq!(outbox.pop().unwrap().as_str(), "1");
-        assert_eq!(outbox.push(frame("3"), 0, 3, TWO), Pushed::Queued);
-        assert_eq!(outbox.push(frame("4"), 0, 4, TWO), Pushed::Evicted);
+        assert_eq!(outbox.push(frame("3"), 0, 3, TWO, None), Pushed::Queued);
+        assert_eq!(outbox.push(frame("4"), 0, 4, TWO, None), Pushed::Evicted);
         assert_eq!(outbox.evicted(), Some(CloseReason::SlowConsumer));
         assert_eq!(outbox.pop(), None);
-        assert_eq!(outbox.push(frame("5"), 0, 5, TWO), Pushed::Closed);
+        assert_eq!(outbox.push(frame("5"), 0, 5, TWO, None), Pushed::Closed);
         outbox.ready().await; // eviction woke the task
     }
 
@@ -313,11 +401,17 @@ mod tests {
         };
         let outbox = Outbox::default();
         let big = "x".repeat(50);
-        assert_eq!(outbox.push(frame(&big), 0, 1, limit), Pushed::Queued);
+        assert_eq!(outbox.push(frame(&big), 0, 1, limit, None), Pushed::Queued);
         assert_eq!(outbox.pop().unwrap().len(), 50);
-        assert_eq!(outbox.push(frame("12345"), 0, 2, limit), Pushed::Queued);
-        assert_eq!(outbox.push(frame("12345"), 0, 3, limit), Pushed::Queued);
-        assert_eq!(outbox.push(frame("1"), 0, 4, limit), Pushed::Evicted);
+        assert_eq!(
+            outbox.push(frame("12345"), 0, 2, limit, None),
+            Pushed::Queued
+        );
+        assert_eq!(
+            outbox.push(frame("12345"), 0, 3, limit, None),
+            Pushed::Queued
+        );
+        assert_eq!(outbox.push(frame("1"), 0, 4, limit, None), Pushed::Evicted);
     }
 
     /// A socket drained as fast as frames come never counts as slow, however many bytes pass
@@ -332,8 +426,14 @@ mod tests {
         let outbox = Outbox::default();
         let kilobyte = "x".repeat(600);
         for seq in 1..=50u64 {
-            assert_eq!(outbox.push(frame(&kilobyte), 0, seq, limit), Pushed::Queued);
-            assert_eq!(outbox.push(frame("small"), 0, seq, limit), Pushed::Queued);
+            assert_eq!(
+                outbox.push(frame(&kilobyte), 0, seq, limit, None),
+                Pushed::Queued
+            );
+            assert_eq!(
+                outbox.push(frame("small"), 0, seq, limit, None),
+                Pushed::Queued
+            );
             if seq % 2 == 0 {
                 assert!(outbox.pop().is_some());
             } else {
@@ -345,18 +445,50 @@ mod tests {
     }
 
     #[test]
+    fn it_remembers_the_last_ids_sent_and_nothing_while_none_came() {
+        let outbox = Outbox::default();
+        outbox.push(frame("plain"), 0, 1, TWO_HUNDRED, None);
+        outbox.remember_sent([]);
+        assert!(outbox.state().sent.is_none(), "no allocation without an id");
+        let id = |n: usize| format!("{n:032x}");
+        outbox.push(frame("a"), 0, 2, TWO_HUNDRED, Some(&id(0)));
+        outbox.remember_sent(["00ff", "0123"]);
+        assert!(outbox.was_sent(&id(0)) && outbox.was_sent("00ff"));
+        assert!(!outbox.was_sent(&id(1)) && !outbox.was_sent("00f"));
+        // Past the bound, the oldest is forgotten.
+        for n in 1..MAX_SENT_IDS {
+            outbox.remember_sent([id(n).as_str()]);
+        }
+        assert!(!outbox.was_sent(&id(0)) && !outbox.was_sent("00ff"));
+        assert!(outbox.was_sent("0123") && outbox.was_sent(&id(MAX_SENT_IDS - 1)));
+        assert_eq!(outbox.state().sent.as_ref().unwrap().len(), MAX_SENT_IDS);
+        // A frame not queued is not remembered.
+        outbox.set_floor(0, 10);
+        outbox.push(frame("b"), 0, 5, TWO_HUNDRED, Some(&id(999)));
+        assert!(!outbox.was_sent(&id(999)));
+        outbox.close();
+        assert!(!outbox.was_sent("0123"));
+    }
+
+    #[test]
     fn floors_drop_what_the_replay_already_delivered() {
         let outbox = Outbox::default();
         for (slot, seq) in [(0, 4), (1, 9), (0, 5), (1, 10), (0, 6)] {
-            outbox.push(frame(&format!("{slot}/{seq}")), slot, seq, TWO_HUNDRED);
+            outbox.push(
+                frame(&format!("{slot}/{seq}")),
+                slot,
+                seq,
+                TWO_HUNDRED,
+                None,
+            );
         }
         // The replay went up to 5 on slot 0 and 9 on slot 1.
         outbox.set_floors(vec![5, 9]);
         assert_eq!(
-            outbox.push(frame("0/5 again"), 0, 5, TWO_HUNDRED),
+            outbox.push(frame("0/5 again"), 0, 5, TWO_HUNDRED, None),
             Pushed::Queued
         );
-        outbox.push(frame("0/7"), 0, 7, TWO_HUNDRED);
+        outbox.push(frame("0/7"), 0, 7, TWO_HUNDRED, None);
         let got: Vec<String> = std::iter::from_fn(|| outbox.pop())
             .map(|f| f.to_string())
             .collect();

@@ -5,7 +5,8 @@
 //! the sockets it was queued to and the uids that were offline, and counts acks: each socket
 //! once, and the uids that acked. An ack is refused when the id is unknown (expired, never
 //! issued) or the message was not for the acking socket (another uid's push, a topic it does
-//! not follow).
+//! not follow). Whether the message was actually sent to the acking socket is checked before,
+//! by its outbox (`Outbox::was_sent`), on the node that sent it.
 //!
 //! On a single node reports live in memory: at most `receipt_max`, each for `receipt_ttl_secs`,
 //! the oldest dropped first. With `redis_url` they live in the cluster's Redis, shared by every
@@ -343,6 +344,24 @@ impl Receipts {
         })
     }
 
+    /// Whether the report of message `id` is kept (it changes nothing).
+    pub async fn exists(&self, id: &str) -> Result<bool, BrokerError> {
+        if let Some(m) = self.in_memory() {
+            let ttl = self.ttl();
+            return Ok(m.reports.get(id).is_some_and(|r| r.at.elapsed() < ttl));
+        }
+        let Store::Redis(redis) = &self.store else {
+            unreachable!()
+        };
+        let mut exists = redis::cmd("EXISTS");
+        exists.arg(Receipts::key(redis, id));
+        let mut conn = redis.conn.clone();
+        let n: u64 = redis
+            .call("receipt_exists", exists.query_async(&mut conn))
+            .await?;
+        Ok(n > 0)
+    }
+
     /// The report of message `id`, with the acking uids if `with_uids`; `None` once expired.
     pub async fn report(&self, id: &str, with_uids: bool) -> Result<Option<Report>, BrokerError> {
         if let Some(m) = self.in_memory() {
@@ -469,6 +488,8 @@ mod tests {
         assert_eq!((report.sockets, report.acks), (3, 2));
         assert_eq!(report.ack_uids, Some(vec!["a".to_string()]));
         assert_eq!(report.offline, ["c"]);
+        assert!(r.exists("1").await.unwrap());
+        assert!(!r.exists("2").await.unwrap());
         // A topic's message may be acked by its followers only.
         r.open("3", &Target::Topic("news".into()), "t")
             .await

@@ -581,12 +581,16 @@ impl Registry {
         }
         let mut sockets = 0;
         let queue = self.queue;
+        let msg_id = frames.msg.id;
         stream.peers.retain(|peer| {
             if Some(peer.id) == except {
                 return true;
             }
             let frame = frames.get(peer.proto);
-            match peer.outbox.push(frame, peer.slot, pos.seq, queue) {
+            // A resumable page's frame carries the id, and the page may ack it: its outbox
+            // remembers that it got it.
+            let id = msg_id.filter(|_| peer.proto == Proto::Resumable);
+            match peer.outbox.push(frame, peer.slot, pos.seq, queue, id) {
                 Pushed::Queued => {
                     sockets += 1;
                     true
@@ -889,6 +893,29 @@ pub(crate) mod tests {
         assert_eq!(r.sockets_of("a"), 1);
         drop(slow);
         assert_eq!(r.socket_count(), 1);
+    }
+
+    #[test]
+    fn a_receipt_id_is_remembered_by_the_resumable_sockets_it_was_queued_to() {
+        let r = Arc::new(Registry::new(frames(8)));
+        let seed = r.join(Subscription::seed("a"));
+        let resumable = |uid: &str| {
+            r.join(Subscription {
+                uid: uid.into(),
+                topics: vec![],
+                proto: Proto::Resumable,
+            })
+        };
+        let (page, other) = (resumable("a"), resumable("b"));
+        let c = raw("1");
+        let id = "0123456789abcdef0123456789abcdef";
+        let msg = Message::new("t", &c).with_id(id);
+        assert_eq!(r.deliver(&user("a"), at(1), &msg, false).sockets, 2);
+        assert!(page.outbox().was_sent(id));
+        assert!(!seed.outbox().was_sent(id), "a seed page cannot ack");
+        assert!(!other.outbox().was_sent(id));
+        let late = resumable("a");
+        assert!(!late.outbox().was_sent(id), "opened after it was sent");
     }
 
     #[test]

@@ -329,6 +329,22 @@ pub fn valid_message_id(id: &str) -> bool {
         && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// The receipt message id a numbered frame ([`Message::stream_frame`]) carries, if any: its
+/// last field, `,"id":"<hex>"}`. Read from the end, without parsing the frame (a resume's
+/// replay may be long). Nothing else can end that way: within a JSON string (the `stream`
+/// before it) every `"` is escaped.
+pub fn message_id_of(frame: &str) -> Option<&str> {
+    let body = frame.strip_suffix("\"}")?;
+    let hex = body
+        .bytes()
+        .rev()
+        .take(MAX_MESSAGE_ID_BYTES + 1)
+        .take_while(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        .count();
+    let (head, id) = body.split_at(body.len() - hex);
+    (head.ends_with(",\"id\":\"") && valid_message_id(id)).then_some(id)
+}
+
 /// The message id a page acknowledges with a text frame `{"ack": "<id>"}`; `None` for any
 /// other frame (which is ignored, as every page frame was before receipts).
 pub fn ack_of(text: &str) -> Option<String> {
@@ -613,6 +629,34 @@ mod tests {
             msg.pusher_frame("presence-room").as_str(),
             r#"{"event":"my-event","channel":"presence-room","data":"{\"a\":1}","user_id":"7"}"#
         );
+    }
+
+    #[test]
+    fn a_numbered_frame_tells_its_message_id_and_nothing_else_does() {
+        let raw = RawValue::from_string(r#"{"id":"00ff"}"#.into()).unwrap();
+        let id = "0123456789abcdef0123456789abcdef";
+        let msg = Message::new("t", &raw);
+        assert_eq!(
+            message_id_of(&msg.with_id(id).stream_frame(3, "user")),
+            Some(id)
+        );
+        assert_eq!(
+            message_id_of(&msg.with_id("7").stream_frame(3, "user")),
+            Some("7")
+        );
+        assert_eq!(message_id_of(&msg.stream_frame(3, "user")), None);
+        // A stream name that looks like an id field is escaped, so it is not one.
+        let tricky = msg.stream_frame(3, r#"topic:x","id":"00ff"#);
+        assert_eq!(message_id_of(&tricky), None, "{tricky}");
+        for frame in [
+            &*welcome(&[]),
+            &*inbox_frame("t", "1", id).unwrap(),
+            r#"{"id":"00ff"}"#,
+            "",
+            "\"}",
+        ] {
+            assert_eq!(message_id_of(frame), None, "{frame}");
+        }
     }
 
     #[test]

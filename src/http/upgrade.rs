@@ -49,9 +49,14 @@ pub(super) async fn upgrade(
         .await?;
     if fresh {
         // A page that opens fresh gets its uid's offline inbox right after `_welcome`, before
-        // anything live (which waits in its outbox). One that resumes had it already.
+        // anything live (which waits in its outbox), and may ack them. One that resumes had
+        // them already.
         let inbox = state.sockets.inbox.frames_of(&uid).await?;
-        session.preamble.extend(inbox);
+        let outbox = session.membership.outbox();
+        outbox.remember_sent(inbox.iter().map(|(id, _)| id.as_str()));
+        session
+            .preamble
+            .extend(inbox.into_iter().map(|(_, frame)| frame));
     }
     crate::protocol::pool_snapshots(&mut session, &state.sockets)
         .await

@@ -292,14 +292,28 @@ pub async fn apply_controls(session: &mut Session, ctx: &SocketContext) -> Vec<M
 
 /// Counts a page's ack of message `id` (its text frame `{"ack": id}`). Returns the `_nack` to
 /// send when it is refused: an unknown or expired id, or a message that was not for this socket
-/// (another uid's push, a topic it does not follow). A store that cannot be reached counts
-/// nothing and says nothing (the page cannot do better by retrying).
+/// (never sent to it, such as a push that came before it opened; another uid's; a topic it does
+/// not follow). A store that cannot be reached counts nothing and says nothing (the page cannot
+/// do better by retrying), unless the message was never sent to this socket: that is refused
+/// all the same.
+///
+/// Only a socket the message was sent to may ack it (or take it out of its uid's inbox): its
+/// outbox remembers the last [`MAX_SENT_IDS`](crate::outbox::MAX_SENT_IDS) receipt ids it
+/// queued, replayed or brought from the inbox. An ack of an older one is refused like one of a
+/// message never sent to it.
 pub async fn acknowledge(session: &Session, ctx: &SocketContext, id: &str) -> Option<Frame> {
+    let unknown = Acked::Unknown.refusal().expect("a refusal");
     if !wire::valid_message_id(id) {
-        return Some(wire::nack(
-            id,
-            "unknown message id (expired or never issued)",
-        ));
+        return Some(wire::nack(id, unknown));
+    }
+    if !session.membership.outbox().was_sent(id) {
+        // Refused before the inbox or the report is touched. An id with no report at all
+        // (never issued, expired) is still called unknown.
+        let refused = match ctx.receipts.exists(id).await {
+            Ok(false) => Acked::Unknown,
+            Ok(true) | Err(_) => Acked::NotFor,
+        };
+        return refused.refusal().map(|reason| wire::nack(id, reason));
     }
     let follows = |topic: &str| {
         session
@@ -312,8 +326,8 @@ pub async fn acknowledge(session: &Session, ctx: &SocketContext, id: &str) -> Op
         socket: ctx.receipts.socket_name(session.membership.id()),
         follows: &follows,
     };
-    // An ack by any page of the uid takes the message out of its inbox, for all its pages
-    // (even once its report expired: an inbox may outlive it).
+    // An ack by a page of the uid that got the message takes it out of the uid's inbox, for all
+    // its pages (even once its report expired: an inbox may outlive it).
     let unboxed = match ctx.inbox.remove(acker.uid, id).await {
         Ok(removed) => removed,
         Err(e) => {

@@ -465,6 +465,94 @@ async fn acks_of_unknown_ids_or_of_another_uids_message_are_refused_and_count_no
     assert_eq!(report["contents"]["ack_uids"], json!(["alice"]));
 }
 
+/// Issue 18, 6b: a tab of the uid opened after the push never got the message, so its ack is
+/// refused and counts nothing; the tab it was queued to still acks it.
+#[tokio::test]
+async fn an_ack_counts_only_from_a_page_the_message_was_queued_to() {
+    let s = Server::start(|_| {}).await;
+    let (mut a, _) = connect_v2(&s, "tess").await;
+    let body = json!({"topic": "t", "contents": 1, "receipt": true});
+    let r = post(&s, "/push?uid=tess", &body).await;
+    assert_eq!(r.json()["contents"]["sockets"], 1, "{}", r.text());
+    let id = r.json()["contents"]["id"].as_str().unwrap().to_string();
+    assert_eq!(next_json(&mut a).await["id"], id.as_str());
+    // Tab b of the same uid, opened afterwards, never got it.
+    let (mut b, _) = connect_v2(&s, "tess").await;
+    send(&mut b, json!({"ack": id}).to_string()).await;
+    let nack = next_json(&mut b).await;
+    assert_eq!(nack["topic"], "_nack", "{nack}");
+    assert_eq!(
+        nack["contents"],
+        json!({"id": id, "reason": "this message was not for this socket"})
+    );
+    let report = get(&s, &format!("/report/push/{id}")).await.json();
+    assert_eq!(
+        (&report["contents"]["sockets"], &report["contents"]["acks"]),
+        (&json!(1), &json!(0)),
+        "{report}"
+    );
+    // The tab it was queued to acks it.
+    send(&mut a, json!({"ack": id}).to_string()).await;
+    let report = report_with_acks(&s, &id, 1).await;
+    assert_eq!(report["contents"]["ack_uids"], json!(["tess"]));
+}
+
+/// A page may ack what it got at connect: a message its resume replayed, or one from its uid's
+/// offline inbox. A resumed page gets no inbox, so it may not ack (nor unbox) an inbox message.
+#[tokio::test]
+async fn pages_ack_what_their_replay_or_inbox_brought_and_only_that() {
+    let s = Server::start(|_| {}).await;
+    // Replay: the page that got it live goes away; its resumed successor gets it again.
+    let (mut a, welcome) = connect_v2(&s, "ursa").await;
+    let body = json!({"topic": "t", "contents": 1, "receipt": true});
+    let id = post(&s, "/push?uid=ursa", &body).await.json()["contents"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(next_json(&mut a).await["id"], id.as_str());
+    drop(a);
+    let since = enc(&welcome["contents"]["streams"].to_string());
+    let key = s.key("ursa").await;
+    let resume_url = format!("{}&proto=2&since={since}", s.ws_url("ursa", &key));
+    let mut resumed = try_connect(&resume_url).await.expect("resumes");
+    assert_eq!(next_json(&mut resumed).await["topic"], "_welcome");
+    let replayed = next_json(&mut resumed).await;
+    assert_eq!(replayed["id"], id.as_str(), "{replayed}");
+    send(&mut resumed, json!({"ack": id}).to_string()).await;
+    report_with_acks(&s, &id, 1).await;
+
+    // Inbox: kept for an offline uid, then a fresh page gets it.
+    let body = json!({"topic": "t", "contents": 2, "inbox": 600});
+    let r = post(&s, "/push?uid=vera", &body).await;
+    assert_eq!(r.json()["contents"]["inbox"]["kept"], json!(["vera"]));
+    let boxed = r.json()["contents"]["id"].as_str().unwrap().to_string();
+    let (mut fresh, welcome) = fresh_page(&s, "vera").await;
+    let inbox = inbox_before_probe(&s, &mut fresh, "vera").await;
+    assert_eq!(inbox.len(), 1, "{inbox:?}");
+    assert_eq!(inbox[0]["id"], boxed.as_str());
+    // A page that resumes got no inbox: its ack is refused and the message stays kept.
+    let since = enc(&welcome["contents"]["streams"].to_string());
+    let key = s.key("vera").await;
+    let url = format!("{}&proto=2&since={since}", s.ws_url("vera", &key));
+    let mut resumed = try_connect(&url).await.expect("resumes");
+    assert_eq!(next_json(&mut resumed).await["topic"], "_welcome");
+    assert_eq!(next_json(&mut resumed).await["topic"], "probe");
+    send(&mut resumed, json!({"ack": boxed}).to_string()).await;
+    let nack = next_json(&mut resumed).await;
+    assert_eq!(
+        nack["contents"],
+        json!({"id": boxed, "reason": "this message was not for this socket"})
+    );
+    let (mut other, _) = fresh_page(&s, "vera").await;
+    assert_eq!(inbox_before_probe(&s, &mut other, "vera").await.len(), 1);
+    // The page that got it from the inbox acks it: counted, and no later page gets it.
+    send(&mut fresh, json!({"ack": boxed}).to_string()).await;
+    let report = report_with_acks(&s, &boxed, 1).await;
+    assert_eq!(report["contents"]["ack_uids"], json!(["vera"]));
+    let (mut last, _) = fresh_page(&s, "vera").await;
+    assert!(inbox_before_probe(&s, &mut last, "vera").await.is_empty());
+}
+
 #[tokio::test]
 async fn reports_answer_offline_pushes_expire_and_refuse_bad_requests() {
     let s = Server::start(|c| c.receipt_ttl_secs = 1).await;
