@@ -910,7 +910,7 @@ pub(crate) mod tests {
         let c = raw("1");
         let id = "0123456789abcdef0123456789abcdef";
         let msg = Message::new("t", &c).with_id(id);
-        assert_eq!(r.deliver(&user("a"), at(1), &msg, false).sockets, 2);
+        assert_eq!(r.deliver(&user("a"), at(1), &msg, None).sockets, 2);
         assert!(page.outbox().was_sent(id));
         assert!(!seed.outbox().was_sent(id), "a seed page cannot ack");
         assert!(!other.outbox().was_sent(id));
