@@ -50,6 +50,7 @@ pub mod receipts;
 pub mod registry;
 pub mod reload;
 pub mod server;
+pub mod services;
 pub mod wire;
 
 use std::future::Future;
@@ -104,21 +105,8 @@ pub async fn run_reloadable(
     config.validate()?;
     // Made first: a cluster broker reports its calls to it (`Metrics::broker_call`).
     let metrics = Arc::new(metrics::Metrics::new());
-    let hub = Arc::new(match &config.redis_url {
-        None => hub::Hub::local(config.queue_limit(), config.retention()),
-        Some(url) => {
-            let registry = Arc::new(registry::Registry::new(config.queue_limit()));
-            let broker = broker::redis::RedisBroker::start(
-                url,
-                &config.redis_prefix,
-                registry.clone(),
-                config.retention(),
-                metrics.clone(),
-            )
-            .expect("redis_url was validated");
-            hub::Hub::new(registry, broker)
-        }
-    });
+    let services = Arc::new(services::Services::start(&config, metrics.clone()));
+    let hub = services.hub.clone();
     // A cluster node joins Redis before it takes connections, so pages reconnecting to a node
     // that just restarted are not refused meanwhile (their connects wait in the backlog).
     // If Redis is down, serve anyway after a while: keys need no Redis, /ready says 503.
@@ -138,38 +126,16 @@ pub async fn run_reloadable(
     let tracker = TaskTracker::new();
     hub.registry()
         .on_command(http::rooms::COMMAND, http::rooms::on_command);
-    let receipts = Arc::new(match hub.broker().redis() {
-        Some(redis) => receipts::Receipts::redis(redis, config.receipt_ttl()),
-        None => receipts::Receipts::memory(config.receipt_ttl(), config.receipt_max),
-    });
-    let inbox = Arc::new(match hub.broker().redis() {
-        Some(redis) => inbox::Inbox::redis(redis, config.inbox_bounds()),
-        None => inbox::Inbox::memory(config.inbox_bounds()),
-    });
-    let pools = Arc::new(match hub.broker().redis() {
-        Some(redis) => pools::Pools::redis(redis, config.pool_bounds()),
-        None => pools::Pools::memory(config.pool_bounds()),
-    });
     let sockets = Arc::new(
-        protocol::SocketContext::new(
-            hub.clone(),
+        protocol::SocketContext::with_services(
+            services.clone(),
             config.heartbeat_interval(),
             protocol::native::ws_config(config.max_client_frame_bytes),
-            metrics.clone(),
         )
-        .with_max_rooms(config.max_topics_per_key)
-        .with_receipts(receipts.clone())
-        .with_inbox(inbox.clone())
-        .with_pools(pools)
-        .with_callbacks(callbacks::Callbacks::start(
-            callback_settings(&config),
-            hub.clone(),
-            metrics.clone(),
-        )),
+        .with_max_rooms(config.max_topics_per_key),
     );
     let state = Arc::new(http::AppState::new(
         &config,
-        hub.clone(),
         sockets.clone(),
         tracker.clone(),
     ));
@@ -177,7 +143,7 @@ pub async fn run_reloadable(
     // values go periodically.
     let sweeper = tokio::spawn({
         let (hub, state, metrics) = (hub.clone(), state.clone(), metrics.clone());
-        let (receipts, inbox) = (receipts.clone(), inbox.clone());
+        let (receipts, inbox) = (services.receipts.clone(), services.inbox.clone());
         let period = Duration::from_secs_f64((config.history_ttl_secs / 4.0).clamp(0.05, 5.0));
         async move {
             let mut tick = tokio::time::interval(period);

@@ -129,16 +129,7 @@ fn apply(running: &mut Config, next: Config, targets: &Targets) -> Result<Outcom
         .sockets
         .set_max_client_frame_bytes(merged.max_client_frame_bytes);
     targets.sockets.set_max_rooms(merged.max_topics_per_key);
-    targets
-        .sockets
-        .receipts
-        .set_bounds(merged.receipt_ttl(), merged.receipt_max);
-    targets.sockets.inbox.set_bounds(merged.inbox_bounds());
-    targets.sockets.pools.set_bounds(merged.pool_bounds());
-    targets
-        .sockets
-        .callbacks
-        .reconfigure(crate::callback_settings(&merged));
+    targets.sockets.services.reconfigure(&merged);
     crate::logging::reconfigure(merged.log_level.as_deref(), merged.log_format);
     log::info!(
         "config reloaded: {} setting(s) applied{}, {} need a restart",

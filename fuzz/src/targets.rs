@@ -575,12 +575,7 @@ pub fn http(data: &[u8]) {
                 sockets.begin_draining();
                 sockets.shut_down();
             }
-            let state = Arc::new(AppState::new(
-                &config,
-                hub.clone(),
-                sockets.clone(),
-                tracker.clone(),
-            ));
+            let state = Arc::new(AppState::new(&config, sockets.clone(), tracker.clone()));
             let service = TowerToHyperService::new(warp::service(routes(state)));
 
             for _ in 0..case.repeat {

@@ -86,11 +86,13 @@ fn page(req: &Req) -> Result<Response, ApiError> {
 /// deliveries], …] (oldest first), now: {…}}`.
 fn series(state: &AppState, req: &Req) -> Result<Response, ApiError> {
     authorized(state, req, "GET")?;
-    let registry = state.hub.registry();
+    let registry = state.sockets.hub.registry();
     let now = state
+        .sockets
         .metrics
         .now(registry.socket_count(), registry.deliveries());
     let samples: Vec<[u64; 4]> = state
+        .sockets
         .metrics
         .series()
         .iter()
@@ -107,9 +109,9 @@ fn series(state: &AppState, req: &Req) -> Result<Response, ApiError> {
             "messages": now.messages,
             "deliveries": now.deliveries,
             "evictions": registry.evictions(),
-            "history_bytes": state.hub.broker().history_bytes(),
-            "ready": state.hub.broker().is_ready(),
-            "uptime_secs": state.metrics.uptime().as_secs(),
+            "history_bytes": state.sockets.hub.broker().history_bytes(),
+            "ready": state.sockets.hub.broker().is_ready(),
+            "uptime_secs": state.sockets.metrics.uptime().as_secs(),
             "version": env!("CARGO_PKG_VERSION"),
         },
     });
@@ -125,7 +127,7 @@ fn series(state: &AppState, req: &Req) -> Result<Response, ApiError> {
 /// (newest first), by_reason: {reason: count since start}}`.
 fn refusals(state: &AppState, req: &Req) -> Result<Response, ApiError> {
     authorized(state, req, "GET")?;
-    let (mut recent, by_reason) = state.metrics.refusals();
+    let (mut recent, by_reason) = state.sockets.metrics.refusals();
     recent.reverse();
     let total: u64 = by_reason.values().sum();
     let contents = serde_json::json!({

@@ -25,8 +25,13 @@ pub fn on_command(registry: &Registry, payload: &[u8]) {
 pub(super) async fn disconnect(state: &AppState, req: &Req) -> Result<Response, ApiError> {
     let params = authorized(state, req, "POST")?;
     let uid = params.uid()?;
-    let had = state.hub.sockets_of(uid).await?;
-    state.hub.broker().command(COMMAND, uid.as_bytes()).await?;
+    let had = state.sockets.hub.sockets_of(uid).await?;
+    state
+        .sockets
+        .hub
+        .broker()
+        .command(COMMAND, uid.as_bytes())
+        .await?;
     let contents = serde_json::json!({ "uid": uid, "sockets": had });
     Ok(envelope(StatusCode::OK, "success", had as u64, contents))
 }

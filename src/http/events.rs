@@ -65,6 +65,7 @@ async fn respond(state: &AppState, req: &Req) -> Result<Response, ApiError> {
     }
     // Joined before the 200 is written, as a WebSocket joins before its 101.
     let mut session = state
+        .sockets
         .hub
         .connect(admission.subscription, admission.since.as_ref())
         .await?;

@@ -41,7 +41,6 @@ use warp::Filter;
 
 use crate::auth::Auth;
 use crate::config::{Config, MAX_UID_BYTES};
-use crate::hub::Hub;
 use crate::limits::{FailureLimiter, LogThrottle, PeerAddr, SocketSlots};
 use crate::metrics::{Credential, Endpoint, Metrics};
 use crate::protocol::SocketContext;
@@ -53,7 +52,6 @@ pub use publish::PUSH_OK;
 pub struct AppState {
     /// What a config reload may change, swapped whole ([`AppState::reconfigure`]).
     settings: RwLock<Arc<Settings>>,
-    hub: Arc<Hub>,
     /// One slot per open socket, `max_sockets` in all. Taken before the upgrade and held by
     /// the socket's task, so the cap holds however many upgrades race (a count checked before
     /// joining let concurrent upgrades pass it together).
@@ -61,9 +59,9 @@ pub struct AppState {
     /// The "server full" line: at most one per period while refusals last.
     full_log: LogThrottle,
     limiter: FailureLimiter,
+    /// The sockets' context, and through it the node's services (hub, metrics, receipts…).
     sockets: Arc<SocketContext>,
     tracker: TaskTracker,
-    metrics: Arc<Metrics>,
     /// Pusher-compatible mode, when configured.
     pusher: Option<Arc<crate::protocol::pusher::Pusher>>,
     /// False once shutdown has begun: `/ready` answers 503.
@@ -119,23 +117,16 @@ fn auth_of(config: &Config) -> Auth {
 
 impl AppState {
     /// Handler state for `config`; socket tasks are spawned on `tracker` so shutdown can wait.
-    pub fn new(
-        config: &Config,
-        hub: Arc<Hub>,
-        sockets: Arc<SocketContext>,
-        tracker: TaskTracker,
-    ) -> AppState {
+    pub fn new(config: &Config, sockets: Arc<SocketContext>, tracker: TaskTracker) -> AppState {
         let pusher = config
             .pusher
             .as_ref()
-            .map(|p| Arc::new(crate::protocol::pusher::Pusher::new(p, hub.clone())));
+            .map(|p| Arc::new(crate::protocol::pusher::Pusher::new(p, sockets.hub.clone())));
         AppState {
             settings: RwLock::new(Arc::new(Settings::new(config, auth_of(config)))),
-            hub,
             socket_slots: Arc::new(SocketSlots::new(config.max_sockets)),
             full_log: LogThrottle::new(std::time::Duration::from_secs(10)),
             limiter: FailureLimiter::new(config.auth_failures_per_minute),
-            metrics: sockets.metrics.clone(),
             pusher,
             sockets,
             tracker,
@@ -244,9 +235,9 @@ fn check_password(state: &AppState, params: &Params, req: &Req) -> Result<(), Ap
             let client = Client(ip);
             let what = if given.is_some() { "wrong" } else { "no" };
             log::info!("{} refused for {client}: {what} password", req.path);
-            state.metrics.auth_failed(Credential::Password);
+            state.sockets.metrics.auth_failed(Credential::Password);
             if let Some(wait) = ip.and_then(|ip| state.limiter.failed(ip)) {
-                state.metrics.locked_out();
+                state.sockets.metrics.locked_out();
                 log::warn!(
                     "{client} locked out of the password endpoints for {} s after {} failed \
                      passwords within a minute (429 until then)",
@@ -391,7 +382,7 @@ fn all_routes(
     state: Arc<AppState>,
     public: bool,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
-    let metrics = state.metrics.clone();
+    let metrics = state.sockets.metrics.clone();
     request(state)
         .and(warp::body::stream())
         .and(warp::ext::optional::<OnUpgrade>())
@@ -483,7 +474,7 @@ fn respond(
 ) -> Response {
     result.unwrap_or_else(|e| {
         if !matches!(e, ApiError::Offline { .. }) {
-            state.metrics.refused(
+            state.sockets.metrics.refused(
                 e.status().as_u16(),
                 e.code(),
                 &e.to_string(),

@@ -33,7 +33,7 @@ pub(super) fn ready(state: &AppState, req: &Req) -> Result<Response, ApiError> {
     if !state.accepting.load(Ordering::Relaxed) || state.sockets.is_shutting_down() {
         return Err(ApiError::ShuttingDown);
     }
-    if !state.hub.broker().is_ready() {
+    if !state.sockets.hub.broker().is_ready() {
         return Err(ApiError::Unavailable);
     }
     Ok(no_store(envelope(StatusCode::OK, "ready", 1, "ready")))
@@ -48,18 +48,18 @@ pub(super) fn metrics(state: &AppState, req: &Req, public: bool) -> Result<Respo
     } else {
         allowed(req, "GET")?;
     }
-    let registry = state.hub.registry();
+    let registry = state.sockets.hub.registry();
     let scraped = Scraped {
         sockets: registry.socket_count(),
         deliveries: registry.deliveries(),
         evictions: registry.evictions(),
-        history_bytes: state.hub.broker().history_bytes(),
-        broker_ready: state.hub.broker().is_ready(),
+        history_bytes: state.sockets.hub.broker().history_bytes(),
+        broker_ready: state.sockets.hub.broker().is_ready(),
         tasks: tokio::runtime::Handle::current()
             .metrics()
             .num_alive_tasks(),
     };
-    let mut res = Response::new(state.metrics.render(&scraped).into());
+    let mut res = Response::new(state.sockets.metrics.render(&scraped).into());
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(PROMETHEUS_TEXT),

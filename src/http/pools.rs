@@ -51,7 +51,7 @@ where
         _ => Change::Delete,
     };
     let changed = pools
-        .change(&state.hub, name, change)
+        .change(&state.sockets.hub, name, change)
         .await
         .map_err(super::error::pool_error)?;
     let sockets = changed.published.sockets;

@@ -14,10 +14,9 @@ use super::error::envelope;
 use super::error::ID_HEADER;
 use super::{authorized, check_uid, ApiError, AppState, Params, Req, STORED_HEADER};
 use crate::auth::valid_topic;
-use crate::broker::Published;
-use crate::inbox::Kept;
 use crate::metrics::{self, PublishKind};
 use crate::receipts::{Receipts, Target as Recipients};
+use crate::services::Push;
 use crate::wire::{PushBody, StreamKey};
 
 /// Reply text of a successful push, as in the seed.
@@ -117,79 +116,33 @@ where
         }
         Some(_) => return Err(ApiError::BadInbox(settings.inbox_max_ttl_secs)),
     };
-    let receipt = match push.receipt || inbox_ttl.is_some() {
-        true => Some(Receipts::new_id("push", idem.as_deref())),
-        false => None,
-    };
-    let msg = match &receipt {
-        Some(id) => {
-            let target = Recipients::Uids(uids.iter().map(|&u| u.to_owned()).collect());
-            state
-                .sockets
-                .receipts
-                .open(id, &target, &push.topic)
-                .await?;
-            push.message().with_id(id)
-        }
-        None => push.message(),
-    };
     let parsed = metrics::now();
-    let keys: Vec<StreamKey> = uids.iter().map(|&u| StreamKey::User(u.into())).collect();
-    let results: Vec<Published> = if let [key] = &keys[..] {
-        vec![state.hub.publish(key, msg, idem.as_deref()).await?]
-    } else {
-        // Each uid is its own stream: publish them concurrently (a cluster broker pipelines
-        // them on one connection). If any fails the reply is 503, and a retry with the same
-        // Idempotency-Key does not repeat the ones that went out.
-        let all = keys
-            .iter()
-            .map(|key| state.hub.publish(key, msg, idem.as_deref()));
-        futures_util::future::join_all(all)
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()?
-    };
+    let pushed = state
+        .sockets
+        .push(Push {
+            uids: &uids,
+            body: &push,
+            inbox: inbox_ttl,
+            idempotency_key: idem.as_deref(),
+        })
+        .await?;
     // A repeat (same Idempotency-Key) sent nothing.
-    state.metrics.published(
+    state.sockets.metrics.published(
         PublishKind::Push,
-        results.iter().filter(|p| !p.repeated).count(),
+        pushed.results.iter().filter(|p| !p.repeated).count(),
         accepted,
         parsed,
         metrics::now(),
     );
-    let sockets: usize = results.iter().map(|p| p.sockets).sum();
-    let stored = results
+    let sockets = pushed.sockets;
+    let stored = pushed
+        .results
         .iter()
         .filter(|p| p.sockets == 0 && p.retained)
         .count();
-    let repeated = results.iter().all(|p| p.repeated);
-    if let Some(id) = receipt.as_deref().filter(|_| !repeated) {
-        let offline: Vec<String> = uids
-            .iter()
-            .zip(&results)
-            .filter(|(_, p)| p.sockets == 0)
-            .map(|(&u, _)| u.to_owned())
-            .collect();
-        state
-            .sockets
-            .receipts
-            .complete(id, sockets as u64, &offline)
-            .await?;
-    }
-    if let (Some(ttl), Some(id)) = (inbox_ttl, receipt.as_deref()) {
-        // Kept for the uids that had no socket; always answered 200, saying who it was kept
-        // for (a retry with the same Idempotency-Key finds it kept already).
-        let (mut kept, mut full) = (Vec::new(), Vec::new());
-        for (&uid, _) in uids.iter().zip(&results).filter(|(_, p)| p.sockets == 0) {
-            let inbox = &state.sockets.inbox;
-            match inbox
-                .keep(uid, id, &push.topic, push.contents.get(), ttl)
-                .await?
-            {
-                Kept::Kept => kept.push(uid),
-                Kept::UidFull | Kept::Full => full.push(uid),
-            }
-        }
+    if let (Some((kept, full)), Some(id)) = (&pushed.inbox, &pushed.id) {
+        // Kept for the uids that had no socket: always answered 200, saying who it was kept
+        // for.
         let contents = serde_json::json!({
             "id": id, "sockets": sockets, "expect_acks": sockets,
             "inbox": {"kept": kept, "full": full},
@@ -203,10 +156,10 @@ where
     if sockets == 0 {
         return Err(ApiError::Offline {
             stored,
-            id: receipt,
+            id: pushed.id,
         });
     }
-    let mut res = success(sockets, repeated, receipt.as_deref());
+    let mut res = success(sockets, pushed.repeated, pushed.id.as_deref());
     if stored > 0 {
         res.headers_mut()
             .insert(STORED_HEADER, HeaderValue::from(stored));
@@ -264,9 +217,14 @@ where
         None => msg.message(),
     };
     let parsed = metrics::now();
-    let published = state.hub.publish(&key, message, idem.as_deref()).await?;
+    let published = state
+        .sockets
+        .hub
+        .publish(&key, message, idem.as_deref())
+        .await?;
     let sent = usize::from(!published.repeated);
     state
+        .sockets
         .metrics
         .published(kind, sent, accepted, parsed, metrics::now());
     if let Some(id) = receipt.as_deref().filter(|_| !published.repeated) {

@@ -75,7 +75,11 @@ pub(super) async fn socket(
         Ok((slot, server_slot)) => {
             // Joined before the 101, like /ws: a trigger right after the page's
             // connection_established can only miss it if it is not subscribed yet.
-            let session = state.hub.connect(Subscription::pusher(), None).await?;
+            let session = state
+                .sockets
+                .hub
+                .connect(Subscription::pusher(), None)
+                .await?;
             let peer = connection::Peer {
                 uid: None,
                 client: state.client_ip(req),
@@ -85,7 +89,7 @@ pub(super) async fn socket(
         }
         Err(refusal) => {
             if refusal == Refusal::UNKNOWN_APP {
-                state.metrics.auth_failed(Credential::AccessKey);
+                state.sockets.metrics.auth_failed(Credential::AccessKey);
             }
             log::debug!(
                 "pusher socket of {} refused with {}",
@@ -161,7 +165,7 @@ where
             req.path,
             Client(state.client_ip(req))
         );
-        state.metrics.auth_failed(Credential::Password);
+        state.sockets.metrics.auth_failed(Credential::Password);
         ApiError::PusherSignature(e)
     })?;
     let result = match rest.as_slice() {

@@ -10,7 +10,7 @@ use super::{authorized, ApiError, AppState, Req};
 pub(super) async fn online(state: &AppState, req: &Req) -> Result<Response, ApiError> {
     let params = authorized(state, req, "GET")?;
     let uid = params.uid()?;
-    let n = state.hub.sockets_of(uid).await?;
+    let n = state.sockets.hub.sockets_of(uid).await?;
     let contents = serde_json::json!({ "uid": uid, "online": n > 0, "sockets": n });
     Ok(envelope(StatusCode::OK, "online", n as u64, contents))
 }
@@ -18,10 +18,10 @@ pub(super) async fn online(state: &AppState, req: &Req) -> Result<Response, ApiE
 /// `GET /stats?password`: this node's totals, and the cluster's when there is one.
 pub(super) async fn stats(state: &AppState, req: &Req) -> Result<Response, ApiError> {
     authorized(state, req, "GET")?;
-    let registry = state.hub.registry();
+    let registry = state.sockets.hub.registry();
     let sockets = registry.socket_count();
     let (uids, topics) = registry.totals();
-    let history_bytes = state.hub.broker().history_bytes();
+    let history_bytes = state.sockets.hub.broker().history_bytes();
     // Tasks alive in the runtime: one per socket plus a handful; a leak check for soak runs.
     let tasks = tokio::runtime::Handle::current()
         .metrics()
@@ -34,7 +34,7 @@ pub(super) async fn stats(state: &AppState, req: &Req) -> Result<Response, ApiEr
         contents["callbacks"] = serde_json::to_value(counts).expect("serializes");
     }
     // This node's figures stay available while the cluster store is down.
-    match state.hub.cluster().await {
+    match state.sockets.hub.cluster().await {
         Ok(Some(cluster)) => {
             contents["cluster"] = serde_json::to_value(cluster).expect("serializes");
         }

@@ -82,9 +82,14 @@ where
         return Err(ApiError::BadRooms(max));
     }
     m.uid = uid;
-    let sockets = state.hub.sockets_of(&m.uid).await?;
+    let sockets = state.sockets.hub.sockets_of(&m.uid).await?;
     let payload = serde_json::to_vec(&m).expect("a move serializes");
-    state.hub.broker().command(COMMAND, &payload).await?;
+    state
+        .sockets
+        .hub
+        .broker()
+        .command(COMMAND, &payload)
+        .await?;
     if m.notify {
         notify(state, &m).await?;
     }
@@ -109,6 +114,7 @@ async fn notify(state: &AppState, m: &Move) -> Result<(), ApiError> {
         for room in list {
             let key = StreamKey::Topic(room.as_str().into());
             state
+                .sockets
                 .hub
                 .publish(&key, Message::new(topic, &contents), None)
                 .await?;

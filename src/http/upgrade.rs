@@ -44,6 +44,7 @@ pub(super) async fn upgrade(
     let fresh = admission.since.is_none() && admission.subscription.proto == Proto::Resumable;
     let uid = admission.subscription.uid.clone();
     let mut session = state
+        .sockets
         .hub
         .connect(admission.subscription, admission.since.as_ref())
         .await?;
@@ -108,7 +109,7 @@ pub(super) fn admit(
         .map_err(|e| {
             // Routine (an expired key before the page fetches a new one): debug only.
             log::debug!("socket refused for {}: {e}", Client(state.client_ip(req)));
-            state.metrics.auth_failed(Credential::AccessKey);
+            state.sockets.metrics.auth_failed(Credential::AccessKey);
             ApiError::AccessKey(e)
         })?;
     let proto = match params.proto.as_deref() {
@@ -176,7 +177,7 @@ pub(super) fn check_room(
     // Per uid the count is checked, then joined: concurrent upgrades of one uid may pass the
     // check together, so this limit can be overshot by a few (the total above cannot).
     let per_uid = state.settings().max_sockets_per_uid;
-    if state.hub.registry().sockets_of(uid) >= per_uid {
+    if state.sockets.hub.registry().sockets_of(uid) >= per_uid {
         log::info!(
             "socket refused for {}: its uid has max_sockets_per_uid ({per_uid}) open (429)",
             Client(state.client_ip(req)),

@@ -19,20 +19,21 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::callbacks::Callbacks;
 use crate::hub::{Hub, Session};
-use crate::inbox::{Bounds, Inbox};
 use crate::metrics::Metrics;
 use crate::outbox::Control;
-use crate::pools::{PoolError, Pools};
-use crate::receipts::{Acked, Acker, Receipts};
+use crate::pools::PoolError;
+use crate::receipts::{Acked, Acker};
+use crate::services::Services;
 use crate::wire::{self, Frame, Position, Proto, StreamKey};
 
 /// What every socket task shares, whatever its protocol: one per server, behind an `Arc`, so a
-/// socket's task holds one pointer to it (an idle socket's memory is mostly its task).
+/// socket's task holds one pointer to it (an idle socket's memory is mostly its task). It
+/// derefs to the node's [`Services`] (hub, metrics, receipts, inbox, pools, callbacks) and adds
+/// the sockets' own settings and shutdown signals.
 pub struct SocketContext {
-    /// The hub the socket joined (for its counters).
-    pub hub: Arc<Hub>,
+    /// The node's services.
+    pub services: Arc<Services>,
     /// Ping period (WebSocket) or comment heartbeat period (SSE), in nanoseconds; also how
     /// long a ping may go unanswered, or a write stay stuck. A reload may change it.
     heartbeat_nanos: AtomicU64,
@@ -40,19 +41,9 @@ pub struct SocketContext {
     /// `max_client_frame` (a reload may change it for sockets opened afterwards).
     ws_config: WebSocketConfig,
     max_client_frame: AtomicUsize,
-    /// Where the socket's end (its close code) is counted.
-    pub metrics: Arc<Metrics>,
     /// Most streams a socket follows besides those of its key (rooms the backend moved it
     /// into); further moves into rooms are ignored.
     max_rooms: AtomicUsize,
-    /// Delivery reports, which a page's acks count in.
-    pub receipts: Arc<Receipts>,
-    /// Offline inboxes: a fresh page gets its uid's, an ack empties it of that message.
-    pub inbox: Arc<Inbox>,
-    /// Events for the business server: a uid online/offline, a socket's connect/disconnect.
-    pub callbacks: Callbacks,
-    /// Data pools: a page following one gets its document first.
-    pub pools: Arc<Pools>,
     /// `true` once sockets shut down. Also bumped, still `false`, when the heartbeat period
     /// changes: every task already watches this channel, so a reload reaches open sockets
     /// without a byte more per socket.
@@ -61,35 +52,46 @@ pub struct SocketContext {
     draining: watch::Sender<bool>,
 }
 
+impl std::ops::Deref for SocketContext {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.services
+    }
+}
+
 impl SocketContext {
-    /// The context of a server's sockets; nothing is shutting down yet.
+    /// The context of a server's sockets over `services`; nothing is shutting down yet.
+    pub fn with_services(
+        services: Arc<Services>,
+        heartbeat: Duration,
+        ws_config: WebSocketConfig,
+    ) -> SocketContext {
+        let max_client_frame = ws_config.max_message_size.unwrap_or(usize::MAX);
+        SocketContext {
+            services,
+            heartbeat_nanos: AtomicU64::new(nanos(heartbeat)),
+            ws_config,
+            max_client_frame: AtomicUsize::new(max_client_frame),
+            max_rooms: AtomicUsize::new(64),
+            shutdown: watch::channel(false).0,
+            draining: watch::channel(false).0,
+        }
+    }
+
+    /// A context over in-memory services with default bounds ([`Services::local`]): tests
+    /// and fuzzing.
     pub fn new(
         hub: Arc<Hub>,
         heartbeat: Duration,
         ws_config: WebSocketConfig,
         metrics: Arc<Metrics>,
     ) -> SocketContext {
-        let max_client_frame = ws_config.max_message_size.unwrap_or(usize::MAX);
-        SocketContext {
-            hub,
-            heartbeat_nanos: AtomicU64::new(nanos(heartbeat)),
+        SocketContext::with_services(
+            Arc::new(Services::local(hub, metrics)),
+            heartbeat,
             ws_config,
-            max_client_frame: AtomicUsize::new(max_client_frame),
-            metrics,
-            max_rooms: AtomicUsize::new(64),
-            receipts: Arc::new(Receipts::memory(Duration::from_secs(3600), 100_000)),
-            inbox: Arc::new(Inbox::memory(Bounds {
-                per_uid: 100,
-                total: 10_000,
-            })),
-            callbacks: Callbacks::off(),
-            pools: Arc::new(Pools::memory(crate::pools::Bounds {
-                max_bytes: 64 * 1024,
-                max_pools: 10_000,
-            })),
-            shutdown: watch::channel(false).0,
-            draining: watch::channel(false).0,
-        }
+        )
     }
 
     /// The same context, letting a socket follow at most `max_rooms` rooms.
@@ -101,30 +103,6 @@ impl SocketContext {
     /// Changes how many rooms a socket may be moved into, for moves from now on.
     pub fn set_max_rooms(&self, max_rooms: usize) {
         self.max_rooms.store(max_rooms, Ordering::Relaxed);
-    }
-
-    /// The same context, with offline inboxes in `inbox`.
-    pub fn with_inbox(mut self, inbox: Arc<Inbox>) -> SocketContext {
-        self.inbox = inbox;
-        self
-    }
-
-    /// The same context, telling the business server through `callbacks`.
-    pub fn with_callbacks(mut self, callbacks: Callbacks) -> SocketContext {
-        self.callbacks = callbacks;
-        self
-    }
-
-    /// The same context, with data pools in `pools`.
-    pub fn with_pools(mut self, pools: Arc<Pools>) -> SocketContext {
-        self.pools = pools;
-        self
-    }
-
-    /// The same context, counting acks in `receipts`.
-    pub fn with_receipts(mut self, receipts: Arc<Receipts>) -> SocketContext {
-        self.receipts = receipts;
-        self
     }
 
     /// The heartbeat period in force now.

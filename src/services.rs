@@ -1,0 +1,214 @@
+//! [`Services`]: the node's shared state, built once from the config by [`Services::start`],
+//! the one place that chooses memory or Redis. Handlers and sockets reach every service
+//! through it (the sockets' [`crate::protocol::SocketContext`] derefs to it), so no copy of a
+//! service lives anywhere else.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::broker::{BrokerError, Published};
+use crate::callbacks::Callbacks;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::inbox::Inbox;
+use crate::inbox::Kept;
+use crate::metrics::Metrics;
+use crate::pools::Pools;
+use crate::receipts::{Receipts, Target};
+use crate::wire::{PushBody, StreamKey};
+
+/// Every service a handler or a socket uses.
+pub struct Services {
+    /// Registry and broker: connect and publish.
+    pub hub: Arc<Hub>,
+    /// Counters and histograms for `/metrics`, and the admin page's samples.
+    pub metrics: Arc<Metrics>,
+    /// Delivery reports, which a page's acks count in.
+    pub receipts: Arc<Receipts>,
+    /// Offline inboxes: a fresh page gets its uid's, an ack empties it of that message.
+    pub inbox: Arc<Inbox>,
+    /// Data pools: a page following one gets its document first.
+    pub pools: Arc<Pools>,
+    /// Events for the business server: a uid online/offline, a socket's connect/disconnect.
+    pub callbacks: Callbacks,
+}
+
+impl Services {
+    /// The services `config` asks for: in memory, or in the cluster's Redis with `redis_url`.
+    /// Starts their background tasks (the cluster broker's, the callbacks' sender) in the
+    /// current runtime. `config` was validated.
+    pub fn start(config: &Config, metrics: Arc<Metrics>) -> Services {
+        let hub = Arc::new(match &config.redis_url {
+            None => Hub::local(config.queue_limit(), config.retention()),
+            Some(url) => {
+                let registry = Arc::new(crate::registry::Registry::new(config.queue_limit()));
+                let broker = crate::broker::redis::RedisBroker::start(
+                    url,
+                    &config.redis_prefix,
+                    registry.clone(),
+                    config.retention(),
+                    metrics.clone(),
+                )
+                .expect("redis_url was validated");
+                Hub::new(registry, broker)
+            }
+        });
+        let redis = hub.broker().redis();
+        let receipts = match &redis {
+            Some(redis) => Receipts::redis(redis.clone(), config.receipt_ttl()),
+            None => Receipts::memory(config.receipt_ttl(), config.receipt_max),
+        };
+        let inbox = match &redis {
+            Some(redis) => Inbox::redis(redis.clone(), config.inbox_bounds()),
+            None => Inbox::memory(config.inbox_bounds()),
+        };
+        let pools = match redis {
+            Some(redis) => Pools::redis(redis, config.pool_bounds()),
+            None => Pools::memory(config.pool_bounds()),
+        };
+        let callbacks = Callbacks::start(
+            crate::callback_settings(config),
+            hub.clone(),
+            metrics.clone(),
+        );
+        Services {
+            hub,
+            metrics,
+            receipts: Arc::new(receipts),
+            inbox: Arc::new(inbox),
+            pools: Arc::new(pools),
+            callbacks,
+        }
+    }
+
+    /// In-memory services with default bounds and no callbacks, over `hub` (tests, fuzzing).
+    pub fn local(hub: Arc<Hub>, metrics: Arc<Metrics>) -> Services {
+        Services {
+            hub,
+            metrics,
+            receipts: Arc::new(Receipts::memory(Duration::from_secs(3600), 100_000)),
+            inbox: Arc::new(Inbox::memory(crate::inbox::Bounds {
+                per_uid: 100,
+                total: 10_000,
+            })),
+            pools: Arc::new(Pools::memory(crate::pools::Bounds {
+                max_bytes: 64 * 1024,
+                max_pools: 10_000,
+            })),
+            callbacks: Callbacks::off(),
+        }
+    }
+
+    /// A reloaded config's bounds and callback settings, for what comes next.
+    pub fn reconfigure(&self, config: &Config) {
+        self.receipts
+            .set_bounds(config.receipt_ttl(), config.receipt_max);
+        self.inbox.set_bounds(config.inbox_bounds());
+        self.pools.set_bounds(config.pool_bounds());
+        self.callbacks.reconfigure(crate::callback_settings(config));
+    }
+}
+
+/// A push to uids, as `/push` asks for it, checked already.
+pub struct Push<'a> {
+    /// The uids, sorted, each once.
+    pub uids: &'a [&'a str],
+    /// Topic, contents, and whether a receipt was asked for.
+    pub body: &'a PushBody<'a>,
+    /// Keep it this long for the uids that have no socket open (implies a receipt).
+    pub inbox: Option<Duration>,
+    /// The backend's `Idempotency-Key`: a retry with it publishes nothing again.
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// What became of a [`Push`].
+pub struct Pushed {
+    /// One outcome per uid, in the order of [`Push::uids`].
+    pub results: Vec<Published>,
+    /// Sockets reached, over every uid.
+    pub sockets: usize,
+    /// Every uid's publish was a repeat (same idempotency key): nothing went out.
+    pub repeated: bool,
+    /// The message id, when a receipt (or the inbox) was asked for.
+    pub id: Option<String>,
+    /// With the inbox: the uids it was kept for, and those whose inbox was full.
+    pub inbox: Option<(Vec<String>, Vec<String>)>,
+}
+
+impl Services {
+    /// Publishes `push` to every uid's stream, with its delivery report (opened before the
+    /// message goes out, so a page acking at once finds it, and completed with the sockets
+    /// reached and the uids offline) and its offline inbox (kept for the uids that had no
+    /// socket): one call for what `/push` does, whatever carries it.
+    pub async fn push(&self, push: Push<'_>) -> Result<Pushed, BrokerError> {
+        let body = push.body;
+        let id = (body.receipt || push.inbox.is_some())
+            .then(|| Receipts::new_id("push", push.idempotency_key));
+        let msg = match &id {
+            Some(id) => {
+                let target = Target::Uids(push.uids.iter().map(|&u| u.to_owned()).collect());
+                self.receipts.open(id, &target, &body.topic).await?;
+                body.message().with_id(id)
+            }
+            None => body.message(),
+        };
+        let idem = push.idempotency_key;
+        let results: Vec<Published> = if let [uid] = push.uids {
+            vec![
+                self.hub
+                    .publish(&StreamKey::User((*uid).into()), msg, idem)
+                    .await?,
+            ]
+        } else {
+            // Each uid is its own stream: publish them concurrently (a cluster broker pipelines
+            // them on one connection). If any fails the whole push fails, and a retry with the
+            // same Idempotency-Key does not repeat the ones that went out.
+            let keys: Vec<StreamKey> = push
+                .uids
+                .iter()
+                .map(|&u| StreamKey::User(u.into()))
+                .collect();
+            let all = keys.iter().map(|key| self.hub.publish(key, msg, idem));
+            futures_util::future::join_all(all)
+                .await
+                .into_iter()
+                .collect::<Result<_, _>>()?
+        };
+        let sockets: usize = results.iter().map(|p| p.sockets).sum();
+        let repeated = results.iter().all(|p| p.repeated);
+        let offline = || {
+            push.uids
+                .iter()
+                .zip(&results)
+                .filter(|(_, p)| p.sockets == 0)
+                .map(|(&u, _)| u)
+        };
+        if let Some(id) = id.as_deref().filter(|_| !repeated) {
+            let offline: Vec<String> = offline().map(str::to_owned).collect();
+            self.receipts.complete(id, sockets as u64, &offline).await?;
+        }
+        let mut inbox = None;
+        if let (Some(ttl), Some(id)) = (push.inbox, id.as_deref()) {
+            // A retry with the same Idempotency-Key finds it kept already.
+            let (mut kept, mut full) = (Vec::new(), Vec::new());
+            for uid in offline() {
+                match self
+                    .inbox
+                    .keep(uid, id, &body.topic, body.contents.get(), ttl)
+                    .await?
+                {
+                    Kept::Kept => kept.push(uid.to_owned()),
+                    Kept::UidFull | Kept::Full => full.push(uid.to_owned()),
+                }
+            }
+            inbox = Some((kept, full));
+        }
+        Ok(Pushed {
+            results,
+            sockets,
+            repeated,
+            id,
+            inbox,
+        })
+    }
+}
