@@ -39,7 +39,7 @@ pub enum Target {
 pub struct Acker<'a> {
     /// The socket's uid.
     pub uid: &'a str,
-    /// Unique over the cluster for the socket's life (its node and its id there).
+    /// Unique over the cluster for the socket's life: its `socket_id`, `<node>.<id>`.
     pub socket: String,
     /// Whether the socket follows topic `name` now.
     pub follows: &'a (dyn Fn(&str) -> bool + Sync),
@@ -130,8 +130,6 @@ pub struct Receipts {
     store: Store,
     /// How long a report is kept, and (in memory) how many at most.
     bounds: crate::live::Live<(Duration, usize)>,
-    /// This process's part of every socket's cluster-wide name.
-    node: u64,
 }
 
 impl Receipts {
@@ -140,7 +138,6 @@ impl Receipts {
         Receipts {
             store: Store::Memory(Mutex::default()),
             bounds: crate::live::Live::new((ttl, max)),
-            node: rand::random(),
         }
     }
 
@@ -149,7 +146,6 @@ impl Receipts {
         Receipts {
             store: Store::Redis(redis),
             bounds: crate::live::Live::new((ttl, usize::MAX)),
-            node: rand::random(),
         }
     }
 
@@ -161,11 +157,6 @@ impl Receipts {
             None => rand::random(),
         };
         digest[..16].iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    /// The cluster-wide name of socket `id` of this node.
-    pub fn socket_name(&self, id: u64) -> String {
-        format!("{:016x}:{id}", self.node)
     }
 
     fn in_memory(&self) -> Option<std::sync::MutexGuard<'_, Memory>> {

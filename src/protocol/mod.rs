@@ -301,7 +301,7 @@ pub async fn acknowledge(session: &Session, ctx: &SocketContext, id: &str) -> Op
     };
     let acker = Acker {
         uid: &session.membership.subscription().uid,
-        socket: ctx.receipts.socket_name(session.membership.id()),
+        socket: session.membership.socket_id(),
         follows: &follows,
     };
     // An ack by a page of the uid that got the message takes it out of the uid's inbox, for all
