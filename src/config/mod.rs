@@ -104,6 +104,10 @@ pub struct Config {
     pub send_queue_bytes: usize,
     /// Largest `/push`, `/publish` or `/broadcast` body in bytes (413 above it).
     pub max_body_bytes: usize,
+    /// Longest a request body may take to arrive, seconds, however fast it comes (408 after).
+    pub body_timeout_secs: f64,
+    /// Slowest a request body may arrive, bytes per second, after its first second (408 below).
+    pub body_min_bytes_per_sec: usize,
     /// Largest message a client may send on its socket (close code 1009 above it).
     pub max_client_frame_bytes: usize,
     /// Messages kept per stream (a uid's, a topic's, broadcast) for resuming sockets; 0 turns
@@ -321,6 +325,8 @@ pub const RELOAD: &[(&str, Reload)] = &[
     ("send_queue_frames", Reload::Restart),
     ("send_queue_bytes", Reload::Restart),
     ("max_body_bytes", Reload::Live),
+    ("body_timeout_secs", Reload::Live),
+    ("body_min_bytes_per_sec", Reload::Live),
     ("max_client_frame_bytes", Reload::Live),
     // History is sized when the broker starts.
     ("history_size", Reload::Restart),
@@ -387,6 +393,8 @@ impl Config {
             send_queue_frames: 256,
             send_queue_bytes: 4 << 20,
             max_body_bytes: 1 << 20,
+            body_timeout_secs: 30.0,
+            body_min_bytes_per_sec: 4096,
             max_client_frame_bytes: 64 << 10,
             history_size: 100,
             history_ttl_secs: 300.0,

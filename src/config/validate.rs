@@ -54,6 +54,8 @@ impl Config {
             ("send_queue_frames", self.send_queue_frames as f64),
             ("send_queue_bytes", self.send_queue_bytes as f64),
             ("max_body_bytes", self.max_body_bytes as f64),
+            ("body_timeout_secs", self.body_timeout_secs),
+            ("body_min_bytes_per_sec", self.body_min_bytes_per_sec as f64),
             ("max_client_frame_bytes", self.max_client_frame_bytes as f64),
             ("history_size", self.history_size as f64),
             ("history_ttl_secs", self.history_ttl_secs),
@@ -346,6 +348,11 @@ pub(super) const RANGES: &[Range] = &[
     whole("send_queue_frames", "frames", 1, 1 << 20),
     whole("send_queue_bytes", "bytes", 1024, 1 << 30),
     whole("max_body_bytes", "bytes", 64, 1 << 30),
+    seconds("body_timeout_secs", 0.1, 3600.0),
+    noted(
+        whole("body_min_bytes_per_sec", "bytes per second", 0, 1 << 30),
+        "0 checks only body_timeout_secs",
+    ),
     whole("max_client_frame_bytes", "bytes", 125, 1 << 30),
     noted(
         whole("history_size", "messages", 0, 1 << 20),

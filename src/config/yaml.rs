@@ -106,11 +106,12 @@ pub fn known_keys() -> &'static [&'static str] {
 
 /// The known key nearest to a misspelt one, if it is near enough to be what was meant.
 pub(super) fn closest_key(unknown: &str) -> Option<&'static str> {
-    let (distance, key) = known_keys()
+    known_keys()
         .iter()
         .map(|k| (edit_distance(unknown, k), *k))
-        .min()?;
-    (distance <= unknown.len().max(key.len()) / 2).then_some(key)
+        .filter(|&(distance, key)| distance <= unknown.len().max(key.len()) / 2)
+        .min()
+        .map(|(_, key)| key)
 }
 
 /// Levenshtein distance over bytes (keys are ASCII).

@@ -47,6 +47,10 @@ pub enum ApiError {
     /// The body could not be read off the connection.
     #[error("could not read request body")]
     BodyRead,
+    /// The body did not arrive within `body_timeout_secs`, or came slower than
+    /// `body_min_bytes_per_sec`.
+    #[error("request body too slow: it must arrive within {0} s, at {1} bytes per second or more")]
+    BodyTimeout(u64, usize),
     /// None of the uids has a live socket (the seed's wording). `stored` counts the uids whose
     /// history kept the message for a resuming socket.
     #[error("{USER_OFFLINE}")]
@@ -155,6 +159,7 @@ impl ApiError {
             | ApiError::InboxNotHere => StatusCode::BAD_REQUEST,
             ApiError::BadPassword | ApiError::AccessKey(_) => StatusCode::UNAUTHORIZED,
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(..) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PoolNotArray => StatusCode::CONFLICT,
             ApiError::PoolTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::PoolsFull(_) => StatusCode::INSUFFICIENT_STORAGE,
@@ -190,6 +195,7 @@ impl ApiError {
             ApiError::BodyTooLarge(_) => "body_too_large",
             ApiError::BadBody(_) => "bad_body",
             ApiError::BodyRead => "body_read",
+            ApiError::BodyTimeout(..) => "body_timeout",
             ApiError::Offline { .. } => "offline",
             ApiError::UnknownReport => "unknown_report",
             ApiError::NoPool => "no_pool",

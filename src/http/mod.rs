@@ -58,6 +58,8 @@ pub struct AppState {
     socket_slots: Arc<SocketSlots>,
     /// The "server full" line: at most one per period while refusals last.
     full_log: LogThrottle,
+    /// The "body too slow" line (408): a stranger stalling bodies cannot flood the log.
+    slow_body_log: LogThrottle,
     limiter: FailureLimiter,
     /// The sockets' context, and through it the node's services (hub, metrics, receipts…).
     sockets: Arc<SocketContext>,
@@ -72,7 +74,8 @@ pub struct AppState {
 /// them once ([`AppState::settings`]) and so sees one consistent set.
 pub(crate) struct Settings {
     auth: Auth,
-    max_body_bytes: usize,
+    /// How much of a request body, for how long, at what pace.
+    body: body::Limits,
     max_uids_per_push: usize,
     /// Longest a push may be kept in an offline uid's inbox, seconds.
     inbox_max_ttl_secs: u64,
@@ -87,7 +90,11 @@ impl Settings {
     fn new(config: &Config, auth: Auth) -> Settings {
         Settings {
             auth,
-            max_body_bytes: config.max_body_bytes,
+            body: body::Limits {
+                max_bytes: config.max_body_bytes,
+                timeout: std::time::Duration::from_secs_f64(config.body_timeout_secs),
+                min_bytes_per_sec: config.body_min_bytes_per_sec,
+            },
             max_uids_per_push: config.max_uids_per_push,
             inbox_max_ttl_secs: config.inbox_max_ttl_secs,
             max_topics_per_key: config.max_topics_per_key,
@@ -126,6 +133,7 @@ impl AppState {
             settings: RwLock::new(Arc::new(Settings::new(config, auth_of(config)))),
             socket_slots: Arc::new(SocketSlots::new(config.max_sockets)),
             full_log: LogThrottle::new(std::time::Duration::from_secs(10)),
+            slow_body_log: LogThrottle::new(std::time::Duration::from_secs(60)),
             limiter: FailureLimiter::new(config.auth_failures_per_minute),
             pusher,
             sockets,
@@ -473,6 +481,14 @@ fn respond(
     result: Result<Response, ApiError>,
 ) -> Response {
     result.unwrap_or_else(|e| {
+        if let (ApiError::BodyTimeout(..), Some(held_back)) = (&e, state.slow_body_log.allow()) {
+            log::info!(
+                "{} body from {} too slow: 408, connection closed ({held_back} more since the \
+                 last such line, which comes at most once a minute)",
+                req.path,
+                Client(state.client_ip(req))
+            );
+        }
         if !matches!(e, ApiError::Offline { .. }) {
             state.sockets.metrics.refused(
                 e.status().as_u16(),

@@ -36,7 +36,7 @@ where
     }
     let body = match req.method {
         Method::DELETE => None,
-        _ => Some(read_body(body, &req.headers, state.settings().max_body_bytes).await?),
+        _ => Some(read_body(body, &req.headers, &state.settings().body).await?),
     };
     let value: Option<&RawValue> = match &body {
         None => None,

@@ -40,7 +40,7 @@ where
 {
     let params = authorized(state, req, "POST")?;
     let idem = idempotency_key(&req.headers)?;
-    let body = read_body(body, &req.headers, state.settings().max_body_bytes).await?;
+    let body = read_body(body, &req.headers, &state.settings().body).await?;
     Ok((params, idem, body))
 }
 

@@ -143,23 +143,13 @@ where
         .app_by_id(app_id)
         .ok_or(ApiError::UnknownPusherApp)?
         .clone();
-    let body = read_body(body, &req.headers, state.settings().max_body_bytes).await?;
     let params: Vec<(String, String)> =
         serde_urlencoded::from_str(&req.query).map_err(|e| ApiError::BadQuery(e.to_string()))?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let conf = &app.conf;
-    auth::check_request(
-        req.method.as_str(),
-        &req.path,
-        &params,
-        &body,
-        &conf.key,
-        &conf.secret,
-        now,
-    )
-    .map_err(|e| {
+    let refused = |e: auth::SignatureError| {
         log::info!(
             "pusher api request to {} refused for {}: {e}",
             req.path,
@@ -167,7 +157,20 @@ where
         );
         state.sockets.metrics.auth_failed(Credential::Password);
         ApiError::PusherSignature(e)
-    })?;
+    };
+    // The signature first: only a request signed with the app's secret gets its body read
+    // (the public app key is on every page).
+    auth::check_query(
+        req.method.as_str(),
+        &req.path,
+        &params,
+        &conf.key,
+        &conf.secret,
+        now,
+    )
+    .map_err(refused)?;
+    let body = read_body(body, &req.headers, &state.settings().body).await?;
+    auth::check_body(&params, &body).map_err(refused)?;
     let result = match rest.as_slice() {
         ["events"] => api::events(pusher, &app, &body).await,
         ["batch_events"] => api::batch_events(pusher, &app, &body).await,

@@ -68,7 +68,7 @@ where
     let params = authorized(state, req, "POST")?;
     let uid = params.uid()?.to_owned();
     let settings = state.settings();
-    let body: Bytes = read_body(body, &req.headers, settings.max_body_bytes).await?;
+    let body: Bytes = read_body(body, &req.headers, &settings.body).await?;
     let max = settings.max_topics_per_key;
     let mut m: Move = serde_json::from_slice(&body).map_err(|_| ApiError::BadRooms(max))?;
     for list in [&mut m.join, &mut m.leave] {

@@ -354,3 +354,35 @@ async fn a_client_writing_8_mb_first_can_read_the_413() {
         reply.assert_error(413);
     }
 }
+
+/// A body that stalls mid-way is answered 408 at its deadline and its connection closed, so a
+/// client (authenticated or not) cannot hold a request's buffer for ever: past
+/// `body_timeout_secs` in all, or slower than `body_min_bytes_per_sec` after its first second.
+#[tokio::test]
+async fn a_stalled_body_gets_408_at_its_deadline_and_its_connection_closes() {
+    for (timeout, pace) in [(0.5, 0), (30.0, 4096)] {
+        let s = Server::start(|c| {
+            c.body_timeout_secs = timeout;
+            c.body_min_bytes_per_sec = pace;
+        })
+        .await;
+        let mut stream = TcpStream::connect(s.addr).await.unwrap();
+        let head = format!(
+            "POST /push?uid=u&password={} HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n{{\"topic\":",
+            enc(&s.password)
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let (read, _write) = stream.into_split();
+        let mut reader = RawReply::new(read);
+        let reply = tokio::time::timeout(PATIENCE, reader.read())
+            .await
+            .expect("an answer before the test's patience runs out");
+        let reason = reply.assert_error(408);
+        assert!(reason.contains("too slow"), "{reason}");
+        // The server is free for everyone else.
+        assert_eq!(
+            s.push("u", r#"{"topic":"t","contents":1}"#).await.status,
+            404
+        );
+    }
+}

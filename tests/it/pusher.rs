@@ -310,10 +310,35 @@ async fn api_errors_carry_their_real_status() {
         .await
         .assert_error(405);
     let huge = "x".repeat((1 << 20) + 1);
+    api(&s, "POST", "/apps/1001/events", &[], &huge, now(), SECRET)
+        .await
+        .assert_error(413);
+    // Unsigned, its body is not even read: the signature comes first.
     let mut http = Http::connect(s.addr).await;
     http.request("POST", "/apps/1001/events", &[], huge.as_bytes())
         .await
-        .assert_error(413);
+        .assert_error(401);
+}
+
+/// Knowing the public app key (every page has it) is not enough to make the server hold a
+/// body: a request that is not signed with the app's secret is refused before its body is
+/// read, so a body that never comes holds nothing.
+#[tokio::test]
+async fn an_unsigned_api_request_is_refused_before_its_body_is_read() {
+    use tokio::io::AsyncWriteExt;
+    let s = start().await;
+    let mut stream = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let head = format!(
+        "POST /apps/1001/events?auth_key={KEY}&auth_timestamp={}&auth_version=1.0&auth_signature=0 \
+         HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 500000\r\n\r\n{{",
+        now()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The rest of the body never comes; the refusal does, at once.
+    let reply = tokio::time::timeout(PATIENCE, RawReply::new(stream).read())
+        .await
+        .expect("refused without waiting for the body");
+    reply.assert_error(401);
 }
 
 #[tokio::test]
