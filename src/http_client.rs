@@ -1,4 +1,5 @@
 //! POSTs to the business server: callbacks (`callbacks.rs`) and the Pusher mode's webhooks.
+//! Credentials in a URL (`http://user:password@host/…`) go out as Basic authentication.
 //!
 //! hyper's connection-level HTTP/1.1 client (hyper parses the reply; we read only its status),
 //! one TCP connection per request, `http://` URLs only (for HTTPS, point it at a local TLS
@@ -51,11 +52,22 @@ async fn exchange(
     // Drives the connection; dropped (aborted) with this future, by the timeout or when done.
     let _driver = AbortOnDropHandle::new(tokio::spawn(connection));
     let path = url.path_and_query().map_or("/", |p| p.as_str());
+    // `user:password@` in the URL is sent as Basic authentication, never in the Host header.
+    let (userinfo, host_port) = match authority.as_str().rsplit_once('@') {
+        Some((userinfo, host_port)) => (Some(userinfo), host_port),
+        None => (None, authority.as_str()),
+    };
     let mut request = Request::post(path)
-        .header(header::HOST, authority.as_str())
+        .header(header::HOST, host_port)
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::USER_AGENT, "push-serve")
         .header(header::CONNECTION, "close");
+    if let Some(userinfo) = userinfo {
+        use base64::Engine;
+        let credentials = crate::wire::percent_decode(userinfo);
+        let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+        request = request.header(header::AUTHORIZATION, format!("Basic {encoded}"));
+    }
     for (name, value) in headers {
         request = request.header(*name, *value);
     }

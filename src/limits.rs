@@ -85,7 +85,19 @@ struct Window {
     failures: u32,
 }
 
-/// Counts failed password attempts per address in fixed one-minute windows.
+/// What an address counts as for the lockout: itself for IPv4 (and an IPv4-mapped IPv6
+/// address), its /64 prefix for IPv6, since one client can take any address of its /64.
+pub fn client_prefix(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6) & !((1u128 << 64) - 1),
+        )),
+        v4 => v4,
+    }
+}
+
+/// Counts failed password attempts per address (an IPv6 client's /64) in fixed one-minute
+/// windows.
 pub struct FailureLimiter {
     per_minute: AtomicU32,
     windows: Mutex<HashMap<IpAddr, Window>>,
@@ -106,6 +118,7 @@ impl FailureLimiter {
 
     /// `Err(wait)` if `ip` is locked out for `wait` more.
     pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+        let ip = client_prefix(ip);
         let per_minute = self.per_minute();
         if per_minute == 0 || self.tracked.load(Ordering::Acquire) == 0 {
             return Ok(());
@@ -123,6 +136,7 @@ impl FailureLimiter {
     /// Records one failed attempt from `ip`. `Some(wait)` when this attempt locked the address
     /// out, for `wait` (once per window, so the caller can log the lockout once).
     pub fn failed(&self, ip: IpAddr) -> Option<Duration> {
+        let ip = client_prefix(ip);
         let per_minute = self.per_minute();
         if per_minute == 0 {
             return None;
@@ -219,6 +233,21 @@ impl LogThrottle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An IPv6 client rotating through its /64 is one address to the lockout.
+    #[test]
+    fn an_ipv6_client_is_its_64_prefix() {
+        let limiter = FailureLimiter::new(2);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(limiter.failed(ip("2001:db8:1:2::1")).is_none());
+        assert!(
+            limiter.failed(ip("2001:db8:1:2:ffff::9")).is_some(),
+            "same /64: locked"
+        );
+        assert!(limiter.check(ip("2001:db8:1:2::77")).is_err());
+        assert!(limiter.check(ip("2001:db8:1:3::1")).is_ok(), "another /64");
+        assert_eq!(client_prefix(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+    }
 
     #[test]
     fn locks_out_after_the_limit_per_address() {

@@ -60,6 +60,9 @@ pub struct AppState {
     full_log: LogThrottle,
     /// The "body too slow" line (408): a stranger stalling bodies cannot flood the log.
     slow_body_log: LogThrottle,
+    /// Lines about refusals that need no login (a foreign `Origin`, a bad Pusher API
+    /// signature): at most one a minute, with how many were held back.
+    refusal_log: LogThrottle,
     limiter: FailureLimiter,
     /// The sockets' context, and through it the node's services (hub, metrics, receipts…).
     sockets: Arc<SocketContext>,
@@ -134,6 +137,7 @@ impl AppState {
             socket_slots: Arc::new(SocketSlots::new(config.max_sockets)),
             full_log: LogThrottle::new(std::time::Duration::from_secs(10)),
             slow_body_log: LogThrottle::new(std::time::Duration::from_secs(60)),
+            refusal_log: LogThrottle::new(std::time::Duration::from_secs(60)),
             limiter: FailureLimiter::new(config.auth_failures_per_minute),
             pusher,
             sockets,

@@ -69,25 +69,5 @@ where
 /// The pool name in a request path: percent-decoded (`cart%3A1` is `cart:1`); anything that
 /// does not decode to UTF-8 is kept as it is, and refused as a name.
 pub(super) fn decode(path: &str) -> String {
-    let bytes = path.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).unwrap_or_else(|_| path.to_owned())
+    String::from_utf8(crate::wire::percent_decode(path)).unwrap_or_else(|_| path.to_owned())
 }

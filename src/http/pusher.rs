@@ -41,10 +41,13 @@ pub(super) async fn socket(
         return Err(ApiError::MethodNotAllowed("GET"));
     }
     if !origin_allowed(state, &req.headers) {
-        log::info!(
-            "pusher socket refused for {}: origin not in allowed_origins",
-            Client(state.client_ip(req))
-        );
+        if let Some(held_back) = state.refusal_log.allow() {
+            log::info!(
+                "pusher socket refused for {}: origin not in allowed_origins ({held_back} more \
+                 refusals without login since the last such line, at most one a minute)",
+                Client(state.client_ip(req))
+            );
+        }
         return Err(ApiError::OriginRefused);
     }
     let accept = websocket_accept(&req.headers).ok_or(ApiError::UpgradeRequired)?;
@@ -129,7 +132,10 @@ where
         }
         _ => return Err(ApiError::NotFound),
     };
-    let decoded: Vec<String> = rest.iter().map(|p| percent_decode(p)).collect();
+    let decoded: Vec<String> = rest
+        .iter()
+        .map(|p| String::from_utf8_lossy(&crate::wire::percent_decode(p)).into_owned())
+        .collect();
     let rest: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let allow = match rest.as_slice() {
         ["events"] | ["batch_events"] | ["users", _, "terminate_connections"] => "POST",
@@ -150,11 +156,14 @@ where
         .map_or(0, |d| d.as_secs());
     let conf = &app.conf;
     let refused = |e: auth::SignatureError| {
-        log::info!(
-            "pusher api request to {} refused for {}: {e}",
-            req.path,
-            Client(state.client_ip(req))
-        );
+        if let Some(held_back) = state.refusal_log.allow() {
+            log::info!(
+                "pusher api request to {} refused for {}: {e} ({held_back} more refusals \
+                 without login since the last such line, at most one a minute)",
+                req.path,
+                Client(state.client_ip(req))
+            );
+        }
         state.sockets.metrics.auth_failed(Credential::Password);
         ApiError::PusherSignature(e)
     };
@@ -187,25 +196,4 @@ where
         HeaderValue::from_static("application/json"),
     );
     Ok(res)
-}
-
-/// `%XX` escapes in a path segment (a channel such as `#server-to-user-1` or `a%40b`).
-fn percent_decode(segment: &str) -> String {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
-                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
-                i += 3;
-            }
-            (b, ..) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

@@ -94,10 +94,13 @@ pub(super) fn admit(
             .get(header::ORIGIN)
             .map_or(&[][..], |o| o.as_bytes());
         let shown = String::from_utf8_lossy(&origin[..origin.len().min(100)]);
-        log::info!(
-            "socket refused for {}: origin {shown:?} is not in allowed_origins",
-            Client(state.client_ip(req))
-        );
+        if let Some(held_back) = state.refusal_log.allow() {
+            log::info!(
+                "socket refused for {}: origin {shown:?} is not in allowed_origins ({held_back} \
+                 more refusals without login since the last such line, at most one a minute)",
+                Client(state.client_ip(req))
+            );
+        }
         return Err(ApiError::OriginRefused);
     }
     let params = Params::parse(&req.query)?;

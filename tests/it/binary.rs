@@ -490,3 +490,32 @@ async fn a_reload_never_writes_a_secret_to_the_log() {
         assert!(!log.contains(secret), "log leaks {secret:?}:\n{log}");
     }
 }
+
+/// Refusals that need no login (here a foreign `Origin`, 200 times) write one log line a
+/// minute, not one each: a stranger cannot flood the journal.
+#[tokio::test]
+async fn refusals_without_login_cannot_flood_the_log() {
+    let daemon = spawn_daemon_with(
+        "refusal-flood",
+        "info",
+        "allowed_origins: [\"https://shop.example.com\"]\n",
+    )
+    .await;
+    let server = &daemon.server;
+    let key = server.key("alice").await;
+    let mut http = server.http().await;
+    let target = format!("/ws?uid=alice&access_key={}", enc(&key));
+    for _ in 0..200 {
+        let mut headers: Vec<(&str, &str)> = UPGRADE_HEADERS.to_vec();
+        headers.push(("Origin", "https://evil.example"));
+        http.request("GET", &target, &headers, b"")
+            .await
+            .assert_error(403);
+    }
+    let log = stop_and_read_log(daemon).await;
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("is not in allowed_origins"))
+        .count();
+    assert_eq!(lines, 1, "{log}");
+}

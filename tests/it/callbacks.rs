@@ -332,3 +332,27 @@ async fn a_reload_turns_callbacks_on_and_moves_them() {
     );
     assert!(at_first.try_recv().is_err(), "the old endpoint got more");
 }
+
+/// `user:password@` in `callback_url` goes out as Basic authentication: never in the `Host`
+/// header, where it went before.
+#[tokio::test]
+async fn credentials_in_the_callback_url_go_out_as_basic_auth() {
+    let (url, mut got) = business_server(Answer::Ok).await;
+    let with_userinfo = url.replacen("http://", "http://hook:p%40ss@", 1);
+    let s = Server::start(|c| {
+        c.callback_url = Some(with_userinfo);
+        c.callback_secret = Some(SECRET.into());
+    })
+    .await;
+    let _ws = s.connect("basic").await;
+    let event = next_event(&mut got).await;
+    assert_eq!(event.json()["event"], "online");
+    // base64("hook:p@ss")
+    assert_eq!(event.header("authorization"), "Basic aG9vazpwQHNz");
+    assert!(
+        !event.header("host").contains('@'),
+        "{}",
+        event.header("host")
+    );
+    assert!(!event.header("host").contains("p%40ss"));
+}
