@@ -198,9 +198,17 @@ async fn sender(url: String, key: String, secret: String, mut rx: mpsc::Receiver
     }
 }
 
-/// A URL for a log line: scheme, host and path, never a query (it may carry a token).
-fn shown(url: &str) -> &str {
-    url.split('?').next().unwrap_or(url)
+/// A URL for a log line: scheme, host and path, never a query (it may carry a token) nor
+/// credentials (`user:password@`).
+fn shown(url: &str) -> String {
+    let url = url.split('?').next().unwrap_or(url);
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let rest = match rest[..authority_end].rfind('@') {
+        Some(at) => &rest[at + 1..],
+        None => rest,
+    };
+    format!("{scheme}://{rest}")
 }
 
 /// POSTs `body` to `url` (`http://host[:port][/path]`); the reply's status.
@@ -208,4 +216,18 @@ async fn post(url: &str, key: &str, signature: &str, body: &str) -> Result<Statu
     let url: Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
     let headers = [("x-pusher-key", key), ("x-pusher-signature", signature)];
     crate::http_client::post_json(&url, &headers, body.to_owned(), REQUEST_TIMEOUT).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_logged_url_has_no_query_and_no_credentials() {
+        assert_eq!(
+            shown("http://u:p%40ss@hooks.example:8080/in?token=x"),
+            "http://hooks.example:8080/in"
+        );
+        assert_eq!(shown("http://hooks.example/in"), "http://hooks.example/in");
+    }
 }
