@@ -81,20 +81,19 @@ impl Services {
         }
     }
 
-    /// In-memory services with default bounds and no callbacks, over `hub` (tests, fuzzing).
+    /// In-memory services with the config's default bounds and no callbacks, over `hub`
+    /// (tests, fuzzing).
     pub fn local(hub: Arc<Hub>, metrics: Arc<Metrics>) -> Services {
+        let defaults = Config::new("127.0.0.1:0", "");
         Services {
             hub,
             metrics,
-            receipts: Arc::new(Receipts::memory(Duration::from_secs(3600), 100_000)),
-            inbox: Arc::new(Inbox::memory(crate::inbox::Bounds {
-                per_uid: 100,
-                total: 10_000,
-            })),
-            pools: Arc::new(Pools::memory(crate::pools::Bounds {
-                max_bytes: 64 * 1024,
-                max_pools: 10_000,
-            })),
+            receipts: Arc::new(Receipts::memory(
+                defaults.receipt_ttl(),
+                defaults.receipt_max,
+            )),
+            inbox: Arc::new(Inbox::memory(defaults.inbox_bounds())),
+            pools: Arc::new(Pools::memory(defaults.pool_bounds())),
             callbacks: Callbacks::off(),
         }
     }

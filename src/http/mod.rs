@@ -42,7 +42,7 @@ use warp::Filter;
 use crate::auth::Auth;
 use crate::config::{Config, MAX_UID_BYTES};
 use crate::limits::{FailureLimiter, LogThrottle, PeerAddr, SocketSlots};
-use crate::metrics::{Credential, Endpoint, Metrics};
+use crate::metrics::{Credential, Endpoint};
 use crate::protocol::SocketContext;
 
 pub use error::{ApiError, STORED_HEADER, USER_OFFLINE};
@@ -394,7 +394,6 @@ fn all_routes(
     state: Arc<AppState>,
     public: bool,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
-    let metrics = state.sockets.metrics.clone();
     request(state)
         .and(warp::body::stream())
         .and(warp::ext::optional::<OnUpgrade>())
@@ -402,12 +401,12 @@ fn all_routes(
         // The body filter rejects only a request whose body was already taken: never here.
         .or(warp::any().map(|| ApiError::NotFound.into_response()))
         .unify()
-        .with(counted(metrics))
-        .map(warp::Reply::into_response)
 }
 
 /// Answers one request with the handler its path's route names (404 for none, and for
-/// everything but the operators' routes on the `metrics_addr` listener).
+/// everything but the operators' routes on the `metrics_addr` listener), and counts it by
+/// endpoint and status. It logs it at `debug`: method, path and status only, never the query
+/// string (it carries passwords and access keys).
 async fn dispatch<S, B>(
     req: Req,
     state: Arc<AppState>,
@@ -419,12 +418,39 @@ where
     S: futures_util::Stream<Item = Result<B, warp::Error>> + Send,
     B: bytes::Buf + Send,
 {
+    let started = std::time::Instant::now();
+    let route = routes::route(&req.path).filter(|(r, _)| public || r.ops);
+    let endpoint = route.map_or(Endpoint::Other, |(r, _)| r.endpoint);
+    let res = answer(&req, &state, route, body, on_upgrade, public).await;
+    let status = res.status().as_u16();
+    state.sockets.metrics.request(endpoint, status);
+    log::debug!(
+        target: "push_serve::http",
+        "{} {} {status} {:?}",
+        req.method,
+        req.path,
+        started.elapsed()
+    );
+    res
+}
+
+/// The reply to a request for `route` (`None`: no such path here).
+async fn answer<S, B>(
+    req: &Req,
+    state: &AppState,
+    route: Option<(&routes::Route, &str)>,
+    body: S,
+    on_upgrade: Option<OnUpgrade>,
+    public: bool,
+) -> Response
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>> + Send,
+    B: bytes::Buf + Send,
+{
     // An unknown path is no refusal to remember either.
-    let Some((route, param)) = routes::route(&req.path).filter(|(r, _)| public || r.ops) else {
+    let Some((route, param)) = route else {
         return ApiError::NotFound.into_response();
     };
-    let state = &*state;
-    let req = &req;
     let endpoint = route.endpoint;
     let result = match endpoint {
         Endpoint::Access => access::access(state, req),
@@ -456,23 +482,6 @@ where
         }
     };
     respond(state, req, endpoint, result)
-}
-
-/// Counts every request by endpoint and status, and logs it at `debug`: path and status only,
-/// never the query string (it carries passwords and access keys).
-fn counted(metrics: Arc<Metrics>) -> warp::log::Log<impl Fn(warp::log::Info<'_>) + Clone> {
-    warp::log::custom(move |info| {
-        let status = info.status().as_u16();
-        metrics.request(routes::endpoint(info.path()), status);
-        log::debug!(
-            target: "push_serve::http",
-            "{} {} {} {:?}",
-            info.method(),
-            info.path(),
-            status,
-            info.elapsed()
-        )
-    })
 }
 
 /// The reply for `result`; a refusal is also remembered for the admin page, with the client's
