@@ -71,9 +71,11 @@ pub fn spawn<F>(
             ctx.callbacks.disconnected(uid, *socket, code);
         }
         if code == Some(CloseReason::SlowConsumer.code()) {
+            let client = peer
+                .client
+                .map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
             log::warn!(
-                "socket of {} closed as a slow reader (4008): its send queue was full",
-                crate::http::Client(peer.client)
+                "socket of {client} closed as a slow reader (4008): its send queue was full"
             );
         }
     });

@@ -263,7 +263,7 @@ fn check_password(state: &AppState, params: &Params, req: &Req) -> Result<(), Ap
 }
 
 /// A client address for a log line.
-pub(crate) struct Client(pub(crate) Option<IpAddr>);
+struct Client(Option<IpAddr>);
 
 impl std::fmt::Display for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
