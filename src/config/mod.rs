@@ -209,6 +209,9 @@ pub struct PusherConfig {
     /// Client events (`client-*`) one socket may send per second; over it they are refused
     /// with `pusher:error` 4301 (Pusher's documented limit is 10).
     pub client_events_per_second: u32,
+    /// Most channels one socket may be subscribed to at once (each costs the server an entry
+    /// in every channel's list); a subscription past it gets `pusher:subscription_error` 400.
+    pub max_channels_per_socket: usize,
 }
 
 /// One app: its credentials and per-app switches.
@@ -258,6 +261,7 @@ impl PusherConfig {
             activity_timeout_secs: 120,
             max_event_bytes: 10 * 1024,
             client_events_per_second: 10,
+            max_channels_per_socket: 100,
         }
     }
 

@@ -201,6 +201,12 @@ impl PusherConfig {
                 1.0,
                 1e6,
             ),
+            (
+                "pusher.max_channels_per_socket",
+                self.max_channels_per_socket as f64,
+                1.0,
+                1e5,
+            ),
         ] {
             if !(min..=max).contains(&value) {
                 return Err(invalid(

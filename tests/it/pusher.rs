@@ -699,3 +699,37 @@ async fn webhooks_are_batched_signed_and_a_dead_endpoint_harms_no_socket() {
         .unwrap();
     assert_eq!(vacated["channel"], "private-hooked");
 }
+
+/// An anonymous socket may follow `max_channels_per_socket` channels (100 by default), not a
+/// thousand: each costs the server an entry in every channel's list. One more is refused with
+/// `pusher:subscription_error` 400, and the socket keeps the channels it has.
+#[tokio::test]
+async fn a_socket_follows_at_most_max_channels_per_socket() {
+    let s = Server::start(|c| {
+        pusher_conf(c);
+        if let Some(p) = c.pusher.as_mut() {
+            p.max_channels_per_socket = 3;
+        }
+    })
+    .await;
+    let (mut ws, sid) = connected(&s, KEY).await;
+    for n in 0..3 {
+        subscribe(&mut ws, &sid, &format!("c{n}")).await;
+    }
+    send(
+        &mut ws,
+        json!({"event":"pusher:subscribe","data":{"channel":"c3"}}),
+    )
+    .await;
+    let refused = frame(&mut ws).await;
+    assert_eq!(refused["event"], "pusher:subscription_error", "{refused}");
+    assert_eq!(data(&refused)["status"], 400, "{refused}");
+    // The first three still get their events.
+    let r = trigger(&s, json!({"name":"e","channel":"c2","data":"{}"})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = frame(&mut ws).await;
+    assert_eq!(
+        (got["event"].clone(), got["channel"].clone()),
+        (json!("e"), json!("c2"))
+    );
+}

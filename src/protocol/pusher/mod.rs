@@ -147,6 +147,8 @@ pub struct Pusher {
     pub max_event_bytes: usize,
     /// Client events per socket per second.
     pub client_events_per_second: u32,
+    /// Most channels one socket may be subscribed to.
+    pub max_channels_per_socket: usize,
     /// The hub every channel is a stream of.
     pub hub: Arc<Hub>,
     /// Counts, members, cache.
@@ -178,6 +180,7 @@ impl Pusher {
             activity_timeout: Duration::from_secs(config.activity_timeout_secs),
             max_event_bytes: config.max_event_bytes,
             client_events_per_second: config.client_events_per_second,
+            max_channels_per_socket: config.max_channels_per_socket,
             hub,
             store,
         }

@@ -32,9 +32,6 @@ use crate::protocol::native::{self, Ended, Socket};
 use crate::protocol::SocketContext;
 use crate::wire::{CloseReason, StreamKey};
 
-/// Most channels one socket may follow (each costs a registry entry).
-const MAX_CHANNELS: usize = 1000;
-
 /// Why a socket is refused right after its upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {
@@ -422,7 +419,7 @@ impl Conn<'_> {
             // Subscribed already: say so again, with the members.
             return self.succeeded(channel, kind).await;
         }
-        if session.membership.streams().count() >= MAX_CHANNELS {
+        if session.membership.streams().count() >= self.pusher.max_channels_per_socket {
             return refuse(400, "too many channels on one socket");
         }
         let key = self.key(channel);
