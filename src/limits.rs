@@ -80,6 +80,75 @@ impl SocketSlots {
     }
 }
 
+/// The sockets each client address has open (an IPv6 client's /64, see [`client_prefix`]),
+/// at most `max` each. Loopback peers are not counted: a proxy on the machine (whose clients
+/// are told apart by `real_ip_header`) or a tool.
+#[derive(Debug)]
+pub struct AddressSlots {
+    max: AtomicUsize,
+    /// Held for a map operation only.
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One socket's place under its address's cap, given back when dropped.
+#[derive(Debug)]
+pub struct AddressSlot {
+    slots: Arc<AddressSlots>,
+    ip: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl AddressSlots {
+    /// Room for `max` sockets per address.
+    pub fn new(max: usize) -> AddressSlots {
+        AddressSlots {
+            max: AtomicUsize::new(max),
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A place for one more socket of `ip`: `Ok(None)` for an address that is not counted
+    /// (loopback, or unknown), `Err(max)` when it has `max` open.
+    pub fn take(
+        slots: &Arc<AddressSlots>,
+        ip: Option<IpAddr>,
+    ) -> Result<Option<AddressSlot>, usize> {
+        let Some(ip) = ip.map(client_prefix).filter(|ip| !ip.is_loopback()) else {
+            return Ok(None);
+        };
+        let max = slots.max.load(Ordering::Acquire);
+        let mut open = slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                open.remove(&ip);
+            }
+            return Err(max);
+        }
+        *n += 1;
+        Ok(Some(AddressSlot {
+            slots: slots.clone(),
+            ip,
+        }))
+    }
+
+    /// Changes the cap for the sockets opened from now on.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Release);
+    }
+}
+
 struct Window {
     start: Instant,
     failures: u32,

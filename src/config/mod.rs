@@ -153,6 +153,9 @@ pub struct Config {
     pub max_sockets: usize,
     /// Most sockets one uid may have open; further upgrades for it get 429.
     pub max_sockets_per_uid: usize,
+    /// Most sockets one client address (an IPv6 client's /64) may have open, native, SSE and
+    /// Pusher together; further ones get 429 (Pusher: 4100). Loopback peers are not counted.
+    pub max_sockets_per_address: usize,
     /// Failed password attempts allowed per client address per minute before that address
     /// gets 429 on `/access`, `/push` and the other backend endpoints; 0 turns it off.
     pub auth_failures_per_minute: u32,
@@ -352,6 +355,7 @@ pub const RELOAD: &[(&str, Reload)] = &[
     ("pool_max", Reload::Live),
     ("max_sockets", Reload::Live),
     ("max_sockets_per_uid", Reload::Live),
+    ("max_sockets_per_address", Reload::Live),
     ("auth_failures_per_minute", Reload::Live),
     ("real_ip_header", Reload::Live),
     ("trusted_proxies", Reload::Live),
@@ -418,6 +422,7 @@ impl Config {
             pool_max_bytes: 64 * 1024,
             pool_max: 10_000,
             max_sockets: 1_000_000,
+            max_sockets_per_address: 10_000,
             max_sockets_per_uid: 64,
             auth_failures_per_minute: 30,
             real_ip_header: None,

@@ -72,6 +72,10 @@ impl Config {
             ("pool_max_bytes", self.pool_max_bytes as f64),
             ("pool_max", self.pool_max as f64),
             ("max_sockets", self.max_sockets as f64),
+            (
+                "max_sockets_per_address",
+                self.max_sockets_per_address as f64,
+            ),
             ("max_sockets_per_uid", self.max_sockets_per_uid as f64),
             (
                 "auth_failures_per_minute",
@@ -385,6 +389,7 @@ pub(super) const RANGES: &[Range] = &[
     whole("pool_max", "pools", 1, 10_000_000),
     whole("max_sockets", "", 1, 1 << 30),
     whole("max_sockets_per_uid", "", 1, 1 << 30),
+    whole("max_sockets_per_address", "", 1, 1 << 30),
     noted(
         whole("auth_failures_per_minute", "", 0, 1_000_000),
         "0 turns the lockout off",

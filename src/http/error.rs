@@ -114,6 +114,9 @@ pub enum ApiError {
     /// `max_sockets_per_uid` reached for this uid.
     #[error("this uid already has {0} sockets open")]
     TooManySockets(usize),
+    /// The client's address has `max_sockets_per_address` sockets open.
+    #[error("this address has {0} sockets open, the most allowed (max_sockets_per_address)")]
+    TooManyAddressSockets(usize),
     /// This address failed the password too often; retry after the duration.
     #[error("too many failed password attempts from this address, retry in {} s", .0.as_secs())]
     TooManyFailures(std::time::Duration),
@@ -171,9 +174,9 @@ impl ApiError {
             ApiError::ShuttingDown | ApiError::ServerFull | ApiError::Unavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::TooManySockets(_) | ApiError::TooManyFailures(_) => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ApiError::TooManySockets(_)
+            | ApiError::TooManyAddressSockets(_)
+            | ApiError::TooManyFailures(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::OriginRefused => StatusCode::FORBIDDEN,
             ApiError::UnknownPusherApp => StatusCode::NOT_FOUND,
             ApiError::PusherSignature(_) => StatusCode::UNAUTHORIZED,
@@ -215,6 +218,7 @@ impl ApiError {
             ApiError::ServerFull => "server_full",
             ApiError::Unavailable => "unavailable",
             ApiError::TooManySockets(_) => "too_many_sockets",
+            ApiError::TooManyAddressSockets(_) => "too_many_address_sockets",
             ApiError::TooManyFailures(_) => "locked_out",
             ApiError::OriginRefused => "origin_refused",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",

@@ -41,7 +41,7 @@ use warp::Filter;
 
 use crate::auth::Auth;
 use crate::config::{Config, MAX_UID_BYTES};
-use crate::limits::{FailureLimiter, LogThrottle, PeerAddr, SocketSlots};
+use crate::limits::{AddressSlots, FailureLimiter, LogThrottle, PeerAddr, SocketSlots};
 use crate::metrics::{Credential, Endpoint};
 use crate::protocol::SocketContext;
 
@@ -56,6 +56,8 @@ pub struct AppState {
     /// the socket's task, so the cap holds however many upgrades race (a count checked before
     /// joining let concurrent upgrades pass it together).
     socket_slots: Arc<SocketSlots>,
+    /// Sockets per client address, `max_sockets_per_address` each; taken and held like a slot.
+    address_slots: Arc<AddressSlots>,
     /// The "server full" line: at most one per period while refusals last.
     full_log: LogThrottle,
     /// The "body too slow" line (408): a stranger stalling bodies cannot flood the log.
@@ -135,6 +137,7 @@ impl AppState {
         AppState {
             settings: RwLock::new(Arc::new(Settings::new(config, auth_of(config)))),
             socket_slots: Arc::new(SocketSlots::new(config.max_sockets)),
+            address_slots: Arc::new(AddressSlots::new(config.max_sockets_per_address)),
             full_log: LogThrottle::new(std::time::Duration::from_secs(10)),
             slow_body_log: LogThrottle::new(std::time::Duration::from_secs(60)),
             refusal_log: LogThrottle::new(std::time::Duration::from_secs(60)),
@@ -158,6 +161,7 @@ impl AppState {
         let next = Arc::new(Settings::new(config, auth));
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = next;
         self.socket_slots.set_max(config.max_sockets);
+        self.address_slots.set_max(config.max_sockets_per_address);
         self.limiter.set_per_minute(config.auth_failures_per_minute);
     }
 

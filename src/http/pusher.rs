@@ -16,7 +16,7 @@ use warp::http::Method;
 use warp::reply::Response;
 
 use super::body::read_body;
-use super::upgrade::{origin_allowed, websocket_accept};
+use super::upgrade::{address_slot, origin_allowed, websocket_accept};
 use super::{ApiError, AppState, Client, Req};
 use crate::connection;
 use crate::limits::SocketSlots;
@@ -68,9 +68,10 @@ pub(super) async fn socket(
             Some(Ok(5..=7)) => {}
             Some(_) => return Err(Refusal::BAD_PROTOCOL),
         }
+        let address_slot = address_slot(state, req).map_err(|_| Refusal::ADDRESS_FULL)?;
         let slot = app.admit().ok_or(Refusal::APP_FULL)?;
         let server_slot = SocketSlots::take(&state.socket_slots).ok_or(Refusal::SERVER_FULL)?;
-        Ok((slot, server_slot))
+        Ok((slot, (server_slot, address_slot)))
     }
     .await;
     let ctx = state.sockets.clone();

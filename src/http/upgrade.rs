@@ -14,7 +14,7 @@ use warp::reply::Response;
 
 use super::{ApiError, AppState, Client, Params, Req};
 use crate::connection;
-use crate::limits::{Slot, SocketSlots};
+use crate::limits::{AddressSlot, AddressSlots, Slot, SocketSlots};
 use crate::metrics::Credential;
 use crate::protocol::native;
 use crate::registry::Subscription;
@@ -154,18 +154,23 @@ pub(super) fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
     }
 }
 
+/// A socket's places under `max_sockets` and `max_sockets_per_address`, held for its whole
+/// life (dropping them frees them, however the socket ends).
+pub(super) type Slots = (Slot, Option<AddressSlot>);
+
 /// The last checks before joining: not shutting down (`stopping`), and room under
-/// `max_sockets` and `max_sockets_per_uid`. Returns the socket's slot under `max_sockets`, to
-/// be held for the socket's whole life (dropping it frees the slot, however the socket ends).
+/// `max_sockets_per_address`, `max_sockets` and `max_sockets_per_uid`. Returns the socket's
+/// places, to be held for its whole life.
 pub(super) fn check_room(
     state: &AppState,
     req: &Req,
     uid: &str,
     stopping: bool,
-) -> Result<Slot, ApiError> {
+) -> Result<Slots, ApiError> {
     if stopping {
         return Err(ApiError::ShuttingDown);
     }
+    let address_slot = address_slot(state, req)?;
     let slot = SocketSlots::take(&state.socket_slots).ok_or_else(|| {
         if let Some(held_back) = state.full_log.allow() {
             log::warn!(
@@ -187,7 +192,23 @@ pub(super) fn check_room(
         );
         return Err(ApiError::TooManySockets(per_uid));
     }
-    Ok(slot)
+    Ok((slot, address_slot))
+}
+
+/// The client address's place under `max_sockets_per_address` (none for loopback peers).
+pub(super) fn address_slot(state: &AppState, req: &Req) -> Result<Option<AddressSlot>, ApiError> {
+    let client = state.client_ip(req);
+    AddressSlots::take(&state.address_slots, client).map_err(|max| {
+        if let Some(held_back) = state.refusal_log.allow() {
+            log::info!(
+                "socket refused for {}: max_sockets_per_address ({max}) are open from it \
+                 (429; {held_back} more refusals without login since the last such line, at \
+                 most one a minute)",
+                Client(client)
+            );
+        }
+        ApiError::TooManyAddressSockets(max)
+    })
 }
 
 /// The `Sec-WebSocket-Accept` value if `headers` are a valid RFC 6455 upgrade request.

@@ -386,3 +386,59 @@ async fn a_stalled_body_gets_408_at_its_deadline_and_its_connection_closes() {
         );
     }
 }
+
+/// One client address may hold `max_sockets_per_address` sockets, native and SSE together
+/// (Pusher too, tested in pusher.rs): a stranger cannot take the server's `max_sockets` from
+/// one address. Another address is not affected, and a closed socket frees its place.
+#[tokio::test]
+async fn one_address_holds_at_most_max_sockets_per_address() {
+    let s = Server::start(|c| {
+        c.max_sockets_per_address = 2;
+        c.real_ip_header = Some("X-Forwarded-For".into());
+        c.trusted_proxies = 1;
+    })
+    .await;
+    let open = |uid: &'static str, from: &'static str| {
+        let s = &s;
+        async move {
+            let key = s.key(uid).await;
+            let mut http = Http::connect(s.addr).await;
+            let target = format!("/ws?uid={uid}&access_key={}", enc(&key));
+            let mut headers: Vec<(&str, &str)> = UPGRADE_HEADERS.to_vec();
+            headers.push(("X-Forwarded-For", from));
+            http.send("GET", &target, &headers, b"").await;
+            let (status, headers) = http.read_head().await;
+            (status, headers, http)
+        }
+    };
+    let (a, _, first) = open("a", "203.0.113.5").await;
+    let (b, _, _second) = open("b", "203.0.113.5").await;
+    assert_eq!((a, b), (101, 101));
+    let (third, third_headers, mut refused) = open("c", "203.0.113.5").await;
+    assert_eq!(third, 429);
+    let body = refused.read_body(&third_headers).await;
+    assert!(
+        String::from_utf8_lossy(&body).contains("max_sockets_per_address"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let key = s.key("c").await;
+    let sse = s
+        .http()
+        .await
+        .request(
+            "GET",
+            &format!("/sse?uid=c&access_key={}", enc(&key)),
+            &[("X-Forwarded-For", "203.0.113.5")],
+            b"",
+        )
+        .await;
+    sse.assert_error(429);
+    let (other, _, _elsewhere) = open("d", "203.0.113.6").await;
+    assert_eq!(other, 101, "another address is not affected");
+    drop(first);
+    eventually("the closed socket's place to be free", || async {
+        open("e", "203.0.113.5").await.0 == 101
+    })
+    .await;
+}

@@ -733,3 +733,48 @@ async fn a_socket_follows_at_most_max_channels_per_socket() {
         (json!("e"), json!("c2"))
     );
 }
+
+/// Pusher sockets count under `max_sockets_per_address` with native ones: past it, the socket
+/// is told `pusher:error` 4100 and closed.
+#[tokio::test]
+async fn pusher_sockets_count_under_max_sockets_per_address() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let s = Server::start(|c| {
+        pusher_conf(c);
+        c.max_sockets_per_address = 1;
+        c.real_ip_header = Some("X-Forwarded-For".into());
+        c.trusted_proxies = 1;
+    })
+    .await;
+    let from = |address: &'static str| {
+        let url = format!(
+            "ws://{}/app/{KEY}?protocol=7&client=js&version=8.6.0",
+            s.addr
+        );
+        let mut request = url.into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("X-Forwarded-For", address.parse().unwrap());
+        request
+    };
+    let (mut first, _) = tokio_tungstenite::connect_async(from("198.51.100.7"))
+        .await
+        .unwrap();
+    assert_eq!(
+        frame(&mut first).await["event"],
+        "pusher:connection_established"
+    );
+    let (mut second, _) = tokio_tungstenite::connect_async(from("198.51.100.7"))
+        .await
+        .unwrap();
+    let refused = frame(&mut second).await;
+    assert_eq!(refused["event"], "pusher:error", "{refused}");
+    assert_eq!(data(&refused)["code"], 4100, "{refused}");
+    let (mut other, _) = tokio_tungstenite::connect_async(from("198.51.100.8"))
+        .await
+        .unwrap();
+    assert_eq!(
+        frame(&mut other).await["event"],
+        "pusher:connection_established"
+    );
+}

@@ -57,6 +57,11 @@ impl Refusal {
         code: 4100,
         message: "Over capacity: retry later",
     };
+    /// `max_sockets_per_address` reached for the client's address.
+    pub const ADDRESS_FULL: Refusal = Refusal {
+        code: 4100,
+        message: "Over capacity: too many connections from this address",
+    };
     /// 4007: a protocol version other than 5 to 7.
     pub const BAD_PROTOCOL: Refusal = Refusal {
         code: 4007,
