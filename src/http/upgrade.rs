@@ -155,8 +155,10 @@ pub(super) fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
 }
 
 /// A socket's places under `max_sockets` and `max_sockets_per_address`, held for its whole
-/// life (dropping them frees them, however the socket ends).
-pub(super) type Slots = (Slot, Option<AddressSlot>);
+/// life (dropping them frees them, however the socket ends). The address's is boxed: one
+/// pointer in every socket's task, where it would otherwise take four words even when none is
+/// held (loopback peers).
+pub(super) type Slots = (Slot, Option<Box<AddressSlot>>);
 
 /// The last checks before joining: not shutting down (`stopping`), and room under
 /// `max_sockets_per_address`, `max_sockets` and `max_sockets_per_uid`. Returns the socket's
@@ -196,9 +198,13 @@ pub(super) fn check_room(
 }
 
 /// The client address's place under `max_sockets_per_address` (none for loopback peers).
-pub(super) fn address_slot(state: &AppState, req: &Req) -> Result<Option<AddressSlot>, ApiError> {
+pub(super) fn address_slot(
+    state: &AppState,
+    req: &Req,
+) -> Result<Option<Box<AddressSlot>>, ApiError> {
     let client = state.client_ip(req);
-    AddressSlots::take(&state.address_slots, client).map_err(|max| {
+    let taken = AddressSlots::take(&state.address_slots, client);
+    taken.map(|slot| slot.map(Box::new)).map_err(|max| {
         if let Some(held_back) = state.refusal_log.allow() {
             log::info!(
                 "socket refused for {}: max_sockets_per_address ({max}) are open from it \
