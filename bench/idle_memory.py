@@ -6,39 +6,22 @@ computed locally per the access-key format), wait, read VmRSS, report (RSS - bas
 
 Standard library only. The client side holds N sockets, so N must stay under this process's
 open-files limit (raised here to the hard limit)."""
-import hashlib, hmac, os, resource, socket, subprocess, sys, tempfile, time
+import os, resource, socket, sys, time
 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
 binary = sys.argv[2] if len(sys.argv) > 2 else "target/release/push-serve"
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
-with socket.socket() as probe:
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-password = "idle-memory-bench"
-conf = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
-conf.write(f"addr: 127.0.0.1:{port}\npassword: {password}\nheartbeat_interval_secs: 600\n")
-conf.close()
-server = subprocess.Popen([binary, "--config", conf.name], stderr=subprocess.DEVNULL)
-try:
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port)).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from local_server import LocalServer
+
+with LocalServer(binary, "idle-memory-bench", "heartbeat_interval_secs: 600\n") as server:
+    port = server.port
 
     def rss_kib():
         with open(f"/proc/{server.pid}/status") as f:
             return next(int(l.split()[1]) for l in f if l.startswith("VmRSS"))
-
-    secret = hashlib.sha256(b"push-serve access-key v1\0" + password.encode()).digest()
-    expiry = int(time.time()) + 3600
-
-    def key(uid):
-        mac = hmac.new(secret, f"v1\n{uid}\n{expiry}".encode(), hashlib.sha256).digest()[:16]
-        return f"v1.{expiry}.{mac.hex()}"
 
     time.sleep(0.5)
     base = rss_kib()
@@ -47,7 +30,7 @@ try:
         s = socket.create_connection(("127.0.0.1", port))
         uid = f"idle-{i}"
         s.sendall(
-            f"GET /ws?uid={uid}&access_key={key(uid)} HTTP/1.1\r\nHost: bench\r\n"
+            f"GET /ws?uid={uid}&access_key={server.key(uid)} HTTP/1.1\r\nHost: bench\r\n"
             "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode()
         )
@@ -60,7 +43,3 @@ try:
     rss = rss_kib()
     print(f"{n} idle sockets: baseline {base} KiB, RSS {rss} KiB, "
           f"{(rss - base) / n:.2f} KiB per socket")
-finally:
-    server.terminate()
-    server.wait()
-    os.unlink(conf.name)

@@ -14,7 +14,10 @@ costs the most.
 Each N runs in a fresh server. Standard library only; the sockets are held by a child process
 (so closing them is one exit) and N must stay under the open-files limit (raised to the hard
 limit here)."""
-import hashlib, hmac, json, os, resource, socket, subprocess, sys, tempfile, time, urllib.request
+import json, os, resource, subprocess, sys, time, urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from local_server import LocalServer
 
 args = sys.argv[1:]
 binary = "target/release/push-serve"
@@ -64,21 +67,9 @@ sys.stdin.read()
 
 
 def run(n):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    conf = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
-    conf.write(f"addr: 127.0.0.1:{port}\npassword: {password}\nheartbeat_interval_secs: 600\n"
-               f"max_sockets: {n + 100}\n")
-    conf.close()
-    server = subprocess.Popen([binary, "--config", conf.name], stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port)).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+    extra = f"heartbeat_interval_secs: 600\nmax_sockets: {n + 100}\n"
+    with LocalServer(binary, password, extra) as server:
+        port = server.port
 
         def sockets():
             url = f"http://127.0.0.1:{port}/stats?password={password}"
@@ -109,10 +100,6 @@ def run(n):
         what = " (all following one topic)" if topic else ""
         print(f"{n} sockets{what} dropped at once: server CPU {spent * 1000:.0f} ms, "
               f"{spent * 1e6 / n:.1f} us per socket")
-    finally:
-        server.terminate()
-        server.wait()
-        os.unlink(conf.name)
 
 
 for n in counts:
