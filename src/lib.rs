@@ -143,7 +143,7 @@ pub async fn run_reloadable(
     // values go periodically.
     let sweeper = tokio::spawn({
         let (hub, state, metrics) = (hub.clone(), state.clone(), metrics.clone());
-        let (receipts, inbox) = (services.receipts.clone(), services.inbox.clone());
+        let services = services.clone();
         let period = Duration::from_secs_f64((config.history_ttl_secs / 4.0).clamp(0.05, 5.0));
         async move {
             let mut tick = tokio::time::interval(period);
@@ -151,8 +151,7 @@ pub async fn run_reloadable(
                 tick.tick().await;
                 hub.sweep();
                 state.sweep();
-                receipts.sweep();
-                inbox.sweep();
+                services.sweep();
                 metrics.upkeep();
             }
         }
@@ -250,22 +249,6 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
-}
-
-/// The callback settings `config` asks for (none without `callback_url`).
-pub(crate) fn callback_settings(config: &Config) -> Option<callbacks::Settings> {
-    let (Some(url), Some(secret)) = (&config.callback_url, &config.callback_secret) else {
-        return None;
-    };
-    // validate() checked it.
-    let url = url.parse().ok()?;
-    Some(callbacks::Settings {
-        url,
-        secret: secret.expose().to_owned(),
-        sockets: config.callback_sockets,
-        grace: Duration::from_secs_f64(config.callback_grace_secs),
-        queue: config.callback_queue,
-    })
 }
 
 #[cfg(test)]

@@ -66,11 +66,7 @@ impl Services {
             Some(redis) => Pools::redis(redis, config.pool_bounds()),
             None => Pools::memory(config.pool_bounds()),
         };
-        let callbacks = Callbacks::start(
-            crate::callback_settings(config),
-            hub.clone(),
-            metrics.clone(),
-        );
+        let callbacks = Callbacks::start(callback_settings(config), hub.clone(), metrics.clone());
         Services {
             hub,
             metrics,
@@ -98,14 +94,36 @@ impl Services {
         }
     }
 
+    /// Drops expired reports and inbox messages (in memory); called periodically.
+    pub fn sweep(&self) {
+        self.receipts.sweep();
+        self.inbox.sweep();
+    }
+
     /// A reloaded config's bounds and callback settings, for what comes next.
     pub fn reconfigure(&self, config: &Config) {
         self.receipts
             .set_bounds(config.receipt_ttl(), config.receipt_max);
         self.inbox.set_bounds(config.inbox_bounds());
         self.pools.set_bounds(config.pool_bounds());
-        self.callbacks.reconfigure(crate::callback_settings(config));
+        self.callbacks.reconfigure(callback_settings(config));
     }
+}
+
+/// The callback settings `config` asks for (none without `callback_url`).
+fn callback_settings(config: &Config) -> Option<crate::callbacks::Settings> {
+    let (Some(url), Some(secret)) = (&config.callback_url, &config.callback_secret) else {
+        return None;
+    };
+    // validate() checked it.
+    let url = url.parse().ok()?;
+    Some(crate::callbacks::Settings {
+        url,
+        secret: secret.expose().to_owned(),
+        sockets: config.callback_sockets,
+        grace: Duration::from_secs_f64(config.callback_grace_secs),
+        queue: config.callback_queue,
+    })
 }
 
 /// A push to uids, as `/push` asks for it, checked already.

@@ -139,14 +139,14 @@ pub fn listing() -> &'static str {
     })
 }
 
-/// The endpoint a request for `path` is counted under.
-pub fn endpoint(path: &str) -> Endpoint {
-    route(path).map_or(Endpoint::Other, |(r, _)| r.endpoint)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The endpoint a request for `path` is counted under (as `http::dispatch` counts it).
+    fn endpoint(path: &str) -> Endpoint {
+        route(path).map_or(Endpoint::Other, |(r, _)| r.endpoint)
+    }
 
     #[test]
     fn paths_reach_their_routes_as_warp_matched_them() {
