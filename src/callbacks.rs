@@ -292,7 +292,7 @@ async fn dispatch(
     inner: std::sync::Weak<Inner>,
     hub: Arc<Hub>,
 ) {
-    let cluster = hub.broker().redis().is_some();
+    let cluster = hub.broker().is_shared();
     // One event at a time, so the business server sees a uid's events in order.
     while let Some(event) = rx.recv().await {
         let Some(inner) = inner.upgrade() else { return };

@@ -157,10 +157,14 @@ pub struct Pusher {
 }
 
 impl Pusher {
-    /// Pusher mode for `config` over `hub`: the store is the cluster's Redis when the hub's
-    /// broker has one, else this process's memory. Must run inside a tokio runtime.
-    pub fn new(config: &PusherConfig, hub: Arc<Hub>) -> Pusher {
-        let store: Arc<dyn ChannelStore> = match hub.broker().redis() {
+    /// Pusher mode for `config` over `hub`: the store is the cluster's Redis (`redis`) on a
+    /// cluster, else this process's memory. Must run inside a tokio runtime.
+    pub fn new(
+        config: &PusherConfig,
+        hub: Arc<Hub>,
+        redis: Option<crate::broker::redis::RedisHandle>,
+    ) -> Pusher {
+        let store: Arc<dyn ChannelStore> = match redis {
             Some(redis) => RedisStore::start(redis),
             None => Arc::new(MemoryStore::default()),
         };
