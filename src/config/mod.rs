@@ -632,16 +632,13 @@ mod tests {
             serde_yaml::to_value(Config::new(&config.addr, config.password.expose())).unwrap();
         let shown = serde_yaml::to_value(&config).unwrap();
         for key in known_keys() {
-            let shown_in = if ALTERNATIVES.contains(&key) {
+            let shown_in = if ALTERNATIVES.contains(key) {
                 // Stays commented out: it cannot be set with the key it replaces.
                 uncommented.replace("\n# ", "\n")
             } else {
                 uncommented.clone()
             };
-            assert!(
-                line_of(&shown_in, key).is_some(),
-                "conf.yaml lacks `{key}`"
-            );
+            assert!(line_of(&shown_in, key).is_some(), "conf.yaml lacks `{key}`");
             if !defaults[key].is_null() {
                 assert_eq!(
                     shown[key], defaults[key],

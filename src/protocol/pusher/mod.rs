@@ -35,7 +35,7 @@ use crate::config::{PusherApp, PusherConfig};
 use crate::hub::Hub;
 use crate::registry::Registry;
 use crate::wire::{CloseReason, Message, StreamKey};
-use store::{ChannelStore, MemoryStore, RedisStore};
+use store::ChannelStore;
 pub use webhooks::WebhookEvent;
 use webhooks::Webhooks;
 
@@ -157,17 +157,9 @@ pub struct Pusher {
 }
 
 impl Pusher {
-    /// Pusher mode for `config` over `hub`: the store is the cluster's Redis (`redis`) on a
-    /// cluster, else this process's memory. Must run inside a tokio runtime.
-    pub fn new(
-        config: &PusherConfig,
-        hub: Arc<Hub>,
-        redis: Option<crate::broker::redis::RedisHandle>,
-    ) -> Pusher {
-        let store: Arc<dyn ChannelStore> = match redis {
-            Some(redis) => RedisStore::start(redis),
-            None => Arc::new(MemoryStore::default()),
-        };
+    /// Pusher mode for `config` over `hub`, its shared state in `store` (which
+    /// [`Services`](crate::services::Services) chose). Must run inside a tokio runtime.
+    pub fn new(config: &PusherConfig, hub: Arc<Hub>, store: Arc<dyn ChannelStore>) -> Pusher {
         let apps: Vec<Arc<App>> = config
             .apps
             .iter()
