@@ -48,8 +48,11 @@ impl Default for ScalePushArgs {
     }
 }
 
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone)]
 struct Counts {
+    /// Replies other than 200 and 404, by status, and the first one's body.
+    statuses: std::collections::BTreeMap<u16, u64>,
+    first_other: Option<String>,
     sent: u64,
     ok: u64,
     sockets: u64,
@@ -126,7 +129,13 @@ pub async fn push(args: ScalePushArgs) -> Result<String> {
                                 }
                                 (404, Some(s)) if s > 0 => c.stored_404 += 1,
                                 (404, _) => c.unstored_404 += 1,
-                                _ => c.other_status += 1,
+                                (status, _) => {
+                                    c.other_status += 1;
+                                    *c.statuses.entry(status).or_default() += 1;
+                                    c.first_other.get_or_insert_with(|| {
+                                        String::from_utf8_lossy(&r.body).into_owned()
+                                    });
+                                }
                             }
                             break;
                         }
@@ -159,6 +168,10 @@ pub async fn push(args: ScalePushArgs) -> Result<String> {
         t.errors += c.errors;
         t.retries += c.retries;
         t.lag_max_us = t.lag_max_us.max(c.lag_max_us);
+        for (k, v) in c.statuses {
+            *t.statuses.entry(k).or_default() += v;
+        }
+        t.first_other = t.first_other.or(c.first_other);
     }
     let dead_nodes: Vec<usize> = (0..dead.len())
         .filter(|&i| dead[i].load(Ordering::Relaxed))
@@ -170,6 +183,8 @@ pub async fn push(args: ScalePushArgs) -> Result<String> {
         "stored_404": t.stored_404,
         "unstored_404": t.unstored_404,
         "other_status": t.other_status,
+        "other_statuses": t.statuses.iter().map(|(k, v)| (k.to_string(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
+        "first_other_reply": t.first_other,
         "errors": t.errors,
         "retries": t.retries,
         "accepted": t.ok + t.stored_404,
