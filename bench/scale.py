@@ -511,7 +511,9 @@ class Run:
     def wait_delivered(self, key, want, secs):
         """Polls the holders until `key` reaches `want` (or stops moving for 3 s)."""
         deadline, last, still = time.monotonic() + secs, -1, time.monotonic()
+        self.tcp_mem_peak_kib = 0
         while True:
+            self.tcp_mem_peak_kib = max(self.tcp_mem_peak_kib, kernel()["tcp_mem_kib"])
             s = self.holders_stats()
             if s.get(key, 0) >= want or time.monotonic() > deadline:
                 return s
@@ -575,13 +577,42 @@ class Run:
         # ---- connect
         n_holders = math.ceil(self.total / a.per_process)
         t0 = time.monotonic()
-        first = 0
-        for h in range(n_holders):
-            count = self.total // n_holders + (1 if h < self.total % n_holders else 0)
-            self.holders.append(Holder(h, self.bench, self.nodes, first, count, a.concurrency))
-            first += count
-        readies = [h.ready() for h in self.holders]
+        # Holders start in waves; before each, what the sockets so far cost is projected onto
+        # the next wave, and the run stops growing where memory or open files would run out
+        # (this machine is shared: never push it into the OOM killer).
+        first, readies, stop, wave = 0, [], None, max(1, a.wave)
+        counts = [self.total // n_holders + (1 if h < self.total % n_holders else 0)
+                  for h in range(n_holders)]
+        for w0 in range(0, n_holders, wave):
+            k = kernel()
+            if first:
+                held_kib = (base["kernel"]["mem_available_kib"] - k["mem_available_kib"])
+                need_kib = held_kib / first * sum(counts[w0:w0 + wave])
+                if k["mem_available_kib"] - need_kib < a.mem_floor_mib * 1024:
+                    stop = (f"memory: {k['mem_available_kib'] // 1024} MiB available after "
+                            f"{first} sockets, the next {sum(counts[w0:w0 + wave])} would take "
+                            f"about {int(need_kib // 1024)} MiB (floor --mem-floor-mib "
+                            f"{a.mem_floor_mib})")
+            with open("/proc/sys/fs/file-max") as f:
+                file_max = int(f.read())
+            if k["files_open"] + 2 * sum(counts[w0:w0 + wave]) + 5000 > file_max:
+                stop = (f"fs.file-max: {k['files_open']} files open after {first} sockets, "
+                        f"the next {sum(counts[w0:w0 + wave])} need twice that, max {file_max}")
+            if stop:
+                break
+            batch = []
+            for h in range(w0, min(n_holders, w0 + wave)):
+                holder = Holder(h, self.bench, self.nodes, first, counts[h], a.concurrency)
+                self.holders.append(holder)
+                batch.append(holder)
+                first += counts[h]
+            readies += [h.ready() for h in batch]
+            log(f"connect: {first} sockets opened ({time.monotonic() - t0:.1f} s)")
         took = time.monotonic() - t0
+        if stop:
+            self.problem("connect: stopped growing at the bound: " + stop)
+            self.result["stopped_by"] = stop
+        self.total = first
         ok = sum(r["ok"] for r in readies)
         failed = sum(r["failed"] for r in readies)
         if failed:
@@ -681,7 +712,8 @@ class Run:
                                         "delivered": got, "lost": held - got,
                                         "duplicates": s.get("duplicates", 0),
                                         "first_ms": lat.get("min"), "median_ms": lat.get("p50"),
-                                        "p99_ms": lat.get("p99"), "last_ms": lat.get("max")})
+                                        "p99_ms": lat.get("p99"), "last_ms": lat.get("max"),
+                                        "tcp_mem_peak_kib": self.tcp_mem_peak_kib})
 
         # ---- unicast
         if self.want("unicast"):
@@ -810,6 +842,9 @@ def main():
     ap.add_argument("--phases", default="queries,rest,broadcast,unicast,storm,kill",
                     help="phases after connect, comma-separated (default: all)")
     ap.add_argument("--settle", type=float, default=3)
+    ap.add_argument("--wave", type=int, default=4, help="holders started at once")
+    ap.add_argument("--mem-floor-mib", type=int, default=3072,
+                    help="stop adding sockets before MemAvailable would fall below this")
     ap.add_argument("--max-secs", type=float, help="bound on the whole run (default 600; --full 3600)")
     ap.add_argument("--bin-dir", default=os.path.join(REPO, "target", "release"))
     ap.add_argument("--out", help="JSON results (default bench/results-scale-<size>-<redis>.json)")
