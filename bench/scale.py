@@ -437,7 +437,7 @@ class Run:
     def __init__(self, args):
         self.a = args
         self.result = {"machine": machine(), "sysctl": sysctls(), "args": vars(args),
-                       "phases": {}, "problems": []}
+                       "phases": {}, "problems": [], "connect_waves": []}
         self.deadline = time.monotonic() + args.max_secs
 
     def left(self):
@@ -454,10 +454,37 @@ class Run:
     def live_nodes(self):
         return [n for n in self.nodes if not n.killed]
 
+    def sample(self, before):
+        """A short record of the machine since `before` (a meter()): CPU by group, Redis load
+        and latency, memory, and whether nodes lost Redis (their logs)."""
+        now = self.meter()
+        dt = now["t"] - before["t"]
+        t = time.monotonic()
+        redis_cmd(self.redis.ports[0], "PING", timeout=30)
+        ping_ms = (time.monotonic() - t) * 1000
+        lines = 0
+        for n in self.nodes:
+            with open(n.log, errors="replace") as f:
+                lines += sum("redis unreachable" in l for l in f)
+        cpu = lambda g: round(100 * (now[g]["cpu_s"] - before[g]["cpu_s"]) / dt, 1)
+        return {"secs": round(dt, 1), "nodes_cpu_pct": cpu("nodes"), "holders_cpu_pct": cpu("holders"),
+                "redis_cpu_pct": round(100 * (now["redis"]["cpu_s"] - before["redis"]["cpu_s"]) / dt, 1),
+                "redis_commands_per_s": round((now["redis"]["commands"] - before["redis"]["commands"]) / dt),
+                "machine_cpu_pct": round(100 * (now["machine_cpu_s"] - before["machine_cpu_s"]) / dt, 1),
+                "pid1_cpu_pct": round(100 * (now["pid1_cpu_s"] - before["pid1_cpu_s"]) / dt, 1),
+                "redis_ping_ms": round(ping_ms, 2), "redis_used_memory_mib":
+                round(now["redis"]["used_memory"] / 2**20, 1),
+                "mem_available_mib": now["kernel"]["mem_available_kib"] // 1024,
+                "nodes_rss_mib": round(now["nodes"]["rss_kib"] / 1024),
+                "holders_rss_mib": round(now["holders"]["rss_kib"] / 1024),
+                "tcp_inuse": now["kernel"]["tcp_inuse"], "files_open": now["kernel"]["files_open"],
+                "redis_unreachable_lines": lines}
+
     def meter(self):
         return {"t": time.monotonic(), "nodes": group(n.pid for n in self.live_nodes()),
                 "holders": group(h.pid for h in self.holders),
-                "redis": self.redis.snapshot(), "kernel": kernel(), "machine_cpu_s": machine_cpu_s()}
+                "redis": self.redis.snapshot(), "kernel": kernel(), "machine_cpu_s": machine_cpu_s(),
+                "pid1_cpu_s": proc_stat(1)[1]}
 
     def phase(self, name, before, extra):
         after = self.meter()
@@ -469,6 +496,7 @@ class Run:
             + (ra["cpu_s"] - rb["cpu_s"])
         rec = {
             "secs": round(dt, 3),
+            "pid1_cpu_pct": round(100 * (after["pid1_cpu_s"] - before["pid1_cpu_s"]) / dt, 1),
             "machine_cpu_pct": round(100 * (after["machine_cpu_s"] - before["machine_cpu_s"]) / dt, 1),
             "rest_of_machine_cpu_pct": round(100 * (after["machine_cpu_s"] - before["machine_cpu_s"]
                                                     - ours) / dt, 1),
@@ -606,8 +634,28 @@ class Run:
                 self.holders.append(holder)
                 batch.append(holder)
                 first += counts[h]
-            readies += [h.ready() for h in batch]
-            log(f"connect: {first} sockets opened ({time.monotonic() - t0:.1f} s)")
+            wm, wt = self.meter(), time.monotonic()
+            wave_readies = [h.ready() for h in batch]
+            readies += wave_readies
+            ok_w = sum(r["ok"] for r in wave_readies)
+            failed_w = sum(r["failed"] for r in wave_readies)
+            secs_w = time.monotonic() - wt
+            rec = self.sample(wm)
+            rec.update({"sockets_total": sum(r["ok"] for r in readies), "wave_ok": ok_w,
+                        "wave_failed": failed_w, "wave_secs": round(secs_w, 1),
+                        "wave_rate": round(ok_w / max(secs_w, 1e-9))})
+            self.result["connect_waves"].append(rec)
+            log("connect wave: " + json.dumps(rec))
+            if w0 == 0:
+                first_rate = rec["wave_rate"]
+            elif (failed_w > 0.005 * (ok_w + failed_w)
+                  or rec["wave_rate"] < a.min_wave_rate_share * first_rate):
+                stop = (f"connect throughput: the wave that reached {rec['sockets_total']} "
+                        f"sockets connected {ok_w} at {rec['wave_rate']}/s ({failed_w} failed; "
+                        f"the first wave: {first_rate}/s); Redis answered a PING in "
+                        f"{rec['redis_ping_ms']} ms, nodes logged {rec['redis_unreachable_lines']} "
+                        f"'redis unreachable' lines so far")
+                break
         took = time.monotonic() - t0
         if stop:
             self.problem("connect: stopped growing at the bound: " + stop)
@@ -843,6 +891,9 @@ def main():
                     help="phases after connect, comma-separated (default: all)")
     ap.add_argument("--settle", type=float, default=3)
     ap.add_argument("--wave", type=int, default=4, help="holders started at once")
+    ap.add_argument("--min-wave-rate-share", type=float, default=0.15,
+                    help="stop growing when a wave connects slower than this share of the "
+                    "first wave's rate, or more than 0.5%% of its sockets fail")
     ap.add_argument("--mem-floor-mib", type=int, default=3072,
                     help="stop adding sockets before MemAvailable would fall below this")
     ap.add_argument("--max-secs", type=float, help="bound on the whole run (default 600; --full 3600)")
