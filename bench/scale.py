@@ -693,7 +693,7 @@ class Run:
             "files_open": k1["files_open"],
         }
         self.phase("connect", base, {
-            "sockets": ok, "failed": failed, "holders": n_holders, "secs_to_all": round(took, 2),
+            "sockets": ok, "failed": failed, "holders": len(self.holders), "secs_to_all": round(took, 2),
             "connects_per_s": round(ok / took), "handshake_ms": percentiles(st.get("handshake_us", {})),
             "memory": mem})
         log("memory: " + json.dumps({k: v for k, v in mem.items() if not isinstance(v, dict)}))

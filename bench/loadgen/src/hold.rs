@@ -381,7 +381,9 @@ async fn socket_task(sh: Rc<Shared>, idx: usize, mut resume: bool) {
                     let s = &mut slots[idx];
                     s.node = ((u64::from(s.node) + step) % n) as u16;
                 }
-                if in_round && failures >= 3 {
+                // A first connect gives up after three attempts (the server refuses it for a
+                // reason); a page coming back after a drop keeps trying, as pages do.
+                if in_round && failures >= if resume { 20 } else { 3 } {
                     sh.round_attempt_ended(false);
                     return;
                 }

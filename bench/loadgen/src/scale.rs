@@ -2,7 +2,7 @@
 //! fixed rate to random uids of the run (`<prefix><i>`, `i < uids`), each to a node other than
 //! the one the uid's socket starts on (socket `i` starts on node `i % nodes`), so every message
 //! crosses Redis. `contents` is `{"t": <CLOCK_MONOTONIC ns>, "k": i}`: the holders take the
-//! latency from it. A node that fails a request is skipped from then on (the kill phase); with
+//! latency from it. A node that refuses a connection is skipped from then on (the kill phase); with
 //! `--idempotent` every push carries an `Idempotency-Key` and a failed one is sent again to the
 //! next node, so a push is never counted twice nor lost in the retry.
 //!
@@ -139,9 +139,13 @@ pub async fn push(args: ScalePushArgs) -> Result<String> {
                             }
                             break;
                         }
-                        Err(_) => {
+                        Err(e) => {
                             c.errors += 1;
-                            dead[node].store(true, Ordering::Relaxed);
+                            // A node that refuses connections is gone (the kill phase); one that
+                            // is only slow (a timeout) keeps its share of the pushes.
+                            if format!("{e:#}").contains("refused") {
+                                dead[node].store(true, Ordering::Relaxed);
+                            }
                             attempts += 1;
                             if !args.idempotent || attempts >= n {
                                 break;
