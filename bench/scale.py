@@ -83,6 +83,21 @@ def free_port():
         return s.getsockname()[1]
 
 
+def free_cluster_port():
+    """A port that is free with its cluster bus port (+10,000, so at most 55,535)."""
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(20000, 45000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+    raise SystemExit("scale: no free port pair for a Redis Cluster node")
+
+
 def wait_port(port, proc, what, secs=20):
     deadline = time.monotonic() + secs
     while time.monotonic() < deadline:
@@ -258,7 +273,7 @@ class Redis:
         self.cluster, self.ports, self.procs = cluster, [], []
         n = 6 if cluster else 1
         for i in range(n):
-            port = free_port()
+            port = free_cluster_port() if cluster else free_port()
             d = os.path.join(TMP, f"redis-{port}")
             os.makedirs(d)
             argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
