@@ -497,6 +497,7 @@ class Run:
 
     def meter(self):
         return {"t": time.monotonic(), "nodes": group(n.pid for n in self.live_nodes()),
+                "node_cpu": {n.pid: proc_stat(n.pid)[1] for n in self.live_nodes()},
                 "holders": group(h.pid for h in self.holders),
                 "redis": self.redis.snapshot(), "kernel": kernel(), "machine_cpu_s": machine_cpu_s(),
                 "pid1_cpu_s": proc_stat(1)[1]}
@@ -507,7 +508,9 @@ class Run:
         rb, ra = before["redis"], after["redis"]
         cmds = {k: ra["cmds"].get(k, 0) - rb["cmds"].get(k, 0) for k in ra["cmds"]}
         top = sorted(((k, v) for k, v in cmds.items() if v > 0), key=lambda kv: -kv[1])[:10]
-        ours = sum(after[g]["cpu_s"] - before[g]["cpu_s"] for g in ("nodes", "holders")) \
+        # A node killed during the phase is left out of both ends (its CPU is gone with it).
+        nodes_cpu = sum(c - before["node_cpu"].get(pid, c) for pid, c in after["node_cpu"].items())
+        ours = nodes_cpu + (after["holders"]["cpu_s"] - before["holders"]["cpu_s"]) \
             + (ra["cpu_s"] - rb["cpu_s"])
         rec = {
             "secs": round(dt, 3),
@@ -515,7 +518,7 @@ class Run:
             "machine_cpu_pct": round(100 * (after["machine_cpu_s"] - before["machine_cpu_s"]) / dt, 1),
             "rest_of_machine_cpu_pct": round(100 * (after["machine_cpu_s"] - before["machine_cpu_s"]
                                                     - ours) / dt, 1),
-            "nodes_cpu_pct": round(100 * (after["nodes"]["cpu_s"] - before["nodes"]["cpu_s"]) / dt, 1),
+            "nodes_cpu_pct": round(100 * nodes_cpu / dt, 1),
             "holders_cpu_pct": round(100 * (after["holders"]["cpu_s"] - before["holders"]["cpu_s"]) / dt, 1),
             "redis_cpu_pct": round(100 * (ra["cpu_s"] - rb["cpu_s"]) / dt, 1),
             "redis_commands_per_s": round((ra["commands"] - rb["commands"]) / dt, 1),
@@ -525,6 +528,16 @@ class Run:
                 for a, b in zip(ra["per_instance"], rb["per_instance"])],
             **extra,
         }
+        # Nodes that lost Redis for a moment say so in their logs (their answers meanwhile are
+        # 503s, and a publish skips their sockets): count it for every phase.
+        lines = {}
+        for n in self.nodes:
+            with open(n.log, errors="replace") as f:
+                for l in f:
+                    if "redis unreachable" in l:
+                        why = l.split("redis unreachable (", 1)[1].split(":", 1)[0]
+                        lines[why] = lines.get(why, 0) + 1
+        rec["nodes_redis_unreachable_lines_so_far"] = lines
         self.result["phases"][name] = rec
         log(f"{name}: " + json.dumps({k: v for k, v in rec.items()
                                       if not isinstance(v, (dict, list))}))
