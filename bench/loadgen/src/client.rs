@@ -108,7 +108,7 @@ impl Connector {
     }
 }
 
-fn set_bind_no_port(sock: &TcpSocket) {
+pub(crate) fn set_bind_no_port(sock: &TcpSocket) {
     use std::os::fd::AsRawFd;
     let one: libc::c_int = 1;
     // SAFETY: plain setsockopt on a socket we own, with a correctly sized c_int.
@@ -361,6 +361,8 @@ pub async fn close_all(handles: &mut Vec<JoinHandle<()>>) {
 pub struct Reply {
     pub status: u16,
     pub body: Vec<u8>,
+    /// push-serve's `X-Push-Stored` (how many offline uids had the message kept).
+    pub stored: Option<u64>,
 }
 
 impl Reply {
@@ -390,9 +392,20 @@ impl HttpClient {
     }
 
     pub async fn request(&mut self, method: &str, target: &str, body: &[u8]) -> Result<Reply> {
+        self.request_with(method, target, "", body).await
+    }
+
+    /// [`HttpClient::request`] with extra header lines (each ending in `\r\n`).
+    pub async fn request_with(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &str,
+        body: &[u8],
+    ) -> Result<Reply> {
         let r = tokio::time::timeout(
             Duration::from_secs(10),
-            self.try_request(method, target, body),
+            self.try_request(method, target, headers, body),
         )
         .await
         .unwrap_or_else(|_| Err(anyhow!("HTTP request timed out")));
@@ -402,7 +415,13 @@ impl HttpClient {
         r
     }
 
-    async fn try_request(&mut self, method: &str, target: &str, body: &[u8]) -> Result<Reply> {
+    async fn try_request(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &str,
+        body: &[u8],
+    ) -> Result<Reply> {
         if self.stream.is_none() {
             let s = TcpStream::connect(self.addr).await?;
             s.set_nodelay(true)?;
@@ -412,7 +431,7 @@ impl HttpClient {
         self.req.clear();
         self.req.extend_from_slice(
             format!(
-                "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\n\r\n",
                 body.len()
             )
             .as_bytes(),
@@ -436,7 +455,7 @@ impl HttpClient {
             .and_then(|l| l.split(' ').nth(1))
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| anyhow!("bad status line"))?;
-        let (mut length, mut chunked, mut close) = (None, false, false);
+        let (mut length, mut chunked, mut close, mut stored) = (None, false, false, None);
         for line in lines {
             let Some((k, v)) = line.split_once(':') else {
                 continue;
@@ -446,6 +465,7 @@ impl HttpClient {
                 "content-length" => length = v.parse::<usize>().ok(),
                 "transfer-encoding" => chunked = v.contains("chunked"),
                 "connection" => close = v.contains("close"),
+                "x-push-stored" => stored = v.parse::<u64>().ok(),
                 _ => {}
             }
         }
@@ -494,7 +514,11 @@ impl HttpClient {
         if close {
             self.stream = None;
         }
-        Ok(Reply { status, body })
+        Ok(Reply {
+            status,
+            body,
+            stored,
+        })
     }
 }
 

@@ -27,6 +27,7 @@ mod client;
 mod hold;
 mod keys;
 pub mod pusher;
+pub mod scale;
 mod scenarios;
 mod server;
 

@@ -4,7 +4,10 @@
 //! push-bench [--mode quick|full|smoke] [--servers push-serve,push-serve-cluster,node,go]
 //!            [--push-serve-bin PATH] [--repo DIR] [--out results.json]
 //!            [--set plan_field=value]...   (e.g. --set unicast_duration=10)
-//! push-bench hold --addr HOST:PORT --password P --count N [--prefix P] [--concurrency C]
+//! push-bench hold (--addr HOST:PORT | --nodes A,B,..) --password P --count N [--first I]
+//!            [--prefix P] [--concurrency C] [--sources S] [--source-base B] [--proto 1|2]
+//! push-bench scale-push --nodes A,B,.. --password P --uids N [--prefix P] --rate R --secs S
+//!            [--conns C] [--idempotent]
 //! push-bench pusher [--mode quick|full|smoke] [--servers push-serve,soketi]
 //!            [--push-serve-bin PATH] [--soketi DIR/run.sh] [--out results.json] [--pin]
 //!            [--set plan_field=value]...
@@ -13,6 +16,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use push_bench::scale::ScalePushArgs;
 use push_bench::{HoldArgs, Mode, Options, ServerSpec};
 
 const USAGE: &str = "usage: push-bench [--mode quick|full|smoke] \
@@ -24,6 +28,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("hold") {
         return hold_main(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("scale-push") {
+        return scale_push_main(&args[1..]);
     }
     let result = if args.first().map(String::as_str) == Some("pusher") {
         pusher_main(&args[1..])
@@ -218,23 +225,35 @@ fn pusher_main(args: &[String]) -> anyhow::Result<ExitCode> {
 fn hold_main(args: &[String]) -> ExitCode {
     let parse = || -> anyhow::Result<HoldArgs> {
         let mut h = HoldArgs {
-            addr: "127.0.0.1:0".parse()?,
+            nodes: Vec::new(),
             password: String::new(),
             count: 0,
+            first: 0,
             prefix: "hold-".into(),
             concurrency: 128,
             sources: 32,
+            source_base: 2,
+            proto2: false,
         };
         let mut i = 0;
         while i < args.len() {
             let a = args[i].as_str();
             match a {
-                "--addr" => h.addr = value(args, &mut i, a)?.parse()?,
+                "--addr" => h.nodes = vec![value(args, &mut i, a)?.parse()?],
+                "--nodes" => {
+                    h.nodes = value(args, &mut i, a)?
+                        .split(',')
+                        .map(|n| n.trim().parse())
+                        .collect::<Result<_, _>>()?
+                }
                 "--password" => h.password = value(args, &mut i, a)?.into(),
                 "--count" => h.count = value(args, &mut i, a)?.parse()?,
+                "--first" => h.first = value(args, &mut i, a)?.parse()?,
                 "--prefix" => h.prefix = value(args, &mut i, a)?.into(),
                 "--concurrency" => h.concurrency = value(args, &mut i, a)?.parse()?,
                 "--sources" => h.sources = value(args, &mut i, a)?.parse()?,
+                "--source-base" => h.source_base = value(args, &mut i, a)?.parse()?,
+                "--proto" => h.proto2 = value(args, &mut i, a)? == "2",
                 other => anyhow::bail!("hold: unknown argument `{other}`"),
             }
             i += 1;
@@ -242,15 +261,63 @@ fn hold_main(args: &[String]) -> ExitCode {
         Ok(h)
     };
     let result = parse().and_then(|h| {
-        tokio::runtime::Builder::new_current_thread()
+        let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()?
-            .block_on(push_bench::hold(h))
+            .build()?;
+        tokio::task::LocalSet::new().block_on(&rt, push_bench::hold(h))
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("push-bench hold: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn scale_push_main(args: &[String]) -> ExitCode {
+    let parse = || -> anyhow::Result<ScalePushArgs> {
+        let mut p = ScalePushArgs::default();
+        let mut i = 0;
+        while i < args.len() {
+            let a = args[i].as_str();
+            match a {
+                "--nodes" => {
+                    p.nodes = value(args, &mut i, a)?
+                        .split(',')
+                        .map(|n| n.trim().parse())
+                        .collect::<Result<_, _>>()?
+                }
+                "--password" => p.password = value(args, &mut i, a)?.into(),
+                "--prefix" => p.prefix = value(args, &mut i, a)?.into(),
+                "--uids" => p.uids = value(args, &mut i, a)?.parse()?,
+                "--rate" => p.rate = value(args, &mut i, a)?.parse()?,
+                "--secs" => p.secs = value(args, &mut i, a)?.parse()?,
+                "--conns" => p.conns = value(args, &mut i, a)?.parse()?,
+                "--idempotent" => p.idempotent = true,
+                other => anyhow::bail!("scale-push: unknown argument `{other}`"),
+            }
+            i += 1;
+        }
+        if p.nodes.is_empty() || p.uids == 0 {
+            anyhow::bail!("scale-push needs --nodes and --uids");
+        }
+        Ok(p)
+    };
+    let result = parse().and_then(|p| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?
+            .block_on(push_bench::scale::push(p))
+    });
+    match result {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("push-bench scale-push: {e:#}");
             ExitCode::from(2)
         }
     }
