@@ -130,10 +130,10 @@ fn auth_of(config: &Config) -> Auth {
 impl AppState {
     /// Handler state for `config`; socket tasks are spawned on `tracker` so shutdown can wait.
     pub fn new(config: &Config, sockets: Arc<SocketContext>, tracker: TaskTracker) -> AppState {
-        let pusher = config
-            .pusher
-            .as_ref()
-            .map(|p| Arc::new(crate::protocol::pusher::Pusher::new(p, sockets.hub.clone())));
+        let pusher = config.pusher.as_ref().map(|p| {
+            let (hub, metrics) = (sockets.hub.clone(), sockets.metrics.clone());
+            Arc::new(crate::protocol::pusher::Pusher::new(p, hub, metrics))
+        });
         AppState {
             settings: RwLock::new(Arc::new(Settings::new(config, auth_of(config)))),
             socket_slots: Arc::new(SocketSlots::new(config.max_sockets)),

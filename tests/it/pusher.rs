@@ -545,8 +545,11 @@ struct Hook {
     body: String,
 }
 
-/// A webhook receiver on a loopback port: answers 200 to every request and hands it over.
-async fn webhook_receiver() -> (u16, tokio::sync::mpsc::UnboundedReceiver<Hook>) {
+/// A webhook receiver on a loopback port: answers 200 to every request, after `delay`, and
+/// hands it over.
+async fn webhook_receiver(
+    delay: std::time::Duration,
+) -> (u16, tokio::sync::mpsc::UnboundedReceiver<Hook>) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -576,6 +579,7 @@ async fn webhook_receiver() -> (u16, tokio::sync::mpsc::UnboundedReceiver<Hook>)
                 }
                 let mut body = vec![0; length];
                 reader.read_exact(&mut body).await.unwrap();
+                tokio::time::sleep(delay).await;
                 reader
                     .get_mut()
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
@@ -596,7 +600,7 @@ async fn webhook_receiver() -> (u16, tokio::sync::mpsc::UnboundedReceiver<Hook>)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_batched_signed_and_a_dead_endpoint_harms_no_socket() {
     use push_serve::config::PusherWebhook;
-    let (port, mut hooks) = webhook_receiver().await;
+    let (port, mut hooks) = webhook_receiver(std::time::Duration::ZERO).await;
     let dead = common::cluster::free_port();
     let s = Server::start(|c| {
         pusher_conf(c);
@@ -637,6 +641,51 @@ async fn webhooks_are_batched_signed_and_a_dead_endpoint_harms_no_socket() {
         "pusher_internal:subscription_succeeded"
     );
     assert_eq!(frame(&mut b).await["event"], "pusher:cache_miss");
+    // Still answering: the dead endpoint's retries are off the sockets' path.
+    send(&mut a, json!({"event":"pusher:ping","data":{}})).await;
+    assert_eq!(frame(&mut a).await["event"], "pusher:pong");
+
+    let mut seen: Vec<Value> = Vec::new();
+    // Until the endpoint has them all (each webhook's signature checked on the way).
+    let mut collect = async |seen: &mut Vec<Value>, wanted: &[&str]| {
+        while !wanted.iter().all(|w| seen.iter().any(|e| e["name"] == *w)) {
+            let hook = tokio::time::timeout(PATIENCE, hooks.recv())
+                .await
+                .expect("a webhook in time")
+                .unwrap();
+            assert_eq!(hook.key, KEY);
+            assert_eq!(hook.signature, sign(SECRET, &hook.body));
+            if python_ready() {
+                let valid = Command::new("python3")
+                    .args([
+                        "-c",
+                        "import sys, pusher\n\
+                     p = pusher.Pusher(app_id='1001', key=sys.argv[1], secret=sys.argv[2])\n\
+                     assert p.validate_webhook(sys.argv[1], sys.argv[3], sys.argv[4]) is not None",
+                        KEY,
+                        SECRET,
+                        &hook.signature,
+                        &hook.body,
+                    ])
+                    .status()
+                    .unwrap();
+                assert!(
+                    valid.success(),
+                    "the PyPI SDK refused the webhook's signature"
+                );
+            }
+            let body: Value = serde_json::from_str(&hook.body).unwrap();
+            assert!(body["time_ms"].as_u64().unwrap() > 0);
+            seen.extend(body["events"].as_array().unwrap().iter().cloned());
+        }
+    };
+    collect(
+        &mut seen,
+        &["channel_occupied", "client_event", "cache_miss"],
+    )
+    .await;
+    // Left once its channel_occupied went out: left within the batching window, the two
+    // would cancel out and neither be sent, as with Pusher.
     for ws in [&mut a, &mut b] {
         send(
             ws,
@@ -644,47 +693,7 @@ async fn webhooks_are_batched_signed_and_a_dead_endpoint_harms_no_socket() {
         )
         .await;
     }
-    // Still answering: the dead endpoint's retries are off the sockets' path.
-    send(&mut a, json!({"event":"pusher:ping","data":{}})).await;
-    assert_eq!(frame(&mut a).await["event"], "pusher:pong");
-
-    let mut seen: Vec<Value> = Vec::new();
-    let wanted = [
-        "channel_occupied",
-        "client_event",
-        "cache_miss",
-        "channel_vacated",
-    ];
-    while !wanted.iter().all(|w| seen.iter().any(|e| e["name"] == *w)) {
-        let hook = tokio::time::timeout(PATIENCE, hooks.recv())
-            .await
-            .expect("a webhook in time")
-            .unwrap();
-        assert_eq!(hook.key, KEY);
-        assert_eq!(hook.signature, sign(SECRET, &hook.body));
-        if python_ready() {
-            let valid = Command::new("python3")
-                .args([
-                    "-c",
-                    "import sys, pusher\n\
-                     p = pusher.Pusher(app_id='1001', key=sys.argv[1], secret=sys.argv[2])\n\
-                     assert p.validate_webhook(sys.argv[1], sys.argv[3], sys.argv[4]) is not None",
-                    KEY,
-                    SECRET,
-                    &hook.signature,
-                    &hook.body,
-                ])
-                .status()
-                .unwrap();
-            assert!(
-                valid.success(),
-                "the PyPI SDK refused the webhook's signature"
-            );
-        }
-        let body: Value = serde_json::from_str(&hook.body).unwrap();
-        assert!(body["time_ms"].as_u64().unwrap() > 0);
-        seen.extend(body["events"].as_array().unwrap().iter().cloned());
-    }
+    collect(&mut seen, &["channel_vacated"]).await;
     let occupied: Vec<&Value> = seen
         .iter()
         .filter(|e| e["name"] == "channel_occupied" && e["channel"] == "private-hooked")
@@ -698,6 +707,117 @@ async fn webhooks_are_batched_signed_and_a_dead_endpoint_harms_no_socket() {
         .find(|e| e["name"] == "channel_vacated")
         .unwrap();
     assert_eq!(vacated["channel"], "private-hooked");
+}
+
+/// Issue 19: churn drowns no webhook that matters. One anonymous socket subscribes to and
+/// leaves public channels thousands of times, and cache channels whose `cache_miss` has no
+/// pair to cancel it, against an endpoint taking 200 ms per POST; a signed presence join in the
+/// middle still gets its `member_added` to the endpoint. Occupied/vacated pairs waiting together
+/// cancel out (`coalesced`), and the full queue drops its oldest churn (`dropped`), never the
+/// member event. Before, the queue of 1,024 dropped whatever came once full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_never_pushes_a_member_added_out_of_the_webhook_queue() {
+    use push_serve::config::PusherWebhook;
+    let (port, mut hooks) = webhook_receiver(std::time::Duration::from_millis(200)).await;
+    let s = Server::start(|c| {
+        pusher_conf(c);
+        let pusher = c.pusher.as_mut().unwrap();
+        pusher.apps[0].webhooks = vec![PusherWebhook {
+            url: format!("http://127.0.0.1:{port}/pusher/webhook"),
+            event_types: push_serve::config::WEBHOOK_EVENTS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }];
+    })
+    .await;
+    // Frames are sent without waiting for the replies (a reader task counts those), as fast
+    // as the server takes them.
+    let (churner, _) = connected(&s, KEY).await;
+    let (mut churn_tx, mut churn_rx) = futures_util::StreamExt::split(churner);
+    let (misses_tx, mut misses) = tokio::sync::watch::channel(0usize);
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Some(Ok(Message::Text(text))) = futures_util::StreamExt::next(&mut churn_rx).await
+        {
+            if text.contains("pusher:cache_miss") {
+                n += 1;
+                let _ = misses_tx.send(n);
+            }
+        }
+    });
+    let mut churn = async |channels: &mut dyn Iterator<Item = String>| {
+        for channel in channels {
+            for event in ["pusher:subscribe", "pusher:unsubscribe"] {
+                let frame = json!({"event": event, "data": {"channel": channel}});
+                churn_tx
+                    .feed(Message::Text(frame.to_string().into()))
+                    .await
+                    .unwrap();
+            }
+        }
+        churn_tx.flush().await.unwrap();
+    };
+    churn(&mut (0..1500).map(|n| format!("cache-churn-{n}"))).await;
+    tokio::time::timeout(PATIENCE * 6, misses.wait_for(|n| *n == 1500))
+        .await
+        .expect("the server answered every cache subscription")
+        .unwrap();
+    let (mut member, sid) = connected(&s, KEY).await;
+    let channel = "presence-room";
+    let channel_data = json!({"user_id":"alice"}).to_string();
+    let auth = format!(
+        "{KEY}:{}",
+        sign(SECRET, &format!("{sid}:{channel}:{channel_data}"))
+    );
+    send(
+        &mut member,
+        json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":auth,"channel_data":channel_data}}),
+    )
+    .await;
+    assert_eq!(
+        frame(&mut member).await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    churn(&mut (0..3000).map(|n| format!("churn-{}", n % 40))).await;
+    let mut seen = 0;
+    let added = loop {
+        let hook = tokio::time::timeout(std::time::Duration::from_secs(60), hooks.recv())
+            .await
+            .expect("member_added within a minute")
+            .unwrap();
+        let body: Value = serde_json::from_str(&hook.body).unwrap();
+        let events = body["events"].as_array().unwrap().clone();
+        seen += events.len();
+        if let Some(added) = events.iter().find(|e| e["name"] == "member_added") {
+            break added.clone();
+        }
+    };
+    assert_eq!(
+        (added["channel"].as_str(), added["user_id"].as_str()),
+        (Some(channel), Some("alice"))
+    );
+    let metrics = s
+        .http()
+        .await
+        .get(&format!("/metrics?password={}", enc(&s.password)))
+        .await
+        .text();
+    let count = |outcome: &str| -> f64 {
+        let name = format!(r#"push_serve_webhook_events_total{{outcome="{outcome}"}} "#);
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&name))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    };
+    assert!(count("coalesced") > 0.0, "{metrics}");
+    assert!(count("dropped") > 0.0, "{metrics}");
+    println!(
+        "webhooks under churn: member_added delivered after {seen} other events; {} coalesced, \
+         {} dropped",
+        count("coalesced"),
+        count("dropped")
+    );
 }
 
 /// An anonymous socket may follow `max_channels_per_socket` channels (100 by default), not a

@@ -33,6 +33,7 @@ use serde_json::value::RawValue;
 use crate::broker::{BrokerError, Published};
 use crate::config::{PusherApp, PusherConfig};
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::wire::{CloseReason, Message, StreamKey};
 use store::{ChannelStore, MemoryStore, RedisStore};
@@ -158,8 +159,9 @@ pub struct Pusher {
 
 impl Pusher {
     /// Pusher mode for `config` over `hub`: the store is the cluster's Redis when the hub's
-    /// broker has one, else this process's memory. Must run inside a tokio runtime.
-    pub fn new(config: &PusherConfig, hub: Arc<Hub>) -> Pusher {
+    /// broker has one, else this process's memory; webhooks are counted in `metrics`. Must run
+    /// inside a tokio runtime.
+    pub fn new(config: &PusherConfig, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Pusher {
         let store: Arc<dyn ChannelStore> = match hub.broker().redis() {
             Some(redis) => RedisStore::start(redis),
             None => Arc::new(MemoryStore::default()),
@@ -175,7 +177,7 @@ impl Pusher {
             })
             .collect();
         Pusher {
-            webhooks: Webhooks::start(&apps),
+            webhooks: Webhooks::start(&apps, metrics),
             apps,
             activity_timeout: Duration::from_secs(config.activity_timeout_secs),
             max_event_bytes: config.max_event_bytes,
@@ -201,7 +203,7 @@ impl Pusher {
         self.webhooks.is_some()
     }
 
-    /// Queues a webhook event, never waiting (dropped when the queue is full).
+    /// Queues a webhook event, never waiting (see [`webhooks`] for what a full queue drops).
     pub fn notify(&self, event: WebhookEvent) {
         if let Some(webhooks) = &self.webhooks {
             webhooks.send(event);
