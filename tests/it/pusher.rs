@@ -722,6 +722,8 @@ async fn churn_never_pushes_a_member_added_out_of_the_webhook_queue() {
     let s = Server::start(|c| {
         pusher_conf(c);
         let pusher = c.pusher.as_mut().unwrap();
+        // The churn is the webhook queue's to absorb here, not the socket's rate limit's.
+        pusher.subscriptions_per_second = 1_000_000;
         pusher.apps[0].webhooks = vec![PusherWebhook {
             url: format!("http://127.0.0.1:{port}/pusher/webhook"),
             event_types: push_serve::config::WEBHOOK_EVENTS
@@ -897,4 +899,153 @@ async fn pusher_sockets_count_under_max_sockets_per_address() {
         frame(&mut other).await["event"],
         "pusher:connection_established"
     );
+}
+
+/// A Pusher socket over `new_sockets_per_address_per_minute` is told `pusher:error` 4100 and
+/// closed with 4100: pusher-js (8.x, `getCloseAction`) backs off a second before it tries
+/// again, where a 4200 would reconnect at once and a 4000 or 4300 never.
+#[tokio::test]
+async fn pusher_sockets_count_under_new_sockets_per_address_per_minute() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let s = Server::start(|c| {
+        pusher_conf(c);
+        c.new_sockets_per_address_per_minute = 2;
+        c.real_ip_header = Some("X-Forwarded-For".into());
+    })
+    .await;
+    let from = |address: &'static str| {
+        let url = format!("ws://{}/app/{KEY}?protocol=7", s.addr);
+        let mut request = url.into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("X-Forwarded-For", address.parse().unwrap());
+        request
+    };
+    for _ in 0..2 {
+        let (mut ws, _) = tokio_tungstenite::connect_async(from("198.51.100.7"))
+            .await
+            .unwrap();
+        assert_eq!(
+            frame(&mut ws).await["event"],
+            "pusher:connection_established"
+        );
+        ws.close(None).await.unwrap();
+    }
+    let (mut third, _) = tokio_tungstenite::connect_async(from("198.51.100.7"))
+        .await
+        .unwrap();
+    let refused = frame(&mut third).await;
+    assert_eq!(refused["event"], "pusher:error", "{refused}");
+    assert_eq!(data(&refused)["code"], 4100, "{refused}");
+    assert_eq!(close_code(&mut third).await.map(u16::from), Some(4100));
+    let (mut other, _) = tokio_tungstenite::connect_async(from("198.51.100.8"))
+        .await
+        .unwrap();
+    assert_eq!(
+        frame(&mut other).await["event"],
+        "pusher:connection_established"
+    );
+}
+
+/// Subscribe and unsubscribe frames spend one budget per socket: `max_channels_per_socket` at
+/// once (a reconnecting page resubscribes them all), then `subscriptions_per_second`. A
+/// subscription past it gets `pusher:error` 4301 (the socket stays open, as for client events
+/// over their rate) and `pusher:subscription_error` 429 for that channel; an unsubscribe is
+/// honoured anyway; once the budget refills, subscriptions pass again.
+#[tokio::test]
+async fn subscriptions_past_the_rate_are_refused_and_the_socket_lives_on() {
+    let s = Server::start(|c| {
+        pusher_conf(c);
+        let pusher = c.pusher.as_mut().unwrap();
+        pusher.max_channels_per_socket = 3;
+        pusher.subscriptions_per_second = 1;
+    })
+    .await;
+    let (mut ws, sid) = connected(&s, KEY).await;
+    for n in 0..3 {
+        subscribe(&mut ws, &sid, &format!("c{n}")).await;
+    }
+    send(
+        &mut ws,
+        json!({"event":"pusher:subscribe","data":{"channel":"c3"}}),
+    )
+    .await;
+    let error = frame(&mut ws).await;
+    assert_eq!(
+        (error["event"].as_str(), data(&error)["code"].as_u64()),
+        (Some("pusher:error"), Some(4301)),
+        "{error}"
+    );
+    let refused = frame(&mut ws).await;
+    assert_eq!(refused["event"], "pusher:subscription_error", "{refused}");
+    assert_eq!(refused["channel"], "c3");
+    assert_eq!(data(&refused)["status"], 429, "{refused}");
+    // Left although the budget is spent: c0's events no longer come, c1's do.
+    send(
+        &mut ws,
+        json!({"event":"pusher:unsubscribe","data":{"channel":"c0"}}),
+    )
+    .await;
+    for channel in ["c0", "c1"] {
+        let r = trigger(&s, json!({"name":"e","channel":channel,"data":"{}"})).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let got = frame(&mut ws).await;
+    assert_eq!(got["channel"], "c1", "{got}");
+    // Refilled at one a second: c3 gets in.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        send(
+            &mut ws,
+            json!({"event":"pusher:subscribe","data":{"channel":"c3"}}),
+        )
+        .await;
+        let reply = frame(&mut ws).await;
+        if reply["event"] == "pusher_internal:subscription_succeeded" {
+            break;
+        }
+        assert_eq!(reply["event"], "pusher:error", "{reply}");
+        assert_eq!(frame(&mut ws).await["event"], "pusher:subscription_error");
+        assert!(attempts < 100, "never refilled");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Issue 19: anonymous Pusher sockets cannot take the slots native pages need. With
+/// `max_sockets: 10`, Pusher sockets together get `pusher.max_sockets_share` (0.9) of them:
+/// the tenth and later are told 4100, and a native page with a valid key still connects.
+#[tokio::test]
+async fn a_pusher_flood_leaves_native_pages_their_share_of_max_sockets() {
+    let s = Server::start(|c| {
+        pusher_conf(c);
+        c.max_sockets = 10;
+    })
+    .await;
+    let mut flood = Vec::new();
+    let mut refused = 0;
+    for _ in 0..15 {
+        let mut ws = socket(&s, KEY).await;
+        let first = frame(&mut ws).await;
+        match first["event"].as_str() {
+            Some("pusher:connection_established") => flood.push(ws),
+            Some("pusher:error") => {
+                assert_eq!(data(&first)["code"], 4100, "{first}");
+                refused += 1;
+            }
+            _ => panic!("{first}"),
+        }
+    }
+    assert_eq!((flood.len(), refused), (9, 6));
+    let mut page = s.connect("alice").await;
+    let r = s.push("alice", r#"{"topic":"t","contents":1}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        next_text(&mut page).await,
+        r#"{"topic":"t","number":1,"contents":1}"#
+    );
+    // The native pages' share is the last of max_sockets: the server is full now.
+    let key = s.key("bob").await;
+    let err = try_connect(&s.ws_url("bob", &key)).await.unwrap_err();
+    assert_eq!(err.0, 503, "{}", err.1);
 }

@@ -150,6 +150,11 @@ pub struct Pusher {
     pub client_events_per_second: u32,
     /// Most channels one socket may be subscribed to.
     pub max_channels_per_socket: usize,
+    /// Subscribe and unsubscribe frames per socket per second, after a burst of
+    /// `max_channels_per_socket`.
+    pub subscriptions_per_second: u32,
+    /// The share of `max_sockets` Pusher sockets may take together.
+    pub max_sockets_share: f64,
     /// The hub every channel is a stream of.
     pub hub: Arc<Hub>,
     /// Counts, members, cache.
@@ -183,6 +188,8 @@ impl Pusher {
             max_event_bytes: config.max_event_bytes,
             client_events_per_second: config.client_events_per_second,
             max_channels_per_socket: config.max_channels_per_socket,
+            subscriptions_per_second: config.subscriptions_per_second,
+            max_sockets_share: config.max_sockets_share,
             hub,
             store,
         }
