@@ -188,6 +188,9 @@ impl ApiError {
             | ApiError::TooManyFailures(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::OriginRefused => StatusCode::FORBIDDEN,
             ApiError::UnknownPusherApp => StatusCode::NOT_FOUND,
+            ApiError::PusherSignature(crate::protocol::pusher::auth::SignatureError::Ambiguous) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::PusherSignature(_) => StatusCode::UNAUTHORIZED,
             ApiError::PusherApi(f) => {
                 StatusCode::from_u16(f.status).unwrap_or(StatusCode::BAD_REQUEST)

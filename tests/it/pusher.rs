@@ -1049,3 +1049,30 @@ async fn a_pusher_flood_leaves_native_pages_their_share_of_max_sockets() {
     let err = try_connect(&s.ws_url("bob", &key)).await.unwrap_err();
     assert_eq!(err.0, 503, "{}", err.1);
 }
+
+/// Issue 19: the API's signed text is built from decoded parameters (as the SDKs build it), so
+/// `filter_by_prefix=presence-&info=user_count` and `filter_by_prefix=presence-%26info%3Duser_count`
+/// would sign alike. The re-split request is refused with 400 under the original's valid
+/// signature; the original still works (and the SDKs, in the tests above).
+#[tokio::test]
+async fn a_signed_query_re_split_under_its_signature_is_refused() {
+    let s = start().await;
+    let stamp = now().to_string();
+    let query = format!(
+        "auth_key={KEY}&auth_timestamp={stamp}&auth_version=1.0&filter_by_prefix=presence-&info=user_count"
+    );
+    let signature = sign(SECRET, &format!("GET\n/apps/1001/channels\n{query}"));
+    let get = |query: String| {
+        let s = &s;
+        async move {
+            let mut http = Http::connect(s.addr).await;
+            http.get(&format!("/apps/1001/channels?{query}")).await
+        }
+    };
+    let ok = get(format!("{query}&auth_signature={signature}")).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let resplit = query.replace("presence-&info=user_count", "presence-%26info%3Duser_count");
+    let refused = get(format!("{resplit}&auth_signature={signature}")).await;
+    let reason = refused.assert_error(400);
+    assert!(reason.contains("split"), "{reason}");
+}
