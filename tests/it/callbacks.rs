@@ -407,6 +407,10 @@ async fn socket_churn_never_pushes_out_another_users_online() {
         seen[0]
     );
     let counts = stats(&s).await["callbacks"].clone();
+    println!(
+        "callbacks under churn: the bystander's online came after {} other events; {counts}",
+        seen.len()
+    );
     assert!(counts["dropped"].as_u64().unwrap() > 0, "{counts}");
     assert!(counts["coalesced"].as_u64().unwrap() > 0, "{counts}");
     let metrics = s
