@@ -338,7 +338,7 @@ impl Inner {
 }
 
 async fn dispatch(queue: Arc<EventQueue<Event>>, inner: std::sync::Weak<Inner>, hub: Arc<Hub>) {
-    let cluster = hub.broker().redis().is_some();
+    let cluster = hub.broker().is_shared();
     // One event at a time, so the business server sees a uid's events in order.
     while let Some(event) = queue.pop().await {
         let Some(inner) = inner.upgrade() else { return };

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::broker::redis::RedisHandle;
+use crate::broker::redis_conn::tag_part;
 use crate::broker::BrokerError;
 use crate::wire::{self, Frame};
 
@@ -118,7 +119,7 @@ impl Inbox {
     }
 
     fn keys(redis: &RedisHandle, uid: &str) -> (String, String) {
-        let base = format!("{}:inbox:{{{uid}}}", redis.prefix());
+        let base = format!("{}:inbox:{{{}}}", redis.prefix(), tag_part(uid));
         (format!("{base}:z"), format!("{base}:m"))
     }
 
@@ -177,20 +178,50 @@ impl Inbox {
         };
         let (z, m) = Inbox::keys(redis, uid);
         let now = entry.at;
+        let all = Inbox::all(redis);
+        let mut conn = redis.conn.clone();
+        if redis.is_cluster() {
+            // The overall bound's set is in another slot than the uid's keys: checked before,
+            // added to after (concurrent keeps may pass the bound by a few).
+            let mut pipe = redis::pipe();
+            pipe.cmd("ZREMRANGEBYSCORE")
+                .arg(&all)
+                .arg("-inf")
+                .arg(now)
+                .ignore()
+                .cmd("ZCARD")
+                .arg(&all);
+            let (held,): (usize,) = redis
+                .call("inbox_count", pipe.query_async(&mut conn))
+                .await?;
+            if held >= bounds.total {
+                return Ok(Kept::Full);
+            }
+        }
         let mut call = KEEP.key(z);
-        call.key(m)
-            .key(Inbox::all(redis))
-            .arg(now)
+        call.key(m);
+        if !redis.is_cluster() {
+            call.key(&all);
+        }
+        call.arg(now)
             .arg(now + ttl.as_millis() as u64)
             .arg(id)
             .arg(serde_json::to_string(&entry).expect("serializes"))
             .arg(bounds.per_uid)
             .arg(bounds.total)
             .arg(uid);
-        let mut conn = redis.conn.clone();
         let code: i64 = redis
             .call("inbox_keep", call.invoke_async(&mut conn))
             .await?;
+        if code == 1 && redis.is_cluster() {
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(&all)
+                .arg(now + ttl.as_millis() as u64)
+                .arg(format!("{uid}\n{id}"));
+            redis
+                .call("inbox_count", zadd.query_async::<()>(&mut conn))
+                .await?;
+        }
         Ok(match code {
             1 => Kept::Kept,
             -1 => Kept::UidFull,
@@ -262,14 +293,21 @@ impl Inbox {
         let mut pipe = redis::pipe();
         pipe.cmd("ZREM").arg(&z).arg(id);
         pipe.cmd("HDEL").arg(&m).arg(id).ignore();
-        pipe.cmd("ZREM")
-            .arg(Inbox::all(redis))
-            .arg(format!("{uid}\n{id}"))
-            .ignore();
+        // The overall set is in another slot on a Redis Cluster: a call of its own.
+        let mut all = redis::cmd("ZREM");
+        all.arg(Inbox::all(redis)).arg(format!("{uid}\n{id}"));
+        if !redis.is_cluster() {
+            pipe.add_command(all.clone()).ignore();
+        }
         let mut conn = redis.conn.clone();
         let (removed,): (u64,) = redis
             .call("inbox_remove", pipe.query_async(&mut conn))
             .await?;
+        if redis.is_cluster() {
+            redis
+                .call("inbox_remove", all.query_async::<()>(&mut conn))
+                .await?;
+        }
         Ok(removed > 0)
     }
 

@@ -25,6 +25,7 @@ use redis::Script;
 use serde_json::value::RawValue;
 
 use crate::broker::redis::RedisHandle;
+use crate::broker::redis_conn::tag_part;
 use crate::broker::{Attach, BrokerError, Published};
 use crate::hub::Hub;
 use crate::wire::{Message, Position, StreamKey};
@@ -156,7 +157,7 @@ impl Pools {
     }
 
     fn keys(redis: &RedisHandle, name: &str) -> (String, String) {
-        let doc = format!("{}:pool:{{{name}}}", redis.prefix());
+        let doc = format!("{}:pool:{{{}}}", redis.prefix(), tag_part(name));
         let lock = format!("{doc}:lock");
         (doc, lock)
     }
@@ -382,6 +383,8 @@ impl Pools {
             Store::Redis(redis) => {
                 let (key, _) = Pools::keys(redis, name);
                 let mut pipe = redis::pipe();
+                let mut set = redis::cmd(if doc.is_some() { "SADD" } else { "SREM" });
+                set.arg(Pools::set(redis)).arg(name);
                 match doc {
                     Some(json) => {
                         pipe.cmd("HSET")
@@ -391,14 +394,20 @@ impl Pools {
                             .arg("seq")
                             .arg(seq)
                             .ignore();
-                        pipe.cmd("SADD").arg(Pools::set(redis)).arg(name).ignore();
                     }
                     None => {
                         pipe.cmd("DEL").arg(&key).ignore();
-                        pipe.cmd("SREM").arg(Pools::set(redis)).arg(name).ignore();
                     }
                 }
                 let mut conn = redis.conn.clone();
+                // The set of pools is in another slot than the document on a Redis Cluster.
+                if redis.is_cluster() {
+                    redis
+                        .call("pool_store", set.query_async::<()>(&mut conn))
+                        .await?;
+                } else {
+                    pipe.add_command(set).ignore();
+                }
                 redis
                     .call("pool_store", pipe.query_async::<()>(&mut conn))
                     .await

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::broker::redis::RedisHandle;
+use crate::broker::redis_conn::tag_part;
 use crate::broker::BrokerError;
 
 /// Who a message was for.
@@ -167,7 +168,8 @@ impl Receipts {
     }
 
     fn key(redis: &RedisHandle, id: &str) -> String {
-        format!("{}:receipt:{id}", redis.prefix())
+        // A hash tag: the report's sets (`:a`, `:u`) share its slot on a Redis Cluster.
+        format!("{}:receipt:{{{}}}", redis.prefix(), tag_part(id))
     }
 
     /// How long a report is kept now.

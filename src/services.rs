@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::broker::redis::{RedisBroker, RedisHandle};
+use crate::broker::redis_conn::Target as Store;
 use crate::broker::{BrokerError, Published};
 use crate::callbacks::Callbacks;
 use crate::config::Config;
@@ -29,31 +31,45 @@ pub struct Services {
     pub inbox: Arc<Inbox>,
     /// Data pools: a page following one gets its document first.
     pub pools: Arc<Pools>,
+    /// The cluster's Redis (`redis_url` or `redis_cluster`), for a feature built after these
+    /// (Pusher mode's store); `None` on a single node.
+    pub redis: Option<RedisHandle>,
     /// Events for the business server: a uid online/offline, a socket's connect/disconnect.
     pub callbacks: Callbacks,
 }
 
 impl Services {
-    /// The services `config` asks for: in memory, or in the cluster's Redis with `redis_url`.
+    /// The services `config` asks for: in memory, or in the cluster's Redis with `redis_url` or
+    /// `redis_cluster` (the only place that chooses).
     /// Starts their background tasks (the cluster broker's, the callbacks' sender) in the
     /// current runtime. `config` was validated.
     pub fn start(config: &Config, metrics: Arc<Metrics>) -> Services {
-        let hub = Arc::new(match &config.redis_url {
-            None => Hub::local(config.queue_limit(), config.retention()),
-            Some(url) => {
+        let target = match (&config.redis_url, config.redis_cluster.as_slice()) {
+            (Some(url), _) => Some(Store::Single(url.expose().to_owned())),
+            (None, []) => None,
+            (None, urls) => Some(Store::Cluster(
+                urls.iter().map(|u| u.expose().to_owned()).collect(),
+            )),
+        };
+        let (hub, redis) = match target {
+            None => (
+                Arc::new(Hub::local(config.queue_limit(), config.retention())),
+                None,
+            ),
+            Some(target) => {
                 let registry = Arc::new(crate::registry::Registry::new(config.queue_limit()));
-                let broker = crate::broker::redis::RedisBroker::start(
-                    url,
+                let broker = RedisBroker::start(
+                    &target,
                     &config.redis_prefix,
                     registry.clone(),
                     config.retention(),
                     metrics.clone(),
                 )
-                .expect("redis_url was validated");
-                Hub::new(registry, broker)
+                .expect("redis_url and redis_cluster were validated");
+                let redis = broker.handle();
+                (Arc::new(Hub::new(registry, broker)), Some(redis))
             }
-        });
-        let redis = hub.broker().redis();
+        };
         let receipts = match &redis {
             Some(redis) => Receipts::redis(redis.clone(), config.receipt_ttl()),
             None => Receipts::memory(config.receipt_ttl(), config.receipt_max),
@@ -62,8 +78,8 @@ impl Services {
             Some(redis) => Inbox::redis(redis.clone(), config.inbox_bounds()),
             None => Inbox::memory(config.inbox_bounds()),
         };
-        let pools = match redis {
-            Some(redis) => Pools::redis(redis, config.pool_bounds()),
+        let pools = match &redis {
+            Some(redis) => Pools::redis(redis.clone(), config.pool_bounds()),
             None => Pools::memory(config.pool_bounds()),
         };
         let callbacks = Callbacks::start(callback_settings(config), hub.clone(), metrics.clone());
@@ -74,6 +90,7 @@ impl Services {
             inbox: Arc::new(inbox),
             pools: Arc::new(pools),
             callbacks,
+            redis,
         }
     }
 
@@ -91,6 +108,7 @@ impl Services {
             inbox: Arc::new(Inbox::memory(defaults.inbox_bounds())),
             pools: Arc::new(Pools::memory(defaults.pool_bounds())),
             callbacks: Callbacks::off(),
+            redis: None,
         }
     }
 

@@ -16,6 +16,7 @@
 
 pub mod local;
 pub mod redis;
+pub mod redis_conn;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -164,10 +165,9 @@ pub trait Broker: Send + Sync + 'static {
         payload: &'a [u8],
     ) -> BoxFuture<'a, Result<(), BrokerError>>;
 
-    /// The cluster's Redis, for features that keep shared state of their own next to the
-    /// broker's (`None` for a single node: such state lives in memory).
-    fn redis(&self) -> Option<redis::RedisHandle> {
-        None
+    /// Whether other nodes share this broker's streams (a cluster store).
+    fn is_shared(&self) -> bool {
+        false
     }
 
     /// After every socket closed: tell the other nodes this one is gone, stop background work.

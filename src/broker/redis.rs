@@ -32,6 +32,14 @@
 //!   unless Redis is durable (`appendonly yes` + `appendfsync always`, read at each connect),
 //!   generations are tied to Redis's `run_id`: any Redis restart starts new generations and a
 //!   resuming page gets `_gap`, never silence.
+//! - **A Redis Cluster** (`redis_cluster`, through [`RedisConn`]): the same scripts, each on one
+//!   slot (a stream's keys share its hash tag; multi-stream calls are grouped by slot). A node
+//!   cannot publish to another node's channel from a script running in the stream's slot, so
+//!   there the message goes once to the stream's **shard channel** (`SPUBLISH`), which each node
+//!   with followers subscribes to (`SSUBSCRIBE`, by the presence writer, before it writes the
+//!   stream's count: the same order as the node channel above). Scripts cannot read liveness
+//!   keys in other slots either: they are given the ids the registry found gone. The generation
+//!   guard is the run_id of the master the stream is on, which the script reads itself.
 //! - **Fail fast**: every call is bounded (1.5 s); a failure is 503 for the caller and one
 //!   warning per outage in the log. Open sockets stay open; connects get 503 while the node
 //!   is not subscribed. With `Idempotency-Key`, a backend retrying a timed-out publish does
@@ -45,7 +53,10 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
 use redis::{Script, Value};
+
+use super::redis_conn::{self, tag_part, RedisConn, Target};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
@@ -71,6 +82,9 @@ const PRESENCE_BATCH: usize = 256;
 const PRESENCE_QUEUE: usize = 65_536;
 /// How long idempotency keys are remembered.
 const IDEMPOTENCY_TTL_SECS: u64 = 300;
+/// How long the ids of nodes found gone are remembered (on a Redis Cluster, scripts learn from
+/// this list which counts to drop, since they cannot look at other slots' liveness keys).
+const GONE_MS: u64 = 3_600_000;
 
 static PUBLISH: std::sync::LazyLock<Script> =
     std::sync::LazyLock::new(|| Script::new(include_str!("lua/publish.lua")));
@@ -106,28 +120,49 @@ fn random_hex() -> String {
 #[derive(Clone)]
 struct Keys {
     prefix: Arc<str>,
+    /// On a Redis Cluster: the node registry's keys share a hash tag, so one script reads them.
+    cluster: bool,
 }
 
 impl Keys {
-    /// The stream's meta hash. The stream id is a hash tag, so a later Redis Cluster keeps all
-    /// of a stream's keys in one slot.
+    /// A stream's hash tag: its id, escaped so that no name ends the tag early. So all of a
+    /// stream's keys (and its shard channel) are in one slot, and no two streams' keys meet.
+    fn tag(&self, key: &StreamKey) -> String {
+        format!("{}:{{{}}}", self.prefix, tag_part(&key.id()))
+    }
+    /// The stream's meta hash.
     fn meta(&self, key: &StreamKey) -> String {
-        format!("{}:{{{}}}:m", self.prefix, key.id())
+        format!("{}:m", self.tag(key))
     }
     fn hist(&self, key: &StreamKey) -> String {
-        format!("{}:{{{}}}:h", self.prefix, key.id())
+        format!("{}:h", self.tag(key))
     }
     fn idempotency(&self, key: &StreamKey, idem: &str) -> String {
-        format!("{}:{{{}}}:i:{idem}", self.prefix, key.id())
+        format!("{}:i:{idem}", self.tag(key))
+    }
+    /// A Redis Cluster's shard channel of a stream (in the stream's slot).
+    fn shard_channel(&self, key: &StreamKey) -> String {
+        format!("{}:c", self.tag(key))
     }
     fn channel_prefix(&self) -> String {
         format!("{}:node:", self.prefix)
     }
     fn alive_prefix(&self) -> String {
-        format!("{}:alive:", self.prefix)
+        if self.cluster {
+            format!("{}:{{nodes}}:alive:", self.prefix)
+        } else {
+            format!("{}:alive:", self.prefix)
+        }
     }
     fn nodes(&self) -> String {
-        format!("{}:nodes", self.prefix)
+        if self.cluster {
+            format!("{}:{{nodes}}", self.prefix)
+        } else {
+            format!("{}:nodes", self.prefix)
+        }
+    }
+    fn gone(&self) -> String {
+        format!("{}:gone", self.nodes())
     }
     /// The channel every node subscribes to for cluster-wide commands.
     fn control(&self) -> String {
@@ -181,6 +216,13 @@ struct Shared {
     /// Presence updates were dropped (queue full): the next heartbeat rewrites them all.
     dirty: Arc<AtomicBool>,
     stopping: AtomicBool,
+    /// Ids this process keeps alive besides its incarnation, with the liveness key prefix each
+    /// uses on one Redis (a Pusher store's).
+    members: Mutex<Vec<(Arc<str>, String)>>,
+    /// Nodes (and members) found gone in the last [`GONE_MS`], as of the last heartbeat.
+    gone: RwLock<Arc<Vec<String>>>,
+    /// On a Redis Cluster: the connection this incarnation's (sharded) subscriptions are on.
+    subscriber: Mutex<Option<ClusterConnection>>,
 }
 
 impl Shared {
@@ -204,6 +246,17 @@ impl Shared {
 
     fn boot(&self) -> Option<Arc<str>> {
         self.boot.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn gone(&self) -> Arc<Vec<String>> {
+        self.gone.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn subscriber(&self) -> Option<ClusterConnection> {
+        self.subscriber
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn meta_ttl_secs(&self) -> u64 {
@@ -266,7 +319,7 @@ impl Observer for PresenceObserver {
 #[derive(Clone)]
 pub struct RedisHandle {
     /// A clone of the broker's command connection.
-    pub conn: ConnectionManager,
+    pub conn: RedisConn,
     shared: Arc<Shared>,
 }
 
@@ -275,6 +328,39 @@ impl RedisHandle {
     /// `<prefix>:<feature>:`.
     pub fn prefix(&self) -> &str {
         &self.shared.keys.prefix
+    }
+
+    /// Whether this is a Redis Cluster: keys of one call must share a hash tag, and scripts
+    /// learn liveness from [`RedisHandle::liveness_args`] instead of reading other slots.
+    pub fn is_cluster(&self) -> bool {
+        self.conn.is_cluster()
+    }
+
+    /// Keeps `id` alive in the node registry for as long as this process runs (a feature that
+    /// counts under an id of its own, as the Pusher store does). On one Redis its liveness key
+    /// is `<alive_prefix><id>`, as the feature's scripts expect.
+    pub fn keep_alive(&self, id: &str, alive_prefix: String) {
+        self.shared
+            .members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id.into(), alive_prefix));
+        // Alive from now, not from the next heartbeat (readers drop counts of ids not alive).
+        let (shared, mut conn) = (self.shared.clone(), self.conn.clone());
+        tokio::spawn(async move { keep_members(&shared, &mut conn).await });
+    }
+
+    /// The liveness arguments of a script that counts per node: on one Redis the prefix of
+    /// the liveness keys (`alive_prefix`, checked with `EXISTS`); on a Redis Cluster `''` and
+    /// then the ids known gone.
+    pub fn liveness_args(&self, alive_prefix: &str) -> Vec<String> {
+        if self.is_cluster() {
+            let mut args = vec![String::new()];
+            args.extend(self.shared.gone().iter().cloned());
+            args
+        } else {
+            vec![alive_prefix.to_string()]
+        }
     }
 
     /// Runs Redis call `op` with the broker's bound (1.5 s), counted on `/metrics`.
@@ -290,36 +376,53 @@ impl RedisHandle {
 /// The Redis broker. See the module doc.
 pub struct RedisBroker {
     shared: Arc<Shared>,
-    conn: ConnectionManager,
+    conn: RedisConn,
     presence: mpsc::Sender<Op>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl RedisBroker {
-    /// Connects lazily to `url` (the node starts even while Redis is down, and joins when it
-    /// is up), registers with `registry` as its observer, and starts the subscription and
+    /// Connects lazily to `target` (the node starts even while Redis is down, and joins when
+    /// it is up), registers with `registry` as its observer, and starts the subscription and
     /// presence tasks.
     pub fn start(
-        url: &str,
+        target: &Target,
         prefix: &str,
         registry: Arc<Registry>,
         retention: Retention,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<RedisBroker>, BrokerError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
-        let conn =
-            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
+        let (conn, subscriber) = match target {
+            Target::Single(url) => {
+                let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(1)))
+                    .set_response_timeout(Some(CALL_TIMEOUT))
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(50))
+                    .set_max_delay(Duration::from_secs(1));
+                let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+                    .map_err(unavailable)?;
+                (RedisConn::Single(conn), Subscriber::Single(client))
+            }
+            Target::Cluster(urls) => {
+                // Fails now on a malformed URL rather than in the connecting task.
+                redis_conn::cluster_client(urls, CALL_TIMEOUT, None).map_err(unavailable)?;
+                let slot = Arc::new(RwLock::new(None));
+                tokio::spawn(redis_conn::connect_cluster(
+                    slot.clone(),
+                    urls.clone(),
+                    CALL_TIMEOUT,
+                ));
+                (RedisConn::Cluster(slot), Subscriber::Cluster(urls.clone()))
+            }
+        };
         let shared = Arc::new(Shared {
             registry: registry.clone(),
             metrics,
             keys: Keys {
                 prefix: prefix.into(),
+                cluster: conn.is_cluster(),
             },
             retention,
             outage: Outage::default(),
@@ -328,6 +431,9 @@ impl RedisBroker {
             reincarnate: Notify::new(),
             dirty: Arc::new(AtomicBool::new(false)),
             stopping: AtomicBool::new(false),
+            members: Mutex::new(Vec::new()),
+            gone: RwLock::new(Arc::new(Vec::new())),
+            subscriber: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel(PRESENCE_QUEUE);
         registry.set_observer(Arc::new(PresenceObserver {
@@ -336,11 +442,11 @@ impl RedisBroker {
         }));
         let tasks = vec![
             tokio::spawn(presence_loop(shared.clone(), conn.clone(), rx)),
-            tokio::spawn(subscribe_loop(shared.clone(), client, tx.clone())),
+            tokio::spawn(subscribe_loop(shared.clone(), subscriber, tx.clone())),
         ];
         log::info!(
             "cluster broker: redis at {}, key prefix `{prefix}`",
-            without_password(url)
+            target.shown()
         );
         Ok(Arc::new(RedisBroker {
             shared,
@@ -376,9 +482,15 @@ impl RedisBroker {
             .arg(retention.history_ttl.as_millis().max(1) as u64)
             .arg(self.shared.meta_ttl_secs())
             .arg(random_hex())
-            .arg(&*boot)
-            .arg(keys.channel_prefix())
-            .arg(IDEMPOTENCY_TTL_SECS);
+            .arg(&*boot);
+        if keys.cluster {
+            call.arg("")
+                .arg(IDEMPOTENCY_TTL_SECS)
+                .arg(keys.shard_channel(key))
+                .arg(&*self.shared.gone());
+        } else {
+            call.arg(keys.channel_prefix()).arg(IDEMPOTENCY_TTL_SECS);
+        }
         let mut conn = self.conn.clone();
         let reply: String = match self
             .shared
@@ -438,22 +550,28 @@ impl RedisBroker {
             .filter(|&i| streams[i].since.is_some())
             .collect();
         let mut replays = HashMap::new();
-        if !resumed.is_empty() {
-            let keys = &self.shared.keys;
+        let keys = &self.shared.keys;
+        let groups = batches(keys, resumed.iter().map(|&i| streams[i].key), usize::MAX);
+        let calls = groups.iter().map(|group| {
             let mut call = REPLAY.prepare_invoke();
             call.arg(self.shared.retention.history_ttl.as_millis().max(1) as u64);
-            for &i in &resumed {
-                let a = &streams[i];
+            for &g in group {
+                let a = &streams[resumed[g]];
                 call.key(keys.meta(a.key)).key(keys.hist(a.key));
                 let since = a.since.flatten().map_or(String::new(), |p| p.to_string());
-                call.arg(since).arg(now[i].seq);
+                call.arg(since).arg(now[resumed[g]].seq);
             }
             let mut conn = self.conn.clone();
-            let reply: Vec<Value> = self
-                .shared
-                .call("replay", call.invoke_async(&mut conn))
-                .await?;
-            for (&i, value) in resumed.iter().zip(reply) {
+            async move {
+                self.shared
+                    .call::<Vec<Value>>("replay", call.invoke_async(&mut conn))
+                    .await
+            }
+        });
+        let replies = futures_util::future::join_all(calls).await;
+        for (group, reply) in groups.iter().zip(replies) {
+            for (&g, value) in group.iter().zip(reply?) {
+                let i = resumed[g];
                 let replay =
                     replay_from(value, streams[i].key, streams[i].since.flatten(), now[i])?;
                 replays.insert(i, replay);
@@ -528,13 +646,69 @@ fn parse_position(s: &str) -> Option<Position> {
     })
 }
 
-fn without_password(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+impl RedisBroker {
+    /// What a feature with shared state of its own needs to keep it next to the broker's.
+    pub fn handle(&self) -> RedisHandle {
+        RedisHandle {
+            conn: self.conn.clone(),
+            shared: self.shared.clone(),
         }
-        _ => url.to_string(),
     }
+}
+
+/// Groups `streams` (by their index) into script calls: on one Redis, chunks of `max`; on a
+/// Redis Cluster, streams of one slot together (a script's keys must share a slot), chunks of
+/// `max` within it.
+fn batches<'k>(
+    keys: &Keys,
+    streams: impl Iterator<Item = &'k StreamKey>,
+    max: usize,
+) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    if !keys.cluster {
+        for (i, _) in streams.enumerate() {
+            match out.last_mut() {
+                Some(last) if last.len() < max => last.push(i),
+                _ => out.push(vec![i]),
+            }
+        }
+        return out;
+    }
+    let mut by_slot: HashMap<redis::cluster_routing::Slot, usize> = HashMap::new();
+    for (i, key) in streams.enumerate() {
+        let slot = redis_conn::slot_of(&keys.tag(key));
+        match by_slot.get(&slot) {
+            Some(&at) if out[at].len() < max => out[at].push(i),
+            _ => {
+                by_slot.insert(slot, out.len());
+                out.push(vec![i]);
+            }
+        }
+    }
+    out
+}
+
+impl Shared {
+    /// The node registry now: `(id, stats)` pairs of the live nodes (and members), and the ids
+    /// found gone lately, which are remembered for scripts that count per node.
+    async fn nodes(&self, conn: &mut RedisConn) -> Result<(Vec<String>, Vec<String>), BrokerError> {
+        let keys = &self.keys;
+        let mut call = NODES.key(keys.nodes());
+        call.key(keys.gone())
+            .arg(keys.alive_prefix())
+            .arg(unix_ms())
+            .arg(GONE_MS);
+        let (live, gone): (Vec<String>, Vec<String>) =
+            self.call("nodes", call.invoke_async(conn)).await?;
+        *self.gone.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(gone.clone());
+        Ok((live, gone))
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Broker for RedisBroker {
@@ -559,7 +733,11 @@ impl Broker for RedisBroker {
         Box::pin(async move {
             let keys = &self.shared.keys;
             let mut call = ONLINE.key(keys.meta(&StreamKey::User(uid.into())));
-            call.arg(keys.alive_prefix());
+            if keys.cluster {
+                call.arg("").arg(&*self.shared.gone());
+            } else {
+                call.arg(keys.alive_prefix());
+            }
             let mut conn = self.conn.clone();
             let n: u64 = self
                 .shared
@@ -571,14 +749,8 @@ impl Broker for RedisBroker {
 
     fn cluster(&self) -> BoxFuture<'_, Result<Option<ClusterView>, BrokerError>> {
         Box::pin(async move {
-            let keys = &self.shared.keys;
-            let mut call = NODES.key(keys.nodes());
-            call.arg(keys.alive_prefix());
             let mut conn = self.conn.clone();
-            let reply: Vec<String> = self
-                .shared
-                .call("nodes", call.invoke_async(&mut conn))
-                .await?;
+            let (reply, _gone) = self.shared.nodes(&mut conn).await?;
             // Other nodes' figures are as of their last heartbeat; this node's are live.
             let me = self.shared.node();
             let registry = &self.shared.registry;
@@ -589,6 +761,10 @@ impl Broker for RedisBroker {
             let mut view = ClusterView::default();
             for pair in reply.chunks(2) {
                 let [id, stats] = pair else { continue };
+                if stats.is_empty() {
+                    // A member that is no node (a Pusher store's id).
+                    continue;
+                }
                 let stats = match &me {
                     Some(me) if **me == **id => live.clone(),
                     _ => serde_json::from_str(stats).unwrap_or_default(),
@@ -607,11 +783,8 @@ impl Broker for RedisBroker {
         0
     }
 
-    fn redis(&self) -> Option<RedisHandle> {
-        Some(RedisHandle {
-            conn: self.conn.clone(),
-            shared: self.shared.clone(),
-        })
+    fn is_shared(&self) -> bool {
+        true
     }
 
     fn command<'a>(
@@ -659,9 +832,107 @@ impl Broker for RedisBroker {
     }
 }
 
-/// Keeps one pub/sub connection subscribed to this node's channel, delivering what arrives into
-/// the registry; on any failure, or when asked, starts a new incarnation (new id) with backoff.
-async fn subscribe_loop(shared: Arc<Shared>, client: redis::Client, presence: mpsc::Sender<Op>) {
+/// How a node hears what is published for it.
+enum Subscriber {
+    /// One Redis: its own channel, on a pub/sub connection of its own.
+    Single(redis::Client),
+    /// A Redis Cluster (seed URLs): each of its streams' shard channels, subscribed by the
+    /// presence writer as streams gain followers here, on a RESP3 connection of its own.
+    Cluster(Vec<String>),
+}
+
+async fn subscribe_loop(shared: Arc<Shared>, subscriber: Subscriber, presence: mpsc::Sender<Op>) {
+    match subscriber {
+        Subscriber::Single(client) => subscribe_single(shared, client, presence).await,
+        Subscriber::Cluster(urls) => subscribe_cluster(shared, urls, presence).await,
+    }
+}
+
+/// A Redis Cluster: per incarnation, one RESP3 cluster connection whose pushes come here. It
+/// subscribes (classic pub/sub, cluster-wide) to this node's ping channel and the control
+/// channel; the presence writer adds each stream's shard channel through it (`SSUBSCRIBE`
+/// before the stream's count and position are written, as on one Redis). A dropped
+/// connection to any master, or silence, ends the incarnation: the next one subscribes
+/// everything again and resyncs every stream that moved on meanwhile.
+async fn subscribe_cluster(shared: Arc<Shared>, urls: Vec<String>, presence: mpsc::Sender<Op>) {
+    let mut backoff = Duration::from_millis(100);
+    let channel_prefix = shared.keys.channel_prefix();
+    let control = shared.keys.control();
+    while !shared.stopping.load(Ordering::Relaxed) {
+        let _ = futures_util::FutureExt::now_or_never(shared.reincarnate.notified());
+        let id: Arc<str> = random_hex().into();
+        let ping = format!("{channel_prefix}{id}");
+        let (tx, mut pushes) = mpsc::unbounded_channel();
+        let subscribed = async {
+            let client = redis_conn::cluster_client(&urls, CALL_TIMEOUT, Some(tx))?;
+            let mut conn = client.get_async_connection().await?;
+            conn.subscribe(&[ping.as_str(), control.as_str()]).await?;
+            Ok::<_, redis::RedisError>(conn)
+        };
+        let conn = match tokio::time::timeout(CALL_TIMEOUT * 2, subscribed).await {
+            Ok(Ok(conn)) => conn,
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no answer within 3 s".to_string(),
+                };
+                shared.outage.failed("subscribe", &why);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        *shared.subscriber.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+        if presence.send(Op::Incarnate(id.clone())).await.is_err() {
+            return;
+        }
+        let lost = loop {
+            tokio::select! {
+                push = tokio::time::timeout(WATCHDOG, pushes.recv()) => match push {
+                    Ok(Some(push)) => match push.kind {
+                        redis::PushKind::Message | redis::PushKind::SMessage => {
+                            let mut data = push.data.into_iter();
+                            let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+                                (data.next(), data.next())
+                            else {
+                                continue;
+                            };
+                            if channel == control.as_bytes() {
+                                shared.registry.command(&payload);
+                            } else {
+                                deliver(&shared.registry, &payload);
+                            }
+                        }
+                        redis::PushKind::Disconnection => {
+                            break Some("a connection to the redis cluster dropped");
+                        }
+                        _ => {}
+                    },
+                    Ok(None) => break Some("subscription connection closed"),
+                    Err(_) => break Some("subscription silent for 15 s"),
+                },
+                _ = shared.reincarnate.notified() => break None,
+            }
+        };
+        // Dropping the connection drops its subscriptions.
+        shared
+            .subscriber
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(why) = lost.filter(|_| !shared.stopping.load(Ordering::Relaxed)) {
+            shared.end_incarnation(why);
+            shared.outage.failed("subscription", &why);
+            tokio::time::sleep(backoff).await;
+        }
+    }
+}
+
+/// One Redis: keeps one pub/sub connection subscribed to this node's channel, delivering what
+/// arrives into the registry; on any failure, or when asked, starts a new incarnation (new id)
+/// with backoff.
+async fn subscribe_single(shared: Arc<Shared>, client: redis::Client, presence: mpsc::Sender<Op>) {
     let mut backoff = Duration::from_millis(100);
     let channel_prefix = shared.keys.channel_prefix();
     while !shared.stopping.load(Ordering::Relaxed) {
@@ -744,11 +1015,12 @@ fn deliver(registry: &Registry, bytes: &[u8]) {
 /// The one writer of this node's presence: coalesces joins and leaves, writes absolute counts
 /// read from the registry, answers joins with their streams' positions, announces everything
 /// at each incarnation and every [`Retention::meta_ttl`] / 3, and keeps the liveness key.
-async fn presence_loop(shared: Arc<Shared>, conn: ConnectionManager, mut rx: mpsc::Receiver<Op>) {
+async fn presence_loop(shared: Arc<Shared>, conn: RedisConn, mut rx: mpsc::Receiver<Op>) {
     let mut writer = PresenceWriter {
         shared: shared.clone(),
         conn,
         node: None,
+        subscribed: HashSet::new(),
     };
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -762,10 +1034,14 @@ async fn presence_loop(shared: Arc<Shared>, conn: ConnectionManager, mut rx: mps
             _ = heartbeat.tick() => {
                 let full = shared.dirty.swap(false, Ordering::Relaxed)
                     || refreshed.elapsed() >= refresh_every;
+                writer.keep_members().await;
                 if writer.node.is_some() {
                     if full {
                         refreshed = Instant::now();
-                        writer.announce_all(false).await;
+                        // On a Redis Cluster a slot move can drop a shard subscription's
+                        // messages unseen; comparing positions finds such a stream.
+                        let check = shared.keys.cluster;
+                        writer.announce_all(check).await;
                     }
                     writer.heartbeat().await;
                 }
@@ -813,44 +1089,126 @@ type Waiter = (
 
 struct PresenceWriter {
     shared: Arc<Shared>,
-    conn: ConnectionManager,
+    conn: RedisConn,
     /// The incarnation this writer announces under (`None` between incarnations).
     node: Option<Arc<str>>,
+    /// On a Redis Cluster: the streams whose shard channel this incarnation subscribes to.
+    subscribed: HashSet<StreamKey>,
 }
 
 impl PresenceWriter {
     /// Writes the current count of each stream in `keys` under this incarnation and returns
-    /// each stream's position.
+    /// each stream's position. On a Redis Cluster, a stream that gained its first follower here
+    /// is subscribed to first (so a publish after its position reaches this node), and one
+    /// that lost its last is unsubscribed from after.
     async fn write(&mut self, keys: &[StreamKey]) -> Result<Vec<Position>, BrokerError> {
         let node = self
             .node
             .clone()
             .ok_or_else(|| unavailable("this node is not subscribed to redis"))?;
         let boot = self.shared.boot().unwrap_or_default();
-        let mut positions = Vec::with_capacity(keys.len());
-        for batch in keys.chunks(PRESENCE_BATCH) {
-            let k = &self.shared.keys;
+        let k = &self.shared.keys;
+        let counts: Vec<usize> = keys
+            .iter()
+            .map(|key| self.shared.registry.followers(key))
+            .collect();
+        if k.cluster {
+            let new: Vec<&StreamKey> = keys
+                .iter()
+                .zip(&counts)
+                .filter(|(key, &n)| n > 0 && !self.subscribed.contains(*key))
+                .map(|(key, _)| key)
+                .collect();
+            self.shard_subscription(&new, true).await?;
+            self.subscribed.extend(new.into_iter().cloned());
+        }
+        let groups = batches(k, keys.iter(), PRESENCE_BATCH);
+        let field = format!("n:{node}");
+        let calls = groups.iter().map(|group| {
             let mut call = PRESENCE.prepare_invoke();
-            call.arg(format!("n:{node}"))
+            call.arg(&field)
                 .arg(self.shared.meta_ttl_secs())
                 .arg(random_hex())
                 .arg(&*boot);
-            for key in batch {
-                call.key(k.meta(key)).key(k.hist(key));
-                call.arg(self.shared.registry.followers(key));
+            for &i in group {
+                call.key(k.meta(&keys[i])).key(k.hist(&keys[i]));
+                call.arg(counts[i]);
             }
-            let reply: Vec<String> = self
-                .shared
-                .call("presence", call.invoke_async(&mut self.conn))
-                .await?;
-            positions.extend(reply.iter().map(|p| {
-                parse_position(p).unwrap_or(Position {
-                    generation: 0,
-                    seq: 0,
-                })
-            }));
+            let mut conn = self.conn.clone();
+            let shared = &self.shared;
+            async move {
+                shared
+                    .call::<Vec<String>>("presence", call.invoke_async(&mut conn))
+                    .await
+            }
+        });
+        let replies = futures_util::future::join_all(calls).await;
+        let mut positions = vec![
+            Position {
+                generation: 0,
+                seq: 0
+            };
+            keys.len()
+        ];
+        for (group, reply) in groups.iter().zip(replies) {
+            for (&i, p) in group.iter().zip(reply?) {
+                if let Some(p) = parse_position(&p) {
+                    positions[i] = p;
+                }
+            }
+        }
+        if k.cluster {
+            let left: Vec<&StreamKey> = keys
+                .iter()
+                .zip(&counts)
+                .filter(|(key, &n)| n == 0 && self.subscribed.contains(*key))
+                .map(|(key, _)| key)
+                .collect();
+            for key in &left {
+                self.subscribed.remove(*key);
+            }
+            // A failure leaves a subscription whose messages find no follower: harmless.
+            let _ = self.shard_subscription(&left, false).await;
         }
         Ok(positions)
+    }
+
+    /// `SSUBSCRIBE` (or `SUNSUBSCRIBE`) the shard channels of `streams` on this incarnation's
+    /// connection, one command per slot, bounded like every call.
+    async fn shard_subscription(
+        &self,
+        streams: &[&StreamKey],
+        subscribe: bool,
+    ) -> Result<(), BrokerError> {
+        if streams.is_empty() {
+            return Ok(());
+        }
+        let conn = self
+            .shared
+            .subscriber()
+            .ok_or_else(|| unavailable("this node is not subscribed to redis"))?;
+        let k = &self.shared.keys;
+        let groups = batches(k, streams.iter().copied(), PRESENCE_BATCH);
+        let calls = groups.iter().map(|group| {
+            let channels: Vec<String> =
+                group.iter().map(|&i| k.shard_channel(streams[i])).collect();
+            let mut conn = conn.clone();
+            async move {
+                if subscribe {
+                    self.shared
+                        .call("ssubscribe", conn.ssubscribe(channels))
+                        .await
+                } else {
+                    self.shared
+                        .call("sunsubscribe", conn.sunsubscribe(channels))
+                        .await
+                }
+            }
+        });
+        for result in futures_util::future::join_all(calls).await {
+            result?;
+        }
+        Ok(())
     }
 
     /// Writes `pending` (and the waiters' streams) and answers the waiters. A failure ends the
@@ -886,6 +1244,8 @@ impl PresenceWriter {
     /// connect.
     async fn incarnate(&mut self, id: Arc<str>) {
         let old = self.node.take();
+        // A new subscription connection: it holds no shard subscription yet.
+        self.subscribed.clear();
         let boot = match self.shared.call("info", read_boot(&mut self.conn)).await {
             Ok(boot) => boot,
             Err(e) => {
@@ -935,6 +1295,11 @@ impl PresenceWriter {
         }
     }
 
+    /// See [`keep_members`].
+    async fn keep_members(&mut self) {
+        keep_members(&self.shared, &mut self.conn).await;
+    }
+
     /// Renews the liveness key with this node's figures and pings its own channel (the
     /// subscription's watchdog hears it).
     async fn heartbeat(&mut self) {
@@ -968,16 +1333,22 @@ impl PresenceWriter {
             .cmd("EXPIRE")
             .arg(k.nodes())
             .arg(ALIVE_TTL_SECS * 4)
-            .ignore()
-            .cmd("PUBLISH")
-            .arg(format!("{}{node}", k.channel_prefix()))
-            .arg("ping")
             .ignore();
-        if let Err(e) = self
-            .shared
-            .call("heartbeat", pipe.query_async::<()>(&mut self.conn))
-            .await
-        {
+        let mut ping = redis::cmd("PUBLISH");
+        ping.arg(format!("{}{node}", k.channel_prefix()))
+            .arg("ping");
+        // A cluster routes PUBLISH by its channel, as if it were a key of another slot.
+        if !k.cluster {
+            pipe.add_command(ping.clone()).ignore();
+        }
+        let beat = async {
+            pipe.query_async::<()>(&mut self.conn).await?;
+            if k.cluster {
+                ping.query_async::<()>(&mut self.conn).await?;
+            }
+            Ok(())
+        };
+        if let Err(e) = self.shared.call("heartbeat", beat).await {
             // Others may soon take this node for dead: join again rather than risk it.
             self.shared.outage.failed("heartbeat", &e);
             self.node = None;
@@ -995,6 +1366,12 @@ impl PresenceWriter {
             .cmd("HDEL")
             .arg(k.nodes())
             .arg(node)
+            .ignore()
+            // Scripts on a Redis Cluster drop its counts from this list.
+            .cmd("ZADD")
+            .arg(k.gone())
+            .arg(unix_ms())
+            .arg(node)
             .ignore();
         let _ = self
             .shared
@@ -1010,9 +1387,61 @@ impl PresenceWriter {
     }
 }
 
+/// Renews the liveness keys of the ids this process keeps alive besides its incarnation
+/// (see [`RedisHandle::keep_alive`]); on a Redis Cluster also learns which nodes are gone.
+async fn keep_members(shared: &Shared, conn: &mut RedisConn) {
+    let members = shared
+        .members
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let k = &shared.keys;
+    if !members.is_empty() {
+        let mut pipe = redis::pipe();
+        for (id, single_prefix) in &members {
+            if k.cluster {
+                pipe.cmd("SET")
+                    .arg(format!("{}{id}", k.alive_prefix()))
+                    .arg("")
+                    .arg("EX")
+                    .arg(ALIVE_TTL_SECS)
+                    .ignore()
+                    .cmd("HSET")
+                    .arg(k.nodes())
+                    .arg(&**id)
+                    .arg(1)
+                    .ignore();
+            } else {
+                pipe.cmd("SET")
+                    .arg(format!("{single_prefix}{id}"))
+                    .arg(1)
+                    .arg("EX")
+                    .arg(ALIVE_TTL_SECS)
+                    .ignore();
+            }
+        }
+        if let Err(e) = shared
+            .call("keep_alive", pipe.query_async::<()>(&mut *conn))
+            .await
+        {
+            log::debug!("renewing liveness failed: {e}");
+        }
+    }
+    if k.cluster {
+        if let Err(e) = shared.nodes(conn).await {
+            log::debug!("reading the node registry failed: {e}");
+        }
+    }
+}
+
 /// The generation guard: "" if Redis persists every write before answering (a restart keeps
 /// every number), else its run_id, so any restart mints new generations.
-async fn read_boot(conn: &mut ConnectionManager) -> redis::RedisResult<String> {
+/// On a Redis Cluster each master has its own: `?`, which the scripts read as "this server's
+/// run_id" (a failover or a restart of the stream's master starts new generations).
+async fn read_boot(conn: &mut RedisConn) -> redis::RedisResult<String> {
+    if conn.is_cluster() {
+        return Ok("?".to_string());
+    }
     let info: String = redis::cmd("INFO").arg("server").query_async(conn).await?;
     let run_id = info
         .lines()
@@ -1046,18 +1475,6 @@ async fn read_boot(conn: &mut ConnectionManager) -> redis::RedisResult<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_are_logged_without_their_password() {
-        assert_eq!(
-            without_password("redis://:s3cret@10.0.0.1:6379/0"),
-            "redis://***@10.0.0.1:6379/0"
-        );
-        assert_eq!(
-            without_password("redis://127.0.0.1:6379"),
-            "redis://127.0.0.1:6379"
-        );
-    }
 
     #[test]
     fn messages_from_redis_are_parsed_or_ignored() {

@@ -190,6 +190,10 @@ pub struct Config {
     /// Redis shared by the nodes of a cluster, e.g. `redis://127.0.0.1:6379/0`. Unset: this
     /// process is the whole service (streams, history and presence in memory).
     pub redis_url: Option<Secret>,
+    /// A Redis Cluster (Redis 7 or later) the nodes share instead of one Redis: seed URLs of
+    /// some of its masters, e.g. `[redis://10.0.0.1:7000, redis://10.0.0.2:7000]`; the rest of
+    /// the cluster is discovered from them. Exclusive with `redis_url`; empty: not used.
+    pub redis_cluster: Vec<Secret>,
     /// Prefix of every Redis key and channel, so several deployments can share one Redis.
     pub redis_prefix: String,
     /// A second listen address serving `/metrics`, `/health` and `/ready` *without* the
@@ -386,6 +390,7 @@ pub const RELOAD: &[(&str, Reload)] = &[
     ("log_level", Reload::Live),
     // The cluster's Redis is connected to once, at start.
     ("redis_url", Reload::Restart),
+    ("redis_cluster", Reload::Restart),
     ("redis_prefix", Reload::Restart),
     ("metrics_addr", Reload::Restart),
     // The apps, their webhooks and the protocol's limits are built into the Pusher module
@@ -453,6 +458,7 @@ impl Config {
             log_format: LogFormat::Text,
             log_level: None,
             redis_url: None,
+            redis_cluster: Vec::new(),
             redis_prefix: "push-serve".into(),
             metrics_addr: None,
             pusher: None,
@@ -615,6 +621,9 @@ mod tests {
         }
     }
 
+    /// Keys that replace another (and cannot be set with it): conf.yaml shows them commented.
+    const ALTERNATIVES: [&str; 1] = ["redis_cluster"];
+
     /// The shipped conf.yaml is the documented example: every key is in it, and uncommented it
     /// gives the defaults (keys unset by default show an example instead). The README's table
     /// has a row for every key.
@@ -626,7 +635,13 @@ mod tests {
         let uncommented: String = shipped
             .lines()
             .map(|line| match line.strip_prefix("# ") {
-                Some(rest) if known_keys().iter().any(|k| line_of(rest, k).is_some()) => rest,
+                Some(rest)
+                    if known_keys()
+                        .iter()
+                        .any(|k| !ALTERNATIVES.contains(k) && line_of(rest, k).is_some()) =>
+                {
+                    rest
+                }
                 _ => line,
             })
             .map(|line| format!("{line}\n"))
@@ -636,10 +651,13 @@ mod tests {
             serde_yaml::to_value(Config::new(&config.addr, config.password.expose())).unwrap();
         let shown = serde_yaml::to_value(&config).unwrap();
         for key in known_keys() {
-            assert!(
-                line_of(&uncommented, key).is_some(),
-                "conf.yaml lacks `{key}`"
-            );
+            let shown_in = if ALTERNATIVES.contains(&key) {
+                // Stays commented out: it cannot be set with the key it replaces.
+                uncommented.replace("\n# ", "\n")
+            } else {
+                uncommented.clone()
+            };
+            assert!(line_of(&shown_in, key).is_some(), "conf.yaml lacks `{key}`");
             if !defaults[key].is_null() {
                 assert_eq!(
                     shown[key], defaults[key],

@@ -154,6 +154,27 @@ impl Config {
                 return Err(invalid("redis_url", format!("is not usable: {e}")));
             }
         }
+        if !self.redis_cluster.is_empty() {
+            if self.redis_url.is_some() {
+                return Err(invalid(
+                    "redis_cluster",
+                    "cannot be set with redis_url: use one Redis (redis_url) or a Redis \
+                     Cluster (redis_cluster), not both",
+                ));
+            }
+            for url in &self.redis_cluster {
+                if !url.starts_with("redis://") {
+                    return Err(invalid(
+                        "redis_cluster",
+                        "must be a list of redis:// URLs of cluster nodes such as \
+                         [redis://10.0.0.1:7000, redis://10.0.0.2:7000]",
+                    ));
+                }
+                if let Err(e) = redis::Client::open(url.expose()) {
+                    return Err(invalid("redis_cluster", format!("is not usable: {e}")));
+                }
+            }
+        }
         if self.redis_prefix.is_empty()
             || self.redis_prefix.len() > 64
             || !self

@@ -232,7 +232,10 @@ pub(super) fn explain(e: &serde_yaml::Error, text: &str) -> (Option<usize>, Stri
 }
 
 pub(super) fn is_secret(key: &str) -> bool {
-    matches!(key, "password" | "secret" | "callback_secret")
+    matches!(
+        key,
+        "password" | "secret" | "callback_secret" | "jwt_secret" | "redis_url" | "redis_cluster"
+    )
 }
 
 /// A scalar value as the operator wrote it, short; `None` for lists and mappings.

@@ -135,8 +135,12 @@ impl AppState {
     /// Handler state for `config`; socket tasks are spawned on `tracker` so shutdown can wait.
     pub fn new(config: &Config, sockets: Arc<SocketContext>, tracker: TaskTracker) -> AppState {
         let pusher = config.pusher.as_ref().map(|p| {
-            let (hub, metrics) = (sockets.hub.clone(), sockets.metrics.clone());
-            Arc::new(crate::protocol::pusher::Pusher::new(p, hub, metrics))
+            Arc::new(crate::protocol::pusher::Pusher::new(
+                p,
+                sockets.hub.clone(),
+                sockets.redis.clone(),
+                sockets.metrics.clone(),
+            ))
         });
         AppState {
             settings: RwLock::new(Arc::new(Settings::new(config, auth_of(config)))),

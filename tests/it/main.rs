@@ -20,6 +20,7 @@ mod limits;
 mod metrics;
 mod pools;
 mod pusher;
+mod redis_cluster;
 mod reload;
 mod seed_samples;
 mod seeds;

@@ -516,6 +516,7 @@ async fn two_nodes_share_channels_presence_and_users() {
         Server::start(move |c| {
             pusher_conf(c);
             c.redis_url = Some(url.into());
+            c.redis_cluster.clear();
             c.redis_prefix = prefix;
         })
     };

@@ -3,19 +3,22 @@
 -- returned number; a publish after it reaches this node.
 --
 -- KEYS: meta1, hist1, meta2, hist2, ...
--- ARGV: 1 node field ('n:<id>'), 2 meta ttl s, 3 fresh generation, 4 boot id,
---       then one follower count per stream
+-- ARGV: 1 node field ('n:<id>'), 2 meta ttl s, 3 fresh generation, 4 boot id ('' = Redis is
+--       durable, '?' = this server's run_id), then one follower count per stream
+-- On a Redis Cluster every stream of one call is in one slot.
 -- Returns one "gen:seq" per stream ("" generation: no stream and no follower).
+local boot = ARGV[4]
+if boot == '?' then boot = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') end
 local out = {}
 for i = 1, #KEYS / 2 do
   local meta, hist = KEYS[2 * i - 1], KEYS[2 * i]
   local count = tonumber(ARGV[4 + i])
   local m = redis.call('HMGET', meta, 'e', 'b', 's')
   local gen, seq = m[1], tonumber(m[3]) or 0
-  if count > 0 and ((not gen) or (ARGV[4] ~= '' and m[2] ~= ARGV[4])) then
+  if count > 0 and ((not gen) or (boot ~= '' and m[2] ~= boot)) then
     gen, seq = ARGV[3], 0
     redis.call('DEL', hist)
-    redis.call('HSET', meta, 'e', gen, 'b', ARGV[4], 's', 0)
+    redis.call('HSET', meta, 'e', gen, 'b', boot, 's', 0)
   end
   if count > 0 then
     redis.call('HSET', meta, ARGV[1], count)

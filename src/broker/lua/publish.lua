@@ -5,16 +5,25 @@
 -- KEYS[2] history stream (entry id <seq>-0, fields t = unix ms, d = payload)
 -- KEYS[3] optional idempotency key
 -- ARGV: 1 payload, 2 history size, 3 history ttl ms, 4 meta ttl s, 5 fresh generation,
---       6 boot id ('' = Redis is durable), 7 node channel prefix, 8 idempotency ttl s
+--       6 boot id ('' = Redis is durable, '?' = this server's run_id), 7 node channel prefix
+--       ('' on a Redis Cluster), 8 idempotency ttl s; on a Redis Cluster also 9 the stream's
+--       shard channel, then the ids of nodes known gone.
 -- Returns "gen:seq:sockets:retained", or "r:" .. that for a repeated idempotency key.
+--
+-- One Redis: the message goes to each node with followers, on the node's own channel, and a
+-- node nobody listens for any more is dropped. A Redis Cluster: it goes once to the stream's
+-- shard channel (in this key's slot, so it crosses only this shard), which every node with
+-- followers subscribes to; nodes known gone are dropped.
 if KEYS[3] then
   local prev = redis.call('GET', KEYS[3])
   if prev then return 'r:' .. prev end
 end
 local keep = tonumber(ARGV[2])
+local boot = ARGV[6]
+if boot == '?' then boot = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') end
 local m = redis.call('HMGET', KEYS[1], 'e', 'b')
 local gen = m[1]
-if (not gen) or (ARGV[6] ~= '' and m[2] ~= ARGV[6]) then
+if (not gen) or (boot ~= '' and m[2] ~= boot) then
   if (not gen) and keep == 0 then
     -- No stream, no follower anywhere (presence would have made the stream), no history.
     return ':0:0:0'
@@ -22,7 +31,7 @@ if (not gen) or (ARGV[6] ~= '' and m[2] ~= ARGV[6]) then
   -- A new generation: history of the old one must not survive it.
   gen = ARGV[5]
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', gen, 'b', ARGV[6], 's', 0)
+  redis.call('HSET', KEYS[1], 'e', gen, 'b', boot, 's', 0)
 end
 local seq = redis.call('HINCRBY', KEYS[1], 's', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
@@ -55,17 +64,33 @@ end
 local msg = gen .. ':' .. seq .. ':' .. ARGV[1]
 local sockets = 0
 local fields = redis.call('HGETALL', KEYS[1])
-for i = 1, #fields, 2 do
-  local f = fields[i]
-  if string.sub(f, 1, 2) == 'n:' then
-    local c = tonumber(fields[i + 1]) or 0
-    -- A node whose channel has no subscriber is gone (or reconnecting: it announces again).
-    if c > 0 and redis.call('PUBLISH', ARGV[7] .. string.sub(f, 3), msg) > 0 then
-      sockets = sockets + c
-    else
-      redis.call('HDEL', KEYS[1], f)
+if ARGV[7] ~= '' then
+  for i = 1, #fields, 2 do
+    local f = fields[i]
+    if string.sub(f, 1, 2) == 'n:' then
+      local c = tonumber(fields[i + 1]) or 0
+      -- A node whose channel has no subscriber is gone (or reconnecting: it announces again).
+      if c > 0 and redis.call('PUBLISH', ARGV[7] .. string.sub(f, 3), msg) > 0 then
+        sockets = sockets + c
+      else
+        redis.call('HDEL', KEYS[1], f)
+      end
     end
   end
+else
+  local gone = {}
+  for i = 10, #ARGV do gone['n:' .. ARGV[i]] = true end
+  for i = 1, #fields, 2 do
+    local f = fields[i]
+    if string.sub(f, 1, 2) == 'n:' then
+      if gone[f] then
+        redis.call('HDEL', KEYS[1], f)
+      else
+        sockets = sockets + (tonumber(fields[i + 1]) or 0)
+      end
+    end
+  end
+  redis.call('SPUBLISH', ARGV[9], msg)
 end
 local result = gen .. ':' .. seq .. ':' .. sockets .. ':' .. retained
 if KEYS[3] then redis.call('SET', KEYS[3], result, 'EX', ARGV[8]) end

@@ -163,11 +163,16 @@ pub struct Pusher {
 }
 
 impl Pusher {
-    /// Pusher mode for `config` over `hub`: the store is the cluster's Redis when the hub's
-    /// broker has one, else this process's memory; webhooks are counted in `metrics`. Must run
-    /// inside a tokio runtime.
-    pub fn new(config: &PusherConfig, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Pusher {
-        let store: Arc<dyn ChannelStore> = match hub.broker().redis() {
+    /// Pusher mode for `config` over `hub`: the store is the cluster's Redis (`redis`) on a
+    /// cluster, else this process's memory; webhooks are counted in `metrics`. Must run inside
+    /// a tokio runtime.
+    pub fn new(
+        config: &PusherConfig,
+        hub: Arc<Hub>,
+        redis: Option<crate::broker::redis::RedisHandle>,
+        metrics: Arc<Metrics>,
+    ) -> Pusher {
+        let store: Arc<dyn ChannelStore> = match redis {
             Some(redis) => RedisStore::start(redis),
             None => Arc::new(MemoryStore::default()),
         };

@@ -4,10 +4,11 @@
 //! has), and the last event of each cache channel.
 //!
 //! [`MemoryStore`] is one node's; [`RedisStore`] keeps the same in the cluster's Redis, through
-//! the broker's [`RedisHandle`] (its connection, key prefix and bounded, metered calls). Each
-//! node counts under its own id and keeps `<prefix>:pusher:alive:<node>` fresh; readers skip
-//! (and delete) what a node that stopped refreshing left behind, so a killed node's sockets
-//! stop counting within [`ALIVE_TTL_SECS`].
+//! the broker's [`RedisHandle`] (its connection, key prefix, bounded and metered calls, and
+//! its heartbeat). Each node counts under its own id, which the broker's heartbeat keeps alive
+//! (on one Redis as `<prefix>:pusher:alive:<node>`); readers skip (and delete) what a node
+//! that stopped refreshing left behind, so a killed node's sockets stop counting within 15 s
+//! (on a Redis Cluster, within 20 s: scripts there learn the gone ids from the heartbeat).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -23,8 +24,6 @@ pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
 /// Most cache channels remembered by one node's [`MemoryStore`]; past it, new ones are not
 /// cached until old ones expire.
 const MEMORY_CACHE_MAX: usize = 100_000;
-/// Lifetime of a node's liveness key in Redis, refreshed every third of it.
-pub const ALIVE_TTL_SECS: u64 = 15;
 
 /// A presence member: its `user_id` and `user_info` (JSON text, `null` if none was given).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -255,97 +254,25 @@ impl ChannelStore for MemoryStore {
     }
 }
 
-/// `KEYS[1]` a hash of `<node>\n<member>` → count; `ARGV[1]` this node, `ARGV[2]` the member,
-/// `ARGV[3]` +1 or -1, `ARGV[4]` the liveness key prefix. Answers 1 when the member had no
-/// count on any live node before a +1, or has none left after a -1.
-const COUNT: &str = r#"
-local mine = ARGV[1] .. '\n' .. ARGV[2]
-local n = redis.call('HINCRBY', KEYS[1], mine, tonumber(ARGV[3]))
-if n <= 0 then redis.call('HDEL', KEYS[1], mine) end
-if tonumber(ARGV[3]) > 0 and n > 1 then return 0 end
-if tonumber(ARGV[3]) < 0 and n > 0 then return 0 end
-local f = redis.call('HGETALL', KEYS[1])
-for i = 1, #f, 2 do
-  local node, member = string.match(f[i], '^([^\n]*)\n(.*)$')
-  if member == ARGV[2] and node ~= ARGV[1] and tonumber(f[i + 1]) > 0 then
-    if redis.call('EXISTS', ARGV[4] .. node) == 1 then return 0 end
-    redis.call('HDEL', KEYS[1], f[i])
-  end
-end
-return 1
-"#;
-
-/// `KEYS[1]` such a hash; `ARGV[1]` the liveness key prefix. Answers `member, total, …` over
-/// live nodes, deleting dead nodes' entries.
-const TOTALS: &str = r#"
-local f = redis.call('HGETALL', KEYS[1])
-local alive, sums, order = {}, {}, {}
-for i = 1, #f, 2 do
-  local node, member = string.match(f[i], '^([^\n]*)\n(.*)$')
-  if node then
-    if alive[node] == nil then alive[node] = redis.call('EXISTS', ARGV[1] .. node) == 1 end
-    if alive[node] then
-      if sums[member] == nil then sums[member] = 0; table.insert(order, member) end
-      sums[member] = sums[member] + tonumber(f[i + 1])
-    else
-      redis.call('HDEL', KEYS[1], f[i])
-    end
-  end
-end
-local out = {}
-for _, m in ipairs(order) do
-  if sums[m] > 0 then table.insert(out, m); table.insert(out, tostring(sums[m])) end
-end
-return out
-"#;
-
-static COUNT_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(COUNT));
+static COUNT_SCRIPT: std::sync::LazyLock<Script> =
+    std::sync::LazyLock::new(|| Script::new(include_str!("../../broker/lua/pusher_count.lua")));
 static TOTALS_SCRIPT: std::sync::LazyLock<Script> =
-    std::sync::LazyLock::new(|| Script::new(TOTALS));
+    std::sync::LazyLock::new(|| Script::new(include_str!("../../broker/lua/pusher_totals.lua")));
 
 /// The cluster's store, in Redis. See the module doc.
 pub struct RedisStore {
     redis: RedisHandle,
     node: String,
-    heartbeat: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for RedisStore {
-    fn drop(&mut self) {
-        self.heartbeat.abort();
-    }
 }
 
 impl RedisStore {
-    /// A store under `redis`'s prefix, with a fresh node id kept alive by a background task.
+    /// A store under `redis`'s prefix, with a fresh node id that the broker's heartbeat keeps
+    /// alive.
     pub fn start(redis: RedisHandle) -> Arc<RedisStore> {
         let node = format!("{:016x}", rand::random::<u64>());
-        let heartbeat = tokio::spawn({
-            let (redis, key) = (
-                redis.clone(),
-                format!("{}:pusher:alive:{node}", redis.prefix()),
-            );
-            async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(ALIVE_TTL_SECS / 3));
-                loop {
-                    tick.tick().await;
-                    let mut conn = redis.conn.clone();
-                    let mut set = redis::cmd("SET");
-                    set.arg(&key).arg(1).arg("EX").arg(ALIVE_TTL_SECS);
-                    if let Err(e) = redis
-                        .call("pusher_alive", set.query_async::<()>(&mut conn))
-                        .await
-                    {
-                        log::debug!("pusher store heartbeat failed: {e}");
-                    }
-                }
-            }
-        });
-        Arc::new(RedisStore {
-            redis,
-            node,
-            heartbeat,
-        })
+        let store = RedisStore { redis, node };
+        store.redis.keep_alive(&store.node, store.alive_prefix());
+        Arc::new(store)
     }
 
     fn key(&self, app: &str, channel: Option<&str>, what: &str) -> String {
@@ -365,7 +292,7 @@ impl RedisStore {
         call.arg(&self.node)
             .arg(member)
             .arg(delta)
-            .arg(self.alive_prefix());
+            .arg(self.redis.liveness_args(&self.alive_prefix()));
         let edge: i64 = self
             .redis
             .call("pusher_count", call.invoke_async(&mut conn))
@@ -376,7 +303,7 @@ impl RedisStore {
     async fn totals(&self, hash: String) -> Result<Vec<(String, usize)>, BrokerError> {
         let mut conn = self.redis.conn.clone();
         let mut call = TOTALS_SCRIPT.key(hash);
-        call.arg(self.alive_prefix());
+        call.arg(self.redis.liveness_args(&self.alive_prefix()));
         let flat: Vec<String> = self
             .redis
             .call("pusher_totals", call.invoke_async(&mut conn))

@@ -160,6 +160,7 @@ pub async fn node(redis: &Redis, tweak: impl FnOnce(&mut Config)) -> Server {
     let url = redis.url();
     let server = Server::start(move |c| {
         c.redis_url = Some(url.into());
+        c.redis_cluster.clear();
         tweak(c);
     })
     .await;
@@ -175,11 +176,16 @@ pub struct BinaryNode {
 
 impl BinaryNode {
     pub async fn start(redis: &Redis, name: &str) -> BinaryNode {
+        BinaryNode::start_with(&format!("redis_url: {}\n", redis.url()), name).await
+    }
+
+    /// The binary with `yaml` (the Redis settings) added to its config.
+    pub async fn start_with(yaml: &str, name: &str) -> BinaryNode {
         let daemon = daemon::Daemon::start(
             &format!("node-{name}"),
             "warn,push_serve=info",
             PASSWORD,
-            &format!("redis_url: {}\n", redis.url()),
+            yaml,
         )
         .await;
         let node = BinaryNode {
@@ -267,13 +273,19 @@ impl Resumer {
 
     /// Connects to `server` with its positions and reads the welcome.
     pub async fn connect(&mut self, server: &Server) -> Ws {
+        self.try_connect(server).await.expect("upgrade")
+    }
+
+    /// [`Resumer::connect`], or `None` if the upgrade is refused (a node between
+    /// incarnations answers 503).
+    pub async fn try_connect(&mut self, server: &Server) -> Option<Ws> {
         let (mut ws, _) = tokio_tungstenite::connect_async(self.url(server.addr))
             .await
-            .expect("upgrade");
+            .ok()?;
         let welcome: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
         assert_eq!(welcome["topic"], "_welcome", "{welcome}");
         self.apply(&welcome);
-        ws
+        Some(ws)
     }
 
     /// Applies one frame.
@@ -330,4 +342,127 @@ impl Resumer {
         }
         None
     }
+}
+
+/// A Redis Cluster on loopback: three masters and three replicas, made with
+/// `redis-cli --cluster create` from Debian's `redis-server`. Every process is killed when
+/// dropped.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    /// Starts it, or `None` (after saying so) without `redis-server`.
+    pub async fn start() -> Option<RedisCluster> {
+        let mut nodes = Vec::new();
+        for _ in 0..6 {
+            nodes.push(
+                Redis::start_with(&[
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "1000",
+                    // Replicas in sync at once (a replica that never synced cannot take over).
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ])
+                .await?,
+            );
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for n in &nodes {
+            create.arg(format!("127.0.0.1:{}", n.port));
+        }
+        create.args(["--cluster-replicas", "1", "--cluster-yes"]);
+        let out = tokio::task::spawn_blocking(move || create.output())
+            .await
+            .unwrap()
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = RedisCluster { nodes };
+        for n in &cluster.nodes {
+            eventually("the redis cluster to be ok", || async {
+                n.cmd(&["CLUSTER", "INFO"])
+                    .await
+                    .is_some_and(|i| i.contains("cluster_state:ok"))
+            })
+            .await;
+            // Every replica synced with its master, so that it can take over.
+            eventually("the replicas to be in sync", || async {
+                n.cmd(&["INFO", "replication"]).await.is_some_and(|i| {
+                    i.contains("role:master") || i.contains("master_link_status:up")
+                })
+            })
+            .await;
+        }
+        Some(cluster)
+    }
+
+    /// Seed URLs, as `redis_cluster` lists them.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// The `redis_cluster:` setting in YAML.
+    pub fn yaml(&self) -> String {
+        format!("redis_cluster: [{}]\n", self.urls().join(", "))
+    }
+
+    /// The index in [`RedisCluster::nodes`] of the master that serves `key` now.
+    pub async fn master_of(&self, key: &str) -> usize {
+        let any = self.nodes.iter().find(|n| n.child.is_some()).unwrap();
+        let slot: u16 = any.cmd(&["CLUSTER", "KEYSLOT", key]).await.unwrap()[1..]
+            .trim()
+            .parse()
+            .unwrap();
+        let nodes = any.cmd(&["CLUSTER", "NODES"]).await.unwrap();
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let serves = fields[8..].iter().any(|range| {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                match (lo.trim().parse::<u16>(), hi.trim().parse::<u16>()) {
+                    (Ok(lo), Ok(hi)) => (lo..=hi).contains(&slot),
+                    _ => false,
+                }
+            });
+            if serves {
+                let port: u16 = fields[1]
+                    .split('@')
+                    .next()
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| p.parse().ok())
+                    .unwrap();
+                return self.nodes.iter().position(|n| n.port == port).unwrap();
+            }
+        }
+        panic!("no master serves slot {slot}: {nodes}");
+    }
+}
+
+/// An in-process node on the Redis Cluster `cluster`.
+pub async fn cluster_node(cluster: &RedisCluster, tweak: impl FnOnce(&mut Config)) -> Server {
+    let urls = cluster.urls();
+    let server = Server::start(move |c| {
+        c.redis_url = None;
+        c.redis_cluster = urls.into_iter().map(Into::into).collect();
+        tweak(c);
+    })
+    .await;
+    wait_ready(&server).await;
+    server
 }

@@ -70,7 +70,8 @@ impl Server {
 
     /// In-process push-serve on 127.0.0.1:0 with `tweak` applied to the default config.
     /// With `PUSH_SERVE_TEST_REDIS=redis://…` set, every such server is a cluster node on that
-    /// Redis (each under its own key prefix), so the whole suite runs against the Redis broker.
+    /// Redis (each under its own key prefix), so the whole suite runs against the Redis broker;
+    /// with `PUSH_SERVE_TEST_REDIS_CLUSTER=redis://…,redis://…`, on that Redis Cluster.
     pub async fn start(tweak: impl FnOnce(&mut Config)) -> Server {
         Server::start_inner(tweak, false).await
     }
@@ -82,9 +83,21 @@ impl Server {
     }
 
     async fn start_inner(tweak: impl FnOnce(&mut Config), metrics_listener: bool) -> Server {
+        // `PUSH_SERVE_TEST_LOG=debug` (a RUST_LOG filter): the in-process servers' log on stderr.
+        if let Ok(filter) = std::env::var("PUSH_SERVE_TEST_LOG") {
+            let _ = env_logger::Builder::new()
+                .parse_filters(&filter)
+                .is_test(true)
+                .try_init();
+        }
         let mut config = Config::new("127.0.0.1:0", PASSWORD);
         if let Ok(url) = std::env::var("PUSH_SERVE_TEST_REDIS") {
             config.redis_url = Some(url.into());
+            config.redis_prefix = format!("test-{:016x}", rand_u64());
+        }
+        // `redis://host:port,redis://host:port,…`: the same on a Redis Cluster.
+        if let Ok(urls) = std::env::var("PUSH_SERVE_TEST_REDIS_CLUSTER") {
+            config.redis_cluster = urls.split(',').map(|u| u.trim().into()).collect();
             config.redis_prefix = format!("test-{:016x}", rand_u64());
         }
         tweak(&mut config);
