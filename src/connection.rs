@@ -24,6 +24,7 @@ use warp::http::header::{self, HeaderValue};
 use warp::http::StatusCode;
 use warp::reply::Response;
 
+use crate::metrics::Transport;
 use crate::outbox::Outbox;
 use crate::protocol::native::{self, Socket};
 use crate::protocol::SocketContext;
@@ -33,8 +34,10 @@ use crate::wire::CloseReason;
 /// may take before the connection is simply dropped.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Who a socket is, for the callbacks and the log.
+/// Who a socket is, for the metrics, the callbacks and the log.
 pub struct Peer {
+    /// What it speaks.
+    pub transport: Transport,
     /// Its uid and its id on this node; `None` for a socket with no uid (Pusher), which the
     /// callbacks do not report.
     pub uid: Option<(String, u64)>,
@@ -54,7 +57,7 @@ pub fn spawn<F>(
 ) where
     F: Future<Output = Option<u16>> + Send + 'static,
 {
-    ctx.metrics.socket_connected();
+    ctx.metrics.socket_connected(peer.transport);
     if let Some((uid, socket)) = &peer.uid {
         ctx.callbacks.connected(uid, *socket);
     }
@@ -66,7 +69,7 @@ pub fn spawn<F>(
     tracker.spawn(async move {
         let _slot = slot;
         let code = run.await;
-        ctx.metrics.socket_closed(code);
+        ctx.metrics.socket_closed(peer.transport, code);
         if let Some((uid, socket)) = &peer.uid {
             ctx.callbacks.disconnected(uid, *socket, code);
         }

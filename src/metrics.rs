@@ -58,6 +58,31 @@ pub fn now() -> Instant {
     quanta::Instant::now()
 }
 
+/// What a socket speaks: sockets are counted by it (`transport` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `/ws`: the native WebSocket.
+    Native = 0,
+    /// `/app/{key}`: a Pusher-protocol WebSocket.
+    Pusher = 1,
+    /// `/sse`: an event stream.
+    Sse = 2,
+}
+
+impl Transport {
+    /// Every transport, in label order.
+    pub const ALL: [Transport; 3] = [Transport::Native, Transport::Pusher, Transport::Sse];
+
+    /// Its `transport` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Native => "ws",
+            Transport::Pusher => "pusher",
+            Transport::Sse => "sse",
+        }
+    }
+}
+
 /// The endpoints requests are counted by. Any other path counts as `other`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -253,9 +278,10 @@ pub struct Metrics {
     handle: PrometheusHandle,
     started: std::time::Instant,
 
-    connects: Counter,
-    /// By [`CLOSE_CODES`] index, then `other`, then `lost`.
-    closes: Vec<Counter>,
+    /// By [`Transport`].
+    connects: [Counter; 3],
+    /// By [`Transport`], then by [`CLOSE_CODES`] index, then `other`, then `lost`.
+    closes: [Vec<Counter>; 3],
     /// By endpoint, then by [`STATUSES`] index (last: other); registered on first use so that
     /// only statuses that happened are exported.
     requests: Vec<[OnceLock<Counter>; STATUSES.len() + 1]>,
@@ -306,13 +332,20 @@ impl Metrics {
             Metrics {
                 handle,
                 started: std::time::Instant::now(),
-                connects: counter!("push_serve_socket_connects_total"),
-                closes: CLOSE_CODES
-                    .iter()
-                    .map(|c| c.to_string())
-                    .chain(["other".to_string(), "lost".to_string()])
-                    .map(|code| counter!("push_serve_socket_closes_total", "code" => code))
-                    .collect(),
+                connects: Transport::ALL.map(
+                    |t| counter!("push_serve_socket_connects_total", "transport" => t.label()),
+                ),
+                closes: Transport::ALL.map(|t| {
+                    CLOSE_CODES
+                        .iter()
+                        .map(|c| c.to_string())
+                        .chain(["other".to_string(), "lost".to_string()])
+                        .map(|code| {
+                            counter!("push_serve_socket_closes_total",
+                                "transport" => t.label(), "code" => code)
+                        })
+                        .collect()
+                }),
                 requests: Endpoint::ALL
                     .iter()
                     .map(|_| std::array::from_fn(|_| OnceLock::new()))
@@ -347,14 +380,14 @@ impl Metrics {
         })
     }
 
-    /// A socket was upgraded.
-    pub fn socket_connected(&self) {
-        self.connects.increment(1);
+    /// A socket was upgraded (an event stream started).
+    pub fn socket_connected(&self, transport: Transport) {
+        self.connects[transport as usize].increment(1);
     }
 
     /// A socket ended: with the close code the server sent or echoed, or `None` when the
     /// connection went away without a close.
-    pub fn socket_closed(&self, code: Option<u16>) {
+    pub fn socket_closed(&self, transport: Transport, code: Option<u16>) {
         let i = match code {
             Some(c) => CLOSE_CODES
                 .iter()
@@ -362,7 +395,7 @@ impl Metrics {
                 .unwrap_or(CLOSE_CODES.len()),
             None => CLOSE_CODES.len() + 1,
         };
-        self.closes[i].increment(1);
+        self.closes[transport as usize][i].increment(1);
     }
 
     /// One HTTP request answered.
@@ -703,11 +736,12 @@ mod tests {
     #[test]
     fn two_servers_count_apart() {
         let (a, b) = (Metrics::new(), Metrics::new());
-        a.socket_connected();
+        a.socket_connected(Transport::Pusher);
         a.request(Endpoint::Push, 200);
         let (ta, tb) = (a.render(&Scraped::default()), b.render(&Scraped::default()));
-        assert!(ta.contains("push_serve_socket_connects_total 1"), "{ta}");
-        assert!(tb.contains("push_serve_socket_connects_total 0"), "{tb}");
+        let pusher = r#"push_serve_socket_connects_total{transport="pusher"}"#;
+        assert!(ta.contains(&format!("{pusher} 1")), "{ta}");
+        assert!(tb.contains(&format!("{pusher} 0")), "{tb}");
         assert!(ta.contains(r#"push_serve_http_requests_total{endpoint="push",status="200"} 1"#));
         assert!(!tb.contains("push_serve_http_requests_total{"));
     }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::broker::redis::{RedisBroker, RedisHandle};
+use crate::broker::redis::RedisBroker;
 use crate::broker::redis_conn::Target as Store;
 use crate::broker::{BrokerError, Published};
 use crate::callbacks::Callbacks;
@@ -16,6 +16,7 @@ use crate::inbox::Inbox;
 use crate::inbox::Kept;
 use crate::metrics::Metrics;
 use crate::pools::Pools;
+use crate::protocol::pusher::store::{ChannelStore, MemoryStore, RedisStore};
 use crate::receipts::{Receipts, Target};
 use crate::wire::{PushBody, StreamKey};
 
@@ -31,9 +32,8 @@ pub struct Services {
     pub inbox: Arc<Inbox>,
     /// Data pools: a page following one gets its document first.
     pub pools: Arc<Pools>,
-    /// The cluster's Redis (`redis_url` or `redis_cluster`), for a feature built after these
-    /// (Pusher mode's store); `None` on a single node.
-    pub redis: Option<RedisHandle>,
+    /// Pusher mode's counts, presence members and cache (with `pusher` set).
+    pub pusher_store: Option<Arc<dyn ChannelStore>>,
     /// Events for the business server: a uid online/offline, a socket's connect/disconnect.
     pub callbacks: Callbacks,
 }
@@ -82,6 +82,12 @@ impl Services {
             Some(redis) => Pools::redis(redis.clone(), config.pool_bounds()),
             None => Pools::memory(config.pool_bounds()),
         };
+        let pusher_store = config.pusher.as_ref().map(|_| -> Arc<dyn ChannelStore> {
+            match &redis {
+                Some(redis) => RedisStore::start(redis.clone()),
+                None => Arc::new(MemoryStore::default()),
+            }
+        });
         let callbacks = Callbacks::start(callback_settings(config), hub.clone(), metrics.clone());
         Services {
             hub,
@@ -90,7 +96,7 @@ impl Services {
             inbox: Arc::new(inbox),
             pools: Arc::new(pools),
             callbacks,
-            redis,
+            pusher_store,
         }
     }
 
@@ -108,7 +114,7 @@ impl Services {
             inbox: Arc::new(Inbox::memory(defaults.inbox_bounds())),
             pools: Arc::new(Pools::memory(defaults.pool_bounds())),
             callbacks: Callbacks::off(),
-            redis: None,
+            pusher_store: None,
         }
     }
 

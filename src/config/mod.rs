@@ -651,7 +651,7 @@ mod tests {
             serde_yaml::to_value(Config::new(&config.addr, config.password.expose())).unwrap();
         let shown = serde_yaml::to_value(&config).unwrap();
         for key in known_keys() {
-            let shown_in = if ALTERNATIVES.contains(&key) {
+            let shown_in = if ALTERNATIVES.contains(key) {
                 // Stays commented out: it cannot be set with the key it replaces.
                 uncommented.replace("\n# ", "\n")
             } else {

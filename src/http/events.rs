@@ -73,6 +73,7 @@ async fn respond(state: &AppState, req: &Req) -> Result<Response, ApiError> {
         .await
         .map_err(super::error::pool_error)?;
     let peer = connection::Peer {
+        transport: crate::metrics::Transport::Sse,
         uid: Some((
             session.membership.subscription().uid.clone(),
             session.membership.id(),

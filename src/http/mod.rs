@@ -134,14 +134,18 @@ fn auth_of(config: &Config) -> Auth {
 impl AppState {
     /// Handler state for `config`; socket tasks are spawned on `tracker` so shutdown can wait.
     pub fn new(config: &Config, sockets: Arc<SocketContext>, tracker: TaskTracker) -> AppState {
-        let pusher = config.pusher.as_ref().map(|p| {
-            Arc::new(crate::protocol::pusher::Pusher::new(
-                p,
-                sockets.hub.clone(),
-                sockets.redis.clone(),
-                sockets.metrics.clone(),
-            ))
-        });
+        let pusher = config
+            .pusher
+            .as_ref()
+            .zip(sockets.pusher_store.clone())
+            .map(|(p, store)| {
+                Arc::new(crate::protocol::pusher::Pusher::new(
+                    p,
+                    sockets.hub.clone(),
+                    store,
+                    sockets.metrics.clone(),
+                ))
+            });
         AppState {
             settings: RwLock::new(Arc::new(Settings::new(config, auth_of(config)))),
             socket_slots: Arc::new(SocketSlots::new(config.max_sockets)),

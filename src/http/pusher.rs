@@ -90,6 +90,7 @@ pub(super) async fn socket(
                 .connect(Subscription::pusher(), None)
                 .await?;
             let peer = connection::Peer {
+                transport: crate::metrics::Transport::Pusher,
                 uid: None,
                 client: state.client_ip(req),
             };

@@ -64,6 +64,7 @@ pub(super) async fn upgrade(
         .map_err(super::error::pool_error)?;
     let ctx = state.sockets.clone();
     let peer = connection::Peer {
+        transport: crate::metrics::Transport::Native,
         uid: Some((uid, session.membership.id())),
         client: state.client_ip(req),
     };

@@ -36,7 +36,7 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::wire::{CloseReason, Message, StreamKey};
-use store::{ChannelStore, MemoryStore, RedisStore};
+use store::ChannelStore;
 pub use webhooks::WebhookEvent;
 use webhooks::Webhooks;
 
@@ -163,19 +163,15 @@ pub struct Pusher {
 }
 
 impl Pusher {
-    /// Pusher mode for `config` over `hub`: the store is the cluster's Redis (`redis`) on a
-    /// cluster, else this process's memory; webhooks are counted in `metrics`. Must run inside
-    /// a tokio runtime.
+    /// Pusher mode for `config` over `hub`, its shared state in `store` (which
+    /// [`Services`](crate::services::Services) chose); webhooks are counted in `metrics`. Must
+    /// run inside a tokio runtime.
     pub fn new(
         config: &PusherConfig,
         hub: Arc<Hub>,
-        redis: Option<crate::broker::redis::RedisHandle>,
+        store: Arc<dyn ChannelStore>,
         metrics: Arc<Metrics>,
     ) -> Pusher {
-        let store: Arc<dyn ChannelStore> = match redis {
-            Some(redis) => RedisStore::start(redis),
-            None => Arc::new(MemoryStore::default()),
-        };
         let apps: Vec<Arc<App>> = config
             .apps
             .iter()
