@@ -205,9 +205,18 @@ async fn metrics_count_what_clients_did() {
     let expect = [
         ("push_serve_sockets", 1.0),
         (r#"push_serve_socket_connects_total{transport="ws"}"#, 3.0),
-        (r#"push_serve_socket_closes_total{transport="ws",code="1000"}"#, 1.0),
-        (r#"push_serve_socket_closes_total{transport="ws",code="4008"}"#, 1.0),
-        (r#"push_serve_socket_closes_total{transport="ws",code="lost"}"#, 0.0),
+        (
+            r#"push_serve_socket_closes_total{transport="ws",code="1000"}"#,
+            1.0,
+        ),
+        (
+            r#"push_serve_socket_closes_total{transport="ws",code="4008"}"#,
+            1.0,
+        ),
+        (
+            r#"push_serve_socket_closes_total{transport="ws",code="lost"}"#,
+            0.0,
+        ),
         ("push_serve_slow_reader_evictions_total", 1.0),
         // Frames queued: 2 for alice's tabs, then each push the slow socket took.
         ("push_serve_deliveries_total", 2.0 + f64::from(reached)),
@@ -365,8 +374,14 @@ async fn event_streams_and_every_close_code_are_counted() {
         .await;
     assert_eq!(http.read_head().await.0, 200);
     let m = scrape(&s).await;
-    assert_eq!(m.get(r#"push_serve_socket_connects_total{transport="sse"}"#), 1.0);
-    assert_eq!(m.get(r#"push_serve_socket_connects_total{transport="ws"}"#), 0.0);
+    assert_eq!(
+        m.get(r#"push_serve_socket_connects_total{transport="sse"}"#),
+        1.0
+    );
+    assert_eq!(
+        m.get(r#"push_serve_socket_connects_total{transport="ws"}"#),
+        0.0
+    );
     for code in [
         "1000", "1001", "1002", "1007", "1009", "4000", "4008", "4010", "4011", "other", "lost",
     ] {
