@@ -6,11 +6,14 @@
 //! for every socket's connect and disconnect (with the close code).
 //!
 //! Nothing a socket or a push does ever waits for the business server: an event is put in a
-//! bounded queue (`callback_queue`) without waiting; a full queue drops it, counted. One
-//! sender takes events off the queue in order and tries each [`ATTEMPTS`] times, each try
-//! bounded by [`TIMEOUT`], with backoff between them, and counts it sent or failed. A hanging
-//! or failing endpoint therefore slows only the sender: the queue fills, and further events
-//! are dropped (counted in `/stats` and `/metrics`) until it answers again.
+//! bounded queue (`callback_queue`, an [`EventQueue`]) without waiting. One sender takes
+//! events off the queue in order and tries each [`ATTEMPTS`] times, each try bounded by
+//! [`TIMEOUT`], with backoff between them, and counts it sent or failed. A hanging or failing
+//! endpoint therefore slows only the sender: the queue fills. While events wait, a socket's
+//! `disconnect` cancels its `connect` and a uid's `offline` its `online` (the endpoint learns
+//! the net change only); a full queue drops its oldest `connect`/`disconnect` (what one user
+//! can make at will by opening and dropping sockets) before any `online` or `offline`. Both
+//! are counted in `/stats` and `/metrics`; drops are logged at most once a minute.
 //!
 //! Each POST carries `X-Push-Timestamp` (unix seconds) and `X-Push-Signature:
 //! sha256=<hex>`, the HMAC-SHA256 under `callback_secret` of `<timestamp>.<body>`; the
@@ -21,17 +24,18 @@
 //! socket on another node, and an `offline` when it still has one.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
 use sha2::Sha256;
-use tokio::sync::mpsc;
 use warp::http::Uri;
 
+use crate::event_queue::{Class, Entry, EventQueue};
 use crate::hub::Hub;
+use crate::limits::LogThrottle;
 use crate::live::Live;
 use crate::metrics::Metrics;
 
@@ -53,7 +57,8 @@ pub struct Settings {
     pub sockets: bool,
     /// How long a uid's last socket may be closed before it is offline.
     pub grace: Duration,
-    /// Events waiting to be sent at most; past it they are dropped (counted).
+    /// Events waiting to be sent at most; past it the oldest `connect`/`disconnect` is dropped
+    /// first (counted).
     pub queue: usize,
 }
 
@@ -90,22 +95,32 @@ pub struct Counts {
     pub failed: u64,
     /// Events dropped because the queue was full.
     pub dropped: u64,
+    /// Events that cancelled out while waiting (a `connect` and its `disconnect`, an `online`
+    /// and its `offline`: two each).
+    pub coalesced: u64,
 }
 
 struct Inner {
     /// `None` while `callback_url` is unset; a reload swaps it.
     settings: Live<Option<Settings>>,
-    /// Bounded by `settings.queue` through `queued` (a reload may change the bound).
-    tx: mpsc::UnboundedSender<Event>,
-    /// Events in `tx` not yet taken by the sender.
-    queued: AtomicUsize,
+    /// Bounded by `settings.queue` (a reload may change the bound).
+    queue: Arc<EventQueue<Event>>,
+    /// The "queue full" line: at most one a minute, with how many more drops.
+    full_log: LogThrottle,
     /// Uids with sockets here or in their grace period. Held for map operations only.
     uids: Mutex<HashMap<String, Uid>>,
     closings: AtomicU64,
     sent: AtomicU64,
     failed: AtomicU64,
     dropped: AtomicU64,
+    coalesced: AtomicU64,
     metrics: Arc<Metrics>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 /// The callbacks of this node; does nothing while `callback_url` is unset.
@@ -137,20 +152,22 @@ impl Callbacks {
     /// Starts the dispatcher (in the current runtime), sending with `settings` (none: off
     /// until a reload sets them); `hub` answers the cluster's counts.
     pub fn start(settings: Option<Settings>, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Callbacks {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Arc::new(EventQueue::new());
         let inner = Arc::new(Inner {
             settings: Live::new(settings),
-            tx,
-            queued: AtomicUsize::new(0),
+            queue: queue.clone(),
+            full_log: LogThrottle::new(Duration::from_secs(60)),
             uids: Mutex::default(),
             closings: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            coalesced: AtomicU64::new(0),
             metrics,
         });
-        // The dispatcher holds the inner state weakly, so it ends when the server drops it.
-        tokio::spawn(dispatch(rx, Arc::downgrade(&inner), hub));
+        // The dispatcher holds the inner state weakly, so it ends when the server drops it
+        // (which closes the queue).
+        tokio::spawn(dispatch(queue, Arc::downgrade(&inner), hub));
         Callbacks(Some(inner))
     }
 
@@ -184,6 +201,7 @@ impl Callbacks {
             sent: i.sent.load(Ordering::Relaxed),
             failed: i.failed.load(Ordering::Relaxed),
             dropped: i.dropped.load(Ordering::Relaxed),
+            coalesced: i.coalesced.load(Ordering::Relaxed),
         })
     }
 
@@ -275,28 +293,55 @@ impl Event {
     }
 }
 
-impl Inner {
-    /// Queues `event` unless `settings.queue` events wait already (then it is dropped, counted).
-    fn queue(&self, settings: &Settings, event: Event) {
-        let waiting = self.queued.fetch_add(1, Ordering::Relaxed);
-        if waiting >= settings.queue.max(1) || self.tx.send(event).is_err() {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            self.metrics.callback("dropped");
+impl Event {
+    /// How the queue treats it: a socket's connect/disconnect is churn, paired by socket; a
+    /// uid's online/offline is kept, paired by uid.
+    fn entry(self) -> Entry<Event> {
+        let (class, pair) = match (self.event, self.socket) {
+            ("connect", Some(id)) => (Class::Churn, Some((format!("s{id}").into(), true))),
+            ("disconnect", Some(id)) => (Class::Churn, Some((format!("s{id}").into(), false))),
+            ("online", _) => (Class::Kept, Some((format!("u{}", self.uid).into(), true))),
+            ("offline", _) => (Class::Kept, Some((format!("u{}", self.uid).into(), false))),
+            _ => (Class::Kept, None),
+        };
+        Entry {
+            event: self,
+            class,
+            pair,
         }
     }
 }
 
-async fn dispatch(
-    mut rx: mpsc::UnboundedReceiver<Event>,
-    inner: std::sync::Weak<Inner>,
-    hub: Arc<Hub>,
-) {
+impl Inner {
+    /// Queues `event` under `settings.queue` (see the module doc for what a full queue drops).
+    fn queue(&self, settings: &Settings, event: Event) {
+        let name = event.event;
+        let pushed = self.queue.push(event.entry(), settings.queue);
+        if pushed.coalesced > 0 {
+            self.coalesced
+                .fetch_add(pushed.coalesced, Ordering::Relaxed);
+            self.metrics.callback("coalesced", pushed.coalesced);
+        }
+        if pushed.dropped > 0 {
+            self.dropped.fetch_add(pushed.dropped, Ordering::Relaxed);
+            self.metrics.callback("dropped", pushed.dropped);
+            if let Some(held_back) = self.full_log.allow() {
+                log::warn!(
+                    "callback queue full ({} events): dropped its oldest connect/disconnect (or \
+                     this {name}); {held_back} more dropped since the last such line, at most \
+                     one a minute",
+                    settings.queue
+                );
+            }
+        }
+    }
+}
+
+async fn dispatch(queue: Arc<EventQueue<Event>>, inner: std::sync::Weak<Inner>, hub: Arc<Hub>) {
     let cluster = hub.broker().is_shared();
     // One event at a time, so the business server sees a uid's events in order.
-    while let Some(event) = rx.recv().await {
+    while let Some(event) = queue.pop().await {
         let Some(inner) = inner.upgrade() else { return };
-        inner.queued.fetch_sub(1, Ordering::Relaxed);
         if cluster && !still_true(&hub, &event).await {
             continue;
         }
@@ -329,7 +374,7 @@ async fn dispatch(
             _ => &inner.dropped,
         };
         count.fetch_add(1, Ordering::Relaxed);
-        inner.metrics.callback(outcome);
+        inner.metrics.callback(outcome, 1);
     }
 }
 

@@ -20,6 +20,8 @@
 //! - [`metrics`]: counters and latency histograms for `/metrics` (Prometheus), and the recent
 //!   history behind the admin page.
 //!
+//! - [`event_queue`]: the bounded queue in front of callbacks and webhooks, where churn cancels
+//!   out and is dropped first.
 //! - [`reload`]: a new config applied to the running server (SIGHUP in `main`): what can
 //!   change live does, the rest is logged as needing a restart; [`logging`] is the logger
 //!   whose level and format a reload changes.
@@ -35,6 +37,7 @@ pub mod broker;
 pub mod callbacks;
 pub mod config;
 pub mod connection;
+pub mod event_queue;
 pub mod http;
 pub mod http_client;
 pub mod hub;

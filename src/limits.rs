@@ -1,6 +1,6 @@
-//! Abuse limits that need state: the sockets open under `max_sockets`, failed password
-//! attempts per client address, and a throttle for log lines about refusals that come in
-//! floods. Each limit can be changed while the server runs (a config reload).
+//! Abuse limits that need state: the sockets open under `max_sockets`, the sockets each client
+//! address has open and opens per minute, failed password attempts per client address, and a
+//! throttle for log lines about refusals that come in floods. Each limit can be changed while the server runs (a config reload).
 //!
 //! A client address that fails the password `per_minute` times within a minute is refused
 //! (429, with `Retry-After`) on the password-protected endpoints until that minute is over, even
@@ -59,6 +59,20 @@ impl SocketSlots {
             .open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
                 (open < max).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| Slot(slots.clone()))
+    }
+
+    /// A slot, if fewer than `share` of `max` are held: what an anonymous Pusher socket may
+    /// take, so that the rest stays for pages whose keys were checked.
+    pub fn take_share(slots: &Arc<SocketSlots>, share: f64) -> Option<Slot> {
+        let max = slots.max.load(Ordering::Acquire);
+        let cap = (max as f64 * share.clamp(0.0, 1.0)) as usize;
+        slots
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < cap).then_some(open + 1)
             })
             .ok()
             .map(|_| Slot(slots.clone()))
@@ -146,6 +160,86 @@ impl AddressSlots {
     /// Changes the cap for the sockets opened from now on.
     pub fn set_max(&self, max: usize) {
         self.max.store(max, Ordering::Release);
+    }
+}
+
+/// New sockets per client address (an IPv6 client's /64): a token bucket of `per_minute`
+/// tokens, refilled at `per_minute` a minute, so a whole page fleet behind one NAT may
+/// reconnect at once after a restart while one address cannot open and drop sockets without
+/// end. Loopback peers are not counted; at most [`MAX_TRACKED`] addresses are (past it, new
+/// ones pass uncounted), and buckets full again are swept.
+pub struct NewSocketRate {
+    per_minute: AtomicU32,
+    /// Held for a map operation only.
+    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    /// Tokens at `now`, at most `cap`.
+    fn refill(&mut self, now: Instant, cap: f64) -> f64 {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * cap / 60.0).min(cap);
+        self.at = now;
+        self.tokens
+    }
+}
+
+impl NewSocketRate {
+    /// `per_minute` new sockets per address per minute; 0 turns the limit off.
+    pub fn new(per_minute: u32) -> NewSocketRate {
+        NewSocketRate {
+            per_minute: AtomicU32::new(per_minute),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one new socket of `ip`; `Err(wait)` when its address has none left, `wait`
+    /// being how long until it has one. Addresses not counted (loopback, unknown) pass.
+    pub fn take(&self, ip: Option<IpAddr>) -> Result<(), Duration> {
+        let per_minute = self.per_minute.load(Ordering::Relaxed);
+        let Some(ip) = ip.map(client_prefix).filter(|ip| !ip.is_loopback()) else {
+            return Ok(());
+        };
+        if per_minute == 0 {
+            return Ok(());
+        }
+        let cap = f64::from(per_minute);
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() >= MAX_TRACKED && !buckets.contains_key(&ip) {
+            buckets.retain(|_, b| b.refill(now, cap) < cap);
+            if buckets.len() >= MAX_TRACKED {
+                return Ok(());
+            }
+        }
+        let bucket = buckets.entry(ip).or_insert(Bucket {
+            tokens: cap,
+            at: now,
+        });
+        if bucket.refill(now, cap) >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Ok(());
+        }
+        let wait = (1.0 - bucket.tokens) * 60.0 / cap;
+        Err(Duration::from_secs_f64(wait).max(Duration::from_secs(1)))
+    }
+
+    /// Changes the rate from now on.
+    pub fn set_per_minute(&self, per_minute: u32) {
+        self.per_minute.store(per_minute, Ordering::Relaxed);
+    }
+
+    /// Forgets addresses whose bucket is full again.
+    pub fn sweep(&self) {
+        let cap = f64::from(self.per_minute.load(Ordering::Relaxed));
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        buckets.retain(|_, b| b.refill(now, cap) < cap);
     }
 }
 
@@ -353,6 +447,45 @@ mod tests {
         slots.set_max(3);
         let _e = SocketSlots::take(&slots).unwrap();
         assert_eq!(slots.open(), 2);
+    }
+
+    #[test]
+    fn new_sockets_per_address_come_in_a_burst_then_at_the_rate() {
+        let rate = NewSocketRate::new(3);
+        let a: Option<IpAddr> = Some("203.0.113.1".parse().unwrap());
+        let b: Option<IpAddr> = Some("2001:db8:1:2::1".parse().unwrap());
+        for _ in 0..3 {
+            assert!(rate.take(a).is_ok());
+        }
+        // A fourth within the minute: a third of a minute until the next token.
+        let wait = rate.take(a).unwrap_err();
+        assert!(
+            wait > Duration::from_secs(15) && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
+        // Another address, and loopback, are not affected; an IPv6 client is its /64.
+        assert!(rate.take(b).is_ok());
+        assert!(rate.take(Some("::1".parse().unwrap())).is_ok());
+        for _ in 0..2 {
+            assert!(rate.take(Some("2001:db8:1:2::99".parse().unwrap())).is_ok());
+        }
+        assert!(rate.take(b).is_err());
+        rate.set_per_minute(0);
+        assert!(rate.take(a).is_ok(), "0 turns it off");
+    }
+
+    #[test]
+    fn a_share_of_the_slots_leaves_the_rest_to_full_takers() {
+        let slots = Arc::new(SocketSlots::new(10));
+        let shared: Vec<Slot> = (0..9)
+            .map(|_| SocketSlots::take_share(&slots, 0.9).unwrap())
+            .collect();
+        assert!(SocketSlots::take_share(&slots, 0.9).is_none());
+        let full = SocketSlots::take(&slots).unwrap();
+        assert!(SocketSlots::take(&slots).is_none());
+        drop(full);
+        drop(shared);
+        assert_eq!(slots.open(), 0);
     }
 
     #[test]

@@ -450,11 +450,21 @@ impl Metrics {
         total.record(queued.duration_since(accepted));
     }
 
-    /// A callback event to the business server was `sent`, `failed` (every attempt) or
-    /// `dropped` (its queue was full): `push_serve_callbacks_total{outcome}`.
-    pub fn callback(&self, outcome: &'static str) {
+    /// `n` callback events to the business server were `sent`, `failed` (every attempt),
+    /// `dropped` (its queue was full) or `coalesced` (it cancelled out with one waiting):
+    /// `push_serve_callbacks_total{outcome}`.
+    pub fn callback(&self, outcome: &'static str, n: u64) {
         with_local_recorder(&*self.recorder, || {
-            counter!("push_serve_callbacks_total", "outcome" => outcome).increment(1);
+            counter!("push_serve_callbacks_total", "outcome" => outcome).increment(n);
+        });
+    }
+
+    /// `n` Pusher webhook events were `sent`, `failed` (every attempt), `dropped` (their
+    /// target's queue was full) or `coalesced` (a pair that cancelled out while waiting):
+    /// `push_serve_webhook_events_total{outcome}`.
+    pub fn webhook_events(&self, outcome: &'static str, n: u64) {
+        with_local_recorder(&*self.recorder, || {
+            counter!("push_serve_webhook_events_total", "outcome" => outcome).increment(n);
         });
     }
 
@@ -603,7 +613,12 @@ fn describe() {
     describe_counter!(
         "push_serve_callbacks_total",
         "Callback events to the business server by outcome: sent, failed (every attempt), \
-         dropped (queue full)"
+         dropped (queue full), coalesced (a pair that cancelled out while waiting)"
+    );
+    describe_counter!(
+        "push_serve_webhook_events_total",
+        "Pusher webhook events by outcome: sent, failed (every attempt), dropped (queue full), \
+         coalesced (a pair that cancelled out while waiting)"
     );
     describe_gauge!(
         "push_serve_build_info",

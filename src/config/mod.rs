@@ -156,6 +156,10 @@ pub struct Config {
     /// Most sockets one client address (an IPv6 client's /64) may have open, native, SSE and
     /// Pusher together; further ones get 429 (Pusher: 4100). Loopback peers are not counted.
     pub max_sockets_per_address: usize,
+    /// New sockets one client address (an IPv6 client's /64) may open per minute, native, SSE
+    /// and Pusher together: that many at once, then that many a minute (a token bucket);
+    /// further ones get 429 (Pusher: 4100). Loopback peers are not counted; 0 turns it off.
+    pub new_sockets_per_address_per_minute: u32,
     /// Failed password attempts allowed per client address per minute before that address
     /// gets 429 on `/access`, `/push` and the other backend endpoints; 0 turns it off.
     pub auth_failures_per_minute: u32,
@@ -219,6 +223,13 @@ pub struct PusherConfig {
     /// Most channels one socket may be subscribed to at once (each costs the server an entry
     /// in every channel's list); a subscription past it gets `pusher:subscription_error` 400.
     pub max_channels_per_socket: usize,
+    /// Subscribe and unsubscribe frames one socket may send per second, after a first burst
+    /// of `max_channels_per_socket` (a page resubscribing everything after a reconnect); a
+    /// subscription over it gets `pusher:error` 4301 and `pusher:subscription_error` 429.
+    pub subscriptions_per_second: u32,
+    /// The share of `max_sockets` Pusher sockets may take together; the rest stays for native
+    /// and SSE pages, whose keys were checked (a Pusher socket is anonymous when it connects).
+    pub max_sockets_share: f64,
 }
 
 /// One app: its credentials and per-app switches.
@@ -233,12 +244,16 @@ pub struct PusherApp {
     pub secret: Secret,
     /// Whether sockets may send `client-*` events on private and presence channels.
     pub enable_client_messages: bool,
-    /// Most sockets this app may have open on this node (4004 above); unset: only
+    /// Most sockets this app may have open on this node (4004 above); `null`: only
     /// `max_sockets` bounds it.
     pub max_connections: Option<usize>,
     /// Where to send this app's webhooks.
     pub webhooks: Vec<PusherWebhook>,
 }
+
+/// `max_connections` of an app that does not set it: on a node, one app's sockets cannot take
+/// every Pusher slot from the others.
+pub const DEFAULT_APP_CONNECTIONS: usize = 100_000;
 
 /// A webhook target.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -269,6 +284,8 @@ impl PusherConfig {
             max_event_bytes: 10 * 1024,
             client_events_per_second: 10,
             max_channels_per_socket: 100,
+            subscriptions_per_second: 10,
+            max_sockets_share: 0.9,
         }
     }
 
@@ -301,7 +318,7 @@ impl PusherApp {
             key: key.into(),
             secret: Secret::from(secret.into()),
             enable_client_messages: false,
-            max_connections: None,
+            max_connections: Some(DEFAULT_APP_CONNECTIONS),
             webhooks: Vec::new(),
         }
     }
@@ -360,6 +377,7 @@ pub const RELOAD: &[(&str, Reload)] = &[
     ("max_sockets", Reload::Live),
     ("max_sockets_per_uid", Reload::Live),
     ("max_sockets_per_address", Reload::Live),
+    ("new_sockets_per_address_per_minute", Reload::Live),
     ("auth_failures_per_minute", Reload::Live),
     ("real_ip_header", Reload::Live),
     ("trusted_proxies", Reload::Live),
@@ -428,6 +446,7 @@ impl Config {
             pool_max: 10_000,
             max_sockets: 1_000_000,
             max_sockets_per_address: 10_000,
+            new_sockets_per_address_per_minute: 3_000,
             max_sockets_per_uid: 64,
             auth_failures_per_minute: 30,
             real_ip_header: None,
@@ -824,6 +843,15 @@ mod tests {
         let pusher = ok.pusher.unwrap();
         assert_eq!(pusher.activity_timeout_secs, 120);
         assert_eq!(pusher.apps[0], PusherApp::new("1", "k", "s"));
+        assert_eq!(
+            pusher.apps[0].max_connections,
+            Some(DEFAULT_APP_CONNECTIONS)
+        );
+        let unlimited = error_or_config(
+            "pusher:\n  apps:\n    - {id: \"1\", key: k, secret: s, max_connections: null}\n",
+        )
+        .unwrap();
+        assert_eq!(unlimited.pusher.unwrap().apps[0].max_connections, None);
         for (yaml, named) in [
             ("pusher:\n  apps: []\n", "`pusher.apps`"),
             (

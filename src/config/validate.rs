@@ -78,6 +78,10 @@ impl Config {
             ),
             ("max_sockets_per_uid", self.max_sockets_per_uid as f64),
             (
+                "new_sockets_per_address_per_minute",
+                f64::from(self.new_sockets_per_address_per_minute),
+            ),
+            (
                 "auth_failures_per_minute",
                 f64::from(self.auth_failures_per_minute),
             ),
@@ -232,6 +236,12 @@ impl PusherConfig {
                 1.0,
                 1e5,
             ),
+            (
+                "pusher.subscriptions_per_second",
+                f64::from(self.subscriptions_per_second),
+                1.0,
+                1e6,
+            ),
         ] {
             if !(min..=max).contains(&value) {
                 return Err(invalid(
@@ -239,6 +249,16 @@ impl PusherConfig {
                     format!("must be a whole number from {min} to {max}, got {value}"),
                 ));
             }
+        }
+        if !(0.0..=1.0).contains(&self.max_sockets_share) {
+            return Err(invalid(
+                "pusher.max_sockets_share",
+                format!(
+                    "must be a number from 0 to 1 (the share of max_sockets Pusher sockets may \
+                     take), got {}",
+                    self.max_sockets_share
+                ),
+            ));
         }
         // App ids and keys appear in paths and in the stream ids nodes share: a plain charset.
         let plain = |s: &str| {
@@ -277,7 +297,7 @@ impl PusherConfig {
                 return Err(invalid(
                     "pusher.apps.max_connections",
                     format!(
-                        "of app {n} (id {}) must be at least 1 (leave it out for no limit)",
+                        "of app {n} (id {}) must be at least 1 (null for no limit)",
                         app.id
                     ),
                 ));
@@ -411,6 +431,10 @@ pub(super) const RANGES: &[Range] = &[
     whole("max_sockets", "", 1, 1 << 30),
     whole("max_sockets_per_uid", "", 1, 1 << 30),
     whole("max_sockets_per_address", "", 1, 1 << 30),
+    noted(
+        whole("new_sockets_per_address_per_minute", "", 0, 100_000_000),
+        "0 turns it off",
+    ),
     noted(
         whole("auth_failures_per_minute", "", 0, 1_000_000),
         "0 turns the lockout off",

@@ -117,6 +117,14 @@ pub enum ApiError {
     /// The client's address has `max_sockets_per_address` sockets open.
     #[error("this address has {0} sockets open, the most allowed (max_sockets_per_address)")]
     TooManyAddressSockets(usize),
+    /// The client's address opened `new_sockets_per_address_per_minute` sockets within the
+    /// last minute; retry after the duration.
+    #[error(
+        "this address opens sockets faster than allowed (new_sockets_per_address_per_minute), \
+         retry in {} s",
+        .0.as_secs()
+    )]
+    TooManyNewSockets(std::time::Duration),
     /// This address failed the password too often; retry after the duration.
     #[error("too many failed password attempts from this address, retry in {} s", .0.as_secs())]
     TooManyFailures(std::time::Duration),
@@ -176,9 +184,13 @@ impl ApiError {
             }
             ApiError::TooManySockets(_)
             | ApiError::TooManyAddressSockets(_)
+            | ApiError::TooManyNewSockets(_)
             | ApiError::TooManyFailures(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::OriginRefused => StatusCode::FORBIDDEN,
             ApiError::UnknownPusherApp => StatusCode::NOT_FOUND,
+            ApiError::PusherSignature(crate::protocol::pusher::auth::SignatureError::Ambiguous) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::PusherSignature(_) => StatusCode::UNAUTHORIZED,
             ApiError::PusherApi(f) => {
                 StatusCode::from_u16(f.status).unwrap_or(StatusCode::BAD_REQUEST)
@@ -219,6 +231,7 @@ impl ApiError {
             ApiError::Unavailable => "unavailable",
             ApiError::TooManySockets(_) => "too_many_sockets",
             ApiError::TooManyAddressSockets(_) => "too_many_address_sockets",
+            ApiError::TooManyNewSockets(_) => "too_many_new_sockets",
             ApiError::TooManyFailures(_) => "locked_out",
             ApiError::OriginRefused => "origin_refused",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
@@ -244,7 +257,7 @@ impl ApiError {
             ApiError::BadPassword => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::TooManyFailures(wait) => {
+            ApiError::TooManyFailures(wait) | ApiError::TooManyNewSockets(wait) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs()));
             }
             ApiError::Unavailable => {

@@ -41,7 +41,9 @@ use warp::Filter;
 
 use crate::auth::Auth;
 use crate::config::{Config, MAX_UID_BYTES};
-use crate::limits::{AddressSlots, FailureLimiter, LogThrottle, PeerAddr, SocketSlots};
+use crate::limits::{
+    AddressSlots, FailureLimiter, LogThrottle, NewSocketRate, PeerAddr, SocketSlots,
+};
 use crate::metrics::{Credential, Endpoint};
 use crate::protocol::SocketContext;
 
@@ -58,6 +60,8 @@ pub struct AppState {
     socket_slots: Arc<SocketSlots>,
     /// Sockets per client address, `max_sockets_per_address` each; taken and held like a slot.
     address_slots: Arc<AddressSlots>,
+    /// New sockets per client address per minute (`new_sockets_per_address_per_minute`).
+    new_sockets: NewSocketRate,
     /// The "server full" line: at most one per period while refusals last.
     full_log: LogThrottle,
     /// The "body too slow" line (408): a stranger stalling bodies cannot flood the log.
@@ -139,12 +143,14 @@ impl AppState {
                     p,
                     sockets.hub.clone(),
                     store,
+                    sockets.metrics.clone(),
                 ))
             });
         AppState {
             settings: RwLock::new(Arc::new(Settings::new(config, auth_of(config)))),
             socket_slots: Arc::new(SocketSlots::new(config.max_sockets)),
             address_slots: Arc::new(AddressSlots::new(config.max_sockets_per_address)),
+            new_sockets: NewSocketRate::new(config.new_sockets_per_address_per_minute),
             full_log: LogThrottle::new(std::time::Duration::from_secs(10)),
             slow_body_log: LogThrottle::new(std::time::Duration::from_secs(60)),
             refusal_log: LogThrottle::new(std::time::Duration::from_secs(60)),
@@ -169,6 +175,8 @@ impl AppState {
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = next;
         self.socket_slots.set_max(config.max_sockets);
         self.address_slots.set_max(config.max_sockets_per_address);
+        self.new_sockets
+            .set_per_minute(config.new_sockets_per_address_per_minute);
         self.limiter.set_per_minute(config.auth_failures_per_minute);
     }
 
@@ -189,6 +197,7 @@ impl AppState {
     /// Forgets rate-limit windows that are over; called periodically.
     pub fn sweep(&self) {
         self.limiter.sweep();
+        self.new_sockets.sweep();
     }
 
     /// The address `req` comes from, as far as the configured proxies vouch for it.

@@ -68,9 +68,14 @@ pub(super) async fn socket(
             Some(Ok(5..=7)) => {}
             Some(_) => return Err(Refusal::BAD_PROTOCOL),
         }
-        let address_slot = address_slot(state, req).map_err(|_| Refusal::ADDRESS_FULL)?;
+        let address_slot = address_slot(state, req).map_err(|e| match e {
+            ApiError::TooManyNewSockets(_) => Refusal::NEW_SOCKETS_RATE,
+            _ => Refusal::ADDRESS_FULL,
+        })?;
         let slot = app.admit().ok_or(Refusal::APP_FULL)?;
-        let server_slot = SocketSlots::take(&state.socket_slots).ok_or(Refusal::SERVER_FULL)?;
+        // Anonymous until it subscribes: a share of max_sockets, the rest kept for native pages.
+        let server_slot = SocketSlots::take_share(&state.socket_slots, pusher.max_sockets_share)
+            .ok_or(Refusal::SERVER_FULL)?;
         Ok((slot, (server_slot, address_slot)))
     }
     .await;

@@ -198,12 +198,25 @@ pub(super) fn check_room(
     Ok((slot, address_slot))
 }
 
-/// The client address's place under `max_sockets_per_address` (none for loopback peers).
+/// The client address's place under `max_sockets_per_address` (none for loopback peers),
+/// after counting the new socket under `new_sockets_per_address_per_minute`.
 pub(super) fn address_slot(
     state: &AppState,
     req: &Req,
 ) -> Result<Option<Box<AddressSlot>>, ApiError> {
     let client = state.client_ip(req);
+    state.new_sockets.take(client).map_err(|wait| {
+        if let Some(held_back) = state.refusal_log.allow() {
+            log::info!(
+                "socket refused for {}: new_sockets_per_address_per_minute reached (429, retry \
+                 in {} s; {held_back} more refusals without login since the last such line, at \
+                 most one a minute)",
+                Client(client),
+                wait.as_secs()
+            );
+        }
+        ApiError::TooManyNewSockets(wait)
+    })?;
     let taken = AddressSlots::take(&state.address_slots, client);
     taken.map(|slot| slot.map(Box::new)).map_err(|max| {
         if let Some(held_back) = state.refusal_log.allow() {

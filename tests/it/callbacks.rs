@@ -23,6 +23,8 @@ enum Answer {
     Ok,
     Error,
     Hang,
+    /// 200, after this long.
+    Slow(Duration),
 }
 
 /// One POST the business server got: its headers (lowercased names) and body.
@@ -83,6 +85,10 @@ async fn business_server(answer: Answer) -> (String, mpsc::UnboundedReceiver<Got
                     let _ = tx.send(Got { headers, body });
                     let reply: &[u8] = match answer {
                         Answer::Ok => b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+                        Answer::Slow(delay) => {
+                            tokio::time::sleep(delay).await;
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+                        }
                         Answer::Error => {
                             b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n"
                         }
@@ -201,7 +207,10 @@ async fn online_offline_and_socket_events_are_signed_and_a_reload_is_neither() {
     assert_eq!(offline.json()["uid"], "alice");
     // No online or offline came in between (each event above was the next one).
     let counts = stats(&s).await["callbacks"].clone();
-    assert_eq!(counts, json!({"sent": 8, "failed": 0, "dropped": 0}));
+    assert_eq!(
+        counts,
+        json!({"sent": 8, "failed": 0, "dropped": 0, "coalesced": 0})
+    );
 }
 
 #[tokio::test]
@@ -355,4 +364,67 @@ async fn credentials_in_the_callback_url_go_out_as_basic_auth() {
         event.header("host")
     );
     assert!(!event.header("host").contains("p%40ss"));
+}
+
+/// Issue 19: churn pushes out no `online`. A user with a valid key holds 40 sockets and opens
+/// and closes more in a loop (each a `connect` and a `disconnect`, `callback_sockets` on)
+/// against an endpoint taking 200 ms per POST, with a queue of 20; another user's `online`
+/// still arrives. A socket's `connect` and `disconnect` waiting together cancel out
+/// (`coalesced`); the queue makes room by dropping its oldest `connect`s (`dropped`). Before,
+/// the full queue dropped the `online` itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_churn_never_pushes_out_another_users_online() {
+    let (url, mut got) = business_server(Answer::Slow(Duration::from_millis(200))).await;
+    let s = Server::start(|c| {
+        c.callback_url = Some(url);
+        c.callback_secret = Some(SECRET.into());
+        c.callback_sockets = true;
+        c.callback_queue = 20;
+        c.max_sockets_per_uid = 1000;
+    })
+    .await;
+    let key = s.key("churner").await;
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        held.push(s.connect_with_key("churner", &key).await);
+    }
+    for _ in 0..300 {
+        let mut ws = s.connect_with_key("churner", &key).await;
+        ws.close(None).await.unwrap();
+    }
+    let _bystander = s.connect("bystander").await;
+    let mut seen = Vec::new();
+    loop {
+        let event = next_event(&mut got).await.json();
+        if event["event"] == "online" && event["uid"] == "bystander" {
+            break;
+        }
+        seen.push(event);
+    }
+    assert_eq!(
+        seen[0]["event"], "online",
+        "the churner's own online: {}",
+        seen[0]
+    );
+    let counts = stats(&s).await["callbacks"].clone();
+    println!(
+        "callbacks under churn: the bystander's online came after {} other events; {counts}",
+        seen.len()
+    );
+    assert!(counts["dropped"].as_u64().unwrap() > 0, "{counts}");
+    assert!(counts["coalesced"].as_u64().unwrap() > 0, "{counts}");
+    let metrics = s
+        .http()
+        .await
+        .get(&format!("/metrics?password={}", enc(&s.password)))
+        .await
+        .text();
+    for outcome in ["dropped", "coalesced"] {
+        assert!(
+            metrics.contains(&format!(
+                r#"push_serve_callbacks_total{{outcome="{outcome}"}}"#
+            )),
+            "{metrics}"
+        );
+    }
 }

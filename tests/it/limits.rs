@@ -442,3 +442,72 @@ async fn one_address_holds_at_most_max_sockets_per_address() {
     })
     .await;
 }
+
+/// Issue 19: one client address opens at most `new_sockets_per_address_per_minute` sockets at
+/// once and then that many a minute, native and SSE together (Pusher in pusher.rs), so it
+/// cannot open and drop sockets without end. Past it: 429 with `Retry-After` and the
+/// envelope's reason; closing sockets gives nothing back; another address is not affected; a
+/// reload changes the rate for the next socket.
+#[tokio::test]
+async fn one_address_opens_at_most_new_sockets_per_address_per_minute() {
+    let s = Server::start(|c| {
+        c.new_sockets_per_address_per_minute = 3;
+        c.real_ip_header = Some("X-Forwarded-For".into());
+        c.trusted_proxies = 1;
+    })
+    .await;
+    let open = |uid: &'static str, from: &'static str| {
+        let s = &s;
+        async move {
+            let key = s.key(uid).await;
+            let mut http = Http::connect(s.addr).await;
+            let target = format!("/ws?uid={uid}&access_key={}", enc(&key));
+            let mut headers: Vec<(&str, &str)> = UPGRADE_HEADERS.to_vec();
+            headers.push(("X-Forwarded-For", from));
+            http.send("GET", &target, &headers, b"").await;
+            let (status, headers) = http.read_head().await;
+            (status, headers, http)
+        }
+    };
+    for uid in ["a", "b"] {
+        let (status, _, held) = open(uid, "203.0.113.5").await;
+        assert_eq!(status, 101);
+        drop(held);
+    }
+    let key = s.key("c").await;
+    let mut sse = Http::connect(s.addr).await;
+    let target = format!("/sse?uid=c&access_key={}", enc(&key));
+    sse.send("GET", &target, &[("X-Forwarded-For", "203.0.113.5")], b"")
+        .await;
+    assert_eq!(
+        sse.read_head().await.0,
+        200,
+        "the third, as an event stream"
+    );
+    drop(sse);
+    let (status, headers, mut refused) = open("d", "203.0.113.5").await;
+    assert_eq!(status, 429);
+    let retry: u64 = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("retry-after"))
+        .map(|(_, v)| v.parse().unwrap())
+        .expect("Retry-After");
+    assert!(
+        (1..=20).contains(&retry),
+        "a token comes back every 20 s: {retry}"
+    );
+    let body = String::from_utf8_lossy(&refused.read_body(&headers).await).into_owned();
+    assert!(
+        body.contains("new_sockets_per_address_per_minute"),
+        "{body}"
+    );
+    let (other, _, _elsewhere) = open("e", "203.0.113.6").await;
+    assert_eq!(other, 101, "another address is not affected");
+    let outcome = s
+        .reload(|c| c.new_sockets_per_address_per_minute = 0)
+        .await
+        .unwrap();
+    assert_eq!(outcome.applied, ["new_sockets_per_address_per_minute"]);
+    let (status, _, _again) = open("d", "203.0.113.5").await;
+    assert_eq!(status, 101, "0 turns it off, from the next socket on");
+}

@@ -546,8 +546,11 @@ struct Hook {
     body: String,
 }
 
-/// A webhook receiver on a loopback port: answers 200 to every request and hands it over.
-async fn webhook_receiver() -> (u16, tokio::sync::mpsc::UnboundedReceiver<Hook>) {
+/// A webhook receiver on a loopback port: answers 200 to every request, after `delay`, and
+/// hands it over.
+async fn webhook_receiver(
+    delay: std::time::Duration,
+) -> (u16, tokio::sync::mpsc::UnboundedReceiver<Hook>) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -577,6 +580,7 @@ async fn webhook_receiver() -> (u16, tokio::sync::mpsc::UnboundedReceiver<Hook>)
                 }
                 let mut body = vec![0; length];
                 reader.read_exact(&mut body).await.unwrap();
+                tokio::time::sleep(delay).await;
                 reader
                     .get_mut()
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
@@ -597,7 +601,7 @@ async fn webhook_receiver() -> (u16, tokio::sync::mpsc::UnboundedReceiver<Hook>)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_batched_signed_and_a_dead_endpoint_harms_no_socket() {
     use push_serve::config::PusherWebhook;
-    let (port, mut hooks) = webhook_receiver().await;
+    let (port, mut hooks) = webhook_receiver(std::time::Duration::ZERO).await;
     let dead = common::cluster::free_port();
     let s = Server::start(|c| {
         pusher_conf(c);
@@ -638,6 +642,51 @@ async fn webhooks_are_batched_signed_and_a_dead_endpoint_harms_no_socket() {
         "pusher_internal:subscription_succeeded"
     );
     assert_eq!(frame(&mut b).await["event"], "pusher:cache_miss");
+    // Still answering: the dead endpoint's retries are off the sockets' path.
+    send(&mut a, json!({"event":"pusher:ping","data":{}})).await;
+    assert_eq!(frame(&mut a).await["event"], "pusher:pong");
+
+    let mut seen: Vec<Value> = Vec::new();
+    // Until the endpoint has them all (each webhook's signature checked on the way).
+    let mut collect = async |seen: &mut Vec<Value>, wanted: &[&str]| {
+        while !wanted.iter().all(|w| seen.iter().any(|e| e["name"] == *w)) {
+            let hook = tokio::time::timeout(PATIENCE, hooks.recv())
+                .await
+                .expect("a webhook in time")
+                .unwrap();
+            assert_eq!(hook.key, KEY);
+            assert_eq!(hook.signature, sign(SECRET, &hook.body));
+            if python_ready() {
+                let valid = Command::new("python3")
+                    .args([
+                        "-c",
+                        "import sys, pusher\n\
+                     p = pusher.Pusher(app_id='1001', key=sys.argv[1], secret=sys.argv[2])\n\
+                     assert p.validate_webhook(sys.argv[1], sys.argv[3], sys.argv[4]) is not None",
+                        KEY,
+                        SECRET,
+                        &hook.signature,
+                        &hook.body,
+                    ])
+                    .status()
+                    .unwrap();
+                assert!(
+                    valid.success(),
+                    "the PyPI SDK refused the webhook's signature"
+                );
+            }
+            let body: Value = serde_json::from_str(&hook.body).unwrap();
+            assert!(body["time_ms"].as_u64().unwrap() > 0);
+            seen.extend(body["events"].as_array().unwrap().iter().cloned());
+        }
+    };
+    collect(
+        &mut seen,
+        &["channel_occupied", "client_event", "cache_miss"],
+    )
+    .await;
+    // Left once its channel_occupied went out: left within the batching window, the two
+    // would cancel out and neither be sent, as with Pusher.
     for ws in [&mut a, &mut b] {
         send(
             ws,
@@ -645,47 +694,7 @@ async fn webhooks_are_batched_signed_and_a_dead_endpoint_harms_no_socket() {
         )
         .await;
     }
-    // Still answering: the dead endpoint's retries are off the sockets' path.
-    send(&mut a, json!({"event":"pusher:ping","data":{}})).await;
-    assert_eq!(frame(&mut a).await["event"], "pusher:pong");
-
-    let mut seen: Vec<Value> = Vec::new();
-    let wanted = [
-        "channel_occupied",
-        "client_event",
-        "cache_miss",
-        "channel_vacated",
-    ];
-    while !wanted.iter().all(|w| seen.iter().any(|e| e["name"] == *w)) {
-        let hook = tokio::time::timeout(PATIENCE, hooks.recv())
-            .await
-            .expect("a webhook in time")
-            .unwrap();
-        assert_eq!(hook.key, KEY);
-        assert_eq!(hook.signature, sign(SECRET, &hook.body));
-        if python_ready() {
-            let valid = Command::new("python3")
-                .args([
-                    "-c",
-                    "import sys, pusher\n\
-                     p = pusher.Pusher(app_id='1001', key=sys.argv[1], secret=sys.argv[2])\n\
-                     assert p.validate_webhook(sys.argv[1], sys.argv[3], sys.argv[4]) is not None",
-                    KEY,
-                    SECRET,
-                    &hook.signature,
-                    &hook.body,
-                ])
-                .status()
-                .unwrap();
-            assert!(
-                valid.success(),
-                "the PyPI SDK refused the webhook's signature"
-            );
-        }
-        let body: Value = serde_json::from_str(&hook.body).unwrap();
-        assert!(body["time_ms"].as_u64().unwrap() > 0);
-        seen.extend(body["events"].as_array().unwrap().iter().cloned());
-    }
+    collect(&mut seen, &["channel_vacated"]).await;
     let occupied: Vec<&Value> = seen
         .iter()
         .filter(|e| e["name"] == "channel_occupied" && e["channel"] == "private-hooked")
@@ -699,6 +708,119 @@ async fn webhooks_are_batched_signed_and_a_dead_endpoint_harms_no_socket() {
         .find(|e| e["name"] == "channel_vacated")
         .unwrap();
     assert_eq!(vacated["channel"], "private-hooked");
+}
+
+/// Issue 19: churn drowns no webhook that matters. One anonymous socket subscribes to and
+/// leaves public channels thousands of times, and cache channels whose `cache_miss` has no
+/// pair to cancel it, against an endpoint taking 200 ms per POST; a signed presence join in the
+/// middle still gets its `member_added` to the endpoint. Occupied/vacated pairs waiting together
+/// cancel out (`coalesced`), and the full queue drops its oldest churn (`dropped`), never the
+/// member event. Before, the queue of 1,024 dropped whatever came once full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_never_pushes_a_member_added_out_of_the_webhook_queue() {
+    use push_serve::config::PusherWebhook;
+    let (port, mut hooks) = webhook_receiver(std::time::Duration::from_millis(200)).await;
+    let s = Server::start(|c| {
+        pusher_conf(c);
+        let pusher = c.pusher.as_mut().unwrap();
+        // The churn is the webhook queue's to absorb here, not the socket's rate limit's.
+        pusher.subscriptions_per_second = 1_000_000;
+        pusher.apps[0].webhooks = vec![PusherWebhook {
+            url: format!("http://127.0.0.1:{port}/pusher/webhook"),
+            event_types: push_serve::config::WEBHOOK_EVENTS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }];
+    })
+    .await;
+    // Frames are sent without waiting for the replies (a reader task counts those), as fast
+    // as the server takes them.
+    let (churner, _) = connected(&s, KEY).await;
+    let (mut churn_tx, mut churn_rx) = futures_util::StreamExt::split(churner);
+    let (misses_tx, mut misses) = tokio::sync::watch::channel(0usize);
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Some(Ok(Message::Text(text))) = futures_util::StreamExt::next(&mut churn_rx).await
+        {
+            if text.contains("pusher:cache_miss") {
+                n += 1;
+                let _ = misses_tx.send(n);
+            }
+        }
+    });
+    let mut churn = async |channels: &mut dyn Iterator<Item = String>| {
+        for channel in channels {
+            for event in ["pusher:subscribe", "pusher:unsubscribe"] {
+                let frame = json!({"event": event, "data": {"channel": channel}});
+                churn_tx
+                    .feed(Message::Text(frame.to_string().into()))
+                    .await
+                    .unwrap();
+            }
+        }
+        churn_tx.flush().await.unwrap();
+    };
+    churn(&mut (0..1500).map(|n| format!("cache-churn-{n}"))).await;
+    tokio::time::timeout(PATIENCE * 6, misses.wait_for(|n| *n == 1500))
+        .await
+        .expect("the server answered every cache subscription")
+        .unwrap();
+    let (mut member, sid) = connected(&s, KEY).await;
+    let channel = "presence-room";
+    let channel_data = json!({"user_id":"alice"}).to_string();
+    let auth = format!(
+        "{KEY}:{}",
+        sign(SECRET, &format!("{sid}:{channel}:{channel_data}"))
+    );
+    send(
+        &mut member,
+        json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":auth,"channel_data":channel_data}}),
+    )
+    .await;
+    assert_eq!(
+        frame(&mut member).await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    churn(&mut (0..3000).map(|n| format!("churn-{}", n % 40))).await;
+    let mut seen = 0;
+    let added = loop {
+        let hook = tokio::time::timeout(std::time::Duration::from_secs(60), hooks.recv())
+            .await
+            .expect("member_added within a minute")
+            .unwrap();
+        let body: Value = serde_json::from_str(&hook.body).unwrap();
+        let events = body["events"].as_array().unwrap().clone();
+        seen += events.len();
+        if let Some(added) = events.iter().find(|e| e["name"] == "member_added") {
+            break added.clone();
+        }
+    };
+    assert_eq!(
+        (added["channel"].as_str(), added["user_id"].as_str()),
+        (Some(channel), Some("alice"))
+    );
+    let metrics = s
+        .http()
+        .await
+        .get(&format!("/metrics?password={}", enc(&s.password)))
+        .await
+        .text();
+    let count = |outcome: &str| -> f64 {
+        let name = format!(r#"push_serve_webhook_events_total{{outcome="{outcome}"}} "#);
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&name))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    };
+    assert!(count("coalesced") > 0.0, "{metrics}");
+    assert!(count("dropped") > 0.0, "{metrics}");
+    println!(
+        "webhooks under churn: member_added delivered after {seen} other events; {} coalesced, \
+         {} dropped",
+        count("coalesced"),
+        count("dropped")
+    );
 }
 
 /// An anonymous socket may follow `max_channels_per_socket` channels (100 by default), not a
@@ -778,4 +900,180 @@ async fn pusher_sockets_count_under_max_sockets_per_address() {
         frame(&mut other).await["event"],
         "pusher:connection_established"
     );
+}
+
+/// A Pusher socket over `new_sockets_per_address_per_minute` is told `pusher:error` 4100 and
+/// closed with 4100: pusher-js (8.x, `getCloseAction`) backs off a second before it tries
+/// again, where a 4200 would reconnect at once and a 4000 or 4300 never.
+#[tokio::test]
+async fn pusher_sockets_count_under_new_sockets_per_address_per_minute() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let s = Server::start(|c| {
+        pusher_conf(c);
+        c.new_sockets_per_address_per_minute = 2;
+        c.real_ip_header = Some("X-Forwarded-For".into());
+    })
+    .await;
+    let from = |address: &'static str| {
+        let url = format!("ws://{}/app/{KEY}?protocol=7", s.addr);
+        let mut request = url.into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("X-Forwarded-For", address.parse().unwrap());
+        request
+    };
+    for _ in 0..2 {
+        let (mut ws, _) = tokio_tungstenite::connect_async(from("198.51.100.7"))
+            .await
+            .unwrap();
+        assert_eq!(
+            frame(&mut ws).await["event"],
+            "pusher:connection_established"
+        );
+        ws.close(None).await.unwrap();
+    }
+    let (mut third, _) = tokio_tungstenite::connect_async(from("198.51.100.7"))
+        .await
+        .unwrap();
+    let refused = frame(&mut third).await;
+    assert_eq!(refused["event"], "pusher:error", "{refused}");
+    assert_eq!(data(&refused)["code"], 4100, "{refused}");
+    assert_eq!(close_code(&mut third).await.map(u16::from), Some(4100));
+    let (mut other, _) = tokio_tungstenite::connect_async(from("198.51.100.8"))
+        .await
+        .unwrap();
+    assert_eq!(
+        frame(&mut other).await["event"],
+        "pusher:connection_established"
+    );
+}
+
+/// Subscribe and unsubscribe frames spend one budget per socket: `max_channels_per_socket` at
+/// once (a reconnecting page resubscribes them all), then `subscriptions_per_second`. A
+/// subscription past it gets `pusher:error` 4301 (the socket stays open, as for client events
+/// over their rate) and `pusher:subscription_error` 429 for that channel; an unsubscribe is
+/// honoured anyway; once the budget refills, subscriptions pass again.
+#[tokio::test]
+async fn subscriptions_past_the_rate_are_refused_and_the_socket_lives_on() {
+    let s = Server::start(|c| {
+        pusher_conf(c);
+        let pusher = c.pusher.as_mut().unwrap();
+        pusher.max_channels_per_socket = 3;
+        pusher.subscriptions_per_second = 1;
+    })
+    .await;
+    let (mut ws, sid) = connected(&s, KEY).await;
+    for n in 0..3 {
+        subscribe(&mut ws, &sid, &format!("c{n}")).await;
+    }
+    send(
+        &mut ws,
+        json!({"event":"pusher:subscribe","data":{"channel":"c3"}}),
+    )
+    .await;
+    let error = frame(&mut ws).await;
+    assert_eq!(
+        (error["event"].as_str(), data(&error)["code"].as_u64()),
+        (Some("pusher:error"), Some(4301)),
+        "{error}"
+    );
+    let refused = frame(&mut ws).await;
+    assert_eq!(refused["event"], "pusher:subscription_error", "{refused}");
+    assert_eq!(refused["channel"], "c3");
+    assert_eq!(data(&refused)["status"], 429, "{refused}");
+    // Left although the budget is spent: c0's events no longer come, c1's do.
+    send(
+        &mut ws,
+        json!({"event":"pusher:unsubscribe","data":{"channel":"c0"}}),
+    )
+    .await;
+    for channel in ["c0", "c1"] {
+        let r = trigger(&s, json!({"name":"e","channel":channel,"data":"{}"})).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let got = frame(&mut ws).await;
+    assert_eq!(got["channel"], "c1", "{got}");
+    // Refilled at one a second: c3 gets in.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        send(
+            &mut ws,
+            json!({"event":"pusher:subscribe","data":{"channel":"c3"}}),
+        )
+        .await;
+        let reply = frame(&mut ws).await;
+        if reply["event"] == "pusher_internal:subscription_succeeded" {
+            break;
+        }
+        assert_eq!(reply["event"], "pusher:error", "{reply}");
+        assert_eq!(frame(&mut ws).await["event"], "pusher:subscription_error");
+        assert!(attempts < 100, "never refilled");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Issue 19: anonymous Pusher sockets cannot take the slots native pages need. With
+/// `max_sockets: 10`, Pusher sockets together get `pusher.max_sockets_share` (0.9) of them:
+/// the tenth and later are told 4100, and a native page with a valid key still connects.
+#[tokio::test]
+async fn a_pusher_flood_leaves_native_pages_their_share_of_max_sockets() {
+    let s = Server::start(|c| {
+        pusher_conf(c);
+        c.max_sockets = 10;
+    })
+    .await;
+    let mut flood = Vec::new();
+    let mut refused = 0;
+    for _ in 0..15 {
+        let mut ws = socket(&s, KEY).await;
+        let first = frame(&mut ws).await;
+        match first["event"].as_str() {
+            Some("pusher:connection_established") => flood.push(ws),
+            Some("pusher:error") => {
+                assert_eq!(data(&first)["code"], 4100, "{first}");
+                refused += 1;
+            }
+            _ => panic!("{first}"),
+        }
+    }
+    assert_eq!((flood.len(), refused), (9, 6));
+    let mut page = s.connect("alice").await;
+    let r = s.push("alice", r#"{"topic":"t","contents":1}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        next_text(&mut page).await,
+        r#"{"topic":"t","number":1,"contents":1}"#
+    );
+    // The native pages' share is the last of max_sockets: the server is full now.
+    let key = s.key("bob").await;
+    let err = try_connect(&s.ws_url("bob", &key)).await.unwrap_err();
+    assert_eq!(err.0, 503, "{}", err.1);
+}
+
+/// Issue 19: the API's signed text is built from decoded parameters (as the SDKs build it), so
+/// `filter_by_prefix=presence-&info=user_count` and `filter_by_prefix=presence-%26info%3Duser_count`
+/// would sign alike. The re-split request is refused with 400 under the original's valid
+/// signature; the original still works (and the SDKs, in the tests above).
+#[tokio::test]
+async fn a_signed_query_re_split_under_its_signature_is_refused() {
+    let s = start().await;
+    let stamp = now().to_string();
+    let query = format!(
+        "auth_key={KEY}&auth_timestamp={stamp}&auth_version=1.0&filter_by_prefix=presence-&info=user_count"
+    );
+    let signature = sign(SECRET, &format!("GET\n/apps/1001/channels\n{query}"));
+    let get = |query: String| {
+        let s = &s;
+        async move {
+            let mut http = Http::connect(s.addr).await;
+            http.get(&format!("/apps/1001/channels?{query}")).await
+        }
+    };
+    let ok = get(format!("{query}&auth_signature={signature}")).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let resplit = query.replace("presence-&info=user_count", "presence-%26info%3Duser_count");
+    let refused = get(format!("{resplit}&auth_signature={signature}")).await;
+    let reason = refused.assert_error(400);
+    assert!(reason.contains("split"), "{reason}");
 }

@@ -5,6 +5,16 @@
 //! - the HTTP API: `auth_signature` = `hmac(METHOD\nPATH\nQUERY)`, QUERY being every parameter
 //!   but `auth_signature`, keys lowercased, sorted, `key=value` joined with `&`; a body's MD5
 //!   in `body_md5`; `auth_timestamp` within [`MAX_CLOCK_SKEW_SECS`] of ours.
+//!
+//! QUERY is built from the *decoded* parameters, as the SDKs build it (pusher-http-node's
+//! `toOrderedArray`, pusher-http-python's `make_query_string`, pusher-http-php's
+//! `array_implode`: each joins its parameters' plain values, which it also sends unencoded;
+//! an SDK that percent-encodes what it sends still signs the plain values). That text can be
+//! split back into parameters one way only if no decoded name holds `&` or `=` and no decoded
+//! value holds `&`: otherwise `a=1%26b%3D2` and `a=1&b=2` sign alike, and a captured request
+//! could be re-split into other parameters under its signature. Such a request is refused
+//! ([`SignatureError::Ambiguous`]); no SDK sends one (channel names, `info` and
+//! `filter_by_prefix` cannot hold `&`).
 
 use hmac::{Hmac, KeyInit, Mac};
 use md5::{Digest, Md5};
@@ -98,6 +108,13 @@ pub enum SignatureError {
     /// The signature does not match.
     #[error("invalid auth_signature")]
     Signature,
+    /// A decoded parameter name holds `&` or `=`, or a value `&`: the signed text would not
+    /// say which parameters were signed.
+    #[error(
+        "a query parameter's decoded name holds & or =, or its value &: refused, since the \
+         signed text could be split into other parameters"
+    )]
+    Ambiguous,
 }
 
 /// Checks an HTTP API request: `params` its query, decoded, in any order.
@@ -131,6 +148,12 @@ pub fn check_query(
     secret: &str,
     now_secs: u64,
 ) -> Result<(), SignatureError> {
+    if params
+        .iter()
+        .any(|(k, v)| k.contains(['&', '=']) || v.contains('&'))
+    {
+        return Err(SignatureError::Ambiguous);
+    }
     let get = |name: &str| param(params, name);
     let signature = get("auth_signature").ok_or(SignatureError::Missing("auth_signature"))?;
     let given_key = get("auth_key").ok_or(SignatureError::Missing("auth_key"))?;
@@ -236,5 +259,39 @@ mod tests {
             check(&params[1..], body, 1000),
             Err(SignatureError::Missing("auth_key"))
         );
+    }
+
+    /// `auth_version=1.0&info=x` and `auth_version=1.0%26info%3Dx` would sign alike; the second
+    /// is refused, whatever it is signed with.
+    #[test]
+    fn a_query_that_could_be_resplit_is_refused() {
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let text = "GET\n/apps/3/channels\nauth_key=k&auth_timestamp=1000&auth_version=1.0&info=x";
+        let signature = sign("s", text);
+        let check = |params: &[(String, String)]| {
+            check_query("GET", "/apps/3/channels", params, "k", "s", 1000)
+        };
+        let split = [
+            pair("auth_key", "k"),
+            pair("auth_timestamp", "1000"),
+            pair("auth_version", "1.0"),
+            pair("info", "x"),
+            pair("auth_signature", &signature),
+        ];
+        assert_eq!(check(&split), Ok(()));
+        let joined = [
+            pair("auth_key", "k"),
+            pair("auth_timestamp", "1000"),
+            pair("auth_version", "1.0&info=x"),
+            pair("auth_signature", &signature),
+        ];
+        assert_eq!(check(&joined), Err(SignatureError::Ambiguous));
+        let mut keyed = split.clone();
+        keyed[3] = pair("info=x&y", "z");
+        assert_eq!(check(&keyed), Err(SignatureError::Ambiguous));
+        // `=` in a value is not ambiguous (names cannot hold one): checked as usual.
+        let mut valued = split.clone();
+        valued[3] = pair("info", "x=y");
+        assert_eq!(check(&valued), Err(SignatureError::Signature));
     }
 }

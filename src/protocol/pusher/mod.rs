@@ -33,6 +33,7 @@ use serde_json::value::RawValue;
 use crate::broker::{BrokerError, Published};
 use crate::config::{PusherApp, PusherConfig};
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::wire::{CloseReason, Message, StreamKey};
 use store::ChannelStore;
@@ -149,6 +150,11 @@ pub struct Pusher {
     pub client_events_per_second: u32,
     /// Most channels one socket may be subscribed to.
     pub max_channels_per_socket: usize,
+    /// Subscribe and unsubscribe frames per socket per second, after a burst of
+    /// `max_channels_per_socket`.
+    pub subscriptions_per_second: u32,
+    /// The share of `max_sockets` Pusher sockets may take together.
+    pub max_sockets_share: f64,
     /// The hub every channel is a stream of.
     pub hub: Arc<Hub>,
     /// Counts, members, cache.
@@ -158,8 +164,14 @@ pub struct Pusher {
 
 impl Pusher {
     /// Pusher mode for `config` over `hub`, its shared state in `store` (which
-    /// [`Services`](crate::services::Services) chose). Must run inside a tokio runtime.
-    pub fn new(config: &PusherConfig, hub: Arc<Hub>, store: Arc<dyn ChannelStore>) -> Pusher {
+    /// [`Services`](crate::services::Services) chose); webhooks are counted in `metrics`. Must
+    /// run inside a tokio runtime.
+    pub fn new(
+        config: &PusherConfig,
+        hub: Arc<Hub>,
+        store: Arc<dyn ChannelStore>,
+        metrics: Arc<Metrics>,
+    ) -> Pusher {
         let apps: Vec<Arc<App>> = config
             .apps
             .iter()
@@ -171,12 +183,14 @@ impl Pusher {
             })
             .collect();
         Pusher {
-            webhooks: Webhooks::start(&apps),
+            webhooks: Webhooks::start(&apps, metrics),
             apps,
             activity_timeout: Duration::from_secs(config.activity_timeout_secs),
             max_event_bytes: config.max_event_bytes,
             client_events_per_second: config.client_events_per_second,
             max_channels_per_socket: config.max_channels_per_socket,
+            subscriptions_per_second: config.subscriptions_per_second,
+            max_sockets_share: config.max_sockets_share,
             hub,
             store,
         }
@@ -197,7 +211,7 @@ impl Pusher {
         self.webhooks.is_some()
     }
 
-    /// Queues a webhook event, never waiting (dropped when the queue is full).
+    /// Queues a webhook event, never waiting (see [`webhooks`] for what a full queue drops).
     pub fn notify(&self, event: WebhookEvent) {
         if let Some(webhooks) = &self.webhooks {
             webhooks.send(event);

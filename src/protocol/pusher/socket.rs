@@ -62,6 +62,12 @@ impl Refusal {
         code: 4100,
         message: "Over capacity: too many connections from this address",
     };
+    /// `new_sockets_per_address_per_minute` reached for the client's address. 4100-4199:
+    /// pusher-js reconnects after a second, not at once (4200s) nor never (4000s, 4300s).
+    pub const NEW_SOCKETS_RATE: Refusal = Refusal {
+        code: 4100,
+        message: "Over capacity: this address opens connections too fast, retry later",
+    };
     /// 4007: a protocol version other than 5 to 7.
     pub const BAD_PROTOCOL: Refusal = Refusal {
         code: 4007,
@@ -162,6 +168,7 @@ where
         user: None,
         presence: Vec::new(),
         tokens: pusher.client_events_per_second as f32,
+        subscribe_tokens: subscribe_burst(pusher),
         refilled: Instant::now(),
     };
     log::debug!("pusher socket {} opened", conn.socket_id);
@@ -222,10 +229,42 @@ struct Conn<'a> {
     presence: Vec<(Box<str>, Box<str>)>,
     /// Client events it may still send this second (a token bucket).
     tokens: f32,
+    /// Subscribe and unsubscribe frames it may still send (a token bucket refilled at
+    /// `subscriptions_per_second`, holding at most [`subscribe_burst`]).
+    subscribe_tokens: f32,
+    /// When both buckets were last refilled.
     refilled: Instant,
 }
 
+/// The subscribe bucket's size: a page that reconnects resubscribes every channel it had at
+/// once (pusher-js does), up to `max_channels_per_socket` of them.
+fn subscribe_burst(pusher: &Pusher) -> f32 {
+    (pusher.max_channels_per_socket as f32).max(pusher.subscriptions_per_second as f32)
+}
+
 impl Conn<'_> {
+    /// Refills both token buckets for the time since the last refill.
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.refilled).as_secs_f32();
+        let rate = self.pusher.client_events_per_second as f32;
+        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        let rate = self.pusher.subscriptions_per_second as f32;
+        self.subscribe_tokens =
+            (self.subscribe_tokens + elapsed * rate).min(subscribe_burst(self.pusher));
+        self.refilled = now;
+    }
+
+    /// Spends a subscribe token; `false` when none is left.
+    fn spend_subscribe(&mut self) -> bool {
+        self.refill();
+        if self.subscribe_tokens < 1.0 {
+            return false;
+        }
+        self.subscribe_tokens -= 1.0;
+        true
+    }
+
     fn key(&self, channel: &str) -> StreamKey {
         StreamKey::Channel {
             app: self.app.conf.id.as_str().into(),
@@ -357,10 +396,28 @@ impl Conn<'_> {
                 channel,
                 auth,
                 channel_data,
-            } => Ok(self
-                .subscribe(session, &channel, auth.as_deref(), channel_data.as_deref())
-                .await),
+            } => {
+                if !self.spend_subscribe() {
+                    return Ok(vec![
+                        codec::error(
+                            Some(4301),
+                            "subscription rejected: rate limit exceeded, retry later",
+                        ),
+                        codec::subscription_error(
+                            &channel,
+                            429,
+                            "too many subscriptions: rate limit exceeded (subscriptions_per_second)",
+                        ),
+                    ]);
+                }
+                Ok(self
+                    .subscribe(session, &channel, auth.as_deref(), channel_data.as_deref())
+                    .await)
+            }
             Inbound::Unsubscribe { channel } => {
+                // Spends from the same budget, but is honoured without one: it frees what the
+                // socket holds.
+                self.spend_subscribe();
                 self.unsubscribe(session, &channel).await;
                 Ok(Vec::new())
             }
@@ -619,11 +676,7 @@ impl Conn<'_> {
         if data.get().len() > self.pusher.max_event_bytes {
             return refuse(None, "event data is larger than the allowed maximum");
         }
-        let rate = self.pusher.client_events_per_second as f32;
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.refilled).as_secs_f32();
-        self.tokens = (self.tokens + elapsed * rate).min(rate);
-        self.refilled = now;
+        self.refill();
         if self.tokens < 1.0 {
             return refuse(Some(4301), "client event rejected: rate limit exceeded");
         }

@@ -2,10 +2,15 @@
 //! (`{"time_ms", "events": [...]}`), signed with `X-Pusher-Key` and `X-Pusher-Signature`
 //! (HMAC-SHA256 of the body under the app's secret), retried with backoff.
 //!
-//! Never in the way of delivery: socket tasks hand events to a bounded queue without waiting
-//! ([`Webhooks::send`]); one dispatcher fans them out to one bounded queue per target, and each
-//! target has its own sender task. A slow or dead endpoint fills its own queue and loses its
-//! own webhooks, never sockets, never another endpoint's webhooks.
+//! Never in the way of delivery: socket tasks put events in one bounded queue per target without
+//! waiting ([`Webhooks::send`]); each target has its own sender task. A slow or dead endpoint
+//! fills its own queue and loses its own webhooks, never sockets, never another endpoint's
+//! webhooks. The queue is an [`EventQueue`]: `channel_occupied`/`channel_vacated` of a channel
+//! waiting together cancel out (Pusher's own webhooks do the same within their batching
+//! window), and a full queue drops its oldest churn (`channel_occupied`, `channel_vacated`,
+//! `cache_miss`: what an anonymous socket can make at will) before `member_added`,
+//! `member_removed` or `client_event`. Drops are counted in
+//! `push_serve_webhook_events_total{outcome="dropped"}` and logged at most once a minute.
 //!
 //! `channel_occupied`/`channel_vacated` and `member_added`/`member_removed` are decided by the
 //! store (cluster-wide with Redis), so each is sent once per cluster, by the node that saw it.
@@ -16,19 +21,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use warp::http::{StatusCode, Uri};
 
 use super::auth::sign;
 use super::App;
+use crate::event_queue::{Class, Entry, EventQueue};
+use crate::limits::LogThrottle;
+use crate::metrics::Metrics;
 
-/// Events waiting for the dispatcher.
-const QUEUE: usize = 4096;
-/// Events waiting per target; past it, new ones for that target are dropped.
-const TARGET_QUEUE: usize = 1024;
+/// Events waiting per target; past it, the oldest churn goes first (see the module doc).
+pub const TARGET_QUEUE: usize = 1024;
 /// Most events in one webhook request.
 const MAX_BATCH: usize = 50;
-/// How long a batch gathers events after its first.
+/// How long a batch gathers events after its first: the window in which pairs cancel out.
 const GATHER: Duration = Duration::from_millis(250);
 /// Attempts per batch (the first and its retries), waiting 0.5, 1, 2… s between.
 const ATTEMPTS: u32 = 4;
@@ -96,78 +101,119 @@ impl WebhookEvent {
     }
 }
 
-/// The webhook queue of a server whose apps have webhooks.
+impl WebhookEvent {
+    /// How the target's queue treats it: which class, and which event it cancels.
+    fn entry(self) -> Entry<Value> {
+        let channel = || self.body["channel"].as_str().unwrap_or_default().into();
+        let (class, pair) = match self.name {
+            "channel_occupied" => (Class::Churn, Some((channel(), true))),
+            "channel_vacated" => (Class::Churn, Some((channel(), false))),
+            "cache_miss" => (Class::Churn, None),
+            _ => (Class::Kept, None),
+        };
+        Entry {
+            event: self.body,
+            class,
+            pair,
+        }
+    }
+}
+
+/// The webhook queues of a server whose apps have webhooks.
 pub struct Webhooks {
-    tx: mpsc::Sender<WebhookEvent>,
+    targets: Vec<Target>,
+    metrics: Arc<Metrics>,
 }
 
 struct Target {
     app: String,
     types: Vec<String>,
-    tx: mpsc::Sender<Value>,
+    queue: Arc<EventQueue<Value>>,
+    /// The "queue full" line: at most one a minute, with how many more drops.
+    full_log: LogThrottle,
+    /// For that line: the URL without query or credentials.
+    shown: String,
 }
 
 impl Webhooks {
-    /// Starts the dispatcher and one sender per target; `None` if no app has a webhook.
-    pub fn start(apps: &[Arc<App>]) -> Option<Webhooks> {
+    /// Starts one sender per target; `None` if no app has a webhook.
+    pub fn start(apps: &[Arc<App>], metrics: Arc<Metrics>) -> Option<Webhooks> {
         let mut targets = Vec::new();
         for app in apps {
             for hook in &app.conf.webhooks {
-                let (tx, rx) = mpsc::channel(TARGET_QUEUE);
+                let queue = Arc::new(EventQueue::new());
                 tokio::spawn(sender(
                     hook.url.clone(),
                     app.conf.key.clone(),
                     app.conf.secret.expose().to_owned(),
-                    rx,
+                    queue.clone(),
+                    metrics.clone(),
                 ));
                 targets.push(Target {
                     app: app.conf.id.clone(),
                     types: hook.event_types.clone(),
-                    tx,
+                    queue,
+                    full_log: LogThrottle::new(Duration::from_secs(60)),
+                    shown: shown(&hook.url),
                 });
             }
         }
-        if targets.is_empty() {
-            return None;
-        }
-        let (tx, mut rx) = mpsc::channel::<WebhookEvent>(QUEUE);
-        tokio::spawn(async move {
-            while let Some(event) = rx.recv().await {
-                for target in &targets {
-                    let wanted =
-                        target.app == event.app && target.types.iter().any(|t| t == event.name);
-                    if wanted && target.tx.try_send(event.body.clone()).is_err() {
-                        log::debug!("webhook queue full: a {} event dropped", event.name);
-                    }
-                }
-            }
-        });
-        Some(Webhooks { tx })
+        (!targets.is_empty()).then_some(Webhooks { targets, metrics })
     }
 
-    /// Queues `event`, never waiting (dropped when the queue is full).
+    /// Queues `event` for each target that wants it, never waiting.
     pub fn send(&self, event: WebhookEvent) {
-        if self.tx.try_send(event).is_err() {
-            log::debug!("webhook queue full: an event dropped");
+        for target in &self.targets {
+            if target.app != event.app || !target.types.iter().any(|t| t == event.name) {
+                continue;
+            }
+            let name = event.name;
+            let pushed = target.queue.push(event.clone().entry(), TARGET_QUEUE);
+            if pushed.coalesced > 0 {
+                self.metrics.webhook_events("coalesced", pushed.coalesced);
+            }
+            if pushed.dropped > 0 {
+                self.metrics.webhook_events("dropped", pushed.dropped);
+                if let Some(held_back) = target.full_log.allow() {
+                    log::warn!(
+                        "webhook queue of {} full ({TARGET_QUEUE} events): dropped its oldest \
+                         churn (or this {name}); {held_back} more dropped since the last such \
+                         line, at most one a minute",
+                        target.shown
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Webhooks {
+    fn drop(&mut self) {
+        for target in &self.targets {
+            target.queue.close();
         }
     }
 }
 
 /// One target's task: gathers events into batches and posts them, retrying with backoff.
-async fn sender(url: String, key: String, secret: String, mut rx: mpsc::Receiver<Value>) {
-    while let Some(first) = rx.recv().await {
-        let mut events = vec![first];
-        let gather = tokio::time::sleep(GATHER);
-        tokio::pin!(gather);
-        while events.len() < MAX_BATCH {
-            tokio::select! {
-                _ = &mut gather => break,
-                next = rx.recv() => match next {
-                    Some(event) => events.push(event),
-                    None => break,
-                },
-            }
+/// Events wait in the queue while a batch gathers and while one is being posted, so pairs
+/// cancel out there.
+async fn sender(
+    url: String,
+    key: String,
+    secret: String,
+    queue: Arc<EventQueue<Value>>,
+    metrics: Arc<Metrics>,
+) {
+    while queue.wait_len(1).await {
+        // Gather for the window, or until a full batch waits.
+        let _ = tokio::time::timeout(GATHER, queue.wait_len(MAX_BATCH)).await;
+        let events = queue.take(MAX_BATCH);
+        if events.is_empty() {
+            // The batch's events cancelled out meanwhile.
+            continue;
         }
+        let count = events.len() as u64;
         let time_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -176,13 +222,17 @@ async fn sender(url: String, key: String, secret: String, mut rx: mpsc::Receiver
         let mut wait = Duration::from_millis(500);
         for attempt in 1..=ATTEMPTS {
             match post(&url, &key, &signature, &body).await {
-                Ok(status) if status.is_success() => break,
+                Ok(status) if status.is_success() => {
+                    metrics.webhook_events("sent", count);
+                    break;
+                }
                 outcome => {
                     let why = match outcome {
                         Ok(status) => format!("status {status}"),
                         Err(e) => e,
                     };
                     if attempt == ATTEMPTS {
+                        metrics.webhook_events("failed", count);
                         log::warn!(
                             "webhook to {} dropped after {ATTEMPTS} attempts: {why}",
                             shown(&url)
