@@ -814,7 +814,14 @@ async fn churn_never_pushes_a_member_added_out_of_the_webhook_queue() {
             .map_or(0.0, |v| v.trim().parse().unwrap())
     };
     assert!(count("coalesced") > 0.0, "{metrics}");
-    assert!(count("dropped") > 0.0, "{metrics}");
+    // In memory the churn outruns the receiver and the queue overflows (so the test shows what
+    // is dropped first). With a Redis store every subscribe waits for a round trip, and the
+    // churn may not fill the queue: then the member_added above is all there is to check.
+    let redis = std::env::var_os("PUSH_SERVE_TEST_REDIS").is_some()
+        || std::env::var_os("PUSH_SERVE_TEST_REDIS_CLUSTER").is_some();
+    if !redis {
+        assert!(count("dropped") > 0.0, "{metrics}");
+    }
     println!(
         "webhooks under churn: member_added delivered after {seen} other events; {} coalesced, \
          {} dropped",
