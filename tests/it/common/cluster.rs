@@ -40,8 +40,13 @@ impl Redis {
         // picked and, should another process take it first, Redis fails to bind and exits
         // before saying it is ready: then another port is tried. Only a Redis that says it is
         // ready on our port is ours.
+        let cluster = extra.contains(&"--cluster-enabled");
         for _ in 0..5 {
-            let port = free_port();
+            let port = if cluster {
+                free_cluster_port()
+            } else {
+                free_port()
+            };
             let dir = std::env::temp_dir()
                 .join(format!("push-serve-redis-{}-{port}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
@@ -153,6 +158,17 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A port free a moment ago whose cluster bus port (+10,000) is a port and free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = 20_000 + (rand_u64() % 35_000) as u16;
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
 }
 
 /// An in-process node of the cluster on `redis`.
