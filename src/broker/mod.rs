@@ -55,12 +55,17 @@ impl Retention {
 }
 
 /// Why a broker call failed. Only a cluster broker fails: its store is unreachable, slow, or
-/// answered something unexpected. The caller answers 503 and changes nothing.
+/// answered something unexpected. The caller answers 503.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
-    /// The store cannot be reached or did not answer in time.
+    /// The store cannot be reached, or refused the call: nothing was done.
     #[error("message store unavailable: {0}")]
     Unavailable(String),
+    /// The call went out but no answer came in time (or the connection dropped while it was
+    /// in flight): the store may have done it. A publish retried with the same idempotency key
+    /// is still done once.
+    #[error("message store did not answer in time: {0}")]
+    Uncertain(String),
 }
 
 /// Outcome of one publish, over every node.

@@ -78,6 +78,12 @@ const ALIVE_TTL_SECS: u64 = 15;
 const WATCHDOG: Duration = Duration::from_secs(15);
 /// Streams per presence script call.
 const PRESENCE_BATCH: usize = 256;
+/// Least lifetime of a stream's meta hash while a node counts followers in it (when the last
+/// one leaves, it is the publish's `meta_ttl` again): each stream is rewritten once a third of
+/// it, a slice of the streams at each heartbeat, so the writes at rest are few and even (they
+/// were every minute, all at once: at 500,000 sockets 25,000 Redis commands a second, in
+/// bursts that timed out).
+const PRESENCE_TTL: Duration = Duration::from_secs(60 * 60);
 /// Presence updates waiting for the writer; past it, the next heartbeat rewrites them all.
 const PRESENCE_QUEUE: usize = 65_536;
 /// How long idempotency keys are remembered.
@@ -101,14 +107,18 @@ fn unavailable(e: impl Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }
 
-/// Runs a Redis call with [`CALL_TIMEOUT`].
+/// Runs a Redis call with [`CALL_TIMEOUT`]. A call that may have reached Redis without its
+/// answer reaching us (a timeout, a connection dropped under it) is [`BrokerError::Uncertain`].
 async fn bounded<T>(
     call: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, BrokerError> {
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) if e.is_timeout() || e.is_connection_dropped() => {
+            Err(BrokerError::Uncertain(e.to_string()))
+        }
         Ok(Err(e)) => Err(unavailable(e)),
-        Err(_) => Err(unavailable("no answer within 1.5 s")),
+        Err(_) => Err(BrokerError::Uncertain("no answer within 1.5 s".into())),
     }
 }
 
@@ -261,6 +271,11 @@ impl Shared {
 
     fn meta_ttl_secs(&self) -> u64 {
         self.retention.meta_ttl().as_secs().max(1)
+    }
+
+    /// The lifetime presence writes give a stream's meta hash.
+    fn presence_ttl(&self) -> Duration {
+        PRESENCE_TTL.max(self.retention.meta_ttl())
     }
 
     /// Stops letting sockets connect under the current incarnation.
@@ -1014,35 +1029,41 @@ fn deliver(registry: &Registry, bytes: &[u8]) {
 
 /// The one writer of this node's presence: coalesces joins and leaves, writes absolute counts
 /// read from the registry, answers joins with their streams' positions, announces everything
-/// at each incarnation and every [`Retention::meta_ttl`] / 3, and keeps the liveness key.
+/// at each incarnation, rewrites each stream once per third of [`PRESENCE_TTL`] (a slice of
+/// them at each heartbeat, so the load at rest is even), and keeps the liveness key.
 async fn presence_loop(shared: Arc<Shared>, conn: RedisConn, mut rx: mpsc::Receiver<Op>) {
     let mut writer = PresenceWriter {
         shared: shared.clone(),
         conn,
         node: None,
         subscribed: HashSet::new(),
+        retry: HashSet::new(),
+        beat: Instant::now(),
     };
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let refresh_every = (shared.retention.meta_ttl() / 3).min(Duration::from_secs(60));
-    let mut refreshed = Instant::now();
+    // Every stream is rewritten once per `slices` heartbeats, a slice each time.
+    let slices = (shared.presence_ttl().as_secs() / 3 / HEARTBEAT.as_secs()).max(1);
+    let mut tick: u64 = 0;
     loop {
         let mut pending: HashSet<StreamKey> = HashSet::new();
         let mut waiters = Vec::new();
         let mut op = tokio::select! {
             op = rx.recv() => op,
             _ = heartbeat.tick() => {
-                let full = shared.dirty.swap(false, Ordering::Relaxed)
-                    || refreshed.elapsed() >= refresh_every;
+                tick += 1;
                 writer.keep_members().await;
                 if writer.node.is_some() {
-                    if full {
-                        refreshed = Instant::now();
-                        // On a Redis Cluster a slot move can drop a shard subscription's
-                        // messages unseen; comparing positions finds such a stream.
-                        let check = shared.keys.cluster;
-                        writer.announce_all(check).await;
-                    }
+                    // Presence updates that were dropped (a full queue): all; else a slice.
+                    let slice = if shared.dirty.swap(false, Ordering::Relaxed) {
+                        None
+                    } else {
+                        Some((tick % slices, slices))
+                    };
+                    // On a Redis Cluster a slot move can drop a shard subscription's messages
+                    // unseen; comparing positions finds such a stream.
+                    let check = shared.keys.cluster;
+                    writer.refresh(slice, check).await;
                     writer.heartbeat().await;
                 }
                 continue;
@@ -1061,7 +1082,6 @@ async fn presence_loop(shared: Arc<Shared>, conn: RedisConn, mut rx: mpsc::Recei
                 }
                 Some(Op::Incarnate(id)) => {
                     writer.incarnate(id).await;
-                    refreshed = Instant::now();
                 }
                 Some(Op::Shutdown(done)) => {
                     writer.flush(pending, waiters).await;
@@ -1090,6 +1110,10 @@ type Waiter = (
 struct PresenceWriter {
     shared: Arc<Shared>,
     conn: RedisConn,
+    /// Streams whose last write failed: written again with the next one.
+    retry: HashSet<StreamKey>,
+    /// When the liveness key was last renewed.
+    beat: Instant,
     /// The incarnation this writer announces under (`None` between incarnations).
     node: Option<Arc<str>>,
     /// On a Redis Cluster: the streams whose shard channel this incarnation subscribes to.
@@ -1127,9 +1151,10 @@ impl PresenceWriter {
         let calls = groups.iter().map(|group| {
             let mut call = PRESENCE.prepare_invoke();
             call.arg(&field)
-                .arg(self.shared.meta_ttl_secs())
+                .arg(self.shared.presence_ttl().as_secs())
                 .arg(random_hex())
-                .arg(&*boot);
+                .arg(&*boot)
+                .arg(self.shared.meta_ttl_secs());
             for &i in group {
                 call.key(k.meta(&keys[i])).key(k.hist(&keys[i]));
                 call.arg(counts[i]);
@@ -1213,7 +1238,13 @@ impl PresenceWriter {
 
     /// Writes `pending` (and the waiters' streams) and answers the waiters. A failure ends the
     /// incarnation: what Redis holds for this node is no longer known.
-    async fn flush(&mut self, pending: HashSet<StreamKey>, waiters: Vec<Waiter>) {
+    /// A failed write is tried again with the next one (counts are absolute, so a repeat is
+    /// harmless); the waiters get the error (503). What Redis holds for this node is in doubt
+    /// only when its subscription or its liveness is, which end the incarnation elsewhere.
+    async fn flush(&mut self, mut pending: HashSet<StreamKey>, waiters: Vec<Waiter>) {
+        if self.node.is_some() {
+            pending.extend(self.retry.drain());
+        }
         if pending.is_empty() && waiters.is_empty() {
             return;
         }
@@ -1229,12 +1260,48 @@ impl PresenceWriter {
             Err(e) => {
                 if self.node.is_some() {
                     self.shared.outage.failed("presence", &e);
-                    self.node = None;
-                    self.shared.reincarnate("a presence write failed");
+                    self.retry.extend(keys);
                 }
                 for (_, reply) in waiters {
                     let _ = reply.send(Err(e.clone()));
                 }
+            }
+        }
+    }
+
+    /// Rewrites the streams of `slice` (`(i, n)`: those whose hash is `i` modulo `n`; `None`:
+    /// all), and any whose last write failed. With `check`, compares each one's position with
+    /// what this node last delivered, and makes its resumable sockets resync if it moved on.
+    async fn refresh(&mut self, slice: Option<(u64, u64)>, check: bool) {
+        use std::hash::BuildHasher;
+        let hasher =
+            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+        let mut keys: Vec<StreamKey> = self
+            .shared
+            .registry
+            .streams()
+            .into_iter()
+            .map(|(k, _, _)| k)
+            .filter(|k| slice.is_none_or(|(i, n)| hasher.hash_one(k) % n == i))
+            .collect();
+        let mut retry: HashSet<StreamKey> = self.retry.drain().collect();
+        keys.retain(|k| !retry.contains(k));
+        keys.extend(retry.drain());
+        if keys.is_empty() {
+            return;
+        }
+        match self.write(&keys).await {
+            Ok(positions) => {
+                self.shared.outage.ok();
+                if check {
+                    for (key, pos) in keys.iter().zip(positions) {
+                        self.shared.registry.resync_if_behind(key, pos);
+                    }
+                }
+            }
+            Err(e) => {
+                self.shared.outage.failed("presence", &e);
+                self.retry.extend(keys);
             }
         }
     }
@@ -1349,10 +1416,15 @@ impl PresenceWriter {
             Ok(())
         };
         if let Err(e) = self.shared.call("heartbeat", beat).await {
-            // Others may soon take this node for dead: join again rather than risk it.
             self.shared.outage.failed("heartbeat", &e);
-            self.node = None;
-            self.shared.reincarnate("a heartbeat failed");
+            // Others take this node for dead once its liveness key expires: before it may
+            // have, join again rather than risk it; until then the next beat may do.
+            if self.beat.elapsed() + HEARTBEAT * 2 >= Duration::from_secs(ALIVE_TTL_SECS) {
+                self.node = None;
+                self.shared.reincarnate("heartbeats failed for 10 s");
+            }
+        } else {
+            self.beat = Instant::now();
         }
     }
 

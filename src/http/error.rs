@@ -111,6 +111,12 @@ pub enum ApiError {
     /// The message store (Redis) cannot be reached: nothing was published; retry.
     #[error("message store unavailable, nothing was sent: retry shortly")]
     Unavailable,
+    /// The message store did not answer in time: the message may have been published.
+    #[error(
+        "message store did not answer in time: it may have been done (a push retried with the \
+         same Idempotency-Key is sent once); retry shortly"
+    )]
+    Uncertain,
     /// `max_sockets_per_uid` reached for this uid.
     #[error("this uid already has {0} sockets open")]
     TooManySockets(usize),
@@ -179,9 +185,10 @@ impl ApiError {
             | ApiError::UnknownReport
             | ApiError::NoPool => StatusCode::NOT_FOUND,
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
-            ApiError::ShuttingDown | ApiError::ServerFull | ApiError::Unavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::ShuttingDown
+            | ApiError::ServerFull
+            | ApiError::Unavailable
+            | ApiError::Uncertain => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooManySockets(_)
             | ApiError::TooManyAddressSockets(_)
             | ApiError::TooManyNewSockets(_)
@@ -229,6 +236,7 @@ impl ApiError {
             ApiError::ShuttingDown => "shutting_down",
             ApiError::ServerFull => "server_full",
             ApiError::Unavailable => "unavailable",
+            ApiError::Uncertain => "uncertain",
             ApiError::TooManySockets(_) => "too_many_sockets",
             ApiError::TooManyAddressSockets(_) => "too_many_address_sockets",
             ApiError::TooManyNewSockets(_) => "too_many_new_sockets",
@@ -260,7 +268,7 @@ impl ApiError {
             ApiError::TooManyFailures(wait) | ApiError::TooManyNewSockets(wait) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs()));
             }
-            ApiError::Unavailable => {
+            ApiError::Unavailable | ApiError::Uncertain => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::Offline { stored, id } => {
@@ -294,7 +302,10 @@ impl From<crate::broker::BrokerError> for ApiError {
     fn from(e: crate::broker::BrokerError) -> ApiError {
         // The broker logs the outage (once); the client only needs to know to retry.
         log::debug!("request refused: {e}");
-        ApiError::Unavailable
+        match e {
+            crate::broker::BrokerError::Unavailable(_) => ApiError::Unavailable,
+            crate::broker::BrokerError::Uncertain(_) => ApiError::Uncertain,
+        }
     }
 }
 

@@ -34,7 +34,8 @@ if (not gen) or (boot ~= '' and m[2] ~= boot) then
   redis.call('HSET', KEYS[1], 'e', gen, 'b', boot, 's', 0)
 end
 local seq = redis.call('HINCRBY', KEYS[1], 's', 1)
-redis.call('EXPIRE', KEYS[1], ARGV[4])
+-- Longer, never shorter: presence may have set a longer life (a stream with followers).
+if redis.call('TTL', KEYS[1]) < tonumber(ARGV[4]) then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
 local retained = 0
 if keep > 0 then
   local t = redis.call('TIME')
