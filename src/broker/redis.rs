@@ -19,7 +19,9 @@
 //!   (`<prefix>:alive:<id>`, 15 s) fresh every 5 s; readers (`/online`, `/stats`) skip and
 //!   forget nodes without one, so a SIGKILLed node stops counting within 15 s.
 //! - **Incarnations instead of repair**: any doubt about what Redis holds for this node (its
-//!   subscription dropped, a presence write or heartbeat failed) ends the node's incarnation.
+//!   subscription dropped, its heartbeats failing until its liveness key may have expired)
+//!   ends the node's incarnation (a failed presence write is only written again: counts are
+//!   absolute).
 //!   It subscribes again under a new id, announces every stream it has, and compares each with
 //!   what it last delivered: a stream that moved on meanwhile makes its resumable sockets
 //!   reconnect (4010) and resume from history. Centrifuge does the same (`checkPosition`,
