@@ -35,6 +35,7 @@
 pub mod auth;
 pub mod broker;
 pub mod callbacks;
+pub mod commands;
 pub mod config;
 pub mod connection;
 pub mod event_queue;
@@ -120,15 +121,7 @@ pub async fn run_reloadable(
     if !hub.broker().is_ready() {
         log::warn!("serving before joining the cluster: sockets and publishes get 503 until redis is reachable");
     }
-    hub.registry()
-        .on_command(http::disconnect::COMMAND, http::disconnect::on_command);
-    hub.registry().on_command(
-        protocol::pusher::TERMINATE_COMMAND,
-        protocol::pusher::on_terminate,
-    );
     let tracker = TaskTracker::new();
-    hub.registry()
-        .on_command(http::rooms::COMMAND, http::rooms::on_command);
     let sockets = Arc::new(
         protocol::SocketContext::with_services(
             services.clone(),

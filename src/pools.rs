@@ -41,12 +41,8 @@ const STRIPES: usize = 64;
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// Releases a lock only if it is still ours.
-static UNLOCK: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
-    Script::new(
-        r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-          return 0",
-    )
-});
+static UNLOCK: std::sync::LazyLock<Script> =
+    std::sync::LazyLock::new(|| Script::new(include_str!("broker/lua/pool_unlock.lua")));
 
 /// A pool's document and the stream number of its last change.
 #[derive(Debug, Clone)]

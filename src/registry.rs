@@ -44,9 +44,6 @@ const EAGER_REMOVAL_MAX: usize = 64;
 /// Identifies one registered socket.
 pub type SocketId = u64;
 
-/// Handles one kind of cluster-wide command on this node (see [`Registry::on_command`]).
-pub type CommandHandler = Box<dyn Fn(&Registry, &[u8]) + Send + Sync>;
-
 /// Told when a socket leaves a stream, so a broker can keep what it publishes about this node
 /// (Redis presence) in step. Called with no registry lock held.
 pub trait Observer: Send + Sync {
@@ -316,8 +313,9 @@ pub struct Delivered {
 
 /// This node's sockets by stream, with counters for logging and the stats endpoint.
 pub struct Registry {
-    /// This process's number, the first half of its sockets' [`Membership::socket_id`]s.
-    node: u32,
+    /// This process's number: the first half of its sockets' [`Membership::socket_id`]s, and,
+    /// with a cluster store, the node's name there (see [`Registry::node`]).
+    node: u64,
     shards: Box<[Mutex<Shard>]>,
     queue: QueueLimit,
     next_id: AtomicU64,
@@ -327,8 +325,6 @@ pub struct Registry {
     /// Sockets evicted as slow readers since start.
     evicted: AtomicU64,
     observer: OnceLock<Arc<dyn Observer>>,
-    /// Handlers of cluster-wide commands, by kind; registered at start, read per command.
-    commands: std::sync::RwLock<HashMap<String, CommandHandler>>,
 }
 
 impl Registry {
@@ -336,7 +332,8 @@ impl Registry {
     /// reader.
     pub fn new(queue: QueueLimit) -> Registry {
         Registry {
-            node: rand::random::<u32>() % 1_000_000_000,
+            // Fifteen digits: unique among a cluster's nodes, and exact as a JavaScript number.
+            node: rand::random::<u64>() % 1_000_000_000_000_000,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             queue,
             next_id: AtomicU64::new(1),
@@ -344,36 +341,13 @@ impl Registry {
             delivered: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
             observer: OnceLock::new(),
-            commands: Default::default(),
         }
     }
 
-    /// Registers what this node does on a cluster-wide command of `kind` (sent with
-    /// [`Broker::command`](crate::broker::Broker::command), run on every node, this one too).
-    pub fn on_command(
-        &self,
-        kind: &str,
-        handler: impl Fn(&Registry, &[u8]) + Send + Sync + 'static,
-    ) {
-        self.commands
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(kind.to_owned(), Box::new(handler));
-    }
-
-    /// Runs a cluster-wide command, `<kind>\n<payload>`, on this node; unknown kinds (a newer
-    /// node's) are ignored.
-    pub fn command(&self, bytes: &[u8]) {
-        let Some(split) = bytes.iter().position(|&b| b == b'\n') else {
-            log::debug!("ignored a command without a kind");
-            return;
-        };
-        let kind = String::from_utf8_lossy(&bytes[..split]);
-        let commands = self.commands.read().unwrap_or_else(|p| p.into_inner());
-        match commands.get(kind.as_ref()) {
-            Some(handler) => handler(self, &bytes[split + 1..]),
-            None => log::debug!("ignored a command of unknown kind {kind:?}"),
-        }
+    /// This process's number, the one node identity: its sockets' ids start with it, and a
+    /// cluster store names the node (and each incarnation of it) after it.
+    pub fn node(&self) -> u64 {
+        self.node
     }
 
     /// Makes every socket here following `key` close with `reason` (a user's connections

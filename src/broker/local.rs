@@ -300,14 +300,9 @@ impl Broker for LocalBroker {
 
     fn command<'a>(
         &'a self,
-        kind: &'a str,
-        payload: &'a [u8],
+        command: &'a crate::commands::Command,
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
-        let mut bytes = Vec::with_capacity(kind.len() + 1 + payload.len());
-        bytes.extend_from_slice(kind.as_bytes());
-        bytes.push(b'\n');
-        bytes.extend_from_slice(payload);
-        self.registry.command(&bytes);
+        command.run(&self.registry);
         Box::pin(std::future::ready(Ok(())))
     }
 

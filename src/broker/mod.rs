@@ -22,6 +22,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use crate::commands::Command;
 use crate::wire::{Frame, Message, Position, StreamKey};
 
 /// A boxed future borrowing from the broker and its arguments. One allocation per call (per
@@ -161,14 +162,9 @@ pub trait Broker: Send + Sync + 'static {
     /// Periodic housekeeping: expired history, forgotten streams.
     fn sweep(&self);
 
-    /// Runs a command on every node (this one too): `kind` names the handler registered with
-    /// [`Registry::on_command`](crate::registry::Registry::on_command), `payload` is its input.
-    /// Ok once it is on its way to every node (delivery is at most once, in send order).
-    fn command<'a>(
-        &'a self,
-        kind: &'a str,
-        payload: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+    /// Runs `command` on every node (this one too), each on its own registry. Ok once it is
+    /// on its way to every node (delivery is at most once, in send order).
+    fn command<'a>(&'a self, command: &'a Command) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// Whether other nodes share this broker's streams (a cluster store).
     fn is_shared(&self) -> bool {

@@ -66,6 +66,7 @@ use super::{
     plan_replay, Attach, Attached, BoxFuture, Broker, BrokerError, ClusterView, Published, Replay,
     Retention,
 };
+use crate::commands::Command;
 use crate::metrics::Metrics;
 use crate::registry::{Observer, Registry};
 use crate::wire::{self, Message, Position, StreamKey};
@@ -235,6 +236,8 @@ struct Shared {
     gone: RwLock<Arc<Vec<String>>>,
     /// On a Redis Cluster: the connection this incarnation's (sharded) subscriptions are on.
     subscriber: Mutex<Option<ClusterConnection>>,
+    /// Incarnations so far.
+    incarnations: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -258,6 +261,13 @@ impl Shared {
 
     fn boot(&self) -> Option<Arc<str>> {
         self.boot.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A name for this node's next incarnation: the node's number (the registry's, which its
+    /// sockets' ids start with) and how many incarnations it had, e.g. `483920117402.3`.
+    fn next_incarnation(&self) -> Arc<str> {
+        let n = self.incarnations.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("{}.{n}", self.registry.node()).into()
     }
 
     fn gone(&self) -> Arc<Vec<String>> {
@@ -345,6 +355,12 @@ impl RedisHandle {
     /// `<prefix>:<feature>:`.
     pub fn prefix(&self) -> &str {
         &self.shared.keys.prefix
+    }
+
+    /// The node's number (the one node identity, [`Registry::node`]): a feature that counts
+    /// under an id of its own names it after this.
+    pub fn node(&self) -> u64 {
+        self.shared.registry.node()
     }
 
     /// Whether this is a Redis Cluster: keys of one call must share a hash tag, and scripts
@@ -451,6 +467,7 @@ impl RedisBroker {
             members: Mutex::new(Vec::new()),
             gone: RwLock::new(Arc::new(Vec::new())),
             subscriber: Mutex::new(None),
+            incarnations: Default::default(),
         });
         let (tx, rx) = mpsc::channel(PRESENCE_QUEUE);
         registry.set_observer(Arc::new(PresenceObserver {
@@ -804,16 +821,9 @@ impl Broker for RedisBroker {
         true
     }
 
-    fn command<'a>(
-        &'a self,
-        kind: &'a str,
-        payload: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+    fn command<'a>(&'a self, command: &'a Command) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
-            let mut bytes = Vec::with_capacity(kind.len() + 1 + payload.len());
-            bytes.extend_from_slice(kind.as_bytes());
-            bytes.push(b'\n');
-            bytes.extend_from_slice(payload);
+            let bytes = command.encode();
             let mut conn = self.conn.clone();
             let mut publish = redis::cmd("PUBLISH");
             publish.arg(self.shared.keys.control()).arg(bytes);
@@ -877,7 +887,7 @@ async fn subscribe_cluster(shared: Arc<Shared>, urls: Vec<String>, presence: mps
     let control = shared.keys.control();
     while !shared.stopping.load(Ordering::Relaxed) {
         let _ = futures_util::FutureExt::now_or_never(shared.reincarnate.notified());
-        let id: Arc<str> = random_hex().into();
+        let id = shared.next_incarnation();
         let ping = format!("{channel_prefix}{id}");
         let (tx, mut pushes) = mpsc::unbounded_channel();
         let subscribed = async {
@@ -916,7 +926,7 @@ async fn subscribe_cluster(shared: Arc<Shared>, urls: Vec<String>, presence: mps
                                 continue;
                             };
                             if channel == control.as_bytes() {
-                                shared.registry.command(&payload);
+                                Command::run_encoded(&shared.registry, &payload);
                             } else {
                                 deliver(&shared.registry, &payload);
                             }
@@ -955,7 +965,7 @@ async fn subscribe_single(shared: Arc<Shared>, client: redis::Client, presence: 
     while !shared.stopping.load(Ordering::Relaxed) {
         // A request to start over made before this attempt is already served by it.
         let _ = futures_util::FutureExt::now_or_never(shared.reincarnate.notified());
-        let id: Arc<str> = random_hex().into();
+        let id = shared.next_incarnation();
         let channel = format!("{channel_prefix}{id}");
         let control = shared.keys.control();
         let subscribed = async {
@@ -988,7 +998,7 @@ async fn subscribe_single(shared: Arc<Shared>, client: redis::Client, presence: 
             tokio::select! {
                 msg = tokio::time::timeout(WATCHDOG, messages.next()) => match msg {
                     Ok(Some(msg)) if msg.get_channel_name() == control => {
-                        shared.registry.command(msg.get_payload_bytes());
+                        Command::run_encoded(&shared.registry, msg.get_payload_bytes());
                     }
                     Ok(Some(msg)) => deliver(&shared.registry, msg.get_payload_bytes()),
                     Ok(None) => break Some("subscription connection closed"),

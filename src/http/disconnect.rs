@@ -7,19 +7,7 @@ use warp::reply::Response;
 
 use super::error::envelope;
 use super::{authorized, ApiError, AppState, Req};
-use crate::registry::Registry;
-use crate::wire::{CloseReason, StreamKey};
-
-/// The cluster-wide command this endpoint sends; its payload is the uid.
-pub const COMMAND: &str = "disconnect";
-
-/// What every node does on [`COMMAND`] (registered by `run`).
-pub fn on_command(registry: &Registry, payload: &[u8]) {
-    if let Ok(uid) = std::str::from_utf8(payload) {
-        let closed = registry.evict(&StreamKey::User(uid.into()), CloseReason::Disconnected);
-        log::debug!("disconnected {closed} sockets of a uid on the backend's request");
-    }
-}
+use crate::commands::Command;
 
 /// Sends the command; answers with how many sockets the uid had (over every node).
 pub(super) async fn disconnect(state: &AppState, req: &Req) -> Result<Response, ApiError> {
@@ -30,7 +18,9 @@ pub(super) async fn disconnect(state: &AppState, req: &Req) -> Result<Response, 
         .sockets
         .hub
         .broker()
-        .command(COMMAND, uid.as_bytes())
+        .command(&Command::Disconnect {
+            uid: uid.to_owned(),
+        })
         .await?;
     let contents = serde_json::json!({ "uid": uid, "sockets": had });
     Ok(envelope(StatusCode::OK, "success", had as u64, contents))

@@ -20,7 +20,7 @@ use super::upgrade::{address_slot, origin_allowed, websocket_accept};
 use super::{ApiError, AppState, Client, Req};
 use crate::connection;
 use crate::limits::SocketSlots;
-use crate::metrics::Credential;
+use crate::metrics::{Credential, Endpoint};
 use crate::protocol::pusher::socket::{self, Refusal};
 use crate::protocol::pusher::{api, auth, Pusher};
 use crate::registry::Subscription;
@@ -101,11 +101,31 @@ pub(super) async fn socket(
             if refusal == Refusal::UNKNOWN_APP {
                 state.sockets.metrics.auth_failed(Credential::AccessKey);
             }
-            log::debug!(
-                "pusher socket of {} refused with {}",
-                Client(state.client_ip(req)),
-                refusal.code
+            let client = state.client_ip(req);
+            // Counted like an HTTP refusal (the admin page's list and counts by reason).
+            state.sockets.metrics.refused(
+                refusal.code,
+                refusal.reason,
+                refusal.message,
+                Endpoint::PusherSocket,
+                client,
             );
+            if refusal == Refusal::SERVER_FULL {
+                if let Some(held_back) = state.refusal_log.allow() {
+                    log::info!(
+                        "pusher socket of {} refused with 4100: Pusher sockets hold their share \
+                         of max_sockets (pusher.max_sockets_share; {held_back} more refusals \
+                         without login since the last such line, at most one a minute)",
+                        Client(client)
+                    );
+                }
+            } else {
+                log::debug!(
+                    "pusher socket of {} refused with {}",
+                    Client(client),
+                    refusal.code
+                );
+            }
             // Upgraded only to be told why, as Pusher does: not a socket of the server's.
             state
                 .tracker

@@ -10,7 +10,7 @@
 
 use bytes::{Buf, Bytes};
 use futures_util::Stream;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
@@ -18,45 +18,19 @@ use super::body::read_body;
 use super::error::envelope;
 use super::{authorized, ApiError, AppState, Req};
 use crate::auth::valid_topic;
-use crate::outbox::Control;
-use crate::registry::Registry;
+use crate::commands::{Command, Rooms};
 use crate::wire::{Message, StreamKey};
 
-/// The cluster-wide command this endpoint sends; its payload is a [`Move`] as JSON.
-pub const COMMAND: &str = "rooms";
-
-/// A move of one uid's sockets, as the body gives it and as it travels between nodes.
-#[derive(Debug, Deserialize, Serialize)]
+/// A move of one uid's sockets, as the body gives it.
+#[derive(Debug, Deserialize)]
 struct Move {
-    #[serde(default)]
-    uid: String,
     #[serde(default)]
     join: Vec<String>,
     #[serde(default)]
     leave: Vec<String>,
-    /// Body only: also publish `_joined` / `_left` with the uid to each room's followers.
-    #[serde(default, skip_serializing)]
+    /// Also publish `_joined` / `_left` with the uid to each room's followers.
+    #[serde(default)]
     notify: bool,
-}
-
-/// What every node does on [`COMMAND`] (registered by `run`): leaves first, then joins, handed
-/// to every socket of the uid here.
-pub fn on_command(registry: &Registry, payload: &[u8]) {
-    let Ok(m) = serde_json::from_slice::<Move>(payload) else {
-        log::debug!("ignored a malformed rooms command");
-        return;
-    };
-    let user = StreamKey::User(m.uid.as_str().into());
-    for topic in &m.leave {
-        registry.control(&user, || {
-            Control::Unfollow(StreamKey::Topic(topic.as_str().into()))
-        });
-    }
-    for topic in &m.join {
-        registry.control(&user, || {
-            Control::Follow(StreamKey::Topic(topic.as_str().into()))
-        });
-    }
 }
 
 /// Checks the move, sends it to every node, and answers with the uid's sockets (every node).
@@ -70,7 +44,13 @@ where
     let settings = state.settings();
     let body: Bytes = read_body(body, &req.headers, &settings.body).await?;
     let max = settings.max_topics_per_key;
-    let mut m: Move = serde_json::from_slice(&body).map_err(|_| ApiError::BadRooms(max))?;
+    let body: Move = serde_json::from_slice(&body).map_err(|_| ApiError::BadRooms(max))?;
+    let notify_rooms = body.notify;
+    let mut m = Rooms {
+        uid,
+        join: body.join,
+        leave: body.leave,
+    };
     for list in [&mut m.join, &mut m.leave] {
         list.sort_unstable();
         list.dedup();
@@ -81,16 +61,14 @@ where
     if m.join.is_empty() && m.leave.is_empty() {
         return Err(ApiError::BadRooms(max));
     }
-    m.uid = uid;
     let sockets = state.sockets.hub.sockets_of(&m.uid).await?;
-    let payload = serde_json::to_vec(&m).expect("a move serializes");
     state
         .sockets
         .hub
         .broker()
-        .command(COMMAND, &payload)
+        .command(&Command::Rooms(m.clone()))
         .await?;
-    if m.notify {
+    if notify_rooms {
         notify(state, &m).await?;
     }
     let contents = serde_json::json!({
@@ -107,7 +85,7 @@ where
 /// Seed 003's peopleJoin/peopleLeave: `{"topic":"_joined"|"_left","contents":{"uid"}}` to each
 /// room's followers, as a message of the room (numbered, kept, resumable). Whether the uid's
 /// own sockets see their own notice depends on whether they joined before it was published.
-async fn notify(state: &AppState, m: &Move) -> Result<(), ApiError> {
+async fn notify(state: &AppState, m: &Rooms) -> Result<(), ApiError> {
     let contents =
         serde_json::value::to_raw_value(&serde_json::json!({ "uid": m.uid })).expect("serializes");
     for (topic, list) in [("_left", &m.leave), ("_joined", &m.join)] {

@@ -31,17 +31,14 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 
 use crate::broker::{BrokerError, Published};
+use crate::commands::Command;
 use crate::config::{PusherApp, PusherConfig};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
-use crate::wire::{CloseReason, Message, StreamKey};
+use crate::wire::{Message, StreamKey};
 use store::ChannelStore;
 pub use webhooks::WebhookEvent;
 use webhooks::Webhooks;
-
-/// The cluster-wide command that closes a user's sockets; payload `<app id>\n<user id>`.
-pub const TERMINATE_COMMAND: &str = "pusher-terminate";
 
 /// What a channel's name makes it. Prefixes, not substrings: `my-private-room` is public.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,10 +90,7 @@ pub fn is_cache(name: &str) -> bool {
     .any(|p| name.starts_with(p))
 }
 
-/// The channel that events for user `id` go to (the SDKs' `sendToUser`).
-pub fn user_channel(id: &str) -> String {
-    format!("#server-to-user-{id}")
-}
+pub use crate::commands::user_channel;
 
 /// One configured app and its live sockets on this node.
 pub struct App {
@@ -244,29 +238,14 @@ impl Pusher {
 
     /// Asks every node to close the sockets signed in as `user_id` of `app` (4009).
     pub async fn terminate(&self, app: &str, user_id: &str) -> Result<(), BrokerError> {
-        let payload = format!("{app}\n{user_id}");
         self.hub
             .broker()
-            .command(TERMINATE_COMMAND, payload.as_bytes())
+            .command(&Command::Terminate {
+                app: app.to_owned(),
+                user_id: user_id.to_owned(),
+            })
             .await
     }
-}
-
-/// What every node does on [`TERMINATE_COMMAND`]: every socket signed in as the user follows
-/// its `#server-to-user-` channel, so closing that stream's followers closes exactly them.
-pub fn on_terminate(registry: &Registry, payload: &[u8]) {
-    let Ok(text) = std::str::from_utf8(payload) else {
-        return;
-    };
-    let Some((app, user_id)) = text.split_once('\n') else {
-        return;
-    };
-    let key = StreamKey::Channel {
-        app: app.into(),
-        name: user_channel(user_id).into(),
-    };
-    let closed = registry.evict(&key, CloseReason::Disconnected);
-    log::debug!("terminated {closed} pusher sockets of a user on the app's request");
 }
 
 #[cfg(test)]

@@ -39,6 +39,8 @@ pub struct Refusal {
     pub code: u16,
     /// Said in `pusher:error`.
     pub message: &'static str,
+    /// Its name among the refusals the admin page counts.
+    pub reason: &'static str,
 }
 
 impl Refusal {
@@ -46,37 +48,44 @@ impl Refusal {
     pub const UNKNOWN_APP: Refusal = Refusal {
         code: 4001,
         message: "App key does not exist",
+        reason: "unknown_app",
     };
     /// 4004: the app is at its `max_connections`.
     pub const APP_FULL: Refusal = Refusal {
         code: 4004,
         message: "App is over its connection quota",
+        reason: "app_full",
     };
     /// 4100: the server is at `max_sockets`.
     pub const SERVER_FULL: Refusal = Refusal {
         code: 4100,
         message: "Over capacity: retry later",
+        reason: "pusher_share_full",
     };
     /// `max_sockets_per_address` reached for the client's address.
     pub const ADDRESS_FULL: Refusal = Refusal {
         code: 4100,
         message: "Over capacity: too many connections from this address",
+        reason: "too_many_address_sockets",
     };
     /// `new_sockets_per_address_per_minute` reached for the client's address. 4100-4199:
     /// pusher-js reconnects after a second, not at once (4200s) nor never (4000s, 4300s).
     pub const NEW_SOCKETS_RATE: Refusal = Refusal {
         code: 4100,
         message: "Over capacity: this address opens connections too fast, retry later",
+        reason: "too_many_new_sockets",
     };
     /// 4007: a protocol version other than 5 to 7.
     pub const BAD_PROTOCOL: Refusal = Refusal {
         code: 4007,
         message: "Unsupported protocol version: use 7",
+        reason: "bad_protocol",
     };
     /// 4008: no `protocol` parameter.
     pub const NO_PROTOCOL: Refusal = Refusal {
         code: 4008,
         message: "No protocol version supplied",
+        reason: "no_protocol",
     };
 }
 

@@ -269,7 +269,8 @@ impl RedisStore {
     /// A store under `redis`'s prefix, with a fresh node id that the broker's heartbeat keeps
     /// alive.
     pub fn start(redis: RedisHandle) -> Arc<RedisStore> {
-        let node = format!("{:016x}", rand::random::<u64>());
+        // The node's number: its incarnations are `<number>.<n>`, so the two never meet.
+        let node = redis.node().to_string();
         let store = RedisStore { redis, node };
         store.redis.keep_alive(&store.node, store.alive_prefix());
         Arc::new(store)

@@ -205,6 +205,7 @@ async fn sender(
     queue: Arc<EventQueue<Value>>,
     metrics: Arc<Metrics>,
 ) {
+    let failed_log = crate::limits::LogThrottle::new(Duration::from_secs(60));
     while queue.wait_len(1).await {
         // Gather for the window, or until a full batch waits.
         let _ = tokio::time::timeout(GATHER, queue.wait_len(MAX_BATCH)).await;
@@ -233,10 +234,16 @@ async fn sender(
                     };
                     if attempt == ATTEMPTS {
                         metrics.webhook_events("failed", count);
-                        log::warn!(
-                            "webhook to {} dropped after {ATTEMPTS} attempts: {why}",
-                            shown(&url)
-                        );
+                        // At most once a minute per endpoint: a receiver that is down would
+                        // otherwise write a line per batch.
+                        if let Some(held_back) = failed_log.allow() {
+                            log::warn!(
+                                "webhook to {} dropped after {ATTEMPTS} attempts: {why} \
+                                 ({held_back} more dropped batches since the last such line, \
+                                 which comes at most once a minute)",
+                                shown(&url)
+                            );
+                        }
                     } else {
                         log::debug!("webhook to {} failed ({why}), retrying", shown(&url));
                         tokio::time::sleep(wait).await;
