@@ -178,6 +178,10 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
+        // The scratch directory of its config file (one per test run and name).
+        if let Some(dir) = self.config_path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
