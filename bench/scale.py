@@ -249,7 +249,9 @@ def redis_cmd(port, *args, timeout=10):
 
 
 def redis_info(port):
-    text = redis_cmd(port, "INFO", "all")
+    # A loaded machine (a broadcast to 769,240 sockets on two cores) kept one answer waiting
+    # past 10 s and aborted the run: measuring must not be what gives up first.
+    text = redis_cmd(port, "INFO", "all", timeout=60)
     info, cmds = {}, {}
     for line in text.splitlines():
         if ":" not in line or line.startswith("#"):
@@ -797,7 +799,7 @@ class Run:
             all_holders(self.holders, "reset")
             m = self.meter()
             pushed = self.scale_push(a.unicast_secs, a.rate)
-            s = self.wait_delivered("user", pushed["accepted"], 10)
+            s = self.wait_delivered("user", pushed["accepted"], a.deliver_wait)
             self.phase("unicast", m, {"rate": a.rate, **self.check_deliveries("unicast", pushed, s)})
 
         # ---- storm
@@ -909,6 +911,9 @@ def main():
     ap.add_argument("--rate", type=float, default=1000, help="unicast pushes per second")
     ap.add_argument("--push-conns", type=int, default=8)
     ap.add_argument("--unicast-secs", type=float, default=20)
+    ap.add_argument("--deliver-wait", type=float, default=10,
+                    help="seconds the unicast phase waits, after its last push, for every accepted "
+                         "push to arrive (it also stops when deliveries stop moving for 3 s)")
     ap.add_argument("--rest-secs", type=float, default=65,
                     help="idle window: past one heartbeat and one presence refresh (60 s)")
     ap.add_argument("--heartbeat", type=int, default=25, help="heartbeat_interval_secs")
