@@ -482,3 +482,44 @@ pub async fn cluster_node(cluster: &RedisCluster, tweak: impl FnOnce(&mut Config
     wait_ready(&server).await;
     server
 }
+
+/// Issue 19's colliding pair, pushed to on `a`: uid `a`'s idempotency record for key `Q}:m`
+/// was the same Redis key as the metadata of uid `a}:i:Q`. Both uids must work, the retry must
+/// still be recognised as one, and the node must stay ready.
+pub async fn colliding_uids_both_work(a: &Server) {
+    let mut plain = a.connect("a").await;
+    let mut http = a.http().await;
+    let r = http
+        .request(
+            "POST",
+            &format!("/push?uid=a&password={}", enc(&a.password)),
+            &[("Idempotency-Key", "Q}:m")],
+            body("t", "1").as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        next_text(&mut plain).await,
+        r#"{"topic":"t","number":1,"contents":1}"#
+    );
+    // The other uid's page connects (its meta is written) and gets its push.
+    let mut evil = a.connect("a}:i:Q").await;
+    let r = a.push("a}:i:Q", &body("t", "2")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        next_text(&mut evil).await,
+        r#"{"topic":"t","number":1,"contents":2}"#
+    );
+    // And the first uid's retry is still recognised as one.
+    let r = http
+        .request(
+            "POST",
+            &format!("/push?uid=a&password={}", enc(&a.password)),
+            &[("Idempotency-Key", "Q}:m")],
+            body("t", "1").as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ready = a.http().await.get("/ready").await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+}
