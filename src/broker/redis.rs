@@ -1340,6 +1340,11 @@ impl PresenceWriter {
             return;
         }
         *self.shared.node.write().unwrap_or_else(|p| p.into_inner()) = Some(id.clone());
+        // Not registered yet: if this first beat fails (a cluster connection still coming up),
+        // join again at once rather than stay out of /stats until the next beat.
+        self.beat = Instant::now()
+            .checked_sub(Duration::from_secs(ALIVE_TTL_SECS))
+            .unwrap_or_else(Instant::now);
         self.heartbeat().await;
         if let Some(old) = old {
             self.forget(&old).await;
