@@ -271,13 +271,26 @@ pub fn encode_payload(key: &StreamKey, msg: &Message<'_>) -> Vec<u8> {
             out.extend_from_slice(part.as_bytes());
         }
     }
-    for part in [id.as_str(), msg.topic] {
+    push_stream_and_topic(&mut out, &id, msg.topic);
+    out.extend_from_slice(msg.contents.as_bytes());
+    out
+}
+
+/// [`encode_payload`] of a message with no id, `except` or user id, up to its contents: for a
+/// script that chooses the contents itself (a data pool's change) and appends them.
+pub fn payload_head(key: &StreamKey, topic: &str) -> Vec<u8> {
+    let id = key.id();
+    let mut out = Vec::with_capacity(id.len() + topic.len() + 8);
+    push_stream_and_topic(&mut out, &id, topic);
+    out
+}
+
+fn push_stream_and_topic(out: &mut Vec<u8>, id: &str, topic: &str) {
+    for part in [id, topic] {
         out.extend_from_slice(part.len().to_string().as_bytes());
         out.push(b':');
         out.extend_from_slice(part.as_bytes());
     }
-    out.extend_from_slice(msg.contents.as_bytes());
-    out
 }
 
 /// The inverse of [`encode_payload`]. `None` if the bytes are not such a payload (the contents
@@ -573,6 +586,23 @@ mod tests {
         assert_eq!(
             frame.as_str(),
             r#"{"topic":"t\"q","number":1,"contents":{"n":18446744073709551615,"f":1.0e400,"s":"你好"}}"#
+        );
+    }
+
+    #[test]
+    fn a_payload_head_and_contents_are_the_payload() {
+        let key = StreamKey::Topic("cart:1".into());
+        let raw = RawValue::from_string("[1, 2]".into()).unwrap();
+        let mut joined = payload_head(&key, "cart:1:add");
+        joined.extend_from_slice(b"[1, 2]");
+        assert_eq!(
+            joined,
+            encode_payload(&key, &Message::new("cart:1:add", &raw))
+        );
+        let (back, msg) = decode_payload(&joined).unwrap();
+        assert_eq!(
+            (back, msg.topic, msg.contents),
+            (key, "cart:1:add", "[1, 2]")
         );
     }
 

@@ -255,6 +255,74 @@ impl Shared {
         result
     }
 
+    /// publish.lua's call for `payload` to stream `key`, through `script`: publish.lua itself,
+    /// or a script composed with it ([`RedisHandle::publish_with`]), whose own keys and
+    /// arguments (`own_keys`, `own_args`) come first.
+    fn publish_call<'s>(
+        &self,
+        script: &'s Script,
+        key: &StreamKey,
+        payload: &[u8],
+        idem: Option<&str>,
+        own_keys: &[String],
+        own_args: &[&[u8]],
+    ) -> Result<redis::ScriptInvocation<'s>, BrokerError> {
+        let boot = self
+            .boot()
+            .ok_or_else(|| unavailable("not connected to redis yet"))?;
+        let keys = &self.keys;
+        let retention = &self.retention;
+        let mut call = script.prepare_invoke();
+        for k in own_keys {
+            call.key(k);
+        }
+        for a in own_args {
+            call.arg(*a);
+        }
+        call.key(keys.meta(key)).key(keys.hist(key));
+        if let Some(idem) = idem {
+            call.key(keys.idempotency(key, idem));
+        }
+        call.arg(payload)
+            .arg(if key.keeps_history() {
+                retention.history_size
+            } else {
+                0
+            })
+            .arg(retention.history_ttl.as_millis().max(1) as u64)
+            .arg(self.meta_ttl_secs())
+            .arg(random_hex())
+            .arg(&*boot);
+        if keys.cluster {
+            call.arg("")
+                .arg(IDEMPOTENCY_TTL_SECS)
+                .arg(keys.shard_channel(key))
+                .arg(&*self.gone());
+        } else {
+            call.arg(keys.channel_prefix()).arg(IDEMPOTENCY_TTL_SECS);
+        }
+        Ok(call)
+    }
+
+    /// Runs a [`Shared::publish_call`], reporting an outage like every publish does.
+    async fn publish_invoke(
+        &self,
+        op: &'static str,
+        call: redis::ScriptInvocation<'_>,
+        conn: &mut RedisConn,
+    ) -> Result<String, BrokerError> {
+        match self.call(op, call.invoke_async(conn)).await {
+            Ok(reply) => {
+                self.outage.ok();
+                Ok(reply)
+            }
+            Err(e) => {
+                self.outage.failed(op, &e);
+                Err(e)
+            }
+        }
+    }
+
     fn node(&self) -> Option<Arc<str>> {
         self.node.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -404,6 +472,32 @@ impl RedisHandle {
     ) -> Result<T, BrokerError> {
         self.shared.call(op, call).await
     }
+
+    /// Stream `key`'s hash tag (`<prefix>:{<stream id>}`): a feature's key that starts with it
+    /// is in the stream's slot, so one script can change it and publish to the stream. The
+    /// broker's own keys under it end in `:m`, `:h`, `:i:<key>` and `:c`.
+    pub fn stream_tag(&self, key: &StreamKey) -> String {
+        self.shared.keys.tag(key)
+    }
+
+    /// Runs `script`, a script composed with publish.lua, on stream `key`: its own keys and
+    /// arguments (`own_keys`, `own_args`) first, then publish.lua's, with an empty payload
+    /// that the script's own part supplies. Returns the script's answer; an outage is reported
+    /// like a publish's.
+    pub async fn publish_with(
+        &self,
+        op: &'static str,
+        script: &Script,
+        key: &StreamKey,
+        own_keys: &[String],
+        own_args: &[&[u8]],
+    ) -> Result<String, BrokerError> {
+        let call = self
+            .shared
+            .publish_call(script, key, b"", None, own_keys, own_args)?;
+        let mut conn = self.conn.clone();
+        self.shared.publish_invoke(op, call, &mut conn).await
+    }
 }
 
 /// The Redis broker. See the module doc.
@@ -496,67 +590,16 @@ impl RedisBroker {
         msg: Message<'_>,
         idem: Option<&str>,
     ) -> Result<Published, BrokerError> {
-        let boot = self
+        let payload = wire::encode_payload(key, &msg);
+        let call = self
             .shared
-            .boot()
-            .ok_or_else(|| unavailable("not connected to redis yet"))?;
-        let keys = &self.shared.keys;
-        let retention = &self.shared.retention;
-        let mut call = PUBLISH.key(keys.meta(key));
-        call.key(keys.hist(key));
-        if let Some(idem) = idem {
-            call.key(keys.idempotency(key, idem));
-        }
-        call.arg(wire::encode_payload(key, &msg))
-            .arg(if key.keeps_history() {
-                retention.history_size
-            } else {
-                0
-            })
-            .arg(retention.history_ttl.as_millis().max(1) as u64)
-            .arg(self.shared.meta_ttl_secs())
-            .arg(random_hex())
-            .arg(&*boot);
-        if keys.cluster {
-            call.arg("")
-                .arg(IDEMPOTENCY_TTL_SECS)
-                .arg(keys.shard_channel(key))
-                .arg(&*self.shared.gone());
-        } else {
-            call.arg(keys.channel_prefix()).arg(IDEMPOTENCY_TTL_SECS);
-        }
+            .publish_call(&PUBLISH, key, &payload, idem, &[], &[])?;
         let mut conn = self.conn.clone();
-        let reply: String = match self
+        let reply: String = self
             .shared
-            .call("publish", call.invoke_async(&mut conn))
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                self.shared.outage.failed("publish", &e);
-                return Err(e);
-            }
-        };
-        self.shared.outage.ok();
-        let (repeated, reply) = match reply.strip_prefix("r:") {
-            Some(first) => (true, first),
-            None => (false, reply.as_str()),
-        };
-        let mut parts = reply
-            .split(':')
-            .skip(1)
-            .map(|n| n.parse::<u64>().unwrap_or(0));
-        let (seq, sockets, retained) = (
-            parts.next().unwrap_or(0),
-            parts.next().unwrap_or(0),
-            parts.next().unwrap_or(0),
-        );
-        Ok(Published {
-            sockets: sockets as usize,
-            seq,
-            retained: retained == 1,
-            repeated,
-        })
+            .publish_invoke("publish", call, &mut conn)
+            .await?;
+        Ok(published(&reply))
     }
 
     async fn attach_now(
@@ -620,6 +663,30 @@ impl RedisBroker {
                 })
                 .collect(),
         ))
+    }
+}
+
+/// publish.lua's answer, `gen:seq:sockets:retained` (`r:` before it for a repeated
+/// idempotency key), as a [`Published`].
+pub fn published(reply: &str) -> Published {
+    let (repeated, reply) = match reply.strip_prefix("r:") {
+        Some(first) => (true, first),
+        None => (false, reply),
+    };
+    let mut parts = reply
+        .split(':')
+        .skip(1)
+        .map(|n| n.parse::<u64>().unwrap_or(0));
+    let (seq, sockets, retained) = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    Published {
+        sockets: sockets as usize,
+        seq,
+        retained: retained == 1,
+        repeated,
     }
 }
 
