@@ -420,14 +420,6 @@ async fn a_room_move_reaches_the_uids_sockets_on_every_node_and_the_room_reaches
     assert_eq!(frame["contents"], 7);
 }
 
-async fn connect_v2(s: &Server, uid: &str, key: &str) -> Ws {
-    let url = format!("{}&proto=2", s.ws_url(uid, key));
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let welcome: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
-    assert_eq!(welcome["topic"], "_welcome");
-    ws
-}
-
 #[tokio::test]
 async fn receipts_are_cluster_wide_an_ack_on_one_node_counts_in_the_report_on_another() {
     let redis = redis_or_skip!();
@@ -520,12 +512,46 @@ async fn the_inbox_is_cluster_wide_kept_on_one_node_read_and_acked_on_another() 
 }
 
 /// `method` on `/pool/<name>` of node `s` with the password.
-async fn pool(s: &Server, method: &str, name: &str, body: &str) -> Reply {
-    let target = format!("/pool/{name}?password={}", enc(&s.password));
-    s.http()
-        .await
-        .request(method, &target, &[], body.as_bytes())
-        .await
+/// An upgrade from the version that kept a pool's document at `<prefix>:pool:{<name>}` loses
+/// no pool: each is moved under its topic stream's hash tag when first used.
+#[tokio::test]
+async fn pools_under_the_old_key_name_are_moved_on_first_use() {
+    let redis = redis_or_skip!();
+    for command in old_pool_commands("up") {
+        let args: Vec<&str> = command.iter().map(String::as_str).collect();
+        redis.cmd(&args).await.unwrap();
+    }
+    let a = node(&redis, |c| c.redis_prefix = "up".into()).await;
+    let b = node(&redis, |c| c.redis_prefix = "up".into()).await;
+    old_pools_are_moved_on_first_use(&a, &b).await;
+    for (name, ..) in OLD_POOLS {
+        let old = redis.cmd(&["EXISTS", &format!("up:pool:{{{name}}}")]).await;
+        assert_eq!(old.as_deref(), Some(":0\r\n"), "{name}");
+        let now = redis.cmd(&["EXISTS", &format!("up:{{t:{name}}}:p")]).await;
+        let want = if name == "gone" { ":0\r\n" } else { ":1\r\n" };
+        assert_eq!(now.as_deref(), Some(want), "{name}");
+    }
+}
+
+/// A change takes no lock: what an older node left when it died holding one (or a request
+/// dropped between its calls left) does not hold the pool. Before, this change waited 2 s and
+/// got 503, and every change did until the lock expired 10 s later.
+#[tokio::test]
+async fn a_lock_left_by_a_node_that_died_mid_change_does_not_hold_the_pool() {
+    let redis = redis_or_skip!();
+    let a = node(&redis, |c| c.redis_prefix = "dead".into()).await;
+    let r = pool(&a, "PUT", "bids", "[]").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for lock in ["dead:pool:{bids}:lock", "dead:{t:bids}:p:lock"] {
+        redis.cmd(&["SET", lock, "7", "PX", "60000"]).await.unwrap();
+    }
+    let r = pool(&a, "POST", "bids", "1").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["contents"]["event"], "bids:append");
+    assert_eq!(
+        pool(&a, "GET", "bids", "").await.json()["contents"],
+        serde_json::json!([1])
+    );
 }
 
 #[tokio::test]

@@ -111,6 +111,27 @@ async fn uids_that_spell_other_keys_do_not_collide() {
     colliding_uids_both_work(&a).await;
 }
 
+/// An upgrade loses no pool on a Redis Cluster either, where a document's old key and its new
+/// one are in different slots: each is moved (read, written, deleted) when first used.
+#[tokio::test]
+async fn pools_under_the_old_key_name_are_moved_on_first_use() {
+    let cluster = cluster_or_skip!();
+    for command in old_pool_commands("up") {
+        let master = cluster.master_of(&command[1]).await;
+        let args: Vec<&str> = command.iter().map(String::as_str).collect();
+        cluster.nodes[master].cmd(&args).await.unwrap();
+    }
+    let a = cluster_node(&cluster, |c| c.redis_prefix = "up".into()).await;
+    let b = cluster_node(&cluster, |c| c.redis_prefix = "up".into()).await;
+    old_pools_are_moved_on_first_use(&a, &b).await;
+    for (name, ..) in OLD_POOLS {
+        let old = format!("up:pool:{{{name}}}");
+        let master = cluster.master_of(&old).await;
+        let gone = cluster.nodes[master].cmd(&["EXISTS", &old]).await;
+        assert_eq!(gone.as_deref(), Some(":0\r\n"), "{name}");
+    }
+}
+
 /// A page's node is SIGKILLed in the middle of a stream; the page resumes on another node and
 /// gets every message, in order, once, with no `_gap`.
 #[tokio::test]

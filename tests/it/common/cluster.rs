@@ -523,3 +523,103 @@ pub async fn colliding_uids_both_work(a: &Server) {
     let ready = a.http().await.get("/ready").await;
     assert_eq!(ready.status, 200, "{}", ready.text());
 }
+
+/// A `proto=2` page of `uid` with access key `key` on `s`, past its `_welcome`.
+pub async fn connect_v2(s: &Server, uid: &str, key: &str) -> Ws {
+    let url = format!("{}&proto=2", s.ws_url(uid, key));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let welcome: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
+    assert_eq!(welcome["topic"], "_welcome");
+    ws
+}
+
+/// `method` on `/pool/<name>` of `s` with the password and `body`.
+pub async fn pool(s: &Server, method: &str, name: &str, body: &str) -> Reply {
+    let target = format!("/pool/{name}?password={}", enc(&s.password));
+    s.http()
+        .await
+        .request(method, &target, &[], body.as_bytes())
+        .await
+}
+
+/// Data pools as a push-serve before the document moved under its topic stream's hash tag
+/// left them: name, document, number of its last change.
+pub const OLD_POOLS: [(&str, &str, &str); 4] = [
+    ("list", "[1, 2]", "5"),
+    ("cfg", r#"{"a":1}"#, "2"),
+    ("gone", "[]", "1"),
+    ("seen", r#"["x"]"#, "3"),
+];
+
+/// The Redis commands (each with its key second) that write [`OLD_POOLS`] as that version
+/// did under key prefix `prefix`: a hash `<prefix>:pool:{<name>}` each, and the set of pools.
+pub fn old_pool_commands(prefix: &str) -> Vec<Vec<String>> {
+    let mut commands: Vec<Vec<String>> = OLD_POOLS
+        .iter()
+        .map(|(name, doc, seq)| {
+            [
+                "HSET",
+                &format!("{prefix}:pool:{{{name}}}"),
+                "doc",
+                doc,
+                "seq",
+                seq,
+            ]
+            .map(String::from)
+            .to_vec()
+        })
+        .collect();
+    let mut set = vec!["SADD".to_string(), format!("{prefix}:pools")];
+    set.extend(OLD_POOLS.iter().map(|(name, ..)| name.to_string()));
+    commands.push(set);
+    commands
+}
+
+/// On nodes `a` and `b` of a Redis that holds [`OLD_POOLS`] under the old key names: every
+/// pool reads, changes and snapshots as if it had always been under its new name (an upgrade
+/// loses no pool), from either node.
+pub async fn old_pools_are_moved_on_first_use(a: &Server, b: &Server) {
+    let r = pool(b, "GET", "list", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        (r.json()["number"].as_u64(), &r.json()["contents"]),
+        (Some(5), &serde_json::json!([1, 2]))
+    );
+    let r = pool(a, "POST", "list", "3").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["contents"]["event"], "list:append");
+    let r = pool(b, "GET", "list", "").await;
+    assert_eq!(r.json()["contents"], serde_json::json!([1, 2, 3]));
+    // The document keeps its text: the append adds `,3` before its `]`.
+    assert!(r.text().contains(r#""contents":[1, 2,3]"#), "{}", r.text());
+
+    let r = pool(a, "PUT", "cfg", r#"{"a":2}"#).await;
+    assert_eq!(r.json()["contents"]["event"], "cfg:update", "{}", r.text());
+    let r = pool(b, "GET", "cfg", "").await;
+    assert_eq!(r.json()["contents"], serde_json::json!({"a": 2}));
+
+    let r = pool(b, "DELETE", "gone", "").await;
+    assert_eq!(r.json()["contents"]["event"], "gone:delete", "{}", r.text());
+    pool(a, "GET", "gone", "").await.assert_error(404);
+
+    let r = a
+        .http()
+        .await
+        .get(&format!(
+            "/access?uid=p&topics=seen&password={}",
+            enc(&a.password)
+        ))
+        .await;
+    let key = r.json()["contents"].as_str().unwrap().to_string();
+    let mut page = connect_v2(a, "p", &key).await;
+    let snapshot: Value = serde_json::from_str(&next_text(&mut page).await).unwrap();
+    assert_eq!(snapshot["topic"], "seen:snapshot", "{snapshot}");
+    assert_eq!(snapshot["contents"], serde_json::json!(["x"]));
+    let r = pool(b, "POST", "seen", r#""y""#).await;
+    assert_eq!(r.json()["contents"]["event"], "seen:append", "{}", r.text());
+    let change: Value = serde_json::from_str(&next_text(&mut page).await).unwrap();
+    assert_eq!(
+        (&change["topic"], &change["contents"]),
+        (&"seen:append".into(), &"y".into())
+    );
+}
