@@ -187,7 +187,7 @@ impl Pools {
         Keys {
             doc: format!("{}:p", redis.stream_tag(&stream)),
             old: format!("{}:pool:{{{}}}", redis.prefix(), tag_part(name)),
-            stream: stream,
+            stream,
         }
     }
 
