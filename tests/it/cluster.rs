@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::cluster::*;
 use common::*;
 use serde_json::Value;
+use tokio::io::AsyncWriteExt;
 
 macro_rules! redis_or_skip {
     () => {
@@ -552,6 +553,65 @@ async fn a_lock_left_by_a_node_that_died_mid_change_does_not_hold_the_pool() {
         pool(&a, "GET", "bids", "").await.json()["contents"],
         serde_json::json!([1])
     );
+}
+
+/// Backends that drop their pool requests at any moment (before, during or after the change)
+/// leave each change whole or not at all: every value in the document reached the pool's
+/// followers once, in order, and nothing else did.
+#[tokio::test]
+async fn pool_requests_dropped_mid_way_leave_whole_changes_or_none() {
+    let redis = redis_or_skip!();
+    let a = node(&redis, |_| {}).await;
+    let b = node(&redis, |_| {}).await;
+    let r = pool(&a, "PUT", "drops", "[]").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let key = a
+        .http()
+        .await
+        .get(&format!(
+            "/access?uid=w&topics=drops&password={}",
+            enc(&a.password)
+        ))
+        .await
+        .json()["contents"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut page = connect_v2(&a, "w", &key).await;
+    let snapshot: Value = serde_json::from_str(&next_text(&mut page).await).unwrap();
+    assert_eq!(snapshot["contents"], serde_json::json!([]), "{snapshot}");
+    let droppers: Vec<_> = (0..40u64)
+        .map(|i| {
+            let addr = if i % 2 == 0 { a.addr } else { b.addr };
+            let target = format!("/pool/drops?password={}", enc(&a.password));
+            tokio::spawn(async move {
+                let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let req = request_bytes("POST", &target, &[], i.to_string().as_bytes());
+                tcp.write_all(&req).await.unwrap();
+                // Gone before, while or after the node changes the pool.
+                tokio::time::sleep(Duration::from_micros(rand_u64() % 3000)).await;
+            })
+        })
+        .collect();
+    for d in droppers {
+        d.await.unwrap();
+    }
+    let r = pool(&b, "POST", "drops", "-1").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut seen = Vec::new();
+    loop {
+        let change: Value = serde_json::from_str(&next_text(&mut page).await).unwrap();
+        assert_eq!(change["topic"], "drops:append", "{change}");
+        let value = change["contents"].as_i64().unwrap();
+        seen.push(value);
+        if value == -1 {
+            break;
+        }
+    }
+    let stored: Vec<i64> =
+        serde_json::from_value(pool(&a, "GET", "drops", "").await.json()["contents"].clone())
+            .unwrap();
+    assert_eq!(stored, seen);
 }
 
 #[tokio::test]
