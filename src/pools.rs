@@ -149,11 +149,13 @@ pub struct Changed {
     pub published: Published,
 }
 
-/// Pool `name`'s Redis keys: its document now, and where it was before it moved into the topic
-/// stream's slot.
+/// A pool's Redis keys.
 struct Keys {
+    /// Its document, under its topic stream's hash tag.
     doc: String,
+    /// Where its document was before it moved there.
     old: String,
+    /// Its topic's stream.
     stream: StreamKey,
 }
 
@@ -449,9 +451,9 @@ impl Pools {
         Ok(Changed { event, published })
     }
 
-    /// [`Pools::change`] on Redis: one `lua/pool_change.lua` call, or three when the pool has
-    /// no document yet (the script asks for a look at the old key name, and on a Redis Cluster
-    /// for the count of pools, first).
+    /// [`Pools::change`] on Redis: one `lua/pool_change.lua` call. When the pool has no
+    /// document yet, the script changes nothing and answers `?`; it is called once more after
+    /// a look at the old key name (and, on a Redis Cluster, a count of the pools).
     async fn redis_change(
         &self,
         redis: &RedisHandle,
