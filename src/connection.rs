@@ -1,43 +1,54 @@
-//! What every socket's life has, whatever its transport (a native WebSocket, a Pusher
-//! WebSocket, an SSE stream): one place for it, so the three cannot drift apart again (SSE once
-//! counted no socket in the metrics, and a Pusher socket whose upgrade failed was counted
-//! opened and never closed).
+//! A socket's whole life, whatever its transport (a native WebSocket, a Pusher WebSocket, an
+//! SSE stream): one place for it, so the three cannot drift apart again (SSE once counted no
+//! socket in the metrics, and a Pusher socket whose upgrade failed was counted opened and never
+//! closed). A transport is a codec and an inbound handler ([`Transport`]); everything else is
+//! here, once:
 //!
 //! - [`spawn`]: the socket's task on the server's tracker (shutdown waits for it), its slot
 //!   under `max_sockets` held until it ends, counted opened and closed (with its close code) in
 //!   the metrics, told to the callbacks, and a slow reader's close logged with its address;
-//! - [`switching_protocols`]: the `101` of a WebSocket upgrade;
-//! - [`heartbeat_tick`]: the heartbeat's timer;
-//! - [`flush_then_close`]: the one cleanup path's last steps, bounded by [`CLOSE_TIMEOUT`].
+//! - [`run`]: the one loop. The preamble first (a transport's greeting, `_welcome`, gaps,
+//!   missed messages, the offline inbox), then a `select!` over the server's signal (shutdown,
+//!   or draining for SSE; a heartbeat change), the outbox, what the client sends and the
+//!   keep-alive timer; every queued frame goes out in batches, every write bounded by one
+//!   heartbeat interval; room moves carried out; then the single cleanup path: leave the hub,
+//!   the transport's own leaving (Pusher's store), on shutdown the queue flushed, the close;
+//! - [`switching_protocols`]: the `101` of a WebSocket upgrade.
 //!
-//! The transports (`protocol::native`, `protocol::pusher`, `protocol::sse`) keep their own
-//! loop: what they read and write differs, and an idle socket's task is mostly that loop.
+//! **Idle memory.** An idle socket is mostly its task's future, and a future is as large as the
+//! largest state it can be in. So the loop keeps one small await inline (the idle `select!`)
+//! and boxes every other one (writes, answers, room moves, closing): those states exist for a
+//! moment, in one allocation, instead of widening every idle socket for its whole life.
 
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::Interval;
 use tokio_util::task::TaskTracker;
 use warp::http::header::{self, HeaderValue};
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use crate::metrics::Transport;
+use crate::hub::Session;
+use crate::metrics;
 use crate::outbox::Outbox;
-use crate::protocol::native::{self, Socket};
-use crate::protocol::SocketContext;
-use crate::wire::CloseReason;
+use crate::protocol::{Moved, SocketContext};
+use crate::wire::{CloseReason, Frame};
 
 /// How long the closing steps (writing what a shutdown leaves queued, the close handshake)
 /// may take before the connection is simply dropped.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Most queued frames written before one flush, so one busy socket cannot starve its reads.
+const MAX_BATCH: usize = 64;
+
 /// Who a socket is, for the metrics, the callbacks and the log.
 pub struct Peer {
     /// What it speaks.
-    pub transport: Transport,
+    pub transport: metrics::Transport,
     /// Its uid and its id on this node; `None` for a socket with no uid (Pusher), which the
     /// callbacks do not report.
     pub uid: Option<(String, u64)>,
@@ -45,8 +56,135 @@ pub struct Peer {
     pub client: Option<IpAddr>,
 }
 
-/// Runs `run`, a socket's transport task that returns the close code it ended with (`None`:
-/// the connection was lost, or the upgrade never completed), on `tracker`, holding `slot` until
+/// Why a socket's loop ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// One of the server's reasons, told to the client with its close code (see
+    /// [`CloseReason`]).
+    Close(CloseReason),
+    /// A close its transport chose, in its own protocol's codes (Pusher's 4009 for a refused
+    /// sign-in, or a socket refused right after its upgrade).
+    Refused(u16, &'static str),
+    /// The connection is gone: nobody is left to tell.
+    Lost,
+}
+
+impl std::fmt::Debug for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Close(r) => write!(f, "{} {}", r.code(), r.text()),
+            Ended::Refused(code, text) => write!(f, "{code} {text}"),
+            Ended::Lost => f.write_str("connection lost"),
+        }
+    }
+}
+
+/// What the loop asks a transport to write.
+pub enum Out {
+    /// A frame; a live one (from the outbox) with its stream slot and number there.
+    Frame(Frame, Option<(u16, u64)>),
+    /// Text of the transport's own (a Pusher reply, SSE's opening comment), written as it is.
+    Text(String),
+    /// The keep-alive: a WebSocket ping, a Pusher `pusher:ping`, an SSE comment.
+    Ping,
+}
+
+/// What a client sent, as its transport read it.
+pub enum Inbound<M> {
+    /// Something to answer ([`Transport::answer`]).
+    Message(M),
+    /// Something that only shows the client is alive (a pong, a frame with nothing to do).
+    Alive,
+    /// The client closed, broke the protocol, or went away.
+    End(Ended),
+}
+
+/// A write failed: the connection is gone.
+#[derive(Debug)]
+pub struct Gone;
+
+/// What a transport is: a codec (how frames, replies and the keep-alive are written, how the
+/// close is said) and an inbound handler (what the client's messages mean). [`run`] does the
+/// rest.
+///
+/// The methods that return futures say `+ Send` so that a socket's task can be spawned; their
+/// implementations are plain `async` blocks.
+pub trait Transport: Send {
+    /// A client message that needs an answer.
+    type Message: Send;
+
+    /// `true`: the stream ends as soon as the server stops accepting (SSE: the response is a
+    /// request in flight, which the server waits for before it shuts sockets down). `false`:
+    /// at shutdown, after requests in flight were answered (WebSockets).
+    const ENDS_ON_DRAIN: bool = false;
+
+    /// Whether a reload that changes `heartbeat_interval_secs` restarts the keep-alive timer
+    /// (Pusher's follows the app's activity timeout instead).
+    const FOLLOWS_HEARTBEAT: bool = true;
+
+    /// Written first of all, before the preamble.
+    fn greeting(&self) -> Option<Out> {
+        None
+    }
+
+    /// The keep-alive timer, started after the preamble (and again after a heartbeat change).
+    fn timer(&mut self, ctx: &SocketContext) -> Interval {
+        heartbeat_tick(ctx.heartbeat())
+    }
+
+    /// The keep-alive timer fired: `Ok(true)` to write [`Out::Ping`], `Ok(false)` for nothing,
+    /// or the end (the client did not answer the last one).
+    fn tick(&mut self) -> Result<bool, Ended>;
+
+    /// Waits for what the client sends next. Dropped whenever something else happens first,
+    /// so it must lose nothing when dropped.
+    fn next(&mut self) -> impl Future<Output = Inbound<Self::Message>> + Send + '_;
+
+    /// Answers one message: what to write back, or how the socket ends.
+    fn answer<'a>(
+        &'a mut self,
+        message: Self::Message,
+        session: &'a mut Session,
+        ctx: &'a SocketContext,
+    ) -> impl Future<Output = Result<Vec<Out>, Ended>> + Send + 'a;
+
+    /// Writes `out` in order, then flushes.
+    fn write(&mut self, out: Vec<Out>) -> impl Future<Output = Result<(), Gone>> + Send + '_;
+
+    /// A room move was carried out; its frames are written next.
+    fn moved(&mut self, _moved: &Moved) {}
+
+    /// The socket left the hub: what the transport keeps elsewhere leaves too (Pusher's store:
+    /// subscription counts and presence members).
+    fn left<'a>(&'a mut self, _session: &'a Session) -> impl Future<Output = ()> + Send + 'a {
+        async {}
+    }
+
+    /// Says goodbye as the protocol does (a close frame and its handshake, an SSE `close`
+    /// event), bounded in time.
+    fn close<'a>(
+        &'a mut self,
+        ended: Ended,
+        ctx: &'a SocketContext,
+    ) -> impl Future<Output = ()> + Send + 'a;
+
+    /// The close code the metrics and callbacks report (`None`: the connection was lost).
+    fn code(ended: Ended) -> Option<u16> {
+        close_code(ended)
+    }
+}
+
+/// The close code `ended` sends (`None`: the connection was lost).
+pub fn close_code(ended: Ended) -> Option<u16> {
+    match ended {
+        Ended::Close(reason) => Some(reason.code()),
+        Ended::Refused(code, _) => Some(code),
+        Ended::Lost => None,
+    }
+}
+
+/// Runs `run`, a socket's task that returns the close code it ended with (`None`: the
+/// connection was lost, or the upgrade never completed), on `tracker`, holding `slot` until
 /// it ends, counted in the metrics and told to the callbacks.
 pub fn spawn<F>(
     ctx: &Arc<SocketContext>,
@@ -84,10 +222,232 @@ pub fn spawn<F>(
     });
 }
 
+/// Serves a socket that joined the hub as `session` over `transport` until it ends, for
+/// whatever reason; leaves the hub on the way out, then closes (flushing its queue first on
+/// shutdown). Returns why it ended.
+///
+/// Everything by reference: the caller's future holds the transport and the session once, and
+/// this one only borrows them (a value moved into a nested future is a second copy of it for
+/// the socket's whole life).
+pub async fn run<T: Transport>(
+    transport: &mut T,
+    session: &mut Session,
+    ctx: &SocketContext,
+) -> Ended {
+    let id = session.membership.id();
+    log::debug!("socket {id} opened ({} live)", ctx.hub.socket_count());
+    let outbox = session.membership.outbox().clone();
+    let mut signal = if T::ENDS_ON_DRAIN {
+        ctx.draining()
+    } else {
+        ctx.shutdown()
+    };
+    let ended = drive(transport, session, ctx, &outbox, &mut signal).await;
+    log::debug!("socket {id} closed: {ended:?}");
+    // Leaving first: from here on nothing new is queued, so what is flushed below is all.
+    session.membership.leave();
+    // Boxed: the closing steps run once, so their state should not sit in every idle socket's
+    // task for its whole life.
+    Box::pin(transport.left(session)).await;
+    Box::pin(finish(transport, &outbox, ended, ctx)).await;
+    ended
+}
+
+/// What woke the idle loop.
+enum Woke<M> {
+    Signal,
+    Queued,
+    Inbound(Inbound<M>),
+    Tick,
+}
+
+async fn drive<T: Transport>(
+    t: &mut T,
+    session: &mut Session,
+    ctx: &SocketContext,
+    outbox: &Outbox,
+    signal: &mut watch::Receiver<bool>,
+) -> Ended {
+    if *signal.borrow() {
+        return Ended::Close(CloseReason::ServerShutdown);
+    }
+    // The greeting, then welcome, gaps, missed messages and the inbox go out before anything
+    // live (which waits in the outbox).
+    let preamble = std::mem::take(&mut session.preamble);
+    let first: Vec<Out> = t
+        .greeting()
+        .into_iter()
+        .chain(preamble.into_iter().map(|f| Out::Frame(f, None)))
+        .collect();
+    if !first.is_empty() {
+        if let Some(ended) = send(t, first, outbox, signal, ctx).await {
+            return ended;
+        }
+    }
+    let mut tick = t.timer(ctx);
+    loop {
+        // Everything queued goes out before we wait again (so no wake-up is ever missed).
+        while let Some(batch) = batch(outbox) {
+            if let Some(ended) = send(t, batch, outbox, signal, ctx).await {
+                return ended;
+            }
+        }
+        if let Some(reason) = outbox.evicted() {
+            return Ended::Close(reason);
+        }
+        if outbox.has_controls() {
+            // Boxed: rare, and its state (a broker attach) would otherwise sit in every idle
+            // socket's task.
+            let moved = Box::pin(crate::protocol::apply_controls(session, ctx)).await;
+            let mut told = Vec::new();
+            for m in moved {
+                t.moved(&m);
+                told.push(Out::Frame(m.frame, None));
+                if let Some(snapshot) = m.snapshot {
+                    told.push(Out::Frame(snapshot, None));
+                }
+            }
+            if !told.is_empty() {
+                if let Some(ended) = send(t, told, outbox, signal, ctx).await {
+                    return ended;
+                }
+            }
+            continue;
+        }
+        // The one await an idle socket sits in: keep it small.
+        let woke = tokio::select! {
+            biased;
+            _ = signal.changed() => Woke::Signal,
+            // A frame was queued, or we were evicted: both are handled at the top.
+            _ = outbox.ready() => Woke::Queued,
+            inbound = t.next() => Woke::Inbound(inbound),
+            _ = tick.tick() => Woke::Tick,
+        };
+        let out = match woke {
+            Woke::Signal => {
+                if *signal.borrow() {
+                    return Ended::Close(CloseReason::ServerShutdown);
+                }
+                // `false`: the heartbeat period changed (a config reload). Start over with it,
+                // giving the client a whole new period to answer.
+                if T::FOLLOWS_HEARTBEAT {
+                    tick = t.timer(ctx);
+                }
+                continue;
+            }
+            Woke::Queued | Woke::Inbound(Inbound::Alive) => continue,
+            Woke::Inbound(Inbound::End(ended)) => return ended,
+            // Boxed: answering runs for a moment, and its state (store and hub calls) must not
+            // sit in every idle socket's task.
+            Woke::Inbound(Inbound::Message(m)) => match Box::pin(t.answer(m, session, ctx)).await {
+                Ok(out) => out,
+                Err(ended) => return ended,
+            },
+            Woke::Tick => match t.tick() {
+                Ok(true) => vec![Out::Ping],
+                Ok(false) => continue,
+                Err(ended) => return ended,
+            },
+        };
+        if !out.is_empty() {
+            if let Some(ended) = send(t, out, outbox, signal, ctx).await {
+                return ended;
+            }
+        }
+    }
+}
+
+/// The next batch of queued frames: up to [`MAX_BATCH`], or fewer once they pass 16 KiB.
+fn batch(outbox: &Outbox) -> Option<Vec<Out>> {
+    let (frame, slot, seq) = outbox.pop_placed()?;
+    let mut bytes = frame.len();
+    let mut out = vec![Out::Frame(frame, Some((slot, seq)))];
+    while out.len() < MAX_BATCH && bytes < 16 * 1024 {
+        let Some((frame, slot, seq)) = outbox.pop_placed() else {
+            break;
+        };
+        bytes += frame.len();
+        out.push(Out::Frame(frame, Some((slot, seq))));
+    }
+    Some(out)
+}
+
+/// Writes `out` through the transport, [`guarded`]. Boxed: a write in flight (its frames, its
+/// stuck-write timer) is a few hundred bytes that an idle socket's task need not carry. One
+/// allocation per batch of up to 64 frames.
+async fn send<T: Transport>(
+    t: &mut T,
+    out: Vec<Out>,
+    outbox: &Outbox,
+    signal: &mut watch::Receiver<bool>,
+    ctx: &SocketContext,
+) -> Option<Ended> {
+    Box::pin(guarded(t.write(out), outbox, signal, ctx.heartbeat())).await
+}
+
+/// Runs a write to completion unless the server shuts down, the socket is evicted, or the write
+/// stays stuck for `limit` (one heartbeat interval: a client that reads nothing for that long is
+/// as dead as one that answers no ping), so a client that stops reading can never pin its task,
+/// even when nothing more is pushed to it. `Some` says why the socket must end.
+async fn guarded<F>(
+    sent: F,
+    outbox: &Outbox,
+    signal: &mut watch::Receiver<bool>,
+    limit: Duration,
+) -> Option<Ended>
+where
+    F: Future<Output = Result<(), Gone>>,
+{
+    let mut sent = std::pin::pin!(sent);
+    // Nearly every write completes at once: the write is polled first, so the timer and the
+    // wake-up registrations below are only armed (and paid for) when it actually has to wait.
+    let mut stuck = std::pin::pin!(tokio::time::sleep(limit));
+    loop {
+        tokio::select! {
+            biased;
+            result = &mut sent => return result.err().map(|_| Ended::Lost),
+            _ = &mut stuck => return Some(Ended::Close(CloseReason::HeartbeatTimeout)),
+            // `false`: only the heartbeat period changed; this write keeps its own limit.
+            _ = signal.changed() => if *signal.borrow() {
+                return Some(Ended::Close(CloseReason::ServerShutdown));
+            },
+            // Also woken by newly queued frames: those wait for the caller's next drain.
+            _ = outbox.ready() => if let Some(reason) = outbox.evicted() {
+                return Some(Ended::Close(reason));
+            },
+        }
+    }
+}
+
+/// The one cleanup path's last steps, once the socket left its streams: on a shutdown, write
+/// what its outbox still holds (pushes already answered with success) within
+/// [`CLOSE_TIMEOUT`] (if that fails or takes too long, the connection is just dropped); then
+/// free the outbox and say goodbye as the transport does.
+async fn finish<T: Transport>(t: &mut T, outbox: &Outbox, ended: Ended, ctx: &SocketContext) {
+    if ended == Ended::Close(CloseReason::ServerShutdown) {
+        let flushed = async {
+            while let Some(batch) = batch(outbox) {
+                t.write(batch).await?;
+            }
+            Ok::<_, Gone>(())
+        };
+        if !matches!(
+            tokio::time::timeout(CLOSE_TIMEOUT, flushed).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+    }
+    outbox.close();
+    if ended != Ended::Lost {
+        t.close(ended, ctx).await;
+    }
+}
+
 /// The heartbeat timer (WebSocket pings, SSE comments): the first tick after a random phase,
 /// which spreads the heartbeats of thousands of sockets opened (or given a new period)
 /// together.
-pub fn heartbeat_tick(period: Duration) -> tokio::time::Interval {
+pub fn heartbeat_tick(period: Duration) -> Interval {
     use rand::Rng;
     let phase = period.mul_f64(rand::rng().random_range(0.5..1.0));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
@@ -104,34 +464,4 @@ pub fn switching_protocols(accept: HeaderValue) -> Response {
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     res
-}
-
-/// The last steps of a WebSocket that left its streams: on a shutdown (`flush`), write what
-/// its outbox still holds (pushes already answered with success) within [`CLOSE_TIMEOUT`] (if
-/// that fails or takes too long, the connection is just dropped); then free the outbox and run
-/// `close`, the transport's close handshake.
-pub async fn flush_then_close<S>(
-    ws: &mut Socket<S>,
-    outbox: &Outbox,
-    flush: bool,
-    close: impl AsyncFnOnce(&mut Socket<S>),
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    if flush {
-        let flushed = async {
-            while let Some(first) = outbox.pop() {
-                native::write_batch(ws, first, outbox, usize::MAX).await?;
-            }
-            Ok::<_, tokio_tungstenite::tungstenite::Error>(())
-        };
-        if !matches!(
-            tokio::time::timeout(CLOSE_TIMEOUT, flushed).await,
-            Ok(Ok(()))
-        ) {
-            return;
-        }
-    }
-    outbox.close();
-    close(ws).await;
 }

@@ -1,28 +1,27 @@
-//! The native protocol: one WebSocket's life. The socket has already joined the hub (the
-//! `/ws` handler connects it before answering 101); this task writes its preamble, then runs a
-//! single `select!` over the outbound queue, inbound frames, the heartbeat tick, eviction and
-//! shutdown; then exactly one cleanup path (leave the registry, close frame with a
-//! [`CloseReason`], bounded wait for the client's close).
+//! The native protocol over a WebSocket (`/ws`): the socket has already joined the hub (the
+//! `/ws` handler connects it before answering 101). As a [`Transport`] it writes frames as text
+//! messages and pings as the keep-alive (no answer to the last one within a heartbeat
+//! interval ends the socket with 4000), counts a page's acks (`{"ack": id}`), and ends with a
+//! close frame carrying a [`CloseReason`] and a bounded wait for the client's close. The loop
+//! around it is [`connection::run`].
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use super::close_watch::CloseWatch;
 pub use super::SocketContext;
-use crate::connection::{self, heartbeat_tick, CLOSE_TIMEOUT};
+use crate::connection::{self, Ended, Gone, Inbound, Out, Transport, CLOSE_TIMEOUT};
 use crate::hub::Session;
-use crate::outbox::Outbox;
-use crate::wire::{self, CloseReason, Frame};
+use crate::wire::{self, CloseReason};
 
 /// Bytes tungstenite reads per syscall. Clients only send pongs and the odd small frame, and
 /// this buffer is allocated for every idle socket, so it is small (warp's default is 128 KiB);
@@ -30,8 +29,6 @@ use crate::wire::{self, CloseReason, Frame};
 const READ_BUFFER_BYTES: usize = 256;
 /// Outbound bytes gathered before a write; a batch of queued frames goes out in few syscalls.
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
-/// Most queued frames written before one flush, so one busy socket cannot starve its reads.
-const MAX_BATCH: usize = 64;
 
 /// tungstenite settings for a server-side socket.
 pub fn ws_config(max_client_frame_bytes: usize) -> WebSocketConfig {
@@ -54,8 +51,8 @@ where
 }
 
 /// The task of a socket that joined the hub as `session` and whose `101` is on its way: waits
-/// for the upgrade, then [`serve_in_place`]. Returns the close code it ended with (`None`: the
-/// connection was lost, or the upgrade never completed).
+/// for the upgrade, then runs the connection over a [`Native`] transport. Returns the close
+/// code it ended with (`None`: the connection was lost, or the upgrade never completed).
 ///
 /// A plain `fn` returning an `async move` block, and everything used in place: this future
 /// lives as long as the socket, once per socket, and a value moved into a nested future (or an
@@ -76,271 +73,120 @@ pub fn upgraded(
                 return None;
             }
         };
-        let mut ws = accept(TokioIo::new(upgraded), ctx.ws_config()).await;
-        serve_in_place(&mut ws, &mut session, &ctx)
-            .await
-            .map(CloseReason::code)
+        let mut native = Native::new(accept(TokioIo::new(upgraded), ctx.ws_config()).await);
+        let ended = connection::run(&mut native, &mut session, &ctx).await;
+        connection::close_code(ended)
     }
 }
 
-/// Serves an upgraded socket that joined the hub as `session` (by value: tests and fuzzing).
+/// Serves an upgraded socket that joined the hub as `session` until it closes (tests and
+/// fuzzing). Returns why it closed (`None`: the connection was lost).
 pub async fn serve<S>(
-    mut ws: Socket<S>,
+    ws: Socket<S>,
     mut session: Session,
     ctx: Arc<SocketContext>,
 ) -> Option<CloseReason>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    serve_in_place(&mut ws, &mut session, &ctx).await
-}
-
-/// Serves an upgraded socket until it closes, for whatever reason; leaves the registry on the
-/// way out, then closes (flushing its queue first on shutdown). Returns why it closed (`None`:
-/// the connection was lost).
-pub async fn serve_in_place<S>(
-    ws: &mut Socket<S>,
-    session: &mut Session,
-    ctx: &SocketContext,
-) -> Option<CloseReason>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    log::debug!(
-        "socket {} opened ({} live)",
-        session.membership.id(),
-        ctx.hub.socket_count()
-    );
-    let mut shutdown = ctx.shutdown();
-    let ended = drive(ws, session, ctx, &mut shutdown).await;
-    log::debug!("socket {} closed: {ended:?}", session.membership.id());
-    // Leaving first: from here on nothing new is queued, so what is flushed below is all.
-    session.membership.leave();
-    // Boxed: the closing steps run once, so their state should not sit in every idle socket's
-    // task for its whole life.
-    Box::pin(finish(ws, session.membership.outbox(), ended)).await;
-    match ended {
+    let mut native = Native::new(ws);
+    match connection::run(&mut native, &mut session, &ctx).await {
         Ended::Close(reason) => Some(reason),
-        Ended::Lost => None,
+        Ended::Refused(..) | Ended::Lost => None,
     }
 }
 
-/// The one cleanup path: on shutdown, write what was queued (pushes already answered with
-/// success); then the close handshake, bounded in time.
-async fn finish<S>(ws: &mut Socket<S>, outbox: &Outbox, ended: Ended)
+/// The native protocol's side of a socket.
+pub struct Native<S> {
+    ws: Socket<S>,
+    /// A ping went out and nothing came back since.
+    awaiting_pong: bool,
+}
+
+impl<S> Native<S> {
+    /// The transport of an upgraded socket.
+    pub fn new(ws: Socket<S>) -> Native<S> {
+        Native {
+            ws,
+            awaiting_pong: false,
+        }
+    }
+}
+
+impl<S> Transport for Native<S>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let shutdown = matches!(ended, Ended::Close(CloseReason::ServerShutdown));
-    connection::flush_then_close(ws, outbox, shutdown, async |ws| close(ws, ended).await).await;
-}
+    /// The id a page acked.
+    type Message = String;
 
-/// Why the loop ended: either a reason we tell the client, or the connection is already gone.
-#[derive(Clone, Copy)]
-pub(crate) enum Ended {
-    Close(CloseReason),
-    Lost,
-}
-
-impl std::fmt::Debug for Ended {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Ended::Close(r) => write!(f, "{} {}", r.code(), r.text()),
-            Ended::Lost => f.write_str("connection lost"),
-        }
+    fn timer(&mut self, ctx: &SocketContext) -> tokio::time::Interval {
+        // A new period (a reload) gives the page a whole new period to answer.
+        self.awaiting_pong = false;
+        connection::heartbeat_tick(ctx.heartbeat())
     }
-}
 
-async fn drive<S>(
-    ws: &mut WebSocketStream<S>,
-    session: &mut Session,
-    ctx: &SocketContext,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Ended
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let preamble = std::mem::take(&mut session.preamble);
-    let outbox = session.membership.outbox().clone();
-    let outbox = &*outbox;
-    let mut heartbeat = ctx.heartbeat();
-    if *shutdown.borrow() {
-        return Ended::Close(CloseReason::ServerShutdown);
-    }
-    if !preamble.is_empty() {
-        // Welcome, gaps and missed messages go out before anything live (which waits in the
-        // outbox).
-        let sent = async {
-            for frame in preamble {
-                ws.feed(Message::Text((*frame).clone())).await?;
-            }
-            ws.flush().await
-        };
-        if let Some(ended) = guarded(sent, outbox, shutdown, heartbeat).await {
-            return ended;
+    fn tick(&mut self) -> Result<bool, Ended> {
+        if self.awaiting_pong {
+            return Err(Ended::Close(CloseReason::HeartbeatTimeout));
         }
+        self.awaiting_pong = true;
+        Ok(true)
     }
-    let mut tick = heartbeat_tick(heartbeat);
-    let mut awaiting_pong = false;
-    // A page's ack, read in the select below and counted after it.
-    let mut acked: Option<String> = None;
 
-    loop {
-        // Everything queued goes out before we wait again (so no wake-up is ever missed).
-        while let Some(first) = outbox.pop() {
-            if let Some(ended) = guarded(
-                write_batch(ws, first, outbox, MAX_BATCH),
-                outbox,
-                shutdown,
-                heartbeat,
-            )
-            .await
-            {
-                return ended;
-            }
-        }
-        if let Some(reason) = outbox.evicted() {
-            return Ended::Close(reason);
-        }
-        if outbox.has_controls() {
-            // Boxed: rare, and its state (a broker attach) would otherwise sit in every idle
-            // socket's task.
-            let moved = Box::pin(super::apply_controls(session, ctx)).await;
-            let told = async {
-                for m in moved {
-                    ws.feed(Message::Text((*m.frame).clone())).await?;
-                    if let Some(snapshot) = m.snapshot {
-                        ws.feed(Message::Text((*snapshot).clone())).await?;
-                    }
-                }
-                ws.flush().await
-            };
-            // Boxed too: the write in flight must not widen every idle socket's task.
-            if let Some(ended) = Box::pin(guarded(told, outbox, shutdown, heartbeat)).await {
-                return ended;
-            }
-            continue;
-        }
-        tokio::select! {
-            biased;
-            _ = shutdown.changed() => {
-                if *shutdown.borrow() {
-                    return Ended::Close(CloseReason::ServerShutdown);
-                }
-                // The heartbeat period changed (a config reload): start over with it, giving
-                // the page a whole new period to answer.
-                heartbeat = ctx.heartbeat();
-                tick = heartbeat_tick(heartbeat);
-                awaiting_pong = false;
-                continue;
-            }
-            // A frame was queued, or we were evicted: both are handled at the top.
-            _ = outbox.ready() => continue,
-            inbound = ws.next() => {
-                match inbound {
-                    // Anything at all from the client proves it alive; contents are ignored,
-                    // but for acks of messages that asked for a receipt.
-                    Some(Ok(Message::Close(_))) => return Ended::Close(CloseReason::ClientClosed),
-                    Some(Ok(Message::Text(text))) => {
-                        awaiting_pong = false;
-                        acked = wire::ack_of(&text);
-                        if acked.is_none() {
-                            continue;
-                        }
-                    }
-                    Some(Ok(_)) => {
-                        awaiting_pong = false;
-                        continue;
-                    }
-                    Some(Err(e)) => return classify(e),
-                    None => return Ended::Lost,
-                }
-            }
-            _ = tick.tick() => {
-                if awaiting_pong {
-                    return Ended::Close(CloseReason::HeartbeatTimeout);
-                }
-                awaiting_pong = true;
-            }
-        }
-        if let Some(id) = acked.take() {
-            // Boxed, like the room moves: its state (a store call) is not an idle socket's.
-            if let Some(nack) = Box::pin(super::acknowledge(session, ctx, &id)).await {
-                let told = ws.send(Message::Text((*nack).clone()));
-                if let Some(ended) = Box::pin(guarded(told, outbox, shutdown, heartbeat)).await {
-                    return ended;
-                }
-            }
-            continue;
-        }
-        // Only the heartbeat branch gets here.
-        if let Some(ended) = guarded(
-            ws.send(Message::Ping(Bytes::new())),
-            outbox,
-            shutdown,
-            heartbeat,
-        )
-        .await
-        {
-            return ended;
-        }
-    }
-}
-
-/// Runs a write to completion unless the server shuts down, the socket is evicted, or the write
-/// stays stuck for `limit` (one heartbeat interval: a client that reads nothing for that long is
-/// as dead as one that answers no ping), so a client that stops reading can never pin its task,
-/// even when nothing more is pushed to it. `Some` says why the socket must end.
-pub(crate) async fn guarded<F>(
-    sent: F,
-    outbox: &Outbox,
-    shutdown: &mut watch::Receiver<bool>,
-    limit: Duration,
-) -> Option<Ended>
-where
-    F: std::future::Future<Output = Result<(), WsError>>,
-{
-    let mut sent = std::pin::pin!(sent);
-    // Nearly every write completes at once: the write is polled first, so the timer and the
-    // wake-up registrations below are only armed (and paid for) when it actually has to wait.
-    let mut stuck = std::pin::pin!(tokio::time::sleep(limit));
-    loop {
-        tokio::select! {
-            biased;
-            result = &mut sent => return result.err().map(|_| Ended::Lost),
-            _ = &mut stuck => return Some(Ended::Close(CloseReason::HeartbeatTimeout)),
-            // `false`: only the heartbeat period changed; this write keeps its own limit.
-            _ = shutdown.changed() => if *shutdown.borrow() {
-                return Some(Ended::Close(CloseReason::ServerShutdown));
+    async fn next(&mut self) -> Inbound<String> {
+        let inbound = self.ws.next().await;
+        // Anything at all from the client proves it alive; contents are ignored, but for
+        // acks of messages that asked for a receipt.
+        self.awaiting_pong = false;
+        match inbound {
+            Some(Ok(Message::Close(_))) => Inbound::End(Ended::Close(CloseReason::ClientClosed)),
+            Some(Ok(Message::Text(text))) => match wire::ack_of(&text) {
+                Some(id) => Inbound::Message(id),
+                None => Inbound::Alive,
             },
-            // Also woken by newly queued frames: those wait for the caller's next drain.
-            _ = outbox.ready() => if let Some(reason) = outbox.evicted() {
-                return Some(Ended::Close(reason));
-            },
+            Some(Ok(_)) => Inbound::Alive,
+            Some(Err(e)) => Inbound::End(classify(e)),
+            None => Inbound::End(Ended::Lost),
         }
+    }
+
+    async fn answer<'a>(
+        &'a mut self,
+        id: String,
+        session: &'a mut Session,
+        ctx: &'a SocketContext,
+    ) -> Result<Vec<Out>, Ended> {
+        let nack = super::acknowledge(session, ctx, &id).await;
+        Ok(nack.map(|f| Out::Frame(f, None)).into_iter().collect())
+    }
+
+    async fn write(&mut self, out: Vec<Out>) -> Result<(), Gone> {
+        for o in out {
+            self.ws.feed(message(o)).await.map_err(|_| Gone)?;
+        }
+        self.ws.flush().await.map_err(|_| Gone)
+    }
+
+    fn close<'a>(
+        &'a mut self,
+        ended: Ended,
+        _ctx: &'a SocketContext,
+    ) -> impl std::future::Future<Output = ()> + Send + 'a {
+        close(&mut self.ws, ended)
     }
 }
 
-/// Writes `first` and whatever else is already queued (up to `max` frames), then flushes once.
-pub(crate) async fn write_batch<S>(
-    ws: &mut WebSocketStream<S>,
-    first: Frame,
-    outbox: &Outbox,
-    max: usize,
-) -> Result<(), WsError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    ws.feed(Message::Text((*first).clone())).await?;
-    for _ in 1..max {
-        match outbox.pop() {
-            Some(frame) => ws.feed(Message::Text((*frame).clone())).await?,
-            None => break,
-        }
+/// `o` as a WebSocket message.
+pub(crate) fn message(o: Out) -> Message {
+    match o {
+        Out::Frame(frame, _) => Message::Text((*frame).clone()),
+        Out::Text(text) => Message::Text(Utf8Bytes::from(text)),
+        Out::Ping => Message::Ping(Bytes::new()),
     }
-    ws.flush().await
 }
 
+/// Why a client's inbound stream failed.
 pub(crate) fn classify(e: WsError) -> Ended {
     match e {
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
@@ -369,13 +215,18 @@ async fn close<S>(ws: &mut Socket<S>, ended: Ended)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Ended::Close(reason) = ended else {
-        return;
+    let frame = match ended {
+        Ended::Lost => return,
+        Ended::Close(CloseReason::ClientClosed) => None,
+        Ended::Close(reason) => Some(CloseFrame {
+            code: reason.close_code(),
+            reason: reason.text().into(),
+        }),
+        Ended::Refused(code, text) => Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: text.into(),
+        }),
     };
-    let frame = (reason != CloseReason::ClientClosed).then(|| CloseFrame {
-        code: reason.close_code(),
-        reason: reason.text().into(),
-    });
     close_handshake(ws, frame).await;
 }
 

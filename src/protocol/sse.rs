@@ -13,12 +13,12 @@
 //! - when the server ends the stream it says why in a last `close` event, with the WebSocket
 //!   close code (`{"code":1001,"reason":"server shutting down"}`).
 //!
-//! One task per stream, like a WebSocket: a `select!` over the outbox, the heartbeat, the
-//! server's drain and the page's departure, and one cleanup path (leave the hub, then write
-//! what was queued on shutdown, then the `close` event). The response body only relays the
-//! chunks the task hands it through a one-chunk channel, so a page that stops reading holds
-//! up its own task and nobody else's; if a chunk waits a whole heartbeat interval, or the
-//! outbox overflows (4008), the stream ends.
+//! One task per stream, like a WebSocket: the connection runtime ([`connection::run`]) over
+//! an [`Sse`] transport, which ends when the server stops accepting (draining), and whose
+//! inbound side is only the page going away. The response body only relays the chunks the
+//! task hands it through a one-chunk channel, so a page that stops reading holds up its own
+//! task and nobody else's; if a chunk waits a whole heartbeat interval, or the outbox
+//! overflows (4008), the stream ends.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -29,13 +29,12 @@ use std::task::{Context, Poll};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::Stream;
 use serde::Deserialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
-use super::SocketContext;
-use crate::connection::heartbeat_tick;
+use super::{Moved, SocketContext};
+use crate::connection::{self, Ended, Gone, Inbound, Out, Transport};
 use crate::hub::Session;
-use crate::outbox::Outbox;
-use crate::wire::{CloseReason, Frame, Position};
+use crate::wire::{Frame, Position};
 
 /// The response body of an event stream: the chunks its task writes.
 pub struct EventStream(mpsc::Receiver<Bytes>);
@@ -54,7 +53,7 @@ impl Stream for EventStream {
 /// to resume from (its `since` parameter or `Last-Event-ID`), which the first `id:` starts
 /// from.
 pub fn start(
-    session: Session,
+    mut session: Session,
     since: Option<&HashMap<String, String>>,
     ctx: Arc<SocketContext>,
 ) -> (
@@ -63,162 +62,93 @@ pub fn start(
 ) {
     let (tx, rx) = mpsc::channel(1);
     let positions = Positions::new(&session, since);
-    (EventStream(rx), run(session, positions, ctx, tx))
-}
-
-/// Why a stream ended: a reason the page is told, or the page is gone.
-#[derive(Debug)]
-enum Ended {
-    Close(CloseReason),
-    Lost,
-}
-
-async fn run(
-    mut session: Session,
-    mut positions: Option<Positions>,
-    ctx: Arc<SocketContext>,
-    tx: mpsc::Sender<Bytes>,
-) -> Option<u16> {
-    let mut draining = ctx.draining();
-    let outbox = session.membership.outbox().clone();
-    let id = session.membership.id();
-    log::debug!("event stream {id} opened");
-    let ended = drive(
-        &mut session,
-        &outbox,
-        positions.as_mut(),
-        &ctx,
-        &mut draining,
-        &tx,
-    )
-    .await;
-    log::debug!("event stream {id} closed: {ended:?}");
-    // Leaving first: from here on nothing new is queued, so what is drained below is all.
-    drop(session);
-    let Ended::Close(reason) = ended else {
-        return None;
+    let run = async move {
+        let mut sse = Sse { tx, positions };
+        let ended = connection::run(&mut sse, &mut session, &ctx).await;
+        connection::close_code(ended)
     };
-    let mut chunk = BytesMut::new();
-    if reason == CloseReason::ServerShutdown {
-        // Pushes already answered with success are delivered, as on a WebSocket.
-        while let Some((frame, slot, seq)) = outbox.pop_placed() {
-            event(&mut chunk, &frame, positions.as_mut(), Some((slot, seq)));
-        }
-    }
-    outbox.close();
-    let info = serde_json::json!({ "code": reason.code(), "reason": reason.text() });
-    chunk.put_slice(b"event: close\ndata: ");
-    chunk.put_slice(info.to_string().as_bytes());
-    chunk.put_slice(b"\n\n");
-    let _ = tokio::time::timeout(ctx.heartbeat(), tx.send(chunk.freeze())).await;
-    Some(reason.code())
+    (EventStream(rx), run)
 }
 
-async fn drive(
-    session: &mut Session,
-    outbox: &Outbox,
-    mut positions: Option<&mut Positions>,
-    ctx: &SocketContext,
-    draining: &mut watch::Receiver<bool>,
-    tx: &mpsc::Sender<Bytes>,
-) -> Ended {
-    let preamble = std::mem::take(&mut session.preamble);
-    if *draining.borrow() {
-        return Ended::Close(CloseReason::ServerShutdown);
-    }
-    // A first chunk at once, so the browser sees the stream open (`onopen`) without waiting
-    // for a message; then the welcome, gaps and missed messages, before anything live.
-    let mut chunk = BytesMut::from(&b": push-serve\n\n"[..]);
-    for frame in &preamble {
-        event(&mut chunk, frame, positions.as_deref_mut(), None);
-    }
-    if let Some(ended) = send(chunk.split().freeze(), tx, outbox, ctx, draining).await {
-        return ended;
-    }
-    let mut tick = heartbeat_tick(ctx.heartbeat());
-    loop {
-        // Everything queued goes out before we wait again (so no wake-up is ever missed).
-        while let Some((frame, slot, seq)) = outbox.pop_placed() {
-            event(
-                &mut chunk,
-                &frame,
-                positions.as_deref_mut(),
-                Some((slot, seq)),
-            );
-            if chunk.len() >= 16 * 1024 {
-                break;
-            }
-        }
-        if !chunk.is_empty() {
-            if let Some(ended) = send(chunk.split().freeze(), tx, outbox, ctx, draining).await {
-                return ended;
-            }
-            continue;
-        }
-        if let Some(reason) = outbox.evicted() {
-            return Ended::Close(reason);
-        }
-        if outbox.has_controls() {
-            // Boxed, as on a WebSocket: rare, and large.
-            for m in Box::pin(super::apply_controls(session, ctx)).await {
-                if let Some(positions) = positions.as_deref_mut() {
-                    positions.moved(usize::from(m.slot), m.stream, m.position);
-                }
-                event(&mut chunk, &m.frame, positions.as_deref_mut(), None);
-                if let Some(snapshot) = &m.snapshot {
-                    event(&mut chunk, snapshot, positions.as_deref_mut(), None);
-                }
-            }
-            continue;
-        }
-        tokio::select! {
-            biased;
-            _ = draining.changed() => {
-                if *draining.borrow() {
-                    return Ended::Close(CloseReason::ServerShutdown);
-                }
-                // The heartbeat period changed (a config reload): start over with it.
-                tick = heartbeat_tick(ctx.heartbeat());
-            }
-            _ = tx.closed() => return Ended::Lost,
-            // A frame was queued, or we were evicted: both are handled at the top.
-            _ = outbox.ready() => continue,
-            _ = tick.tick() => {
-                let beat = Bytes::from_static(b": heartbeat\n\n");
-                if let Some(ended) = send(beat, tx, outbox, ctx, draining).await {
-                    return ended;
-                }
-            }
-        }
-    }
+/// An event stream as a [`Transport`]: frames become events (with their `id:` on a resumable
+/// stream), the keep-alive is a comment, the page cannot send anything (its only word is going
+/// away), and the goodbye is a `close` event.
+struct Sse {
+    /// The response body's end of the one-chunk channel.
+    tx: mpsc::Sender<Bytes>,
+    /// `None` for a seed page (its events have no `id:`).
+    positions: Option<Positions>,
 }
 
-/// Hands `chunk` to the response body unless the page is gone, the server drains, the socket
-/// is evicted, or the chunk waits a whole heartbeat interval (a page that reads nothing for
-/// that long is as dead as one that answers no ping). `Some` says why the stream must end.
-async fn send(
-    chunk: Bytes,
-    tx: &mpsc::Sender<Bytes>,
-    outbox: &Outbox,
-    ctx: &SocketContext,
-    draining: &mut watch::Receiver<bool>,
-) -> Option<Ended> {
-    let sent = tx.send(chunk);
-    let mut sent = std::pin::pin!(sent);
-    let mut stuck = std::pin::pin!(tokio::time::sleep(ctx.heartbeat()));
-    loop {
-        tokio::select! {
-            biased;
-            result = &mut sent => return result.err().map(|_| Ended::Lost),
-            _ = &mut stuck => return Some(Ended::Close(CloseReason::HeartbeatTimeout)),
-            // `false`: only the heartbeat period changed; this chunk keeps its own limit.
-            _ = draining.changed() => if *draining.borrow() {
-                return Some(Ended::Close(CloseReason::ServerShutdown));
-            },
-            _ = outbox.ready() => if let Some(reason) = outbox.evicted() {
-                return Some(Ended::Close(reason));
-            },
+impl Transport for Sse {
+    /// The page never sends anything over the stream.
+    type Message = std::convert::Infallible;
+
+    // The response is a request in flight, which the server waits for before it shuts
+    // sockets down: the stream ends as soon as it stops accepting.
+    const ENDS_ON_DRAIN: bool = true;
+
+    fn greeting(&self) -> Option<Out> {
+        // A first chunk at once, so the browser sees the stream open (`onopen`) without
+        // waiting for a message.
+        Some(Out::Text(": push-serve\n\n".to_owned()))
+    }
+
+    fn tick(&mut self) -> Result<bool, Ended> {
+        Ok(true)
+    }
+
+    async fn next(&mut self) -> Inbound<Self::Message> {
+        self.tx.closed().await;
+        Inbound::End(Ended::Lost)
+    }
+
+    async fn answer<'a>(
+        &'a mut self,
+        message: Self::Message,
+        _session: &'a mut Session,
+        _ctx: &'a SocketContext,
+    ) -> Result<Vec<Out>, Ended> {
+        match message {}
+    }
+
+    fn write(
+        &mut self,
+        out: Vec<Out>,
+    ) -> impl std::future::Future<Output = Result<(), Gone>> + Send + '_ {
+        // The chunk is made before the future: only the send waits.
+        let mut chunk = BytesMut::new();
+        for o in out {
+            match o {
+                Out::Frame(frame, placed) => {
+                    event(&mut chunk, &frame, self.positions.as_mut(), placed)
+                }
+                Out::Text(text) => chunk.put_slice(text.as_bytes()),
+                Out::Ping => chunk.put_slice(b": heartbeat\n\n"),
+            }
         }
+        let sent = self.tx.send(chunk.freeze());
+        async move { sent.await.map_err(|_| Gone) }
+    }
+
+    fn moved(&mut self, m: &Moved) {
+        if let Some(positions) = self.positions.as_mut() {
+            positions.moved(usize::from(m.slot), m.stream.clone(), m.position);
+        }
+    }
+
+    async fn close<'a>(&'a mut self, ended: Ended, ctx: &'a SocketContext) {
+        let (code, reason) = match ended {
+            Ended::Close(reason) => (reason.code(), reason.text()),
+            Ended::Refused(code, text) => (code, text),
+            Ended::Lost => return,
+        };
+        let info = serde_json::json!({ "code": code, "reason": reason });
+        let mut chunk = BytesMut::new();
+        chunk.put_slice(b"event: close\ndata: ");
+        chunk.put_slice(info.to_string().as_bytes());
+        chunk.put_slice(b"\n\n");
+        let _ = tokio::time::timeout(ctx.heartbeat(), self.tx.send(chunk.freeze())).await;
     }
 }
 

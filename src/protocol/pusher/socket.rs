@@ -1,9 +1,9 @@
-//! One Pusher socket's life, beside the native task (and reusing its write and close steps):
-//! `pusher:connection_established`, then one `select!` over the outbox (channel events,
-//! built once per message by the registry), inbound frames (answered in order: a reply is
-//! written before anything queued after it), the activity timer and shutdown; then one cleanup
-//! path: leave the hub, take the socket's subscriptions and presence out of the store (telling
-//! the other members), `pusher:error` with the code, and the close handshake.
+//! One Pusher socket as a [`Transport`] of the connection runtime ([`connection::run`]):
+//! `pusher:connection_established` first, channel events (built once per message by the
+//! registry) as its frames, inbound frames answered in order (a reply is written before
+//! anything queued after it), `pusher:ping` on the app's activity timeout; and, as it leaves,
+//! its subscriptions and presence taken out of the store (telling the other members), then
+//! `pusher:error` with the code and the close handshake.
 //!
 //! A socket refused after the upgrade (unknown app 4001, over quota 4004, server full 4100,
 //! bad protocol version 4007/4008) gets `pusher:error` and a close with that code, as Pusher
@@ -17,18 +17,17 @@ use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{interval_at, Instant, MissedTickBehavior};
+use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
-use super::codec::{self, Inbound};
+use super::codec;
 use super::store::Member;
 use super::{auth, is_cache, user_channel, AppSlot, Kind, Pusher, WebhookEvent};
-use crate::connection::{self, CLOSE_TIMEOUT};
+use crate::connection::{self, Ended, Gone, Inbound, Out, Transport, CLOSE_TIMEOUT};
 use crate::hub::Session;
-use crate::outbox::Outbox;
-use crate::protocol::native::{self, Ended, Socket};
+use crate::protocol::native::{self, Socket};
 use crate::protocol::SocketContext;
 use crate::wire::{CloseReason, StreamKey};
 
@@ -104,6 +103,7 @@ impl End {
     fn of(ended: Ended) -> End {
         let reason = match ended {
             Ended::Lost => return End::Lost,
+            Ended::Refused(code, message) => return End::Close(code, message, true),
             Ended::Close(reason) => reason,
         };
         match reason {
@@ -154,49 +154,13 @@ pub fn upgraded(
                 Box::pin(close(&mut ws, end)).await;
                 Some(refusal.code)
             }
-            Ok((mut session, slot)) => serve(&mut ws, &mut session, &slot, &ctx, &pusher).await,
+            Ok((mut session, slot)) => {
+                let mut socket = PusherSocket::new(ws, &session, &slot, &pusher);
+                let ended = connection::run(&mut socket, &mut session, &ctx).await;
+                End::of(ended).code()
+            }
         }
     }
-}
-
-/// Serves an admitted socket until it closes.
-pub async fn serve<S>(
-    ws: &mut Socket<S>,
-    session: &mut Session,
-    slot: &AppSlot,
-    ctx: &SocketContext,
-    pusher: &Pusher,
-) -> Option<u16>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut conn = Conn {
-        pusher,
-        app: slot.app(),
-        socket_id: session.membership.socket_id(),
-        user: None,
-        presence: Vec::new(),
-        tokens: pusher.client_events_per_second as f32,
-        subscribe_tokens: subscribe_burst(pusher),
-        refilled: Instant::now(),
-    };
-    log::debug!("pusher socket {} opened", conn.socket_id);
-    let end = conn.drive(ws, session, ctx).await;
-    log::debug!("pusher socket {} closed: {end:?}", conn.socket_id);
-    session.membership.leave();
-    Box::pin(conn.cleanup(session)).await;
-    let outbox = session.membership.outbox().clone();
-    Box::pin(finish(ws, &outbox, end)).await;
-    end.code()
-}
-
-/// On shutdown, write what was queued; then `pusher:error` and the close handshake.
-async fn finish<S>(ws: &mut Socket<S>, outbox: &Outbox, end: End)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let shutdown = matches!(end, End::Close(4200, ..));
-    connection::flush_then_close(ws, outbox, shutdown, async |ws| close(ws, end).await).await;
 }
 
 async fn close<S>(ws: &mut Socket<S>, end: End)
@@ -225,6 +189,135 @@ where
 
 fn text_message(text: String) -> WsMessage {
     WsMessage::Text(Utf8Bytes::from(text))
+}
+
+/// A Pusher socket as a [`Transport`]: `pusher:connection_established` as its greeting,
+/// channel events as its frames, `pusher:ping` when the app's activity timeout passes without a
+/// word from the client (and 4201 when that goes unanswered for another), client frames
+/// answered in order by [`Conn`], and the store's side of its channels undone as it leaves.
+pub struct PusherSocket<'a, S> {
+    ws: Socket<S>,
+    conn: Conn<'a>,
+    /// The client said something during the current activity period.
+    heard: bool,
+    /// A `pusher:ping` went out and nothing came back since.
+    awaiting: bool,
+}
+
+impl<'a, S> PusherSocket<'a, S> {
+    /// The transport of an admitted socket that joined the hub as `session`.
+    pub fn new(
+        ws: Socket<S>,
+        session: &Session,
+        slot: &'a AppSlot,
+        pusher: &'a Pusher,
+    ) -> PusherSocket<'a, S> {
+        let conn = Conn {
+            pusher,
+            app: slot.app(),
+            socket_id: session.membership.socket_id(),
+            user: None,
+            presence: Vec::new(),
+            tokens: pusher.client_events_per_second as f32,
+            subscribe_tokens: subscribe_burst(pusher),
+            refilled: Instant::now(),
+        };
+        PusherSocket {
+            ws,
+            conn,
+            heard: false,
+            awaiting: false,
+        }
+    }
+}
+
+impl<S> Transport for PusherSocket<'_, S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    type Message = Utf8Bytes;
+
+    // Pusher's keep-alive follows the app's activity timeout, not the server's heartbeat.
+    const FOLLOWS_HEARTBEAT: bool = false;
+
+    fn greeting(&self) -> Option<Out> {
+        let timeout = self.conn.pusher.activity_timeout.as_secs();
+        Some(Out::Text(codec::connection_established(
+            &self.conn.socket_id,
+            timeout,
+        )))
+    }
+
+    fn timer(&mut self, _ctx: &SocketContext) -> Interval {
+        let timeout = self.conn.pusher.activity_timeout;
+        let mut tick = interval_at(Instant::now() + timeout, timeout);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tick
+    }
+
+    fn tick(&mut self) -> Result<bool, Ended> {
+        if self.awaiting {
+            return Err(Ended::Close(CloseReason::HeartbeatTimeout));
+        }
+        if self.heard {
+            self.heard = false;
+            return Ok(false);
+        }
+        self.awaiting = true;
+        Ok(true)
+    }
+
+    async fn next(&mut self) -> Inbound<Utf8Bytes> {
+        let inbound = self.ws.next().await;
+        (self.heard, self.awaiting) = (true, false);
+        match inbound {
+            Some(Ok(WsMessage::Close(_))) => Inbound::End(Ended::Close(CloseReason::ClientClosed)),
+            Some(Ok(WsMessage::Text(text))) => Inbound::Message(text),
+            Some(Ok(_)) => Inbound::Alive,
+            Some(Err(e)) => Inbound::End(native::classify(e)),
+            None => Inbound::End(Ended::Lost),
+        }
+    }
+
+    async fn answer<'b>(
+        &'b mut self,
+        text: Utf8Bytes,
+        session: &'b mut Session,
+        _ctx: &'b SocketContext,
+    ) -> Result<Vec<Out>, Ended> {
+        let replies = self.conn.handle(&text, session).await?;
+        Ok(replies.into_iter().map(Out::Text).collect())
+    }
+
+    async fn write(&mut self, out: Vec<Out>) -> Result<(), Gone> {
+        for o in out {
+            let message = match o {
+                Out::Ping => text_message(codec::ping()),
+                o => native::message(o),
+            };
+            self.ws.feed(message).await.map_err(|_| Gone)?;
+        }
+        self.ws.flush().await.map_err(|_| Gone)
+    }
+
+    fn left<'b>(
+        &'b mut self,
+        session: &'b Session,
+    ) -> impl std::future::Future<Output = ()> + Send + 'b {
+        self.conn.cleanup(session)
+    }
+
+    fn close<'b>(
+        &'b mut self,
+        ended: Ended,
+        _ctx: &'b SocketContext,
+    ) -> impl std::future::Future<Output = ()> + Send + 'b {
+        close(&mut self.ws, End::of(ended))
+    }
+
+    fn code(ended: Ended) -> Option<u16> {
+        End::of(ended).code()
+    }
 }
 
 /// One socket's protocol state. Small: an idle socket holds its id, its app and empty lists.
@@ -286,122 +379,16 @@ impl Conn<'_> {
         session.membership.streams().any(|(_, k)| k == key)
     }
 
-    async fn drive<S>(
-        &mut self,
-        ws: &mut Socket<S>,
-        session: &mut Session,
-        ctx: &SocketContext,
-    ) -> End
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let outbox = session.membership.outbox().clone();
-        let mut shutdown = ctx.shutdown();
-        if *shutdown.borrow() {
-            return End::of(Ended::Close(CloseReason::ServerShutdown));
-        }
-        let timeout = self.pusher.activity_timeout;
-        let hello = codec::connection_established(&self.socket_id, timeout.as_secs());
-        let sent = ws.send(text_message(hello));
-        let greeted = Box::pin(native::guarded(
-            sent,
-            &outbox,
-            &mut shutdown,
-            ctx.heartbeat(),
-        ));
-        if let Some(ended) = greeted.await {
-            return End::of(ended);
-        }
-        let mut tick = interval_at(Instant::now() + timeout, timeout);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let (mut heard, mut awaiting) = (false, false);
-        loop {
-            while let Some(first) = outbox.pop() {
-                // Boxed like the other writes: a write in flight (its frames and its stuck-write
-                // timer) is a few hundred bytes that an idle socket's task need not carry. One
-                // allocation per batch of up to 64 frames.
-                let batch = native::write_batch(ws, first, &outbox, 64);
-                let written = Box::pin(native::guarded(
-                    batch,
-                    &outbox,
-                    &mut shutdown,
-                    ctx.heartbeat(),
-                ));
-                if let Some(ended) = written.await {
-                    return End::of(ended);
-                }
-            }
-            if let Some(reason) = outbox.evicted() {
-                return End::of(Ended::Close(reason));
-            }
-            let replies = tokio::select! {
-                biased;
-                // `false`: a config reload changed the heartbeat, which this protocol's own
-                // activity timeout does not follow; keep going.
-                _ = shutdown.changed() => if *shutdown.borrow() {
-                    return End::of(Ended::Close(CloseReason::ServerShutdown));
-                } else {
-                    continue;
-                },
-                _ = outbox.ready() => continue,
-                inbound = ws.next() => {
-                    (heard, awaiting) = (true, false);
-                    match inbound {
-                        Some(Ok(WsMessage::Close(_))) => return End::Echo,
-                        // Boxed: answering a frame runs for a moment, and its state (store
-                        // and hub calls) must not sit in every idle socket's task.
-                        Some(Ok(WsMessage::Text(text))) => match Box::pin(self.handle(&text, session)).await {
-                            Ok(replies) => replies,
-                            Err(end) => return end,
-                        },
-                        Some(Ok(_)) => continue,
-                        Some(Err(e)) => return End::of(native::classify(e)),
-                        None => return End::Lost,
-                    }
-                }
-                _ = tick.tick() => {
-                    if awaiting {
-                        return End::of(Ended::Close(CloseReason::HeartbeatTimeout));
-                    }
-                    if heard {
-                        heard = false;
-                        continue;
-                    }
-                    awaiting = true;
-                    vec![codec::ping()]
-                }
-            };
-            if replies.is_empty() {
-                continue;
-            }
-            let sent = async {
-                for reply in replies {
-                    ws.feed(text_message(reply)).await?;
-                }
-                ws.flush().await
-            };
-            let written = Box::pin(native::guarded(
-                sent,
-                &outbox,
-                &mut shutdown,
-                ctx.heartbeat(),
-            ));
-            if let Some(ended) = written.await {
-                return End::of(ended);
-            }
-        }
-    }
-
     /// Answers one frame: the frames to write back (possibly none), or how the socket ends.
-    async fn handle(&mut self, text: &str, session: &mut Session) -> Result<Vec<String>, End> {
+    async fn handle(&mut self, text: &str, session: &mut Session) -> Result<Vec<String>, Ended> {
         let inbound = match codec::parse(text) {
             Ok(inbound) => inbound,
             Err(codec::Malformed(why)) => return Ok(vec![codec::error(None, &why)]),
         };
         match inbound {
-            Inbound::Ping => Ok(vec![codec::pong()]),
-            Inbound::Pong => Ok(Vec::new()),
-            Inbound::Subscribe {
+            codec::Inbound::Ping => Ok(vec![codec::pong()]),
+            codec::Inbound::Pong => Ok(Vec::new()),
+            codec::Inbound::Subscribe {
                 channel,
                 auth,
                 channel_data,
@@ -423,15 +410,17 @@ impl Conn<'_> {
                     .subscribe(session, &channel, auth.as_deref(), channel_data.as_deref())
                     .await)
             }
-            Inbound::Unsubscribe { channel } => {
+            codec::Inbound::Unsubscribe { channel } => {
                 // Spends from the same budget, but is honoured without one: it frees what the
                 // socket holds.
                 self.spend_subscribe();
                 self.unsubscribe(session, &channel).await;
                 Ok(Vec::new())
             }
-            Inbound::Signin { auth, user_data } => self.signin(session, &auth, &user_data).await,
-            Inbound::ClientEvent {
+            codec::Inbound::Signin { auth, user_data } => {
+                self.signin(session, &auth, &user_data).await
+            }
+            codec::Inbound::ClientEvent {
                 event,
                 channel,
                 data,
@@ -632,9 +621,9 @@ impl Conn<'_> {
         session: &mut Session,
         auth: &str,
         user_data: &str,
-    ) -> Result<Vec<String>, End> {
+    ) -> Result<Vec<String>, Ended> {
         let conf = &self.app.conf;
-        let refused = End::Close(4009, "Unauthorized: invalid signin", true);
+        let refused = Ended::Refused(4009, "Unauthorized: invalid signin");
         if !auth::signin_ok(auth, &conf.key, &conf.secret, &self.socket_id, user_data) {
             return Err(refused);
         }
