@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::time::Interval;
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use warp::http::header::{self, HeaderValue};
 use warp::http::StatusCode;
@@ -127,9 +127,10 @@ pub trait Transport: Send {
         None
     }
 
-    /// The keep-alive timer, started after the preamble (and again after a heartbeat change).
-    fn timer(&mut self, ctx: &SocketContext) -> Interval {
-        heartbeat_tick(ctx.heartbeat())
+    /// The keep-alive timer, started after the preamble (and again after a heartbeat change):
+    /// when it first fires, and its period after that.
+    fn timer(&mut self, ctx: &SocketContext) -> (Duration, Duration) {
+        heartbeat(ctx.heartbeat())
     }
 
     /// The keep-alive timer fired: `Ok(true)` to write [`Out::Ping`], `Ok(false)` for nothing,
@@ -284,7 +285,9 @@ async fn drive<T: Transport>(
             return ended;
         }
     }
-    let mut tick = t.timer(ctx);
+    // A timer in place (this future is pinned) rather than an `Interval`, which boxes its own.
+    let (first, mut period) = t.timer(ctx);
+    let mut tick = std::pin::pin!(tokio::time::sleep(first));
     loop {
         // Everything queued goes out before we wait again (so no wake-up is ever missed).
         while let Some(batch) = batch(outbox) {
@@ -321,7 +324,7 @@ async fn drive<T: Transport>(
             // A frame was queued, or we were evicted: both are handled at the top.
             _ = outbox.ready() => Woke::Queued,
             inbound = t.next() => Woke::Inbound(inbound),
-            _ = tick.tick() => Woke::Tick,
+            _ = &mut tick => Woke::Tick,
         };
         let out = match woke {
             Woke::Signal => {
@@ -331,7 +334,9 @@ async fn drive<T: Transport>(
                 // `false`: the heartbeat period changed (a config reload). Start over with it,
                 // giving the client a whole new period to answer.
                 if T::FOLLOWS_HEARTBEAT {
-                    tick = t.timer(ctx);
+                    let first;
+                    (first, period) = t.timer(ctx);
+                    tick.as_mut().reset(Instant::now() + first);
                 }
                 continue;
             }
@@ -343,11 +348,16 @@ async fn drive<T: Transport>(
                 Ok(out) => out,
                 Err(ended) => return ended,
             },
-            Woke::Tick => match t.tick() {
-                Ok(true) => vec![Out::Ping],
-                Ok(false) => continue,
-                Err(ended) => return ended,
-            },
+            Woke::Tick => {
+                // The next tick one period from now: a late one (a busy node) is not followed
+                // by a burst to catch up.
+                tick.as_mut().reset(Instant::now() + period);
+                match t.tick() {
+                    Ok(true) => vec![Out::Ping],
+                    Ok(false) => continue,
+                    Err(ended) => return ended,
+                }
+            }
         };
         if !out.is_empty() {
             if let Some(ended) = send(t, out, outbox, signal, ctx).await {
@@ -444,15 +454,12 @@ async fn finish<T: Transport>(t: &mut T, outbox: &Outbox, ended: Ended, ctx: &So
     }
 }
 
-/// The heartbeat timer (WebSocket pings, SSE comments): the first tick after a random phase,
-/// which spreads the heartbeats of thousands of sockets opened (or given a new period)
-/// together.
-pub fn heartbeat_tick(period: Duration) -> Interval {
+/// The heartbeat timer (WebSocket pings, SSE comments) of `period`: the first tick after a
+/// random phase, which spreads the heartbeats of thousands of sockets opened (or given a new
+/// period) together.
+pub fn heartbeat(period: Duration) -> (Duration, Duration) {
     use rand::Rng;
-    let phase = period.mul_f64(rand::rng().random_range(0.5..1.0));
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick
+    (period.mul_f64(rand::rng().random_range(0.5..1.0)), period)
 }
 
 /// The `101 Switching Protocols` answer to a WebSocket upgrade whose key gave `accept`.

@@ -24,9 +24,11 @@ use crate::hub::Session;
 use crate::wire::{self, CloseReason};
 
 /// Bytes tungstenite reads per syscall. Clients only send pongs and the odd small frame, and
-/// this buffer is allocated for every idle socket, so it is small (warp's default is 128 KiB);
-/// a larger client message grows it to the message's size while it is read.
-const READ_BUFFER_BYTES: usize = 256;
+/// this buffer is allocated for every idle socket, so it is small (warp's default is 128 KiB;
+/// 256 here before, which was 128 bytes more per idle socket); a larger client message grows
+/// it to the message's size while it is read, in reads of this size (a Pusher subscription
+/// with its signature, about 300 bytes, takes three).
+const READ_BUFFER_BYTES: usize = 128;
 /// Outbound bytes gathered before a write; a batch of queued frames goes out in few syscalls.
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
@@ -120,10 +122,10 @@ where
     /// The id a page acked.
     type Message = String;
 
-    fn timer(&mut self, ctx: &SocketContext) -> tokio::time::Interval {
+    fn timer(&mut self, ctx: &SocketContext) -> (std::time::Duration, std::time::Duration) {
         // A new period (a reload) gives the page a whole new period to answer.
         self.awaiting_pong = false;
-        connection::heartbeat_tick(ctx.heartbeat())
+        connection::heartbeat(ctx.heartbeat())
     }
 
     fn tick(&mut self) -> Result<bool, Ended> {

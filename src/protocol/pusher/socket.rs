@@ -16,8 +16,10 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
 use serde_json::Value;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
+
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
@@ -248,11 +250,9 @@ where
         )))
     }
 
-    fn timer(&mut self, _ctx: &SocketContext) -> Interval {
+    fn timer(&mut self, _ctx: &SocketContext) -> (Duration, Duration) {
         let timeout = self.conn.pusher.activity_timeout;
-        let mut tick = interval_at(Instant::now() + timeout, timeout);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        tick
+        (timeout, timeout)
     }
 
     fn tick(&mut self) -> Result<bool, Ended> {
