@@ -8,9 +8,9 @@
 //!   under `max_sockets` held until it ends, counted opened and closed (with its close code) in
 //!   the metrics, told to the callbacks, and a slow reader's close logged with its address;
 //! - [`run`]: the one loop. The preamble first (a transport's greeting, `_welcome`, gaps,
-//!   missed messages, the offline inbox), then a `select!` over the server's signal (shutdown,
-//!   or draining for SSE; a heartbeat change), the outbox, what the client sends and the
-//!   keep-alive timer; every queued frame goes out in batches, every write bounded by one
+//!   missed messages, the offline inbox), then a `select!` over the outbox (which also brings
+//!   the server's node-wide changes: shutdown, or draining for SSE, and a new heartbeat
+//!   period), what the client sends and the keep-alive timer; every queued frame goes out in batches, every write bounded by one
 //!   heartbeat interval; room moves carried out; then the single cleanup path: leave the hub,
 //!   the transport's own leaving (Pusher's store), on shutdown the queue flushed, the close;
 //! - [`switching_protocols`]: the `101` of a WebSocket upgrade.
@@ -22,10 +22,11 @@
 
 use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use warp::http::header::{self, HeaderValue};
@@ -200,14 +201,59 @@ pub fn spawn<F>(
     if let Some((uid, socket)) = &peer.uid {
         ctx.callbacks.connected(uid, *socket);
     }
-    let ctx = ctx.clone();
-    // Boxed here, before the task's future is made: a future moved into an async block and
-    // awaited there is stored twice (the moved value and the awaited one), and this one is
-    // the socket's whole state for its whole life (an idle socket went from 3.4 to 7.9 KiB).
-    let run = Box::pin(run);
-    tracker.spawn(async move {
-        let _slot = slot;
-        let code = run.await;
+    let end = End {
+        _slot: slot,
+        peer,
+        ctx: ctx.clone(),
+    };
+    // One allocation holds the socket's whole state, and the task spawned is a pointer to it:
+    // tokio's task cell then fits in 128 bytes instead of 256. `Tracked` is a struct rather
+    // than an async block: a future moved into an async block and awaited there is stored
+    // twice (an idle socket once went from 3.4 to 7.9 KiB that way).
+    let task: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(Tracked {
+        run,
+        end: Some(end),
+    });
+    tracker.spawn(task);
+}
+
+pin_project_lite::pin_project! {
+    /// A socket's task: its transport's future, then what its end is told.
+    struct Tracked<F, S> {
+        #[pin]
+        run: F,
+        end: Option<End<S>>,
+    }
+}
+
+/// What a socket's end is told to, and the slot it holds until then.
+struct End<S> {
+    _slot: S,
+    peer: Peer,
+    ctx: Arc<SocketContext>,
+}
+
+impl<F, S> Future for Tracked<F, S>
+where
+    F: Future<Output = Option<u16>>,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let code = std::task::ready!(this.run.poll(cx));
+        if let Some(end) = this.end.take() {
+            end.report(code);
+        }
+        Poll::Ready(())
+    }
+}
+
+impl<S> End<S> {
+    /// The socket ended with close code `code` (`None`: the connection was lost); its slot is
+    /// freed as this returns.
+    fn report(self, code: Option<u16>) {
+        let End { peer, ctx, .. } = &self;
         ctx.metrics.socket_closed(peer.transport, code);
         if let Some((uid, socket)) = &peer.uid {
             ctx.callbacks.disconnected(uid, *socket, code);
@@ -220,7 +266,7 @@ pub fn spawn<F>(
                 "socket of {client} closed as a slow reader (4008): its send queue was full"
             );
         }
-    });
+    }
 }
 
 /// Serves a socket that joined the hub as `session` over `transport` until it ends, for
@@ -235,16 +281,14 @@ pub async fn run<T: Transport>(
     session: &mut Session,
     ctx: &SocketContext,
 ) -> Ended {
-    let id = session.membership.id();
-    log::debug!("socket {id} opened ({} live)", ctx.hub.socket_count());
+    log::debug!(
+        "socket {} opened ({} live)",
+        session.membership.id(),
+        ctx.hub.socket_count()
+    );
     let outbox = session.membership.outbox().clone();
-    let mut signal = if T::ENDS_ON_DRAIN {
-        ctx.draining()
-    } else {
-        ctx.shutdown()
-    };
-    let ended = drive(transport, session, ctx, &outbox, &mut signal).await;
-    log::debug!("socket {id} closed: {ended:?}");
+    let ended = drive(transport, session, ctx, &outbox).await;
+    log::debug!("socket {} closed: {ended:?}", session.membership.id());
     // Leaving first: from here on nothing new is queued, so what is flushed below is all.
     session.membership.leave();
     // Boxed: the closing steps run once, so their state should not sit in every idle socket's
@@ -256,20 +300,31 @@ pub async fn run<T: Transport>(
 
 /// What woke the idle loop.
 enum Woke<M> {
-    Signal,
     Queued,
     Inbound(Inbound<M>),
     Tick,
 }
 
+/// Whether the server is ending sockets of this transport.
+fn stopping<T: Transport>(ctx: &SocketContext) -> bool {
+    if T::ENDS_ON_DRAIN {
+        ctx.is_draining()
+    } else {
+        ctx.is_shutting_down()
+    }
+}
+
+/// The loop. Node-wide changes (a shutdown, a new heartbeat period) come as a wake-up of the
+/// outbox ([`crate::registry::Registry::wake_all`]) and are read from `ctx` at the top of each
+/// turn; the socket already joined the registry, so either it reads the change here or the
+/// wake-up reaches it.
 async fn drive<T: Transport>(
     t: &mut T,
     session: &mut Session,
     ctx: &SocketContext,
     outbox: &Outbox,
-    signal: &mut watch::Receiver<bool>,
 ) -> Ended {
-    if *signal.borrow() {
+    if stopping::<T>(ctx) {
         return Ended::Close(CloseReason::ServerShutdown);
     }
     // The greeting, then welcome, gaps, missed messages and the inbox go out before anything
@@ -281,17 +336,31 @@ async fn drive<T: Transport>(
         .chain(preamble.into_iter().map(|f| Out::Frame(f, None)))
         .collect();
     if !first.is_empty() {
-        if let Some(ended) = send(t, first, outbox, signal, ctx).await {
+        if let Some(ended) = send(t, first, outbox, ctx).await {
             return ended;
         }
     }
     // A timer in place (this future is pinned) rather than an `Interval`, which boxes its own.
+    let mut beats = ctx.heartbeat_changes();
     let (first, mut period) = t.timer(ctx);
     let mut tick = std::pin::pin!(tokio::time::sleep(first));
     loop {
+        if stopping::<T>(ctx) {
+            return Ended::Close(CloseReason::ServerShutdown);
+        }
+        if ctx.heartbeat_changes() != beats {
+            beats = ctx.heartbeat_changes();
+            // The heartbeat period changed (a config reload): start over with it, giving the
+            // client a whole new period to answer.
+            if T::FOLLOWS_HEARTBEAT {
+                let first;
+                (first, period) = t.timer(ctx);
+                tick.as_mut().reset(Instant::now() + first);
+            }
+        }
         // Everything queued goes out before we wait again (so no wake-up is ever missed).
         while let Some(batch) = batch(outbox) {
-            if let Some(ended) = send(t, batch, outbox, signal, ctx).await {
+            if let Some(ended) = send(t, batch, outbox, ctx).await {
                 return ended;
             }
         }
@@ -311,7 +380,7 @@ async fn drive<T: Transport>(
                 }
             }
             if !told.is_empty() {
-                if let Some(ended) = send(t, told, outbox, signal, ctx).await {
+                if let Some(ended) = send(t, told, outbox, ctx).await {
                     return ended;
                 }
             }
@@ -320,26 +389,13 @@ async fn drive<T: Transport>(
         // The one await an idle socket sits in: keep it small.
         let woke = tokio::select! {
             biased;
-            _ = signal.changed() => Woke::Signal,
-            // A frame was queued, or we were evicted: both are handled at the top.
+            // A frame was queued, we were evicted, or something changed for every socket: all
+            // are handled at the top.
             _ = outbox.ready() => Woke::Queued,
             inbound = t.next() => Woke::Inbound(inbound),
             _ = &mut tick => Woke::Tick,
         };
         let out = match woke {
-            Woke::Signal => {
-                if *signal.borrow() {
-                    return Ended::Close(CloseReason::ServerShutdown);
-                }
-                // `false`: the heartbeat period changed (a config reload). Start over with it,
-                // giving the client a whole new period to answer.
-                if T::FOLLOWS_HEARTBEAT {
-                    let first;
-                    (first, period) = t.timer(ctx);
-                    tick.as_mut().reset(Instant::now() + first);
-                }
-                continue;
-            }
             Woke::Queued | Woke::Inbound(Inbound::Alive) => continue,
             Woke::Inbound(Inbound::End(ended)) => return ended,
             // Boxed: answering runs for a moment, and its state (store and hub calls) must not
@@ -360,7 +416,7 @@ async fn drive<T: Transport>(
             }
         };
         if !out.is_empty() {
-            if let Some(ended) = send(t, out, outbox, signal, ctx).await {
+            if let Some(ended) = send(t, out, outbox, ctx).await {
                 return ended;
             }
         }
@@ -389,10 +445,9 @@ async fn send<T: Transport>(
     t: &mut T,
     out: Vec<Out>,
     outbox: &Outbox,
-    signal: &mut watch::Receiver<bool>,
     ctx: &SocketContext,
 ) -> Option<Ended> {
-    Box::pin(guarded(t.write(out), outbox, signal, ctx.heartbeat())).await
+    Box::pin(guarded(t.write(out), outbox, ctx, stopping::<T>)).await
 }
 
 /// Runs a write to completion unless the server shuts down, the socket is evicted, or the write
@@ -402,8 +457,8 @@ async fn send<T: Transport>(
 async fn guarded<F>(
     sent: F,
     outbox: &Outbox,
-    signal: &mut watch::Receiver<bool>,
-    limit: Duration,
+    ctx: &SocketContext,
+    stopping: fn(&SocketContext) -> bool,
 ) -> Option<Ended>
 where
     F: Future<Output = Result<(), Gone>>,
@@ -411,20 +466,22 @@ where
     let mut sent = std::pin::pin!(sent);
     // Nearly every write completes at once: the write is polled first, so the timer and the
     // wake-up registrations below are only armed (and paid for) when it actually has to wait.
-    let mut stuck = std::pin::pin!(tokio::time::sleep(limit));
+    // A new heartbeat period does not change this write's limit.
+    let mut stuck = std::pin::pin!(tokio::time::sleep(ctx.heartbeat()));
     loop {
         tokio::select! {
             biased;
             result = &mut sent => return result.err().map(|_| Ended::Lost),
             _ = &mut stuck => return Some(Ended::Close(CloseReason::HeartbeatTimeout)),
-            // `false`: only the heartbeat period changed; this write keeps its own limit.
-            _ = signal.changed() => if *signal.borrow() {
-                return Some(Ended::Close(CloseReason::ServerShutdown));
-            },
             // Also woken by newly queued frames: those wait for the caller's next drain.
-            _ = outbox.ready() => if let Some(reason) = outbox.evicted() {
-                return Some(Ended::Close(reason));
-            },
+            _ = outbox.ready() => {
+                if stopping(ctx) {
+                    return Some(Ended::Close(CloseReason::ServerShutdown));
+                }
+                if let Some(reason) = outbox.evicted() {
+                    return Some(Ended::Close(reason));
+                }
+            }
         }
     }
 }

@@ -318,8 +318,15 @@ impl Outbox {
         Outbox::wake(state);
     }
 
-    /// Resolves when a frame was queued into an empty queue or the socket was evicted (or
-    /// immediately, if that happened since the last wait).
+    /// Wakes the socket's task for something outside its queue (see [`Registry::wake_all`]).
+    ///
+    /// [`Registry::wake_all`]: crate::registry::Registry::wake_all
+    pub fn poke(&self) {
+        Outbox::wake(self.state());
+    }
+
+    /// Resolves when a frame was queued into an empty queue, the socket was evicted or poked
+    /// (or immediately, if that happened since the last wait).
     pub async fn ready(&self) {
         std::future::poll_fn(|cx| {
             let mut state = self.state();

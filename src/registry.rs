@@ -118,6 +118,9 @@ impl Followers {
 
 type Shard = HashMap<StreamKey, Followers>;
 
+/// One shard of every socket's outbox, by id.
+type Outboxes = HashMap<SocketId, Arc<Outbox>>;
+
 /// What a socket follows and how it wants its frames.
 #[derive(Debug, Clone)]
 pub struct Subscription {
@@ -317,6 +320,10 @@ pub struct Registry {
     /// with a cluster store, the node's name there (see [`Registry::node`]).
     node: u64,
     shards: Box<[Mutex<Shard>]>,
+    /// Every socket's outbox, by id (sharded by id): how a node-wide signal (a shutdown, a new
+    /// heartbeat period) reaches every socket's task through the one thing it waits on, so
+    /// that no idle socket carries a receiver of its own for it (about 136 bytes each).
+    all: Box<[Mutex<Outboxes>]>,
     queue: QueueLimit,
     next_id: AtomicU64,
     sockets: AtomicUsize,
@@ -335,6 +342,7 @@ impl Registry {
             // Fifteen digits: unique among a cluster's nodes, and exact as a JavaScript number.
             node: rand::random::<u64>() % 1_000_000_000_000_000,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            all: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             queue,
             next_id: AtomicU64::new(1),
             sockets: AtomicUsize::new(0),
@@ -421,6 +429,29 @@ impl Registry {
             .collect()
     }
 
+    fn all_of(&self, id: SocketId) -> MutexGuard<'_, Outboxes> {
+        self.all[id as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes every socket's task, once: it then reads what changed for all of them (a
+    /// shutdown, a new heartbeat period) from the socket context. Never waits: each shard's
+    /// outboxes are woken after its lock is released.
+    pub fn wake_all(&self) {
+        for shard in self.all.iter() {
+            let outboxes: Vec<Arc<Outbox>> = shard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            for outbox in outboxes {
+                outbox.poke();
+            }
+        }
+    }
+
     /// Adds a socket to every stream of `sub`. From now on it receives every message delivered
     /// to those streams on this node.
     pub fn join(self: &Arc<Self>, sub: Subscription) -> Membership {
@@ -435,6 +466,7 @@ impl Registry {
                 outbox: outbox.clone(),
             });
         }
+        self.all_of(id).insert(id, outbox.clone());
         self.sockets.fetch_add(1, Ordering::Relaxed);
         Membership {
             registry: self.clone(),
@@ -489,6 +521,7 @@ impl Registry {
         for (_, key) in m.streams() {
             self.remove_peer(m, &key, true);
         }
+        self.all_of(m.id).remove(&m.id);
         self.sockets.fetch_sub(1, Ordering::Relaxed);
     }
 

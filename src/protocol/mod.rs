@@ -12,11 +12,10 @@ pub mod native;
 pub mod pusher;
 pub mod sse;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::hub::{Hub, Session};
@@ -44,12 +43,12 @@ pub struct SocketContext {
     /// Most streams a socket follows besides those of its key (rooms the backend moved it
     /// into); further moves into rooms are ignored.
     max_rooms: AtomicUsize,
-    /// `true` once sockets shut down. Also bumped, still `false`, when the heartbeat period
-    /// changes: every task already watches this channel, so a reload reaches open sockets
-    /// without a byte more per socket.
-    shutdown: watch::Sender<bool>,
-    /// `true` once the server stops accepting; bumped like `shutdown` (SSE streams watch it).
-    draining: watch::Sender<bool>,
+    /// `true` once sockets shut down.
+    shutting_down: AtomicBool,
+    /// `true` once the server stops accepting (SSE streams end then).
+    draining: AtomicBool,
+    /// How many times the heartbeat period changed.
+    heartbeat_changes: AtomicU64,
 }
 
 impl std::ops::Deref for SocketContext {
@@ -74,8 +73,9 @@ impl SocketContext {
             ws_config,
             max_client_frame: AtomicUsize::new(max_client_frame),
             max_rooms: AtomicUsize::new(64),
-            shutdown: watch::channel(false).0,
-            draining: watch::channel(false).0,
+            shutting_down: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            heartbeat_changes: AtomicU64::new(0),
         }
     }
 
@@ -118,10 +118,15 @@ impl SocketContext {
             .swap(nanos(heartbeat), Ordering::Relaxed)
             != nanos(heartbeat)
         {
-            // Wakes every task once; the value stays what it is (a shutdown under way stays).
-            self.shutdown.send_modify(|_| {});
-            self.draining.send_modify(|_| {});
+            self.heartbeat_changes.fetch_add(1, Ordering::SeqCst);
+            self.hub.registry().wake_all();
         }
+    }
+
+    /// How many times the heartbeat period changed: a socket that sees this move restarts its
+    /// keep-alive timer.
+    pub fn heartbeat_changes(&self) -> u64 {
+        self.heartbeat_changes.load(Ordering::SeqCst)
     }
 
     /// tungstenite settings for a socket opening now.
@@ -137,37 +142,30 @@ impl SocketContext {
         self.max_client_frame.store(max, Ordering::Relaxed);
     }
 
-    /// Flips to `true` when the server shuts down its sockets, after requests in flight were
-    /// answered (so pushes they made are written first). Each task takes its own receiver. A
-    /// change that leaves it `false` means the heartbeat period changed.
-    pub fn shutdown(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
-    }
-
-    /// Whether sockets are being shut down.
+    /// Whether sockets are being shut down: after requests in flight were answered (so pushes
+    /// they made are written first), every socket writes what it has queued and closes.
     pub fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
+        self.shutting_down.load(Ordering::SeqCst)
     }
 
-    /// Flips to `true` as soon as the server stops accepting. An SSE stream is itself a request
-    /// in flight, which the server waits for before [`SocketContext::shutdown`], so it ends here.
-    pub fn draining(&self) -> watch::Receiver<bool> {
-        self.draining.subscribe()
-    }
-
-    /// Whether the server stopped accepting.
+    /// Whether the server stopped accepting. An SSE stream is itself a request in flight,
+    /// which the server waits for before [`SocketContext::shut_down`], so it ends here.
     pub fn is_draining(&self) -> bool {
-        *self.draining.borrow()
+        self.draining.load(Ordering::SeqCst)
     }
 
     /// The server stopped accepting: SSE streams end.
     pub fn begin_draining(&self) {
-        self.draining.send_replace(true);
+        // Set before the sockets are woken; a socket joining meanwhile reads it when it
+        // starts (see `connection::run`).
+        self.draining.store(true, Ordering::SeqCst);
+        self.hub.registry().wake_all();
     }
 
     /// Requests in flight are answered: every socket writes what it has queued and closes.
     pub fn shut_down(&self) {
-        self.shutdown.send_replace(true);
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.hub.registry().wake_all();
     }
 }
 
