@@ -94,7 +94,7 @@ pub(super) async fn socket(
                 uid: None,
                 client: state.client_ip(req),
             };
-            let run = socket::upgraded(on_upgrade, Ok((session, slot)), ctx.clone(), pusher);
+            let run = socket::upgraded(on_upgrade, session, slot, ctx.clone(), pusher);
             connection::spawn(&ctx, &state.tracker, server_slot, peer, run);
         }
         Err(refusal) => {
@@ -129,7 +129,7 @@ pub(super) async fn socket(
             // Upgraded only to be told why, as Pusher does: not a socket of the server's.
             state
                 .tracker
-                .spawn(socket::upgraded(on_upgrade, Err(refusal), ctx, pusher));
+                .spawn(socket::refused(on_upgrade, refusal, ctx));
         }
     }
     Ok(connection::switching_protocols(accept))

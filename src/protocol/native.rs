@@ -25,10 +25,10 @@ use crate::wire::{self, CloseReason};
 
 /// Bytes tungstenite reads per syscall. Clients only send pongs and the odd small frame, and
 /// this buffer is allocated for every idle socket, so it is small (warp's default is 128 KiB;
-/// 256 here before, which was 128 bytes more per idle socket); a larger client message grows
-/// it to the message's size while it is read, in reads of this size (a Pusher subscription
-/// with its signature, about 300 bytes, takes three).
-const READ_BUFFER_BYTES: usize = 128;
+/// 256 here before, which was 192 bytes more per idle socket): a pong or a page's ack fits. A
+/// larger client message grows it to the message's size while it is read, in reads of this
+/// size (a Pusher subscription with its signature, about 300 bytes, takes five).
+const READ_BUFFER_BYTES: usize = 64;
 /// Outbound bytes gathered before a write; a batch of queued frames goes out in few syscalls.
 const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 

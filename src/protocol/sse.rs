@@ -62,8 +62,9 @@ pub fn start(
 ) {
     let (tx, rx) = mpsc::channel(1);
     let positions = Positions::new(&session, since);
+    // Used in place (see `native::upgraded`).
+    let mut sse = Sse { tx, positions };
     let run = async move {
-        let mut sse = Sse { tx, positions };
         let ended = connection::run(&mut sse, &mut session, &ctx).await;
         connection::close_code(ended)
     };

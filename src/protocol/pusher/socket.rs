@@ -132,12 +132,16 @@ impl End {
     }
 }
 
-/// The task of a Pusher socket whose `101` is on its way: `admitted` is its session and app
-/// place, or why it is refused. Returns the close code (`None`: connection lost).
+/// The task of an admitted Pusher socket whose `101` is on its way, which joined the hub as
+/// `session` and holds `slot` in its app. Returns the close code (`None`: connection lost).
+///
+/// Everything used in place, as in `native::upgraded`: this future is the socket's whole state
+/// for its whole life, and a value moved into a new local or a nested future is stored twice.
 #[allow(clippy::manual_async_fn)]
 pub fn upgraded(
     on_upgrade: OnUpgrade,
-    admitted: Result<(Session, AppSlot), Refusal>,
+    mut session: Session,
+    slot: AppSlot,
     ctx: Arc<SocketContext>,
     pusher: Arc<Pusher>,
 ) -> impl std::future::Future<Output = Option<u16>> {
@@ -149,20 +153,25 @@ pub fn upgraded(
                 return None;
             }
         };
-        let mut ws = native::accept(TokioIo::new(upgraded), ctx.ws_config).await;
-        match admitted {
-            Err(refusal) => {
-                let end = End::Close(refusal.code, refusal.message, true);
-                Box::pin(close(&mut ws, end)).await;
-                Some(refusal.code)
-            }
-            Ok((mut session, slot)) => {
-                let mut socket = PusherSocket::new(ws, &session, &slot, &pusher);
-                let ended = connection::run(&mut socket, &mut session, &ctx).await;
-                End::of(ended).code()
-            }
-        }
+        let ws = native::accept(TokioIo::new(upgraded), ctx.ws_config).await;
+        let mut socket = PusherSocket::new(ws, &session, &slot, &pusher);
+        let ended = connection::run(&mut socket, &mut session, &ctx).await;
+        End::of(ended).code()
     }
+}
+
+/// The task of a socket refused right after its upgrade, as Pusher does: `pusher:error` and a
+/// close with the refusal's code, so pusher-js knows whether to retry.
+pub async fn refused(on_upgrade: OnUpgrade, refusal: Refusal, ctx: Arc<SocketContext>) {
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            log::debug!("pusher upgrade failed: {e}");
+            return;
+        }
+    };
+    let mut ws = native::accept(TokioIo::new(upgraded), ctx.ws_config).await;
+    close(&mut ws, End::Close(refusal.code, refusal.message, true)).await;
 }
 
 async fn close<S>(ws: &mut Socket<S>, end: End)
@@ -217,7 +226,7 @@ impl<'a, S> PusherSocket<'a, S> {
         let conn = Conn {
             pusher,
             app: slot.app(),
-            socket_id: session.membership.socket_id(),
+            id: session.membership.id(),
             user: None,
             presence: Vec::new(),
             tokens: pusher.client_events_per_second as f32,
@@ -245,7 +254,7 @@ where
     fn greeting(&self) -> Option<Out> {
         let timeout = self.conn.pusher.activity_timeout.as_secs();
         Some(Out::Text(codec::connection_established(
-            &self.conn.socket_id,
+            &self.conn.socket_id(),
             timeout,
         )))
     }
@@ -324,7 +333,9 @@ where
 struct Conn<'a> {
     pusher: &'a Pusher,
     app: &'a Arc<super::App>,
-    socket_id: String,
+    /// Its id on this node; its Pusher `socket_id` is `<node>.<id>` ([`Conn::socket_id`]),
+    /// made when needed rather than kept in every idle socket.
+    id: u64,
     /// The user it signed in as.
     user: Option<Box<str>>,
     /// Presence channels it is a member of, and as whom.
@@ -345,6 +356,11 @@ fn subscribe_burst(pusher: &Pusher) -> f32 {
 }
 
 impl Conn<'_> {
+    /// The socket's Pusher `socket_id` (see [`crate::registry::Membership::socket_id`]).
+    fn socket_id(&self) -> String {
+        format!("{}.{}", self.pusher.hub.registry().node(), self.id)
+    }
+
     /// Refills both token buckets for the time since the last refill.
     fn refill(&mut self) {
         let now = Instant::now();
@@ -457,7 +473,7 @@ impl Conn<'_> {
                 None
             };
             let signed = auth.is_some_and(|a| {
-                auth::channel_auth_ok(a, &conf.key, &conf.secret, &self.socket_id, channel, data)
+                auth::channel_auth_ok(a, &conf.key, &conf.secret, &self.socket_id(), channel, data)
             });
             if !signed {
                 return refuse(401, "invalid signature: auth must sign socket_id:channel");
@@ -567,7 +583,7 @@ impl Conn<'_> {
         let app = self.app.conf.id.as_str();
         let sent = self
             .pusher
-            .publish(app, channel, event, &data, Some(&self.socket_id), None)
+            .publish(app, channel, event, &data, Some(&self.socket_id()), None)
             .await;
         if let Err(e) = sent {
             log::debug!("{event} not sent: {e}");
@@ -624,7 +640,7 @@ impl Conn<'_> {
     ) -> Result<Vec<String>, Ended> {
         let conf = &self.app.conf;
         let refused = Ended::Refused(4009, "Unauthorized: invalid signin");
-        if !auth::signin_ok(auth, &conf.key, &conf.secret, &self.socket_id, user_data) {
+        if !auth::signin_ok(auth, &conf.key, &conf.secret, &self.socket_id(), user_data) {
             return Err(refused);
         }
         let id = match serde_json::from_str::<Value>(user_data) {
@@ -691,7 +707,7 @@ impl Conn<'_> {
                 channel,
                 event,
                 data,
-                Some(&self.socket_id),
+                Some(&self.socket_id()),
                 user_id,
             )
             .await;
@@ -703,7 +719,7 @@ impl Conn<'_> {
                         channel,
                         event,
                         data.get(),
-                        &self.socket_id,
+                        &self.socket_id(),
                         user_id,
                     ));
                 }
