@@ -67,6 +67,12 @@ struct Followers {
     dead: usize,
     /// The last message delivered to this stream's sockets on this node.
     last: Option<Position>,
+    /// Each peer's place in `peers`, for a large stream that sockets leave one at a time while
+    /// they stay connected (a busy channel's unsubscribes, a room's moves): such a leave is then
+    /// O(1) instead of a scan of every follower under the shard lock. Built by the first such
+    /// leave; the broadcast stream, which sockets leave only for good (lazily), never has one.
+    #[allow(clippy::box_collection)]
+    index: Option<Box<HashMap<SocketId, usize>>>,
 }
 
 impl Followers {
@@ -77,15 +83,54 @@ impl Followers {
         if self.peers.capacity() == 0 {
             self.peers.reserve_exact(1);
         }
+        if let Some(index) = &mut self.index {
+            index.insert(peer.id, self.peers.len());
+        }
         self.peers.push(peer);
+    }
+
+    /// Takes socket `id` off this stream now: found by a short scan in a small stream, through
+    /// the index in a large one (built here the first time).
+    fn take(&mut self, id: SocketId) {
+        let found = match &mut self.index {
+            Some(index) => index.remove(&id),
+            None if self.peers.len() <= EAGER_REMOVAL_MAX => {
+                self.peers.iter().position(|p| p.id == id)
+            }
+            None => {
+                let mut index: HashMap<SocketId, usize> = self
+                    .peers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| (p.id, i))
+                    .collect();
+                let found = index.remove(&id);
+                self.index = Some(Box::new(index));
+                found
+            }
+        };
+        let Some(i) = found else {
+            return;
+        };
+        self.peers.swap_remove(i);
+        if let (Some(index), Some(moved)) = (&mut self.index, self.peers.get(i)) {
+            index.insert(moved.id, i);
+        }
+    }
+
+    /// After `peers` lost members in place (a delivery dropping slow readers, a compaction):
+    /// the index, if any, is made again.
+    fn reindex(&mut self) {
+        if let Some(index) = &mut self.index {
+            index.clear();
+            index.extend(self.peers.iter().enumerate().map(|(i, p)| (p.id, i)));
+        }
     }
 
     /// Takes socket `id` (whose outbox is already detached) off this stream.
     fn remove_peer(&mut self, id: SocketId) {
         if self.peers.len() <= EAGER_REMOVAL_MAX {
-            if let Some(i) = self.peers.iter().position(|p| p.id == id) {
-                self.peers.swap_remove(i);
-            }
+            self.take(id);
         } else {
             self.dead += 1;
             if self.dead * 2 >= self.peers.len() {
@@ -98,6 +143,7 @@ impl Followers {
     fn compact(&mut self) {
         self.peers.retain(|p| !p.outbox.is_gone());
         self.dead = 0;
+        self.reindex();
     }
 
     fn live(&self) -> usize {
@@ -500,9 +546,9 @@ impl Registry {
             };
             if detached {
                 stream.remove_peer(m.id);
-            } else if let Some(i) = stream.peers.iter().position(|p| p.id == m.id) {
-                // Its outbox still takes frames, so lazy removal cannot tell it left: scan.
-                stream.peers.swap_remove(i);
+            } else {
+                // Its outbox still takes frames, so lazy removal cannot tell it left.
+                stream.take(m.id);
             }
             if stream.peers.is_empty() {
                 shard.remove(key);
@@ -589,6 +635,7 @@ impl Registry {
         let mut sockets = 0;
         let queue = self.queue;
         let msg_id = frames.msg.id;
+        let before = stream.peers.len();
         stream.peers.retain(|peer| {
             if Some(peer.id) == except {
                 return true;
@@ -612,6 +659,9 @@ impl Registry {
                 Pushed::Closed => false,
             }
         });
+        if stream.peers.len() != before {
+            stream.reindex();
+        }
         // Every peer that left was just dropped.
         stream.dead = 0;
         sockets
@@ -946,5 +996,73 @@ pub(crate) mod tests {
             .map(|f| f.to_string())
             .collect();
         assert_eq!(texts.len(), 3);
+    }
+
+    #[test]
+    fn sockets_leaving_a_large_stream_one_by_one_leave_exactly_themselves() {
+        // A busy room that sockets leave while they stay connected: past EAGER_REMOVAL_MAX the
+        // stream finds them through its index, which must stay right through swaps, joins,
+        // slow readers dropped by a delivery, and sockets that leave for good.
+        let r = Arc::new(Registry::new(frames(2)));
+        let room = StreamKey::Topic("room".into());
+        let mut sockets: Vec<Membership> = (0..300)
+            .map(|i| {
+                let mut m = r.join(Subscription::seed(format!("u{i}")));
+                m.follow(room.clone());
+                m
+            })
+            .collect();
+        // Every third leaves the room; every fifth of the rest closes.
+        for (i, m) in sockets.iter_mut().enumerate() {
+            if i % 3 == 0 {
+                assert!(m.unfollow(&room));
+            }
+        }
+        let closed: Vec<Membership> = (0..300)
+            .rev()
+            .filter(|i| i % 3 != 0 && i % 5 == 0)
+            .map(|i| sockets.remove(i))
+            .collect();
+        drop(closed);
+        // Two sockets read nothing: the next deliveries drop them as slow readers.
+        let following = |m: &Membership| m.streams().any(|(_, k)| k == room);
+        let expected = sockets.iter().filter(|m| following(m)).count();
+        assert_eq!(deliver(&r, &room, 1, "1"), expected);
+        for m in &sockets {
+            assert_eq!(m.outbox().pop().is_some(), following(m));
+        }
+        let slow: Vec<u64> = sockets
+            .iter()
+            .filter(|m| following(m))
+            .take(2)
+            .map(|m| m.id())
+            .collect();
+        for seq in 2..=4 {
+            deliver(&r, &room, seq, "2");
+            for m in sockets.iter().filter(|m| !slow.contains(&m.id())) {
+                while m.outbox().pop().is_some() {}
+            }
+        }
+        // More leave after the index was made again, and one joins.
+        for m in sockets.iter_mut().filter(|m| following(m)).step_by(4) {
+            assert!(m.unfollow(&room));
+        }
+        let mut late = r.join(Subscription::seed("late"));
+        late.follow(room.clone());
+        sockets.push(late);
+        let reached: Vec<u64> = sockets
+            .iter()
+            .filter(|m| following(m) && !slow.contains(&m.id()))
+            .map(|m| m.id())
+            .collect();
+        assert_eq!(deliver(&r, &room, 5, "5"), reached.len());
+        for m in &sockets {
+            let got = m
+                .outbox()
+                .pop()
+                .is_some_and(|f| f.as_str().contains(r#""contents":5"#));
+            assert_eq!(got, reached.contains(&m.id()), "socket {}", m.id());
+        }
+        assert_eq!(r.followers(&room), reached.len());
     }
 }
