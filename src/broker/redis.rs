@@ -935,40 +935,109 @@ enum Subscriber {
     Cluster(Vec<String>),
 }
 
-async fn subscribe_loop(shared: Arc<Shared>, subscriber: Subscriber, presence: mpsc::Sender<Op>) {
-    match subscriber {
-        Subscriber::Single(client) => subscribe_single(shared, client, presence).await,
-        Subscriber::Cluster(urls) => subscribe_cluster(shared, urls, presence).await,
+/// What a node's subscription brings, one item at a time.
+enum Heard {
+    /// A message on one Redis's pub/sub connection.
+    Message(redis::Msg),
+    /// A push on a Redis Cluster's RESP3 connection: a message, a sharded message, or a
+    /// disconnection.
+    Push(redis::PushInfo),
+}
+
+/// A message's channel and payload.
+type Parts<'a> = (&'a [u8], &'a [u8]);
+
+impl Heard {
+    /// The channel and payload of a message; `Err` with why the subscription is lost; `Ok(None)`
+    /// for anything else.
+    fn parts(&self) -> Result<Option<Parts<'_>>, &'static str> {
+        match self {
+            Heard::Message(msg) => Ok(Some((
+                msg.get_channel_name().as_bytes(),
+                msg.get_payload_bytes(),
+            ))),
+            Heard::Push(push) => match push.kind {
+                redis::PushKind::Message | redis::PushKind::SMessage => match &push.data[..] {
+                    [Value::BulkString(channel), Value::BulkString(payload), ..] => {
+                        Ok(Some((channel, payload)))
+                    }
+                    _ => Ok(None),
+                },
+                redis::PushKind::Disconnection => Err("a connection to the redis cluster dropped"),
+                _ => Ok(None),
+            },
+        }
     }
 }
 
-/// A Redis Cluster: per incarnation, one RESP3 cluster connection whose pushes come here. It
-/// subscribes (classic pub/sub, cluster-wide) to this node's ping channel and the control
-/// channel; the presence writer adds each stream's shard channel through it (`SSUBSCRIBE`
-/// before the stream's count and position are written, as on one Redis). A dropped
-/// connection to any master, or silence, ends the incarnation: the next one subscribes
-/// everything again and resyncs every stream that moved on meanwhile.
-async fn subscribe_cluster(shared: Arc<Shared>, urls: Vec<String>, presence: mpsc::Sender<Op>) {
+type Hearing = std::pin::Pin<Box<dyn futures_util::Stream<Item = Heard> + Send>>;
+
+impl Subscriber {
+    /// How long subscribing may take.
+    fn timeout(&self) -> Duration {
+        match self {
+            Subscriber::Single(_) => CALL_TIMEOUT,
+            Subscriber::Cluster(_) => CALL_TIMEOUT * 2,
+        }
+    }
+
+    /// Subscribes to `channels` (classic pub/sub: on a cluster it reaches every master) on a
+    /// connection of this incarnation's own, and returns what it hears. On a cluster the
+    /// connection is also left in `shared.subscriber`, through which the presence writer
+    /// `SSUBSCRIBE`s each stream's shard channel.
+    async fn subscribe(
+        &self,
+        shared: &Shared,
+        channels: &[&str],
+    ) -> Result<Hearing, redis::RedisError> {
+        match self {
+            Subscriber::Single(client) => {
+                let mut pubsub = client.get_async_pubsub().await?;
+                for channel in channels {
+                    pubsub.subscribe(*channel).await?;
+                }
+                Ok(Box::pin(pubsub.into_on_message().map(Heard::Message)))
+            }
+            Subscriber::Cluster(urls) => {
+                let (tx, pushes) = mpsc::unbounded_channel();
+                let client = redis_conn::cluster_client(urls, CALL_TIMEOUT, Some(tx))?;
+                let mut conn = client.get_async_connection().await?;
+                conn.subscribe(channels).await?;
+                *shared.subscriber.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+                let pushes = futures_util::stream::unfold(pushes, |mut pushes| async move {
+                    let push = pushes.recv().await?;
+                    Some((Heard::Push(push), pushes))
+                });
+                Ok(Box::pin(pushes))
+            }
+        }
+    }
+}
+
+/// Keeps this node subscribed, one incarnation at a time: subscribes to the node's own channel
+/// (`<prefix><incarnation>`) and the control channel, tells the presence writer the new
+/// incarnation (which writes everything again, and on a cluster `SSUBSCRIBE`s each stream's
+/// shard channel before its count), and hands what arrives to the registry (messages) or the
+/// cluster commands (control). A lost connection, 15 s of silence (the heartbeat pings the
+/// node's channel every 5 s), or the writer asking ends the incarnation; the next one starts
+/// with backoff.
+async fn subscribe_loop(shared: Arc<Shared>, subscriber: Subscriber, presence: mpsc::Sender<Op>) {
     let mut backoff = Duration::from_millis(100);
     let channel_prefix = shared.keys.channel_prefix();
     let control = shared.keys.control();
     while !shared.stopping.load(Ordering::Relaxed) {
+        // A request to start over made before this attempt is already served by it.
         let _ = futures_util::FutureExt::now_or_never(shared.reincarnate.notified());
         let id = shared.next_incarnation();
-        let ping = format!("{channel_prefix}{id}");
-        let (tx, mut pushes) = mpsc::unbounded_channel();
-        let subscribed = async {
-            let client = redis_conn::cluster_client(&urls, CALL_TIMEOUT, Some(tx))?;
-            let mut conn = client.get_async_connection().await?;
-            conn.subscribe(&[ping.as_str(), control.as_str()]).await?;
-            Ok::<_, redis::RedisError>(conn)
-        };
-        let conn = match tokio::time::timeout(CALL_TIMEOUT * 2, subscribed).await {
-            Ok(Ok(conn)) => conn,
+        let own = format!("{channel_prefix}{id}");
+        let channels = [own.as_str(), control.as_str()];
+        let subscribed = subscriber.subscribe(&shared, &channels);
+        let mut heard = match tokio::time::timeout(subscriber.timeout(), subscribed).await {
+            Ok(Ok(heard)) => heard,
             failed => {
                 let why = match failed {
                     Ok(Err(e)) => e.to_string(),
-                    _ => "no answer within 3 s".to_string(),
+                    _ => format!("no answer within {:?}", subscriber.timeout()),
                 };
                 shared.outage.failed("subscribe", &why);
                 tokio::time::sleep(backoff).await;
@@ -977,97 +1046,20 @@ async fn subscribe_cluster(shared: Arc<Shared>, urls: Vec<String>, presence: mps
             }
         };
         backoff = Duration::from_millis(100);
-        *shared.subscriber.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
         if presence.send(Op::Incarnate(id.clone())).await.is_err() {
             return;
         }
         let lost = loop {
             tokio::select! {
-                push = tokio::time::timeout(WATCHDOG, pushes.recv()) => match push {
-                    Ok(Some(push)) => match push.kind {
-                        redis::PushKind::Message | redis::PushKind::SMessage => {
-                            let mut data = push.data.into_iter();
-                            let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
-                                (data.next(), data.next())
-                            else {
-                                continue;
-                            };
-                            if channel == control.as_bytes() {
-                                Command::run_encoded(&shared.registry, &payload);
-                            } else {
-                                deliver(&shared.registry, &payload);
-                            }
+                item = tokio::time::timeout(WATCHDOG, heard.next()) => match item {
+                    Ok(Some(item)) => match item.parts() {
+                        Ok(Some((channel, payload))) if channel == control.as_bytes() => {
+                            Command::run_encoded(&shared.registry, payload);
                         }
-                        redis::PushKind::Disconnection => {
-                            break Some("a connection to the redis cluster dropped");
-                        }
-                        _ => {}
+                        Ok(Some((_, payload))) => deliver(&shared.registry, payload),
+                        Ok(None) => {}
+                        Err(why) => break Some(why),
                     },
-                    Ok(None) => break Some("subscription connection closed"),
-                    Err(_) => break Some("subscription silent for 15 s"),
-                },
-                _ = shared.reincarnate.notified() => break None,
-            }
-        };
-        // Dropping the connection drops its subscriptions.
-        shared
-            .subscriber
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(why) = lost.filter(|_| !shared.stopping.load(Ordering::Relaxed)) {
-            shared.end_incarnation(why);
-            shared.outage.failed("subscription", &why);
-            tokio::time::sleep(backoff).await;
-        }
-    }
-}
-
-/// One Redis: keeps one pub/sub connection subscribed to this node's channel, delivering what
-/// arrives into the registry; on any failure, or when asked, starts a new incarnation (new id)
-/// with backoff.
-async fn subscribe_single(shared: Arc<Shared>, client: redis::Client, presence: mpsc::Sender<Op>) {
-    let mut backoff = Duration::from_millis(100);
-    let channel_prefix = shared.keys.channel_prefix();
-    while !shared.stopping.load(Ordering::Relaxed) {
-        // A request to start over made before this attempt is already served by it.
-        let _ = futures_util::FutureExt::now_or_never(shared.reincarnate.notified());
-        let id = shared.next_incarnation();
-        let channel = format!("{channel_prefix}{id}");
-        let control = shared.keys.control();
-        let subscribed = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            pubsub.subscribe(&control).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        let pubsub = match tokio::time::timeout(CALL_TIMEOUT, subscribed).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => {
-                shared.outage.failed("subscribe", &e);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
-            }
-            Err(_) => {
-                shared.outage.failed("subscribe", &"no answer within 1.5 s");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(100);
-        if presence.send(Op::Incarnate(id.clone())).await.is_err() {
-            return;
-        }
-        let mut messages = pubsub.into_on_message();
-        let lost = loop {
-            tokio::select! {
-                msg = tokio::time::timeout(WATCHDOG, messages.next()) => match msg {
-                    Ok(Some(msg)) if msg.get_channel_name() == control => {
-                        Command::run_encoded(&shared.registry, msg.get_payload_bytes());
-                    }
-                    Ok(Some(msg)) => deliver(&shared.registry, msg.get_payload_bytes()),
                     Ok(None) => break Some("subscription connection closed"),
                     Err(_) => break Some("subscription silent for 15 s"),
                 },
@@ -1075,6 +1067,13 @@ async fn subscribe_single(shared: Arc<Shared>, client: redis::Client, presence: 
                 _ = shared.reincarnate.notified() => break None,
             }
         };
+        // Dropping the connection drops its subscriptions.
+        drop(heard);
+        shared
+            .subscriber
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(why) = lost.filter(|_| !shared.stopping.load(Ordering::Relaxed)) {
             shared.end_incarnation(why);
             shared.outage.failed("subscription", &why);
