@@ -1084,3 +1084,24 @@ async fn a_signed_query_re_split_under_its_signature_is_refused() {
     let reason = refused.assert_error(400);
     assert!(reason.contains("split"), "{reason}");
 }
+
+/// At shutdown every Pusher socket is told `pusher:error` 4200 and closed with 4200, whether or
+/// not it follows a channel: the shutdown reaches each socket through its outbox, and one that
+/// never subscribed follows no stream at all.
+#[tokio::test]
+async fn shutdown_closes_pusher_sockets_with_and_without_channels_with_4200() {
+    let mut s = start().await;
+    let (mut bare, _) = connected(&s, KEY).await;
+    let (mut subscribed, sid) = connected(&s, KEY).await;
+    subscribe(&mut subscribed, &sid, "news").await;
+    s.begin_shutdown();
+    for ws in [&mut bare, &mut subscribed] {
+        let told = tokio::time::timeout(std::time::Duration::from_secs(5), frame(ws))
+            .await
+            .expect("told within 5 s");
+        assert_eq!(told["event"], "pusher:error", "{told}");
+        assert_eq!(data(&told)["code"], 4200, "{told}");
+        assert_eq!(close_code(ws).await.map(u16::from), Some(4200));
+    }
+    s.shutdown().await;
+}
