@@ -92,14 +92,10 @@ async fn churn_leaves_nothing_behind() {
         .local_addr()
         .unwrap()
         .port();
-    let dir = std::env::temp_dir().join(format!("push-serve-soak-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let conf = dir.join("conf.yaml");
-    std::fs::write(
-        &conf,
-        format!("addr: 127.0.0.1:{port}\npassword: soak\nhistory_ttl_secs: 2\nheartbeat_interval_secs: 5\n"),
-    )
-    .unwrap();
+    let conf = common::daemon::temp_config(
+        "soak",
+        &format!("addr: 127.0.0.1:{port}\npassword: soak\nhistory_ttl_secs: 2\nheartbeat_interval_secs: 5\n"),
+    );
     let daemon = Daemon(
         Command::new(BIN)
             .args(["--config", conf.to_str().unwrap()])

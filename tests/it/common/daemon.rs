@@ -36,8 +36,31 @@ pub struct Daemon {
     readers: Vec<std::thread::JoinHandle<()>>,
 }
 
-/// A scratch file `conf.yaml` for the test `name` with `yaml` in it.
-pub fn temp_config(name: &str, yaml: &str) -> PathBuf {
+/// A scratch file `conf.yaml` for the test `name` with `yaml` in it; its directory is removed
+/// when this is dropped (test runs used to leave hundreds of them in `/tmp`).
+pub struct TempConfig(PathBuf);
+
+impl TempConfig {
+    pub fn to_str(&self) -> Option<&str> {
+        self.0.to_str()
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A [`TempConfig`] for the test `name` with `yaml` in it.
+pub fn temp_config(name: &str, yaml: &str) -> TempConfig {
+    TempConfig(scratch_config(name, yaml))
+}
+
+/// The scratch config file itself; whoever holds the path removes its directory.
+fn scratch_config(name: &str, yaml: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("push-serve-test-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("conf.yaml");
@@ -50,7 +73,7 @@ impl Daemon {
     /// and waits until it listens.
     pub async fn start(name: &str, rust_log: &str, password: &str, extra: &str) -> Daemon {
         let yaml = format!("addr: 127.0.0.1:0\npassword: {password}\n{extra}");
-        let config_path = temp_config(name, &yaml);
+        let config_path = scratch_config(name, &yaml);
         let mut child = Command::new(BIN)
             .args(["--config", config_path.to_str().unwrap()])
             .env("RUST_LOG", rust_log)
