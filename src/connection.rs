@@ -371,15 +371,13 @@ async fn drive<T: Transport>(
             // Boxed: rare, and its state (a broker attach) would otherwise sit in every idle
             // socket's task.
             let moved = Box::pin(crate::protocol::apply_controls(session, ctx)).await;
-            let mut told = Vec::new();
             for m in moved {
+                // One move at a time: what the transport notes of it (an SSE stream's positions,
+                // which every later event's `id:` carries) is in force for its frames and no
+                // earlier ones.
                 t.moved(&m);
-                told.push(Out::Frame(m.frame, None));
-                if let Some(snapshot) = m.snapshot {
-                    told.push(Out::Frame(snapshot, None));
-                }
-            }
-            if !told.is_empty() {
+                let mut told = vec![Out::Frame(m.frame, None)];
+                told.extend(m.snapshot.map(|snapshot| Out::Frame(snapshot, None)));
                 if let Some(ended) = send(t, told, outbox, ctx).await {
                     return ended;
                 }

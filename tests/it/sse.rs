@@ -535,6 +535,32 @@ async fn rooms_moved_by_the_backend_show_in_the_event_ids() {
     assert!(id.get("topic:room:9").is_none(), "{id}");
 }
 
+/// Two rooms joined in one move arrive as two `_join` events, each with the ids as they stand
+/// after it: the first one's id does not yet name the second room.
+#[tokio::test]
+async fn each_join_of_one_move_carries_its_own_event_id() {
+    let s = Server::start(|_| {}).await;
+    let key = s.key("mover").await;
+    let mut sse = open(&s, &sse_target("mover", &key, "&proto=2"), &[])
+        .await
+        .unwrap();
+    assert_eq!(sse.event().await.json()["topic"], "_welcome");
+    move_rooms(&s, r#"{"join":["room:a","room:b"]}"#).await;
+    let first = sse.event().await;
+    let second = sse.event().await;
+    let stream = |e: &Value| e["contents"]["stream"].as_str().unwrap().to_owned();
+    let (first_room, second_room) = (stream(&first.json()), stream(&second.json()));
+    assert_ne!(first_room, second_room);
+    let id: Value = serde_json::from_str(first.id.as_deref().unwrap()).unwrap();
+    assert!(id.get(&first_room).is_some(), "{id}");
+    assert!(id.get(&second_room).is_none(), "{id}");
+    let id: Value = serde_json::from_str(second.id.as_deref().unwrap()).unwrap();
+    assert!(
+        id.get(&first_room).is_some() && id.get(&second_room).is_some(),
+        "{id}"
+    );
+}
+
 async fn move_rooms(s: &Server, body: &str) {
     let target = format!("/rooms?uid=mover&password={}", enc(&s.password));
     let r = s
