@@ -345,7 +345,11 @@ impl Outbox {
     /// Refuses further frames but keeps those queued: the socket is leaving its streams (a
     /// shutting-down socket still writes what it was sent).
     pub fn detach(&self) {
-        self.state().closed = true;
+        let mut state = self.state();
+        state.closed = true;
+        // The task no longer waits on the queue; a waker kept here would keep its task's
+        // memory alive for as long as a large stream's lazy removal keeps this outbox.
+        state.waiter = None;
     }
 
     /// Whether the socket left its streams or was evicted: it no longer counts as a follower.
@@ -361,6 +365,7 @@ impl Outbox {
         state.frames = VecDeque::new();
         state.bytes = 0;
         state.sent = None;
+        state.waiter = None;
     }
 }
 
