@@ -368,19 +368,10 @@ async fn drive<T: Transport>(
             return Ended::Close(reason);
         }
         if outbox.has_controls() {
-            // Boxed: rare, and its state (a broker attach) would otherwise sit in every idle
-            // socket's task.
-            let moved = Box::pin(crate::protocol::apply_controls(session, ctx)).await;
-            for m in moved {
-                // One move at a time: what the transport notes of it (an SSE stream's positions,
-                // which every later event's `id:` carries) is in force for its frames and no
-                // earlier ones.
-                t.moved(&m);
-                let mut told = vec![Out::Frame(m.frame, None)];
-                told.extend(m.snapshot.map(|snapshot| Out::Frame(snapshot, None)));
-                if let Some(ended) = send(t, told, outbox, ctx).await {
-                    return ended;
-                }
+            // Boxed: rare, and its state (a broker attach, the moves being told) would
+            // otherwise sit in every idle socket's task.
+            if let Some(ended) = Box::pin(moves(t, session, ctx, outbox)).await {
+                return ended;
             }
             continue;
         }
@@ -419,6 +410,27 @@ async fn drive<T: Transport>(
             }
         }
     }
+}
+
+/// Carries out the room moves waiting in the outbox and tells the client, one move at a time:
+/// what the transport notes of a move (an SSE stream's positions, which every later event's
+/// `id:` carries) is in force for its frames and no earlier ones. `Some` says why the socket
+/// must end.
+async fn moves<T: Transport>(
+    t: &mut T,
+    session: &mut Session,
+    ctx: &SocketContext,
+    outbox: &Outbox,
+) -> Option<Ended> {
+    for m in crate::protocol::apply_controls(session, ctx).await {
+        t.moved(&m);
+        let mut told = vec![Out::Frame(m.frame, None)];
+        told.extend(m.snapshot.map(|snapshot| Out::Frame(snapshot, None)));
+        if let Some(ended) = send(t, told, outbox, ctx).await {
+            return Some(ended);
+        }
+    }
+    None
 }
 
 /// The next batch of queued frames: up to [`MAX_BATCH`], or fewer once they pass 16 KiB.
