@@ -141,15 +141,13 @@ where
         // Anything at all from the client proves it alive; contents are ignored, but for
         // acks of messages that asked for a receipt.
         self.awaiting_pong = false;
-        match inbound {
-            Some(Ok(Message::Close(_))) => Inbound::End(Ended::Close(CloseReason::ClientClosed)),
-            Some(Ok(Message::Text(text))) => match wire::ack_of(&text) {
+        match inbound_of(inbound) {
+            Inbound::Message(text) => match wire::ack_of(&text) {
                 Some(id) => Inbound::Message(id),
                 None => Inbound::Alive,
             },
-            Some(Ok(_)) => Inbound::Alive,
-            Some(Err(e)) => Inbound::End(classify(e)),
-            None => Inbound::End(Ended::Lost),
+            Inbound::Alive => Inbound::Alive,
+            Inbound::End(ended) => Inbound::End(ended),
         }
     }
 
@@ -164,10 +162,7 @@ where
     }
 
     async fn write(&mut self, out: Vec<Out>) -> Result<(), Gone> {
-        for o in out {
-            self.ws.feed(message(o)).await.map_err(|_| Gone)?;
-        }
-        self.ws.flush().await.map_err(|_| Gone)
+        write(&mut self.ws, out, || Message::Ping(Bytes::new())).await
     }
 
     fn close<'a>(
@@ -179,13 +174,36 @@ where
     }
 }
 
-/// `o` as a WebSocket message.
-pub(crate) fn message(o: Out) -> Message {
-    match o {
-        Out::Frame(frame, _) => Message::Text((*frame).clone()),
-        Out::Text(text) => Message::Text(Utf8Bytes::from(text)),
-        Out::Ping => Message::Ping(Bytes::new()),
+/// What a WebSocket client sent, for a transport: a text message to answer, anything else
+/// that only shows it alive, or the end (its close, a protocol error, the connection gone).
+pub(crate) fn inbound_of(item: Option<Result<Message, WsError>>) -> Inbound<Utf8Bytes> {
+    match item {
+        Some(Ok(Message::Close(_))) => Inbound::End(Ended::Close(CloseReason::ClientClosed)),
+        Some(Ok(Message::Text(text))) => Inbound::Message(text),
+        Some(Ok(_)) => Inbound::Alive,
+        Some(Err(e)) => Inbound::End(classify(e)),
+        None => Inbound::End(Ended::Lost),
     }
+}
+
+/// Writes `out` to a WebSocket as text messages, its keep-alive as `ping()`, then flushes.
+pub(crate) async fn write<S>(
+    ws: &mut Socket<S>,
+    out: Vec<Out>,
+    ping: impl Fn() -> Message,
+) -> Result<(), Gone>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    for o in out {
+        let message = match o {
+            Out::Frame(frame, _) => Message::Text((*frame).clone()),
+            Out::Text(text) => Message::Text(Utf8Bytes::from(text)),
+            Out::Ping => ping(),
+        };
+        ws.feed(message).await.map_err(|_| Gone)?;
+    }
+    ws.flush().await.map_err(|_| Gone)
 }
 
 /// Why a client's inbound stream failed.

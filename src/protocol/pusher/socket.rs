@@ -279,13 +279,7 @@ where
     async fn next(&mut self) -> Inbound<Utf8Bytes> {
         let inbound = self.ws.next().await;
         (self.heard, self.awaiting) = (true, false);
-        match inbound {
-            Some(Ok(WsMessage::Close(_))) => Inbound::End(Ended::Close(CloseReason::ClientClosed)),
-            Some(Ok(WsMessage::Text(text))) => Inbound::Message(text),
-            Some(Ok(_)) => Inbound::Alive,
-            Some(Err(e)) => Inbound::End(native::classify(e)),
-            None => Inbound::End(Ended::Lost),
-        }
+        native::inbound_of(inbound)
     }
 
     async fn answer<'b>(
@@ -299,14 +293,7 @@ where
     }
 
     async fn write(&mut self, out: Vec<Out>) -> Result<(), Gone> {
-        for o in out {
-            let message = match o {
-                Out::Ping => text_message(codec::ping()),
-                o => native::message(o),
-            };
-            self.ws.feed(message).await.map_err(|_| Gone)?;
-        }
-        self.ws.flush().await.map_err(|_| Gone)
+        native::write(&mut self.ws, out, || text_message(codec::ping())).await
     }
 
     fn left<'b>(
