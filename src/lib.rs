@@ -55,6 +55,7 @@ pub mod registry;
 pub mod reload;
 pub mod server;
 pub mod services;
+pub mod store;
 pub mod wire;
 
 use std::future::Future;

@@ -12,12 +12,12 @@ use crate::broker::{BrokerError, Published};
 use crate::callbacks::Callbacks;
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::inbox::Inbox;
-use crate::inbox::Kept;
+use crate::inbox::{InboxStore, Kept};
 use crate::metrics::Metrics;
-use crate::pools::Pools;
-use crate::protocol::pusher::store::{ChannelStore, MemoryStore, RedisStore};
-use crate::receipts::{Receipts, Target};
+use crate::pools::PoolStore;
+use crate::protocol::pusher::store::ChannelStore;
+use crate::receipts::{ReceiptStore, Target};
+use crate::store::Stores;
 use crate::wire::{PushBody, StreamKey};
 
 /// Every service a handler or a socket uses.
@@ -27,11 +27,11 @@ pub struct Services {
     /// Counters and histograms for `/metrics`, and the admin page's samples.
     pub metrics: Arc<Metrics>,
     /// Delivery reports, which a page's acks count in.
-    pub receipts: Arc<Receipts>,
+    pub receipts: Arc<dyn ReceiptStore>,
     /// Offline inboxes: a fresh page gets its uid's, an ack empties it of that message.
-    pub inbox: Arc<Inbox>,
+    pub inbox: Arc<dyn InboxStore>,
     /// Data pools: a page following one gets its document first.
-    pub pools: Arc<Pools>,
+    pub pools: Arc<dyn PoolStore>,
     /// Pusher mode's counts, presence members and cache (with `pusher` set).
     pub pusher_store: Option<Arc<dyn ChannelStore>>,
     /// Events for the business server: a uid online/offline, a socket's connect/disconnect.
@@ -70,51 +70,30 @@ impl Services {
                 (Arc::new(Hub::new(registry, broker)), Some(redis))
             }
         };
-        let receipts = match &redis {
-            Some(redis) => Receipts::redis(redis.clone(), config.receipt_ttl()),
-            None => Receipts::memory(config.receipt_ttl(), config.receipt_max),
+        let stores = match &redis {
+            Some(redis) => Stores::redis(redis, config),
+            None => Stores::memory(config),
         };
-        let inbox = match &redis {
-            Some(redis) => Inbox::redis(redis.clone(), config.inbox_bounds()),
-            None => Inbox::memory(config.inbox_bounds()),
-        };
-        let pools = match &redis {
-            Some(redis) => Pools::redis(redis.clone(), config.pool_bounds()),
-            None => Pools::memory(config.pool_bounds()),
-        };
-        let pusher_store = config.pusher.as_ref().map(|_| -> Arc<dyn ChannelStore> {
-            match &redis {
-                Some(redis) => RedisStore::start(redis.clone()),
-                None => Arc::new(MemoryStore::default()),
-            }
-        });
         let callbacks = Callbacks::start(callback_settings(config), hub.clone(), metrics.clone());
-        Services {
-            hub,
-            metrics,
-            receipts: Arc::new(receipts),
-            inbox: Arc::new(inbox),
-            pools: Arc::new(pools),
-            callbacks,
-            pusher_store,
-        }
+        Services::of(hub, metrics, stores, callbacks)
     }
 
     /// In-memory services with the config's default bounds and no callbacks, over `hub`
     /// (tests, fuzzing).
     pub fn local(hub: Arc<Hub>, metrics: Arc<Metrics>) -> Services {
         let defaults = Config::new("127.0.0.1:0", "");
+        Services::of(hub, metrics, Stores::memory(&defaults), Callbacks::off())
+    }
+
+    fn of(hub: Arc<Hub>, metrics: Arc<Metrics>, stores: Stores, callbacks: Callbacks) -> Services {
         Services {
             hub,
             metrics,
-            receipts: Arc::new(Receipts::memory(
-                defaults.receipt_ttl(),
-                defaults.receipt_max,
-            )),
-            inbox: Arc::new(Inbox::memory(defaults.inbox_bounds())),
-            pools: Arc::new(Pools::memory(defaults.pool_bounds())),
-            callbacks: Callbacks::off(),
-            pusher_store: None,
+            receipts: stores.receipts,
+            inbox: stores.inbox,
+            pools: stores.pools,
+            pusher_store: stores.pusher,
+            callbacks,
         }
     }
 
@@ -184,7 +163,7 @@ impl Services {
     pub async fn push(&self, push: Push<'_>) -> Result<Pushed, BrokerError> {
         let body = push.body;
         let id = (body.receipt || push.inbox.is_some())
-            .then(|| Receipts::new_id("push", push.idempotency_key));
+            .then(|| crate::receipts::new_id("push", push.idempotency_key));
         let msg = match &id {
             Some(id) => {
                 let target = Target::Uids(push.uids.iter().map(|&u| u.to_owned()).collect());

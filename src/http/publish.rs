@@ -15,7 +15,7 @@ use super::error::ID_HEADER;
 use super::{authorized, check_uid, ApiError, AppState, Params, Req, STORED_HEADER};
 use crate::auth::valid_topic;
 use crate::metrics::{self, PublishKind};
-use crate::receipts::{Receipts, Target as Recipients};
+use crate::receipts::Target as Recipients;
 use crate::services::Push;
 use crate::wire::{PushBody, StreamKey};
 
@@ -202,7 +202,7 @@ where
         return Err(ApiError::InboxNotHere);
     }
     let receipt = match msg.receipt {
-        true => Some(Receipts::new_id(kind.label(), idem.as_deref())),
+        true => Some(crate::receipts::new_id(kind.label(), idem.as_deref())),
         false => None,
     };
     let message = match &receipt {
