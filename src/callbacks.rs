@@ -36,7 +36,7 @@ use warp::http::Uri;
 use crate::event_queue::{Class, Entry, EventQueue};
 use crate::hub::Hub;
 use crate::limits::LogThrottle;
-use crate::live::Live;
+use crate::live::Current;
 use crate::metrics::Metrics;
 
 /// Tries per event (the first and the retries).
@@ -102,7 +102,7 @@ pub struct Counts {
 
 struct Inner {
     /// `None` while `callback_url` is unset; a reload swaps it.
-    settings: Live<Option<Settings>>,
+    settings: Current<Option<Settings>>,
     /// Bounded by `settings.queue` (a reload may change the bound).
     queue: Arc<EventQueue<Event>>,
     /// The "queue full" line: at most one a minute, with how many more drops.
@@ -154,7 +154,7 @@ impl Callbacks {
     pub fn start(settings: Option<Settings>, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Callbacks {
         let queue = Arc::new(EventQueue::new());
         let inner = Arc::new(Inner {
-            settings: Live::new(settings),
+            settings: Current::new(settings),
             queue: queue.clone(),
             full_log: LogThrottle::new(Duration::from_secs(60)),
             uids: Mutex::default(),

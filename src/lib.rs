@@ -126,7 +126,7 @@ pub async fn run_reloadable(
     let sockets = Arc::new(
         protocol::SocketContext::with_services(
             services.clone(),
-            config.heartbeat_interval(),
+            config.live().heartbeat_interval(),
             protocol::native::ws_config(config.max_client_frame_bytes),
         )
         .with_max_rooms(config.max_topics_per_key),

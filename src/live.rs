@@ -1,16 +1,16 @@
-//! [`Live`]: a setting a config reload swaps whole while the server runs.
+//! [`Current`]: a setting a config reload swaps whole while the server runs.
 
 use std::sync::{Arc, RwLock};
 
 /// A value readers take a consistent copy of (an `Arc`, held for a pointer copy only) and a
 /// reload replaces whole. The lock is a `std` one: never held across an await, and written
 /// only by a reload.
-pub struct Live<T>(RwLock<Arc<T>>);
+pub struct Current<T>(RwLock<Arc<T>>);
 
-impl<T> Live<T> {
+impl<T> Current<T> {
     /// Starts with `value`.
-    pub fn new(value: T) -> Live<T> {
-        Live(RwLock::new(Arc::new(value)))
+    pub fn new(value: T) -> Current<T> {
+        Current(RwLock::new(Arc::new(value)))
     }
 
     /// The value in force now.
@@ -18,13 +18,13 @@ impl<T> Live<T> {
         self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Replaces the value for every later [`Live::get`].
+    /// Replaces the value for every later [`Current::get`].
     pub fn set(&self, value: T) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(value);
     }
 }
 
-impl<T: std::fmt::Debug> std::fmt::Debug for Live<T> {
+impl<T: std::fmt::Debug> std::fmt::Debug for Current<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.get().fmt(f)
     }

@@ -1,9 +1,10 @@
 //! Changing the config of a running server: `main` reads the file again on SIGHUP and hands
-//! the result to a [`Reloader`]; the server applies what can change live and says, in the log
-//! and in the [`Outcome`], what needs a restart ([`Reload::of`] decides which is which).
+//! the result to a [`Reloader`]; the server swaps in the new [`crate::config::Live`] settings
+//! whole and compares the [`crate::config::Startup`] ones, saying in the log and in the
+//! [`Outcome`] what was applied and what needs a restart.
 //!
-//! Which key is applied live and which needs a restart is [`crate::config::RELOAD`], the one
-//! list (the README's reload table is held to it by a test). Applied live, without dropping a
+//! Which key is which is the group it is declared in (`config/schema.rs`, the one list; the
+//! README's reload table is held to it by a test). Applied live, without dropping a
 //! socket: the credentials (keys signed with a replaced secret keep opening sockets for
 //! `secret_overlap_secs`), the limits and bounds (for what comes next: what is open or kept
 //! stays), the callbacks' endpoint and settings, the heartbeat (open sockets too: each restarts
@@ -14,7 +15,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{Config, ConfigError, Reload};
+use crate::config::{Config, ConfigError};
 use crate::http::AppState;
 use crate::protocol::SocketContext;
 
@@ -91,26 +92,24 @@ fn apply(running: &mut Config, next: Config, targets: &Targets) -> Result<Outcom
         log::warn!("config reload refused, the running config stays in force: {e}");
         return Err(e);
     }
-    let merged = running.merged(&next);
+    // The startup settings are compared, the live ones swapped whole.
+    let (old, live) = (running.live(), next.live());
+    let merged = running.with_live(live.clone());
     let mut outcome = Outcome::default();
-    for (key, how) in running.changes(&next) {
-        match how {
-            Reload::Live => {
-                log::info!("config reload: {key} {}", described(key, running, &merged));
-                outcome.applied.push(key);
-            }
-            Reload::Restart => {
-                log::warn!(
-                    "config reload: {key} changed in the file but needs a restart to take \
-                     effect (still {})",
-                    shown(key, running)
-                );
-                outcome.need_restart.push(key);
-            }
-        }
+    for key in running.startup().differing(&next.startup()) {
+        log::warn!(
+            "config reload: {key} changed in the file but needs a restart to take effect \
+             (still {})",
+            shown(key, running)
+        );
+        outcome.need_restart.push(key);
     }
-    if running.key_material() != merged.key_material() {
-        let overlap = merged.secret_overlap_secs;
+    for key in old.differing(&live) {
+        log::info!("config reload: {key} {}", described(key, running, &merged));
+        outcome.applied.push(key);
+    }
+    if old.key_material() != live.key_material() {
+        let overlap = live.secret_overlap_secs;
         if overlap > 0 {
             log::info!(
                 "config reload: access keys are signed with the new secret from now; keys of \
@@ -123,14 +122,9 @@ fn apply(running: &mut Config, next: Config, targets: &Targets) -> Result<Outcom
             );
         }
     }
-    targets.state.reconfigure(&merged);
-    targets.sockets.set_heartbeat(merged.heartbeat_interval());
-    targets
-        .sockets
-        .set_max_client_frame_bytes(merged.max_client_frame_bytes);
-    targets.sockets.set_max_rooms(merged.max_topics_per_key);
-    targets.sockets.services.reconfigure(&merged);
-    crate::logging::reconfigure(merged.log_level.as_deref(), merged.log_format);
+    targets.state.reconfigure(&live);
+    targets.sockets.reconfigure(&live);
+    crate::logging::reconfigure(live.log_level.as_deref(), live.log_format);
     log::info!(
         "config reloaded: {} setting(s) applied{}, {} need a restart",
         outcome.applied.len(),

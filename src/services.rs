@@ -10,7 +10,7 @@ use crate::broker::redis::RedisBroker;
 use crate::broker::redis_conn::Target as Store;
 use crate::broker::{BrokerError, Published};
 use crate::callbacks::Callbacks;
-use crate::config::Config;
+use crate::config::{Config, Live};
 use crate::hub::Hub;
 use crate::inbox::{InboxStore, Kept};
 use crate::metrics::Metrics;
@@ -74,7 +74,11 @@ impl Services {
             Some(redis) => Stores::redis(redis, config),
             None => Stores::memory(config),
         };
-        let callbacks = Callbacks::start(callback_settings(config), hub.clone(), metrics.clone());
+        let callbacks = Callbacks::start(
+            callback_settings(&config.live()),
+            hub.clone(),
+            metrics.clone(),
+        );
         Services::of(hub, metrics, stores, callbacks)
     }
 
@@ -104,17 +108,17 @@ impl Services {
     }
 
     /// A reloaded config's bounds and callback settings, for what comes next.
-    pub fn reconfigure(&self, config: &Config) {
+    pub fn reconfigure(&self, live: &Live) {
         self.receipts
-            .set_bounds(config.receipt_ttl(), config.receipt_max);
-        self.inbox.set_bounds(config.inbox_bounds());
-        self.pools.set_bounds(config.pool_bounds());
-        self.callbacks.reconfigure(callback_settings(config));
+            .set_bounds(live.receipt_ttl(), live.receipt_max);
+        self.inbox.set_bounds(live.inbox_bounds());
+        self.pools.set_bounds(live.pool_bounds());
+        self.callbacks.reconfigure(callback_settings(live));
     }
 }
 
 /// The callback settings `config` asks for (none without `callback_url`).
-fn callback_settings(config: &Config) -> Option<crate::callbacks::Settings> {
+fn callback_settings(config: &Live) -> Option<crate::callbacks::Settings> {
     let (Some(url), Some(secret)) = (&config.callback_url, &config.callback_secret) else {
         return None;
     };

@@ -114,16 +114,19 @@ pub fn config(data: &[u8]) {
         .socket_addr()
         .expect("an accepted config has a listen address");
     assert!(!config.password.is_empty(), "empty password accepted");
-    assert!(!config.key_material().is_empty(), "empty secret accepted");
+    assert!(
+        !config.live().key_material().is_empty(),
+        "empty secret accepted"
+    );
     // Duration::from_secs_f64 panics on NaN, negative or huge values: validation must rule
     // them out for every duration the daemon derives.
-    let _ = config.heartbeat_interval();
+    let _ = config.live().heartbeat_interval();
     let _ = config.header_read_timeout();
     let _ = config.shutdown_timeout();
     let _ = config.retention();
     let _ = ws_config(config.max_client_frame_bytes);
     let auth = Auth::new(
-        config.key_material(),
+        config.live().key_material(),
         &config.password,
         config.access_key_ttl_secs,
     );
@@ -541,7 +544,7 @@ pub fn http(data: &[u8]) {
     config.auth_failures_per_minute = 2;
     config.real_ip_header = Some("x-real-ip".into());
     let auth = Auth::new(
-        config.key_material(),
+        config.live().key_material(),
         &config.password,
         config.access_key_ttl_secs,
     );
@@ -567,7 +570,7 @@ pub fn http(data: &[u8]) {
             let tracker = TaskTracker::new();
             let sockets = Arc::new(SocketContext::new(
                 hub.clone(),
-                config.heartbeat_interval(),
+                config.live().heartbeat_interval(),
                 ws_config(config.max_client_frame_bytes),
                 Default::default(),
             ));

@@ -40,7 +40,7 @@ use warp::reply::Response;
 use warp::Filter;
 
 use crate::auth::Auth;
-use crate::config::{Config, MAX_UID_BYTES};
+use crate::config::{Config, Live, MAX_UID_BYTES};
 use crate::limits::{
     AddressSlots, FailureLimiter, LogThrottle, NewSocketRate, PeerAddr, SocketSlots,
 };
@@ -96,7 +96,7 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
-    fn new(config: &Config, auth: Auth) -> Settings {
+    fn new(config: &Live, auth: Auth) -> Settings {
         Settings {
             auth,
             body: body::Limits {
@@ -119,7 +119,7 @@ impl Settings {
 }
 
 /// The access keys `config` asks for: our own, and JWTs when `jwt_secret` is set.
-fn auth_of(config: &Config) -> Auth {
+fn auth_of(config: &Live) -> Auth {
     let auth = Auth::new(
         config.key_material(),
         &config.password,
@@ -146,8 +146,9 @@ impl AppState {
                     sockets.metrics.clone(),
                 ))
             });
+        let live = config.live();
         AppState {
-            settings: RwLock::new(Arc::new(Settings::new(config, auth_of(config)))),
+            settings: RwLock::new(Arc::new(Settings::new(&live, auth_of(&live)))),
             socket_slots: Arc::new(SocketSlots::new(config.max_sockets)),
             address_slots: Arc::new(AddressSlots::new(config.max_sockets_per_address)),
             new_sockets: NewSocketRate::new(config.new_sockets_per_address_per_minute),
@@ -166,7 +167,7 @@ impl AppState {
     /// access keys (keys signed with a replaced secret keep verifying for
     /// `secret_overlap_secs`), limits, origins and the client-address header. Sockets already
     /// open are not touched, even if they are now over a lowered limit.
-    pub fn reconfigure(&self, config: &Config) {
+    pub fn reconfigure(&self, config: &Live) {
         let auth = self
             .settings()
             .auth

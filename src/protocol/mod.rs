@@ -100,6 +100,16 @@ impl SocketContext {
         self
     }
 
+    /// Applies a reloaded config's live settings: the heartbeat (open sockets too), the
+    /// largest client frame and the most rooms (for sockets and moves from now on), and the
+    /// services' bounds and callbacks.
+    pub fn reconfigure(&self, live: &crate::config::Live) {
+        self.set_heartbeat(live.heartbeat_interval());
+        self.set_max_client_frame_bytes(live.max_client_frame_bytes);
+        self.set_max_rooms(live.max_topics_per_key);
+        self.services.reconfigure(live);
+    }
+
     /// Changes how many rooms a socket may be moved into, for moves from now on.
     pub fn set_max_rooms(&self, max_rooms: usize) {
         self.max_rooms.store(max_rooms, Ordering::Relaxed);

@@ -31,13 +31,14 @@ pub struct Stores {
 impl Stores {
     /// One node's stores, in memory, with `config`'s bounds.
     pub fn memory(config: &Config) -> Stores {
+        let live = config.live();
         Stores {
             receipts: Arc::new(memory::MemoryReceipts::new(
-                config.receipt_ttl(),
-                config.receipt_max,
+                live.receipt_ttl(),
+                live.receipt_max,
             )),
-            inbox: Arc::new(memory::MemoryInbox::new(config.inbox_bounds())),
-            pools: Arc::new(memory::MemoryPools::new(config.pool_bounds())),
+            inbox: Arc::new(memory::MemoryInbox::new(live.inbox_bounds())),
+            pools: Arc::new(memory::MemoryPools::new(live.pool_bounds())),
             pusher: config
                 .pusher
                 .as_ref()
@@ -47,13 +48,11 @@ impl Stores {
 
     /// The cluster's stores, in `redis`, with `config`'s bounds.
     pub fn redis(redis: &RedisHandle, config: &Config) -> Stores {
+        let live = config.live();
         Stores {
-            receipts: Arc::new(redis::RedisReceipts::new(
-                redis.clone(),
-                config.receipt_ttl(),
-            )),
-            inbox: Arc::new(redis::RedisInbox::new(redis.clone(), config.inbox_bounds())),
-            pools: Arc::new(redis::RedisPools::new(redis.clone(), config.pool_bounds())),
+            receipts: Arc::new(redis::RedisReceipts::new(redis.clone(), live.receipt_ttl())),
+            inbox: Arc::new(redis::RedisInbox::new(redis.clone(), live.inbox_bounds())),
+            pools: Arc::new(redis::RedisPools::new(redis.clone(), live.pool_bounds())),
             pusher: config
                 .pusher
                 .as_ref()

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use crate::broker::{BoxFuture, BrokerError};
 use crate::inbox::{Bounds, Entry, InboxStore, Kept};
-use crate::live::Live;
+use crate::live::Current;
 
 #[derive(Default)]
 struct State {
@@ -23,7 +23,7 @@ struct State {
 pub struct MemoryInbox {
     /// Held for map operations only, never across an await.
     state: Mutex<State>,
-    bounds: Live<Bounds>,
+    bounds: Current<Bounds>,
 }
 
 fn ready<'a, T: Send + 'a>(value: T) -> BoxFuture<'a, Result<T, BrokerError>> {
@@ -35,7 +35,7 @@ impl MemoryInbox {
     pub fn new(bounds: Bounds) -> MemoryInbox {
         MemoryInbox {
             state: Mutex::default(),
-            bounds: Live::new(bounds),
+            bounds: Current::new(bounds),
         }
     }
 

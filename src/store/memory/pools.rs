@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use crate::broker::{Attach, BoxFuture, BrokerError};
 use crate::hub::Hub;
-use crate::live::Live;
+use crate::live::Current;
 use crate::pools::{append_to, Bounds, Change, Changed, Doc, PoolError, PoolStore};
 use crate::wire::{Message, Position, StreamKey};
 
@@ -26,7 +26,7 @@ pub struct MemoryPools {
     docs: Mutex<HashMap<String, Doc>>,
     /// What a change holds across its publish (so a snapshot of that pool waits for it).
     changing: Box<[tokio::sync::Mutex<()>]>,
-    bounds: Live<Bounds>,
+    bounds: Current<Bounds>,
 }
 
 impl MemoryPools {
@@ -35,7 +35,7 @@ impl MemoryPools {
         MemoryPools {
             docs: Mutex::default(),
             changing: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
-            bounds: Live::new(bounds),
+            bounds: Current::new(bounds),
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::broker::{BoxFuture, BrokerError};
-use crate::live::Live;
+use crate::live::Current;
 use crate::receipts::{unix_secs, Acked, Acker, ReceiptStore, Report, Target};
 
 struct Kept {
@@ -47,7 +47,7 @@ pub struct MemoryReceipts {
     /// Held for map operations only, never across an await.
     state: Mutex<State>,
     /// How long a report is kept, and how many at most.
-    bounds: Live<(Duration, usize)>,
+    bounds: Current<(Duration, usize)>,
 }
 
 fn ready<'a, T: Send + 'a>(value: T) -> BoxFuture<'a, Result<T, BrokerError>> {
@@ -59,7 +59,7 @@ impl MemoryReceipts {
     pub fn new(ttl: Duration, max: usize) -> MemoryReceipts {
         MemoryReceipts {
             state: Mutex::default(),
-            bounds: Live::new((ttl, max)),
+            bounds: Current::new((ttl, max)),
         }
     }
 

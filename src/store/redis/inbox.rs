@@ -12,7 +12,7 @@ use crate::broker::redis::RedisHandle;
 use crate::broker::redis_conn::tag_part;
 use crate::broker::{BoxFuture, BrokerError};
 use crate::inbox::{unix_ms, Bounds, Entry, InboxStore, Kept};
-use crate::live::Live;
+use crate::live::Current;
 
 /// Keeps a message for a uid, atomically under both bounds (see `keep` below).
 static KEEP: std::sync::LazyLock<Script> =
@@ -21,7 +21,7 @@ static KEEP: std::sync::LazyLock<Script> =
 /// The cluster's inbox.
 pub struct RedisInbox {
     redis: RedisHandle,
-    bounds: Live<Bounds>,
+    bounds: Current<Bounds>,
 }
 
 impl RedisInbox {
@@ -29,7 +29,7 @@ impl RedisInbox {
     pub fn new(redis: RedisHandle, bounds: Bounds) -> RedisInbox {
         RedisInbox {
             redis,
-            bounds: Live::new(bounds),
+            bounds: Current::new(bounds),
         }
     }
 

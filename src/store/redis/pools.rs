@@ -23,7 +23,7 @@ use crate::broker::redis::{published, RedisHandle};
 use crate::broker::redis_conn::tag_part;
 use crate::broker::{Attach, BoxFuture, BrokerError};
 use crate::hub::Hub;
-use crate::live::Live;
+use crate::live::Current;
 use crate::pools::{Bounds, Change, Changed, Doc, PoolError, PoolStore};
 use crate::wire::{self, Position, StreamKey};
 
@@ -57,7 +57,7 @@ struct Keys {
 /// The cluster's pools.
 pub struct RedisPools {
     redis: RedisHandle,
-    bounds: Live<Bounds>,
+    bounds: Current<Bounds>,
 }
 
 impl RedisPools {
@@ -65,7 +65,7 @@ impl RedisPools {
     pub fn new(redis: RedisHandle, bounds: Bounds) -> RedisPools {
         RedisPools {
             redis,
-            bounds: Live::new(bounds),
+            bounds: Current::new(bounds),
         }
     }
 

@@ -8,14 +8,14 @@ use std::time::Duration;
 use crate::broker::redis::RedisHandle;
 use crate::broker::redis_conn::tag_part;
 use crate::broker::{BoxFuture, BrokerError};
-use crate::live::Live;
+use crate::live::Current;
 use crate::receipts::{unix_secs, Acked, Acker, ReceiptStore, Report, Target};
 
 /// The cluster's reports.
 pub struct RedisReceipts {
     redis: RedisHandle,
     /// How long a report is kept.
-    ttl: Live<Duration>,
+    ttl: Current<Duration>,
 }
 
 impl RedisReceipts {
@@ -23,7 +23,7 @@ impl RedisReceipts {
     pub fn new(redis: RedisHandle, ttl: Duration) -> RedisReceipts {
         RedisReceipts {
             redis,
-            ttl: Live::new(ttl),
+            ttl: Current::new(ttl),
         }
     }
 
