@@ -1,7 +1,8 @@
-//! The HTTP surface as warp filters: `/access` ([`access`]), `/ws` ([`upgrade`]), `/sse`
-//! ([`events`]), `/push`,
-//! `/publish`, `/broadcast` ([`publish`]), `/online`, `/stats` ([`query`]), `/push-serve.js`
-//! ([`client`]), `/health`, `/ready`, `/metrics` ([`ops`]), `/admin` ([`admin`]); every
+//! The HTTP surface: one warp filter extracts what a handler reads, and `dispatch` picks the
+//! handler from the route table (`routes.rs`): `/access` (`access`), `/ws` (`upgrade`), `/sse`
+//! (`events`), `/push`, `/publish`, `/broadcast` (`publish`), `/online`, `/stats` (`query`),
+//! `/push-serve.js` ([`client`]), `/health`, `/ready`, `/metrics` (`ops`), `/admin` (`admin`),
+//! the rooms, pools, reports and Pusher paths; every
 //! failure is an [`ApiError`] turned into the JSON envelope in one place ([`error`]). Every
 //! request is counted by endpoint and status, and every refusal but "user offline" is
 //! remembered for the admin page.
