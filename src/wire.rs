@@ -47,11 +47,16 @@ pub enum StreamKey {
     Broadcast,
     /// A Pusher channel of one app: apart from native topics, and from another app's channel
     /// of the same name. App ids hold no `:` (config checks), so the spellings below parse.
+    ///
+    /// Both names are shared, not copied: the registry's key, the socket's list of streams and
+    /// the Pusher store hold one allocation of a channel's name between them, and every
+    /// channel of an app points at the app's one id (an idle Pusher socket with a channel of
+    /// its own once held five copies).
     Channel {
         /// The app's id.
-        app: Box<str>,
+        app: Arc<str>,
         /// The channel's name, as pages spell it (`private-orders`).
-        name: Box<str>,
+        name: Arc<str>,
     },
 }
 

@@ -10,12 +10,19 @@
 //! the client (headers only; payloads are skipped, nothing is kept), so that after a failure the
 //! socket task can go on reading raw bytes until a whole close frame from the client went by,
 //! whether tungstenite or the task read it. Its state is 16 bytes per socket.
+//!
+//! It also holds what the server wrote by hand and the connection has not taken yet
+//! ([`CloseWatch::queue`]): the server's frames are framed by
+//! [`native::write`](super::native::write) rather than by tungstenite, whose write buffer keeps
+//! its capacity for the socket's whole life once anything went through it (an idle Pusher
+//! socket kept the ~150 bytes of its `connection_established` that way). These bytes are
+//! empty, with no allocation, between writes.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Where the client's byte stream stands within the current frame.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +114,9 @@ impl Boundaries {
 pub struct CloseWatch<S> {
     io: S,
     frames: Boundaries,
+    /// Bytes written by hand that the connection has not taken yet: the rest of a write cut
+    /// short (a shutdown, an eviction), which must go out before anything else does.
+    unsent: Box<[u8]>,
 }
 
 impl<S> CloseWatch<S> {
@@ -115,7 +125,38 @@ impl<S> CloseWatch<S> {
         CloseWatch {
             io,
             frames: Boundaries::default(),
+            unsent: Box::default(),
         }
+    }
+
+    /// Queues `bytes` (whole frames) to be written by [`CloseWatch::write_unsent`], after
+    /// whatever is still unsent.
+    pub fn queue(&mut self, bytes: Vec<u8>) {
+        self.unsent = if self.unsent.is_empty() {
+            bytes.into_boxed_slice()
+        } else {
+            [&self.unsent[..], &bytes].concat().into_boxed_slice()
+        };
+    }
+
+    /// Writes what [`CloseWatch::queue`] holds. Cancel safe: dropped part way, it keeps what
+    /// was not written yet, so the stream never holds half a frame followed by another.
+    pub async fn write_unsent(&mut self) -> io::Result<()>
+    where
+        S: AsyncWrite + Unpin,
+    {
+        while !self.unsent.is_empty() {
+            let n = self.io.write(&self.unsent).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.unsent = if n == self.unsent.len() {
+                Box::default()
+            } else {
+                self.unsent[n..].into()
+            };
+        }
+        Ok(())
     }
 
     /// Whether a whole close frame has been read from the client.

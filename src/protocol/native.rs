@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use super::close_watch::CloseWatch;
@@ -136,19 +136,23 @@ where
         Ok(true)
     }
 
-    async fn next(&mut self) -> Inbound<String> {
-        let inbound = self.ws.next().await;
-        // Anything at all from the client proves it alive; contents are ignored, but for
-        // acks of messages that asked for a receipt.
-        self.awaiting_pong = false;
-        match inbound_of(inbound) {
-            Inbound::Message(text) => match wire::ack_of(&text) {
-                Some(id) => Inbound::Message(id),
-                None => Inbound::Alive,
-            },
-            Inbound::Alive => Inbound::Alive,
-            Inbound::End(ended) => Inbound::End(ended),
-        }
+    // A `poll_fn` rather than an `async fn`: the future every idle socket waits in is then one
+    // pointer.
+    fn next(&mut self) -> impl std::future::Future<Output = Inbound<String>> + Send + '_ {
+        std::future::poll_fn(move |cx| {
+            let inbound = std::task::ready!(self.ws.poll_next_unpin(cx));
+            // Anything at all from the client proves it alive; contents are ignored, but for
+            // acks of messages that asked for a receipt.
+            self.awaiting_pong = false;
+            std::task::Poll::Ready(match inbound_of(inbound) {
+                Inbound::Message(text) => match wire::ack_of(&text) {
+                    Some(id) => Inbound::Message(id),
+                    None => Inbound::Alive,
+                },
+                Inbound::Alive => Inbound::Alive,
+                Inbound::End(ended) => Inbound::End(ended),
+            })
+        })
     }
 
     async fn answer<'a>(
@@ -162,7 +166,7 @@ where
     }
 
     async fn write(&mut self, out: Vec<Out>) -> Result<(), Gone> {
-        write(&mut self.ws, out, || Message::Ping(Bytes::new())).await
+        write(&mut self.ws, out, || None).await
     }
 
     fn close<'a>(
@@ -186,24 +190,80 @@ pub(crate) fn inbound_of(item: Option<Result<Message, WsError>>) -> Inbound<Utf8
     }
 }
 
-/// Writes `out` to a WebSocket as text messages, its keep-alive as `ping()`, then flushes.
+/// Writes `out` to a WebSocket as text messages, its keep-alive as a ping frame (`ping`
+/// `None`) or as the text `ping` gives, then flushes.
+///
+/// The frames are made here, in one buffer freed once written, rather than by tungstenite:
+/// its write buffer would keep its largest size in every socket for the socket's whole life
+/// (see [`CloseWatch`]). What tungstenite queued itself (a pong, a close echo) goes out first.
 pub(crate) async fn write<S>(
     ws: &mut Socket<S>,
     out: Vec<Out>,
-    ping: impl Fn() -> Message,
+    ping: impl Fn() -> Option<String>,
 ) -> Result<(), Gone>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    for o in out {
-        let message = match o {
-            Out::Frame(frame, _) => Message::Text((*frame).clone()),
-            Out::Text(text) => Message::Text(Utf8Bytes::from(text)),
-            Out::Ping => ping(),
-        };
-        ws.feed(message).await.map_err(|_| Gone)?;
+    // The rest of a write cut short, then tungstenite's own: both were queued before these.
+    ws.get_mut().write_unsent().await.map_err(|_| Gone)?;
+    ws.flush().await.map_err(|_| Gone)?;
+    let pings = out.iter().filter(|o| matches!(o, Out::Ping)).count();
+    let ping = if pings > 0 { ping() } else { None };
+    let size: usize = out
+        .iter()
+        .map(|o| match o {
+            Out::Frame(frame, _) => frame_len(frame.len()),
+            Out::Text(text) => frame_len(text.len()),
+            Out::Ping => frame_len(ping.as_ref().map_or(0, String::len)),
+        })
+        .sum();
+    let mut bytes = Vec::with_capacity(size);
+    for o in &out {
+        match o {
+            Out::Frame(frame, _) => put_frame(&mut bytes, TEXT, frame.as_bytes()),
+            Out::Text(text) => put_frame(&mut bytes, TEXT, text.as_bytes()),
+            Out::Ping => match &ping {
+                Some(text) => put_frame(&mut bytes, TEXT, text.as_bytes()),
+                None => put_frame(&mut bytes, PING, &[]),
+            },
+        }
     }
-    ws.flush().await.map_err(|_| Gone)
+    drop(out);
+    let io = ws.get_mut();
+    io.queue(bytes);
+    io.write_unsent().await.map_err(|_| Gone)?;
+    tokio::io::AsyncWriteExt::flush(io).await.map_err(|_| Gone)
+}
+
+/// Opcodes of the frames the server makes itself.
+const TEXT: u8 = 0x1;
+const PING: u8 = 0x9;
+
+/// The length of a server frame (unmasked, one fragment) carrying `payload` bytes.
+fn frame_len(payload: usize) -> usize {
+    let header = match payload {
+        0..=125 => 2,
+        126..=0xffff => 4,
+        _ => 10,
+    };
+    header + payload
+}
+
+/// Appends a server frame (FIN set, unmasked, RFC 6455 5.2) with `opcode` and `payload`.
+fn put_frame(bytes: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    bytes.push(0x80 | opcode);
+    match payload.len() {
+        n @ 0..=125 => bytes.push(n as u8),
+        n @ 126..=0xffff => {
+            bytes.push(126);
+            bytes.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            bytes.push(127);
+            bytes.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    bytes.extend_from_slice(payload);
 }
 
 /// Why a client's inbound stream failed.
@@ -257,6 +317,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let handshake = async {
+        // The rest of a write cut short goes first: the client reads whole frames up to ours.
+        if ws.get_mut().write_unsent().await.is_err() {
+            return;
+        }
         let Some(frame) = frame else {
             let _ = ws.flush().await;
             return;
@@ -274,4 +338,33 @@ where
         }
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, handshake).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
+
+    /// The frames made by hand are byte for byte the ones tungstenite makes, on both sides of
+    /// each length encoding.
+    #[test]
+    fn frames_made_by_hand_are_tungstenites() {
+        for len in [0, 1, 125, 126, 127, 0xffff, 0x1_0000, 70_000] {
+            let payload = vec![b'x'; len];
+            let mut ours = Vec::new();
+            put_frame(&mut ours, TEXT, &payload);
+            assert_eq!(ours.len(), frame_len(len), "length {len}");
+            let mut theirs = Vec::new();
+            WsFrame::message(payload.clone(), OpCode::Data(Data::Text), true)
+                .format(&mut theirs)
+                .unwrap();
+            assert_eq!(ours, theirs, "text frame of {len} bytes");
+        }
+        let mut ours = Vec::new();
+        put_frame(&mut ours, PING, &[]);
+        let mut theirs = Vec::new();
+        WsFrame::ping(Vec::new()).format(&mut theirs).unwrap();
+        assert_eq!(ours, theirs, "ping frame");
+    }
 }

@@ -96,6 +96,8 @@ pub use crate::commands::user_channel;
 pub struct App {
     /// Its config.
     pub conf: PusherApp,
+    /// Its id, the one copy every channel key of the app points at.
+    pub id: Arc<str>,
     sockets: AtomicUsize,
 }
 
@@ -171,6 +173,7 @@ impl Pusher {
             .iter()
             .map(|conf| {
                 Arc::new(App {
+                    id: conf.id.as_str().into(),
                     conf: conf.clone(),
                     sockets: AtomicUsize::new(0),
                 })

@@ -7,6 +7,7 @@
 //! Redis. `store` chooses, once, from the config.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::broker::{BoxFuture, BrokerError};
@@ -26,11 +27,12 @@ pub struct Member {
 /// Shared Pusher state. Every method is cluster-wide with a cluster store.
 pub trait ChannelStore: Send + Sync + 'static {
     /// A socket subscribed to (`delta` 1) or left (`-1`) `channel` of `app`: `true` if that
-    /// made the channel occupied, or vacated it.
+    /// made the channel occupied, or vacated it. The name is shared: a memory store keeps it
+    /// as it is rather than a copy (one allocation per channel in every idle socket).
     fn subscribed<'a>(
         &'a self,
         app: &'a str,
-        channel: &'a str,
+        channel: &'a Arc<str>,
         delta: i64,
     ) -> BoxFuture<'a, Result<bool, BrokerError>>;
 

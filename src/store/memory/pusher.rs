@@ -1,7 +1,7 @@
 //! Pusher mode's counts, presence members and cache for one node.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::broker::{BoxFuture, BrokerError};
@@ -23,7 +23,9 @@ fn id(app: &str, channel: &str) -> ChannelId {
 
 #[derive(Default)]
 struct Memory {
-    subscriptions: HashMap<ChannelId, usize>,
+    /// Per app: each channel with subscribers here, and how many. The name is the one the
+    /// socket and the registry hold too (see [`ChannelStore::subscribed`]).
+    subscriptions: HashMap<Box<str>, HashMap<Arc<str>, usize>>,
     /// Per presence channel: user → (sockets, user_info).
     presence: HashMap<ChannelId, HashMap<String, (usize, String)>>,
     cache: HashMap<ChannelId, (String, Instant)>,
@@ -46,17 +48,28 @@ impl ChannelStore for MemoryChannels {
     fn subscribed<'a>(
         &'a self,
         app: &'a str,
-        channel: &'a str,
+        channel: &'a Arc<str>,
         delta: i64,
     ) -> BoxFuture<'a, Result<bool, BrokerError>> {
         let mut state = self.state();
-        let key = id(app, channel);
-        let before = state.subscriptions.get(&key).copied().unwrap_or(0) as i64;
+        let before = state
+            .subscriptions
+            .get(app)
+            .and_then(|channels| channels.get(channel))
+            .copied()
+            .unwrap_or(0) as i64;
         let n = before + delta;
         if n > 0 {
-            state.subscriptions.insert(key, n as usize);
-        } else {
-            state.subscriptions.remove(&key);
+            let channels = match state.subscriptions.get_mut(app) {
+                Some(channels) => channels,
+                None => state.subscriptions.entry(app.into()).or_default(),
+            };
+            channels.insert(channel.clone(), n as usize);
+        } else if let Some(channels) = state.subscriptions.get_mut(app) {
+            channels.remove(channel);
+            if channels.is_empty() {
+                state.subscriptions.remove(app);
+            }
         }
         ready((before == 0) != (n <= 0))
     }
@@ -68,10 +81,9 @@ impl ChannelStore for MemoryChannels {
         let state = self.state();
         let found = state
             .subscriptions
-            .iter()
-            .filter(|((a, _), _)| &**a == app)
-            .map(|((_, c), n)| (c.to_string(), *n))
-            .collect();
+            .get(app)
+            .map(|channels| channels.iter().map(|(c, n)| (c.to_string(), *n)).collect())
+            .unwrap_or_default();
         ready(found)
     }
 
@@ -197,12 +209,13 @@ mod tests {
     #[tokio::test]
     async fn counts_and_cache_are_per_app() {
         let store = MemoryChannels::default();
-        assert!(store.subscribed("a", "c", 1).await.unwrap(), "occupied");
-        assert!(!store.subscribed("a", "c", 1).await.unwrap());
-        store.subscribed("b", "c", 1).await.unwrap();
+        let c: Arc<str> = "c".into();
+        assert!(store.subscribed("a", &c, 1).await.unwrap(), "occupied");
+        assert!(!store.subscribed("a", &c, 1).await.unwrap());
+        store.subscribed("b", &c, 1).await.unwrap();
         assert_eq!(store.channels("a").await.unwrap()["c"], 2);
-        assert!(!store.subscribed("a", "c", -1).await.unwrap());
-        assert!(store.subscribed("a", "c", -1).await.unwrap(), "vacated");
+        assert!(!store.subscribed("a", &c, -1).await.unwrap());
+        assert!(store.subscribed("a", &c, -1).await.unwrap(), "vacated");
         assert!(store.channels("a").await.unwrap().is_empty());
         store.cache_put("a", "cache-c", "f").await.unwrap();
         assert_eq!(

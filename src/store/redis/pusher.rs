@@ -80,7 +80,7 @@ impl ChannelStore for RedisChannels {
     fn subscribed<'a>(
         &'a self,
         app: &'a str,
-        channel: &'a str,
+        channel: &'a Arc<str>,
         delta: i64,
     ) -> BoxFuture<'a, Result<bool, BrokerError>> {
         Box::pin(async move {
