@@ -275,34 +275,34 @@ impl<S> End<S> {
 ///
 /// Everything by reference: the caller's future holds the transport and the session once, and
 /// this one only borrows them (a value moved into a nested future is a second copy of it for
-/// the socket's whole life).
-pub async fn run<T: Transport>(
-    transport: &mut T,
-    session: &mut Session,
-    ctx: &SocketContext,
-) -> Ended {
-    log::debug!(
-        "socket {} opened ({} live)",
-        session.membership.id(),
-        ctx.hub.socket_count()
-    );
-    let outbox = session.membership.outbox().clone();
-    let ended = drive(transport, session, ctx, &outbox).await;
-    log::debug!("socket {} closed: {ended:?}", session.membership.id());
-    // Leaving first: from here on nothing new is queued, so what is flushed below is all.
-    session.membership.leave();
-    // Boxed: the closing steps run once, so their state should not sit in every idle socket's
-    // task for its whole life.
-    Box::pin(transport.left(session)).await;
-    Box::pin(finish(transport, &outbox, ended, ctx)).await;
-    ended
-}
-
-/// What woke the idle loop.
-enum Woke<M> {
-    Queued,
-    Inbound(Inbound<M>),
-    Tick,
+/// the socket's whole life). A plain `fn` returning an `async` block, like [`drive`]: an
+/// `async fn` would keep its arguments twice (as arguments, and as the body's locals).
+#[allow(clippy::manual_async_fn)]
+pub fn run<'a, T: Transport>(
+    transport: &'a mut T,
+    session: &'a mut Session,
+    ctx: &'a SocketContext,
+) -> impl Future<Output = Ended> + Send + 'a {
+    async move {
+        log::debug!(
+            "socket {} opened ({} live)",
+            session.membership.id(),
+            ctx.hub.socket_count()
+        );
+        let ended = drive(transport, session, ctx).await;
+        // Boxed, in one step: the closing steps run once, so their state should not sit in
+        // every idle socket's task for its whole life.
+        Box::pin(async move {
+            log::debug!("socket {} closed: {ended:?}", session.membership.id());
+            // Leaving first: from here on nothing new is queued, so what is flushed below is
+            // all.
+            session.membership.leave();
+            transport.left(session).await;
+            finish(transport, session.membership.outbox(), ended, ctx).await;
+        })
+        .await;
+        ended
+    }
 }
 
 /// Whether the server is ending sockets of this transport.
@@ -318,98 +318,129 @@ fn stopping<T: Transport>(ctx: &SocketContext) -> bool {
 /// outbox ([`crate::registry::Registry::wake_all`]) and are read from `ctx` at the top of each
 /// turn; the socket already joined the registry, so either it reads the change here or the
 /// wake-up reaches it.
-async fn drive<T: Transport>(
-    t: &mut T,
-    session: &mut Session,
-    ctx: &SocketContext,
-    outbox: &Outbox,
-) -> Ended {
-    if stopping::<T>(ctx) {
-        return Ended::Close(CloseReason::ServerShutdown);
-    }
-    // The greeting, then welcome, gaps, missed messages and the inbox go out before anything
-    // live (which waits in the outbox).
-    let preamble = std::mem::take(&mut session.preamble);
-    let first: Vec<Out> = t
-        .greeting()
-        .into_iter()
-        .chain(preamble.into_iter().map(|f| Out::Frame(f, None)))
-        .collect();
-    if !first.is_empty() {
-        if let Some(ended) = send(t, first, outbox, ctx).await {
-            return ended;
-        }
-    }
-    // A timer in place (this future is pinned) rather than an `Interval`, which boxes its own.
-    let mut beats = ctx.heartbeat_changes();
-    let (first, mut period) = t.timer(ctx);
-    let mut tick = std::pin::pin!(tokio::time::sleep(first));
-    loop {
+#[allow(clippy::manual_async_fn)]
+fn drive<'a, T: Transport>(
+    t: &'a mut T,
+    session: &'a mut Session,
+    ctx: &'a SocketContext,
+) -> impl Future<Output = Ended> + Send + 'a {
+    async move {
         if stopping::<T>(ctx) {
             return Ended::Close(CloseReason::ServerShutdown);
         }
-        if ctx.heartbeat_changes() != beats {
-            beats = ctx.heartbeat_changes();
-            // The heartbeat period changed (a config reload): start over with it, giving the
-            // client a whole new period to answer.
-            if T::FOLLOWS_HEARTBEAT {
-                let first;
-                (first, period) = t.timer(ctx);
-                tick.as_mut().reset(Instant::now() + first);
-            }
-        }
-        // Everything queued goes out before we wait again (so no wake-up is ever missed).
-        while let Some(batch) = batch(outbox) {
-            if let Some(ended) = send(t, batch, outbox, ctx).await {
-                return ended;
-            }
-        }
-        if let Some(reason) = outbox.evicted() {
-            return Ended::Close(reason);
-        }
-        if outbox.has_controls() {
-            // Boxed: rare, and its state (a broker attach, the moves being told) would
-            // otherwise sit in every idle socket's task.
-            if let Some(ended) = Box::pin(moves(t, session, ctx, outbox)).await {
-                return ended;
-            }
-            continue;
-        }
-        // The one await an idle socket sits in: keep it small.
-        let woke = tokio::select! {
-            biased;
-            // A frame was queued, we were evicted, or something changed for every socket: all
-            // are handled at the top.
-            _ = outbox.ready() => Woke::Queued,
-            inbound = t.next() => Woke::Inbound(inbound),
-            _ = &mut tick => Woke::Tick,
-        };
-        let out = match woke {
-            Woke::Queued | Woke::Inbound(Inbound::Alive) => continue,
-            Woke::Inbound(Inbound::End(ended)) => return ended,
-            // Boxed: answering runs for a moment, and its state (store and hub calls) must not
-            // sit in every idle socket's task.
-            Woke::Inbound(Inbound::Message(m)) => match Box::pin(t.answer(m, session, ctx)).await {
-                Ok(out) => out,
-                Err(ended) => return ended,
-            },
-            Woke::Tick => {
-                // The next tick one period from now: a late one (a busy node) is not followed
-                // by a burst to catch up.
-                tick.as_mut().reset(Instant::now() + period);
-                match t.tick() {
-                    Ok(true) => vec![Out::Ping],
-                    Ok(false) => continue,
-                    Err(ended) => return ended,
+        // The greeting, then welcome, gaps, missed messages and the inbox go out before anything
+        // live (which waits in the outbox).
+        // (Its own block: a list that stayed empty, never moved, would otherwise be kept in
+        // every state of the loop below.)
+        {
+            let first: Vec<Out> = t
+                .greeting()
+                .into_iter()
+                .chain(
+                    std::mem::take(&mut session.preamble)
+                        .into_iter()
+                        .map(|f| Out::Frame(f, None)),
+                )
+                .collect();
+            if !first.is_empty() {
+                if let Some(ended) = send(t, first, session.membership.outbox(), ctx).await {
+                    return ended;
                 }
             }
-        };
-        if !out.is_empty() {
-            if let Some(ended) = send(t, out, outbox, ctx).await {
+        }
+        // A timer in place (this future is pinned) rather than an `Interval`, which boxes its own.
+        let mut beats = ctx.heartbeat_changes();
+        let (first, mut period) = t.timer(ctx);
+        let mut tick = std::pin::pin!(tokio::time::sleep(first));
+        loop {
+            if stopping::<T>(ctx) {
+                return Ended::Close(CloseReason::ServerShutdown);
+            }
+            if ctx.heartbeat_changes() != beats {
+                beats = ctx.heartbeat_changes();
+                // The heartbeat period changed (a config reload): start over with it, giving the
+                // client a whole new period to answer.
+                if T::FOLLOWS_HEARTBEAT {
+                    let first;
+                    (first, period) = t.timer(ctx);
+                    tick.as_mut().reset(Instant::now() + first);
+                }
+            }
+            // Everything queued goes out before we wait again (so no wake-up is ever missed).
+            let outbox = session.membership.outbox();
+            while let Some(batch) = batch(outbox) {
+                if let Some(ended) = send(t, batch, outbox, ctx).await {
+                    return ended;
+                }
+            }
+            if let Some(reason) = outbox.evicted() {
+                return Ended::Close(reason);
+            }
+            if outbox.has_controls() {
+                // Boxed: rare, and its state (a broker attach, the moves being told) would
+                // otherwise sit in every idle socket's task.
+                if let Some(ended) = Box::pin(moves(t, session, ctx)).await {
+                    return ended;
+                }
+                continue;
+            }
+            // The one await an idle socket sits in: keep it small. Its handlers only decide,
+            // awaiting nothing, so what woke it is gone before anything else is awaited.
+            let respond = tokio::select! {
+                biased;
+                // A frame was queued, we were evicted, or something changed for every socket:
+                // all are handled at the top.
+                _ = session.membership.outbox().ready() => continue,
+                inbound = t.next() => match inbound {
+                    Inbound::Message(m) => Some(m),
+                    Inbound::Alive => continue,
+                    Inbound::End(ended) => return ended,
+                },
+                _ = &mut tick => {
+                    // The next tick one period from now: a late one (a busy node) is not
+                    // followed by a burst to catch up.
+                    tick.as_mut().reset(Instant::now() + period);
+                    match t.tick() {
+                        Ok(true) => None,
+                        Ok(false) => continue,
+                        Err(ended) => return ended,
+                    }
+                }
+            };
+            // Boxed: answering runs for a moment, and its state (store and hub calls, the
+            // write) must not sit in every idle socket's task.
+            if let Some(ended) = Box::pin(respond_to(t, respond, session, ctx)).await {
                 return ended;
             }
         }
     }
+}
+
+/// Answers `message` (`None`: the keep-alive is due) and writes what that gives, [`guarded`].
+/// `Some` says why the socket must end.
+async fn respond_to<T: Transport>(
+    t: &mut T,
+    message: Option<T::Message>,
+    session: &mut Session,
+    ctx: &SocketContext,
+) -> Option<Ended> {
+    let out = match message {
+        Some(m) => match t.answer(m, session, ctx).await {
+            Ok(out) => out,
+            Err(ended) => return Some(ended),
+        },
+        None => vec![Out::Ping],
+    };
+    if out.is_empty() {
+        return None;
+    }
+    guarded(
+        t.write(out),
+        session.membership.outbox(),
+        ctx,
+        stopping::<T>,
+    )
+    .await
 }
 
 /// Carries out the room moves waiting in the outbox and tells the client, one move at a time:
@@ -420,13 +451,12 @@ async fn moves<T: Transport>(
     t: &mut T,
     session: &mut Session,
     ctx: &SocketContext,
-    outbox: &Outbox,
 ) -> Option<Ended> {
     for m in crate::protocol::apply_controls(session, ctx).await {
         t.moved(&m);
         let mut told = vec![Out::Frame(m.frame, None)];
         told.extend(m.snapshot.map(|snapshot| Out::Frame(snapshot, None)));
-        if let Some(ended) = send(t, told, outbox, ctx).await {
+        if let Some(ended) = send(t, told, session.membership.outbox(), ctx).await {
             return Some(ended);
         }
     }
@@ -450,14 +480,15 @@ fn batch(outbox: &Outbox) -> Option<Vec<Out>> {
 
 /// Writes `out` through the transport, [`guarded`]. Boxed: a write in flight (its frames, its
 /// stuck-write timer) is a few hundred bytes that an idle socket's task need not carry. One
-/// allocation per batch of up to 64 frames.
-async fn send<T: Transport>(
-    t: &mut T,
+/// allocation per batch of up to 64 frames. The box itself is what the caller awaits (an
+/// `async fn` around it would keep its arguments too, in every idle socket).
+fn send<'a, T: Transport>(
+    t: &'a mut T,
     out: Vec<Out>,
-    outbox: &Outbox,
-    ctx: &SocketContext,
-) -> Option<Ended> {
-    Box::pin(guarded(t.write(out), outbox, ctx, stopping::<T>)).await
+    outbox: &'a Outbox,
+    ctx: &'a SocketContext,
+) -> Pin<Box<impl Future<Output = Option<Ended>> + Send + 'a>> {
+    Box::pin(guarded(t.write(out), outbox, ctx, stopping::<T>))
 }
 
 /// Runs a write to completion unless the server shuts down, the socket is evicted, or the write
@@ -538,4 +569,41 @@ pub fn switching_protocols(accept: HeaderValue) -> Response {
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     res
+}
+
+#[cfg(test)]
+mod tests {
+    /// The size of what `f` returns, here a socket's task future: an idle socket is mostly
+    /// that future, so a field or a local added to it is paid by every idle socket.
+    fn returned_size<F, A, B, C, R>(_: F) -> usize
+    where
+        F: FnOnce(A, B, C) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+
+    fn returned_size5<F, A, B, C, D, E, R>(_: F) -> usize
+    where
+        F: FnOnce(A, B, C, D, E) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+
+    /// A guard on idle memory (BENCHMARKS.md, "where each byte goes"): the task futures of a
+    /// native and of a Pusher socket were 976 and 1056 bytes before the loop's awaits were made
+    /// small, and are 816 and 888 now. A local kept across two awaits, or an `async fn`'s
+    /// arguments, grow them for every socket; this says so before the benchmark does.
+    #[test]
+    fn socket_task_futures_stay_small() {
+        let native = returned_size(crate::protocol::native::upgraded);
+        let pusher = returned_size5(crate::protocol::pusher::socket::upgraded);
+        assert!(
+            native <= 832,
+            "a native socket's task future grew to {native} bytes"
+        );
+        assert!(
+            pusher <= 904,
+            "a Pusher socket's task future grew to {pusher} bytes"
+        );
+    }
 }

@@ -326,9 +326,10 @@ impl Outbox {
     }
 
     /// Resolves when a frame was queued into an empty queue, the socket was evicted or poked
-    /// (or immediately, if that happened since the last wait).
-    pub async fn ready(&self) {
-        std::future::poll_fn(|cx| {
+    /// (or immediately, if that happened since the last wait). The future is one pointer (an
+    /// `async fn` around it would be three): every idle socket waits in one.
+    pub fn ready(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        std::future::poll_fn(move |cx| {
             let mut state = self.state();
             if std::mem::take(&mut state.woken) {
                 return Poll::Ready(());
@@ -339,7 +340,6 @@ impl Outbox {
             }
             Poll::Pending
         })
-        .await
     }
 
     /// Refuses further frames but keeps those queued: the socket is leaving its streams (a
