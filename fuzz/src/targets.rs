@@ -113,7 +113,10 @@ pub fn config(data: &[u8]) {
     config
         .socket_addr()
         .expect("an accepted config has a listen address");
-    assert!(!config.password.is_empty(), "empty password accepted");
+    assert!(
+        !config.password.expose().is_empty(),
+        "empty password accepted"
+    );
     assert!(
         !config.live().key_material().is_empty(),
         "empty secret accepted"
@@ -127,10 +130,10 @@ pub fn config(data: &[u8]) {
     let _ = ws_config(config.max_client_frame_bytes);
     let auth = Auth::new(
         config.live().key_material(),
-        &config.password,
+        config.password.expose(),
         config.access_key_ttl_secs,
     );
-    assert!(auth.check_password(&config.password));
+    assert!(auth.check_password(config.password.expose()));
     let key = auth.issue("u");
     assert!(auth.verify("u", &key).is_ok(), "a fresh key is refused");
 }
@@ -545,7 +548,7 @@ pub fn http(data: &[u8]) {
     config.real_ip_header = Some("x-real-ip".into());
     let auth = Auth::new(
         config.live().key_material(),
-        &config.password,
+        config.password.expose(),
         config.access_key_ttl_secs,
     );
     let (case, body, chunk) = decode_request(&mut input, &auth);

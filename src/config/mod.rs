@@ -327,7 +327,9 @@ impl Live {
 
     /// Material the access-key signing key is derived from.
     pub fn key_material(&self) -> &str {
-        self.secret.as_deref().unwrap_or(&self.password)
+        self.secret
+            .as_ref()
+            .map_or(self.password.expose(), Secret::expose)
     }
 
     /// The offline inbox's bounds.

@@ -11,7 +11,8 @@ pub const HIDDEN: &str = "(hidden)";
 
 /// A config value that never prints: `Debug` shows [`HIDDEN`], there is no `Display`, and it
 /// serializes as [`HIDDEN`] inside [`redacted`] (how a reload shows what changed). Code that
-/// needs the value asks for it by name ([`Secret::expose`]) or as a `&str` (`Deref`).
+/// needs the value asks for it by name ([`Secret::expose`]), so every use is easy to find;
+/// there is no `Deref`, which would let `format!("{}", &*secret)` compile.
 #[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
@@ -19,14 +20,6 @@ pub struct Secret(String);
 impl Secret {
     /// The value, for the code that signs or compares with it.
     pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::ops::Deref for Secret {
-    type Target = str;
-
-    fn deref(&self) -> &str {
         &self.0
     }
 }

@@ -19,7 +19,7 @@ impl Config {
             ));
         }
         let addr = self.socket_addr()?;
-        if self.password.is_empty() {
+        if self.password.expose().is_empty() {
             return Err(invalid(
                 "password",
                 "is required and must not be empty: the backends' password",
@@ -35,13 +35,13 @@ impl Config {
                 ),
             ));
         }
-        if matches!(&self.secret, Some(s) if s.is_empty()) {
+        if matches!(&self.secret, Some(s) if s.expose().is_empty()) {
             return Err(invalid(
                 "secret",
                 "must not be empty when set (leave it out to derive one from password)",
             ));
         }
-        if matches!(&self.jwt_secret, Some(s) if s.is_empty()) {
+        if matches!(&self.jwt_secret, Some(s) if s.expose().is_empty()) {
             return Err(invalid(
                 "jwt_secret",
                 "must not be empty when set (leave it out to refuse JWT access keys)",
@@ -134,7 +134,11 @@ impl Config {
                      https, point it at a local proxy)",
                 ));
             }
-            if self.callback_secret.as_deref().is_none_or(str::is_empty) {
+            if self
+                .callback_secret
+                .as_ref()
+                .is_none_or(|s| s.expose().is_empty())
+            {
                 return Err(invalid(
                     "callback_secret",
                     "is required with callback_url: the key the callbacks are signed with \
@@ -143,7 +147,7 @@ impl Config {
             }
         }
         if let Some(url) = &self.redis_url {
-            if !url.starts_with("redis://") {
+            if !url.expose().starts_with("redis://") {
                 return Err(invalid(
                     "redis_url",
                     "must be a redis:// URL such as redis://127.0.0.1:6379/0 (for TLS, connect \
@@ -163,7 +167,7 @@ impl Config {
                 ));
             }
             for url in &self.redis_cluster {
-                if !url.starts_with("redis://") {
+                if !url.expose().starts_with("redis://") {
                     return Err(invalid(
                         "redis_cluster",
                         "must be a list of redis:// URLs of cluster nodes such as \
@@ -284,7 +288,7 @@ impl PusherConfig {
                     ),
                 ));
             }
-            if app.secret.is_empty() {
+            if app.secret.expose().is_empty() {
                 return Err(invalid(
                     "pusher.apps.secret",
                     format!(

@@ -34,9 +34,12 @@ impl Config {
         let values: Value = serde_yaml::from_str(text).unwrap_or(Value::Null);
         for (key, written) in [
             ("password", Some(config.password.expose())),
-            ("secret", config.secret.as_deref()),
-            ("jwt_secret", config.jwt_secret.as_deref()),
-            ("callback_secret", config.callback_secret.as_deref()),
+            ("secret", config.secret.as_ref().map(Secret::expose)),
+            ("jwt_secret", config.jwt_secret.as_ref().map(Secret::expose)),
+            (
+                "callback_secret",
+                config.callback_secret.as_ref().map(Secret::expose),
+            ),
         ] {
             if !read_as_written(values.get(key), written) {
                 return Err(in_file(

@@ -123,11 +123,11 @@ impl Settings {
 fn auth_of(config: &Live) -> Auth {
     let auth = Auth::new(
         config.key_material(),
-        &config.password,
+        config.password.expose(),
         config.access_key_ttl_secs,
     );
     match &config.jwt_secret {
-        Some(secret) => auth.with_jwt(secret, config.max_topics_per_key),
+        Some(secret) => auth.with_jwt(secret.expose(), config.max_topics_per_key),
         None => auth,
     }
 }

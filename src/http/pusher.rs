@@ -201,7 +201,7 @@ where
         &req.path,
         &params,
         &conf.key,
-        &conf.secret,
+        conf.secret.expose(),
         now,
     )
     .map_err(refused)?;

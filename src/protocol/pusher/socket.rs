@@ -486,7 +486,14 @@ impl Conn<'_> {
                 None
             };
             let signed = auth.is_some_and(|a| {
-                auth::channel_auth_ok(a, &conf.key, &conf.secret, &self.socket_id(), channel, data)
+                auth::channel_auth_ok(
+                    a,
+                    &conf.key,
+                    conf.secret.expose(),
+                    &self.socket_id(),
+                    channel,
+                    data,
+                )
             });
             if !signed {
                 return refuse(401, "invalid signature: auth must sign socket_id:channel");
@@ -663,7 +670,13 @@ impl Conn<'_> {
     ) -> Result<Vec<String>, Ended> {
         let conf = &self.app.conf;
         let refused = Ended::Refused(4009, "Unauthorized: invalid signin");
-        if !auth::signin_ok(auth, &conf.key, &conf.secret, &self.socket_id(), user_data) {
+        if !auth::signin_ok(
+            auth,
+            &conf.key,
+            conf.secret.expose(),
+            &self.socket_id(),
+            user_data,
+        ) {
             return Err(refused);
         }
         let id = match serde_json::from_str::<Value>(user_data) {
