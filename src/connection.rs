@@ -4,6 +4,9 @@
 //! closed). A transport is a codec and an inbound handler ([`Transport`]); everything else is
 //! here, once:
 //!
+//! - [`join`]: the socket joins the hub (before its `101` or `200` is written, so a push that
+//!   follows finds it) with what it is told first: missed messages, a fresh page's offline
+//!   inbox, its data pools' snapshots;
 //! - [`spawn`]: the socket's task on the server's tracker (shutdown waits for it), its slot
 //!   under `max_sockets` held until it ends, counted opened and closed (with its close code) in
 //!   the metrics, told to the callbacks, and a slow reader's close logged with its address;
@@ -20,6 +23,7 @@
 //! and boxes every other one (writes, answers, room moves, closing): those states exist for a
 //! moment, in one allocation, instead of widening every idle socket for its whole life.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -36,7 +40,10 @@ use warp::reply::Response;
 use crate::hub::Session;
 use crate::metrics;
 use crate::outbox::Outbox;
+use crate::pools::PoolError;
 use crate::protocol::{Moved, SocketContext};
+use crate::registry::Subscription;
+use crate::wire::Proto;
 use crate::wire::{CloseReason, Frame};
 
 /// How long the closing steps (writing what a shutdown leaves queued, the close handshake)
@@ -183,6 +190,34 @@ pub fn close_code(ended: Ended) -> Option<u16> {
         Ended::Refused(code, _) => Some(code),
         Ended::Lost => None,
     }
+}
+
+/// Joins the hub as `sub`, resuming from `since`, and prepares what the socket is told before
+/// anything live: the hub's `_welcome`, gaps and missed messages; for a fresh `proto=2` page
+/// whose transport can ack (`acks`), its uid's offline inbox, which it may then ack (one that
+/// resumes had it already, and `/sse` cannot ack); then the snapshot of every data pool among
+/// its topics. Called before the transport's first answer (`101`, or the event stream's `200`)
+/// is written: once the page sees its socket open, a push for its uid finds it, and what is
+/// queued meanwhile waits in its outbox.
+pub async fn join(
+    ctx: &SocketContext,
+    sub: Subscription,
+    since: Option<&HashMap<String, String>>,
+    acks: bool,
+) -> Result<Session, PoolError> {
+    let fresh = acks && since.is_none() && sub.proto == Proto::Resumable;
+    let mut session = ctx.hub.connect(sub, since).await?;
+    if fresh {
+        let uid = &session.membership.subscription().uid;
+        let inbox = ctx.inbox.frames_of(uid).await?;
+        let outbox = session.membership.outbox();
+        outbox.remember_sent(inbox.iter().map(|(id, _)| id.as_str()));
+        session
+            .preamble
+            .extend(inbox.into_iter().map(|(_, frame)| frame));
+    }
+    crate::protocol::pool_snapshots(&mut session, ctx).await?;
+    Ok(session)
 }
 
 /// Runs `run`, a socket's task that returns the close code it ended with (`None`: the

@@ -63,15 +63,16 @@ async fn respond(state: &AppState, req: &Req) -> Result<Response, ApiError> {
     if req.method == Method::HEAD {
         return Ok(stream_response(Response::new(Default::default())));
     }
-    // Joined before the 200 is written, as a WebSocket joins before its 101.
-    let mut session = state
-        .sockets
-        .hub
-        .connect(admission.subscription, admission.since.as_ref())
-        .await?;
-    crate::protocol::pool_snapshots(&mut session, &state.sockets)
-        .await
-        .map_err(super::error::pool_error)?;
+    // Joined before the 200 is written, as a WebSocket joins before its 101. An event stream
+    // cannot ack, so it gets no inbox.
+    let session = connection::join(
+        &state.sockets,
+        admission.subscription,
+        admission.since.as_ref(),
+        false,
+    )
+    .await
+    .map_err(super::error::pool_error)?;
     let peer = connection::Peer {
         transport: crate::metrics::Transport::Sse,
         uid: Some((

@@ -84,11 +84,9 @@ pub(super) async fn socket(
         Ok((slot, server_slot)) => {
             // Joined before the 101, like /ws: a trigger right after the page's
             // connection_established can only miss it if it is not subscribed yet.
-            let session = state
-                .sockets
-                .hub
-                .connect(Subscription::pusher(), None)
-                .await?;
+            let session = connection::join(&state.sockets, Subscription::pusher(), None, false)
+                .await
+                .map_err(super::error::pool_error)?;
             let peer = connection::Peer {
                 transport: crate::metrics::Transport::Pusher,
                 uid: None,

@@ -39,29 +39,16 @@ pub(super) async fn upgrade(
         state.sockets.is_shutting_down(),
     )?;
 
-    // Joined before the 101 is written: once the page sees its socket open, a push for its uid
-    // finds it (frames queued meanwhile wait in its outbox), and the resume replay is taken now.
-    let fresh = admission.since.is_none() && admission.subscription.proto == Proto::Resumable;
+    // Joined before the 101 is written, its inbox and pool snapshots ready (connection::join).
     let uid = admission.subscription.uid.clone();
-    let mut session = state
-        .sockets
-        .hub
-        .connect(admission.subscription, admission.since.as_ref())
-        .await?;
-    if fresh {
-        // A page that opens fresh gets its uid's offline inbox right after `_welcome`, before
-        // anything live (which waits in its outbox), and may ack them. One that resumes had
-        // them already.
-        let inbox = state.sockets.inbox.frames_of(&uid).await?;
-        let outbox = session.membership.outbox();
-        outbox.remember_sent(inbox.iter().map(|(id, _)| id.as_str()));
-        session
-            .preamble
-            .extend(inbox.into_iter().map(|(_, frame)| frame));
-    }
-    crate::protocol::pool_snapshots(&mut session, &state.sockets)
-        .await
-        .map_err(super::error::pool_error)?;
+    let session = connection::join(
+        &state.sockets,
+        admission.subscription,
+        admission.since.as_ref(),
+        true,
+    )
+    .await
+    .map_err(super::error::pool_error)?;
     let ctx = state.sockets.clone();
     let peer = connection::Peer {
         transport: crate::metrics::Transport::Native,
