@@ -160,6 +160,40 @@ pub struct Pushed {
 }
 
 impl Services {
+    /// What `/publish` and `/broadcast` do, as [`Services::push`] does for uids: `body` to
+    /// `key` (a topic's stream, or the broadcast stream), its delivery report opened before and
+    /// completed after when it asked for a receipt (its id named after `kind`, as a push's is
+    /// after `push`). Returns what the hub answered and the report's id.
+    pub async fn publish(
+        &self,
+        key: &StreamKey,
+        body: &PushBody<'_>,
+        kind: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<(Published, Option<String>), BrokerError> {
+        let id = body
+            .receipt
+            .then(|| crate::receipts::new_id(kind, idempotency_key));
+        let msg = match &id {
+            Some(id) => {
+                let target = match key {
+                    StreamKey::Topic(t) => Target::Topic(t.to_string()),
+                    _ => Target::Broadcast,
+                };
+                self.receipts.open(id, &target, &body.topic).await?;
+                body.message().with_id(id)
+            }
+            None => body.message(),
+        };
+        let published = self.hub.publish(key, msg, idempotency_key).await?;
+        if let Some(id) = id.as_deref().filter(|_| !published.repeated) {
+            self.receipts
+                .complete(id, published.sockets as u64, &[])
+                .await?;
+        }
+        Ok((published, id))
+    }
+
     /// Publishes `push` to every uid's stream, with its delivery report (opened before the
     /// message goes out, so a page acking at once finds it, and completed with the sockets
     /// reached and the uids offline) and its offline inbox (kept for the uids that had no

@@ -15,7 +15,6 @@ use super::error::ID_HEADER;
 use super::{authorized, check_uid, ApiError, AppState, Params, Req, STORED_HEADER};
 use crate::auth::valid_topic;
 use crate::metrics::{self, PublishKind};
-use crate::receipts::Target as Recipients;
 use crate::services::Push;
 use crate::wire::{PushBody, StreamKey};
 
@@ -201,39 +200,16 @@ where
     if msg.inbox.is_some() {
         return Err(ApiError::InboxNotHere);
     }
-    let receipt = match msg.receipt {
-        true => Some(crate::receipts::new_id(kind.label(), idem.as_deref())),
-        false => None,
-    };
-    let message = match &receipt {
-        Some(id) => {
-            let target = match &key {
-                StreamKey::Topic(t) => Recipients::Topic(t.to_string()),
-                _ => Recipients::Broadcast,
-            };
-            state.sockets.receipts.open(id, &target, &msg.topic).await?;
-            msg.message().with_id(id)
-        }
-        None => msg.message(),
-    };
     let parsed = metrics::now();
-    let published = state
+    let (published, receipt) = state
         .sockets
-        .hub
-        .publish(&key, message, idem.as_deref())
+        .publish(&key, &msg, kind.label(), idem.as_deref())
         .await?;
     let sent = usize::from(!published.repeated);
     state
         .sockets
         .metrics
         .published(kind, sent, accepted, parsed, metrics::now());
-    if let Some(id) = receipt.as_deref().filter(|_| !published.repeated) {
-        state
-            .sockets
-            .receipts
-            .complete(id, published.sockets as u64, &[])
-            .await?;
-    }
     Ok(success(
         published.sockets,
         published.repeated,
