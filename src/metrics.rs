@@ -83,100 +83,71 @@ impl Transport {
     }
 }
 
-/// The endpoints requests are counted by. Any other path counts as `other`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `/access`
-    Access,
-    /// `/ws`
-    Ws,
-    /// `/push`
-    Push,
-    /// `/publish`
-    Publish,
-    /// `/broadcast`
-    Broadcast,
-    /// `/online`
-    Online,
-    /// `/stats`
-    Stats,
-    /// `/health`
-    Health,
-    /// `/ready`
-    Ready,
-    /// `/metrics`
-    Metrics,
-    /// `/admin` and its JSON under `/admin/`
-    Admin,
-    /// `/sse`
-    Sse,
-    /// `/push-serve.js`
-    Client,
-    /// `/disconnect`
-    Disconnect,
-    /// `/rooms`
-    Rooms,
-    /// `/report/push/<id>`
-    Report,
-    /// `/pool/<name>`.
-    Pool,
-    /// Pusher-compatible mode: `/app/{key}` sockets
-    PusherSocket,
-    /// Pusher-compatible mode: the HTTP API under `/apps/`
-    PusherApi,
-    /// Anything else (404).
-    Other,
+/// Declares [`Endpoint`] from one table of endpoint and label, so the enum, `ALL` (every label
+/// `/metrics` shows, even at zero) and [`Endpoint::label`] cannot disagree.
+macro_rules! endpoints {
+    ($( $(#[$doc:meta])* $name:ident = $label:literal; )*) => {
+        /// The endpoints requests are counted by ([`crate::http::routes`] maps each path to
+        /// one). Any other path counts as `other`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Endpoint {
+            $( $(#[$doc])* $name, )*
+        }
+
+        impl Endpoint {
+            const ALL: &'static [Endpoint] = &[$(Endpoint::$name),*];
+
+            /// Its label value.
+            pub fn label(self) -> &'static str {
+                match self {
+                    $(Endpoint::$name => $label,)*
+                }
+            }
+        }
+    };
 }
 
-impl Endpoint {
-    const ALL: [Endpoint; 20] = [
-        Endpoint::Access,
-        Endpoint::Ws,
-        Endpoint::Push,
-        Endpoint::Publish,
-        Endpoint::Broadcast,
-        Endpoint::Online,
-        Endpoint::Stats,
-        Endpoint::Health,
-        Endpoint::Ready,
-        Endpoint::Metrics,
-        Endpoint::Admin,
-        Endpoint::Sse,
-        Endpoint::Client,
-        Endpoint::Disconnect,
-        Endpoint::Rooms,
-        Endpoint::Report,
-        Endpoint::Pool,
-        Endpoint::PusherSocket,
-        Endpoint::PusherApi,
-        Endpoint::Other,
-    ];
-
-    /// Its label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Endpoint::Access => "access",
-            Endpoint::Ws => "ws",
-            Endpoint::Push => "push",
-            Endpoint::Publish => "publish",
-            Endpoint::Broadcast => "broadcast",
-            Endpoint::Online => "online",
-            Endpoint::Stats => "stats",
-            Endpoint::Health => "health",
-            Endpoint::Ready => "ready",
-            Endpoint::Metrics => "metrics",
-            Endpoint::Admin => "admin",
-            Endpoint::Sse => "sse",
-            Endpoint::Client => "push-serve.js",
-            Endpoint::Disconnect => "disconnect",
-            Endpoint::Rooms => "rooms",
-            Endpoint::Report => "report",
-            Endpoint::Pool => "pool",
-            Endpoint::PusherSocket => "pusher_socket",
-            Endpoint::PusherApi => "pusher_api",
-            Endpoint::Other => "other",
-        }
-    }
+endpoints! {
+    /// `/access`
+    Access = "access";
+    /// `/ws`
+    Ws = "ws";
+    /// `/push`
+    Push = "push";
+    /// `/publish`
+    Publish = "publish";
+    /// `/broadcast`
+    Broadcast = "broadcast";
+    /// `/online`
+    Online = "online";
+    /// `/stats`
+    Stats = "stats";
+    /// `/health`
+    Health = "health";
+    /// `/ready`
+    Ready = "ready";
+    /// `/metrics`
+    Metrics = "metrics";
+    /// `/admin` and its JSON under `/admin/`
+    Admin = "admin";
+    /// `/sse`
+    Sse = "sse";
+    /// `/push-serve.js`
+    Client = "push-serve.js";
+    /// `/disconnect`
+    Disconnect = "disconnect";
+    /// `/rooms`
+    Rooms = "rooms";
+    /// `/report/push/<id>`
+    Report = "report";
+    /// `/pool/<name>`.
+    Pool = "pool";
+    /// Pusher-compatible mode: `/app/{key}` sockets
+    PusherSocket = "pusher_socket";
+    /// Pusher-compatible mode: the HTTP API under `/apps/`
+    PusherApi = "pusher_api";
+    /// Anything else (404).
+    Other = "other";
 }
 
 /// Statuses counted under their own label; any other is counted as `other`.
