@@ -13,7 +13,7 @@ use warp::http::header::{self, HeaderMap, HeaderValue};
 use warp::http::{Method, StatusCode};
 use warp::reply::{Reply, Response};
 
-use super::upgrade::{admit, check_room, origin_allowed};
+use super::upgrade::{admit, check_room, join, origin_allowed};
 use super::{ApiError, AppState, Req};
 use crate::connection;
 use crate::protocol::sse;
@@ -63,24 +63,15 @@ async fn respond(state: &AppState, req: &Req) -> Result<Response, ApiError> {
     if req.method == Method::HEAD {
         return Ok(stream_response(Response::new(Default::default())));
     }
-    // Joined before the 200 is written, as a WebSocket joins before its 101. An event stream
-    // cannot ack, so it gets no inbox.
-    let session = connection::join(
-        &state.sockets,
+    // Joined before the 200 is written, as a WebSocket joins before its 101.
+    let (session, peer) = join(
+        state,
+        req,
         admission.subscription,
         admission.since.as_ref(),
-        false,
+        crate::metrics::Transport::Sse,
     )
-    .await
-    .map_err(super::error::pool_error)?;
-    let peer = connection::Peer {
-        transport: crate::metrics::Transport::Sse,
-        uid: Some((
-            session.membership.subscription().uid.clone(),
-            session.membership.id(),
-        )),
-        client: state.client_ip(req),
-    };
+    .await?;
     let (body, run) = sse::start(session, admission.since.as_ref(), state.sockets.clone());
     connection::spawn(&state.sockets, &state.tracker, slot, peer, run);
     Ok(stream_response(warp::reply::stream(body).into_response()))

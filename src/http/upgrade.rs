@@ -14,8 +14,9 @@ use warp::reply::Response;
 
 use super::{ApiError, AppState, Client, Params, Req};
 use crate::connection;
+use crate::hub::Session;
 use crate::limits::{AddressSlot, AddressSlots, Slot, SocketSlots};
-use crate::metrics::Credential;
+use crate::metrics::{Credential, Transport};
 use crate::protocol::native;
 use crate::registry::Subscription;
 use crate::wire::Proto;
@@ -39,25 +40,44 @@ pub(super) async fn upgrade(
         state.sockets.is_shutting_down(),
     )?;
 
-    // Joined before the 101 is written, its inbox and pool snapshots ready (connection::join).
-    let uid = admission.subscription.uid.clone();
-    let session = connection::join(
-        &state.sockets,
+    // Joined before the 101 is written.
+    let (session, peer) = join(
+        state,
+        req,
         admission.subscription,
         admission.since.as_ref(),
-        true,
+        Transport::Native,
     )
-    .await
-    .map_err(super::error::pool_error)?;
+    .await?;
     let ctx = state.sockets.clone();
-    let peer = connection::Peer {
-        transport: crate::metrics::Transport::Native,
-        uid: Some((uid, session.membership.id())),
-        client: state.client_ip(req),
-    };
     let run = native::upgraded(on_upgrade, session, ctx.clone());
     connection::spawn(&ctx, &state.tracker, slot, peer, run);
     Ok(connection::switching_protocols(accept))
+}
+
+/// Joins an admitted page to the hub ([`connection::join`]: missed messages, the offline inbox
+/// of a fresh page that can ack, which an event stream cannot, its pools' snapshots), and who
+/// its socket is for the metrics and callbacks. Shared by `/ws` and `/sse`.
+pub(super) async fn join(
+    state: &AppState,
+    req: &Req,
+    subscription: Subscription,
+    since: Option<&HashMap<String, String>>,
+    transport: Transport,
+) -> Result<(Session, connection::Peer), ApiError> {
+    let acks = transport == Transport::Native;
+    let session = connection::join(&state.sockets, subscription, since, acks)
+        .await
+        .map_err(super::error::pool_error)?;
+    let peer = connection::Peer {
+        transport,
+        uid: Some((
+            session.membership.subscription().uid.clone(),
+            session.membership.id(),
+        )),
+        client: state.client_ip(req),
+    };
+    Ok((session, peer))
 }
 
 /// A page allowed to join: what it follows and where it resumes from.
