@@ -18,7 +18,7 @@ use crate::pools::PoolStore;
 use crate::protocol::pusher::store::ChannelStore;
 use crate::receipts::{ReceiptStore, Target};
 use crate::store::Stores;
-use crate::wire::{PushBody, StreamKey};
+use crate::wire::{Message, PushBody, StreamKey};
 
 /// Every service a handler or a socket uses.
 pub struct Services {
@@ -174,17 +174,11 @@ impl Services {
         let id = body
             .receipt
             .then(|| crate::receipts::new_id(kind, idempotency_key));
-        let msg = match &id {
-            Some(id) => {
-                let target = match key {
-                    StreamKey::Topic(t) => Target::Topic(t.to_string()),
-                    _ => Target::Broadcast,
-                };
-                self.receipts.open(id, &target, &body.topic).await?;
-                body.message().with_id(id)
-            }
-            None => body.message(),
+        let target = || match key {
+            StreamKey::Topic(t) => Target::Topic(t.to_string()),
+            _ => Target::Broadcast,
         };
+        let msg = self.reported(body, id.as_deref(), target).await?;
         let published = self.hub.publish(key, msg, idempotency_key).await?;
         if let Some(id) = id.as_deref().filter(|_| !published.repeated) {
             self.receipts
@@ -192,6 +186,21 @@ impl Services {
                 .await?;
         }
         Ok((published, id))
+    }
+
+    /// `body` as the message to publish: with `id`, a report of what becomes of it, opened
+    /// for `target` before it goes out (so a page acking at once finds it), and the id in it.
+    async fn reported<'b>(
+        &self,
+        body: &'b PushBody<'b>,
+        id: Option<&'b str>,
+        target: impl FnOnce() -> Target,
+    ) -> Result<Message<'b>, BrokerError> {
+        let Some(id) = id else {
+            return Ok(body.message());
+        };
+        self.receipts.open(id, &target(), &body.topic).await?;
+        Ok(body.message().with_id(id))
     }
 
     /// Publishes `push` to every uid's stream, with its delivery report (opened before the
@@ -202,14 +211,8 @@ impl Services {
         let body = push.body;
         let id = (body.receipt || push.inbox.is_some())
             .then(|| crate::receipts::new_id("push", push.idempotency_key));
-        let msg = match &id {
-            Some(id) => {
-                let target = Target::Uids(push.uids.iter().map(|&u| u.to_owned()).collect());
-                self.receipts.open(id, &target, &body.topic).await?;
-                body.message().with_id(id)
-            }
-            None => body.message(),
-        };
+        let target = || Target::Uids(push.uids.iter().map(|&u| u.to_owned()).collect());
+        let msg = self.reported(body, id.as_deref(), target).await?;
         let idem = push.idempotency_key;
         let results: Vec<Published> = if let [uid] = push.uids {
             vec![
